@@ -1,0 +1,40 @@
+# Two commands do all the set-up: `make run` and `make test`. Both create .venv with Python 3.11
+# and install the exact pins from the lock files the first time (and again when a lock changes).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint typecheck pytest demo clean
+
+$(VENV)/.created:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"' \
+		|| { echo "error: $(PYTHON) is missing or older than 3.11; install Python 3.11 or run: make PYTHON=/path/to/python3.11 ..."; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	@touch $@
+
+$(VENV)/.runtime: requirements.lock $(VENV)/.created
+	$(PIP) install -r requirements.lock
+	@touch $@
+
+$(VENV)/.dev: requirements-dev.lock requirements.lock $(VENV)/.runtime
+	$(PIP) install -r requirements-dev.lock
+	@touch $@
+
+## Run the bot (reads .env; see README and .env.example).
+run: $(VENV)/.runtime
+	$(PY) bot.py
+
+## The whole test suite: lint, format check, type check, then pytest (no network needed).
+test: $(VENV)/.dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) -m pytest -q
+
+## The whole flow offline: the real bot against a local fake Discord and a simulated API.
+demo: $(VENV)/.runtime
+	$(PY) -m demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-output

@@ -1,0 +1,265 @@
+"""depth2img-bot: entry point and composition root.
+
+This is the one place that reads settings (``.env`` via python-dotenv, the real environment wins),
+configures logging, points discord.py at its endpoints, builds the shared aiohttp session and the
+bot, and loads the extensions. Run it with ``make run`` (or ``python bot.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+from dotenv import load_dotenv
+
+from cogs.depth2img.config import ConfigError, Settings, load_settings
+from cogs.depth2img.errors import Depth2ImgError
+from cogs.depth2img.messages import describe
+
+log = logging.getLogger("depth2img.bot")
+
+EXTENSIONS = ("cogs.depth2img",)
+EXIT_CONFIG = 2
+
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+# --- logging ----------------------------------------------------------------------------------------
+
+
+class KeyValueFormatter(logging.Formatter):
+    """One line per event: time, level, logger, message, then ``key=value`` for every extra field.
+
+    Tracebacks are printed only at DEBUG level; otherwise an error shows its type and where it
+    happened, never its text (which may quote user input or a server's answer).
+    """
+
+    def __init__(self, *, show_tracebacks: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.show_tracebacks = show_tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        exc_info, record.exc_info, record.exc_text = record.exc_info, None, None
+        line = super().format(record)
+        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+        if extras:
+            line += " " + " ".join(f"{k}={_kv(v)}" for k, v in sorted(extras.items()))
+        if exc_info and exc_info[1] is not None:
+            exc = exc_info[1]
+            frames = traceback.extract_tb(exc_info[2])
+            where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+            line += f" error={type(exc).__name__} at={where}"
+            if self.show_tracebacks:
+                line += "\n" + "".join(traceback.format_exception(*exc_info)).rstrip()
+        record.exc_info = exc_info
+        return line
+
+
+def _kv(value: object) -> str:
+    text = str(value)
+    return json.dumps(text) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
+
+
+class RedactSecrets(logging.Filter):
+    """Last line of defence: a secret that slipped into a log line is replaced."""
+
+    def __init__(self, secrets_: list[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets_ if len(s) >= 6]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        message = record.getMessage()
+        redacted = message
+        for s in self._secrets:
+            redacted = redacted.replace(s, "[redacted]")
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def configure_logging(level: str, secrets_: list[str]) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter(show_tracebacks=level == "DEBUG"))
+    handler.addFilter(RedactSecrets(secrets_))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("discord.http", "discord.gateway", "discord.client", "discord.webhook"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+# --- the bot --------------------------------------------------------------------------------------
+
+
+class AppCommandTree(app_commands.CommandTree["Depth2ImgBot"]):
+    """The one global error handler: anything unexpected becomes a short message with a reference."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(error, app_commands.CommandOnCooldown):
+            text = f"⏳ Slow down: try again <t:{int(discord.utils.utcnow().timestamp() + error.retry_after) + 1}:R>."
+        elif isinstance(error, app_commands.CheckFailure):
+            text = "🚫 You can't use this command here."
+        elif isinstance(original, Depth2ImgError):
+            text = describe(original)
+        else:
+            ref = secrets.token_hex(4)
+            log.error(
+                "unhandled command error",
+                exc_info=(type(original), original, original.__traceback__),
+                extra={"ref": ref, "command": interaction.command.name if interaction.command else None},
+            )
+            text = f"⚠️ Something went wrong (ref `{ref}`). Try again; if it keeps happening, give the bot's owner this ref."
+        await send_final(interaction, text)
+
+
+async def send_final(interaction: discord.Interaction, text: str) -> None:
+    """Tell the member, whatever state the interaction is in; never raise."""
+    none = discord.AllowedMentions.none()
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=none)
+            return
+        try:
+            await interaction.edit_original_response(content=text, attachments=[], allowed_mentions=none)
+        except discord.NotFound:
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=none)
+    except discord.HTTPException as exc:
+        log.warning("could not deliver an error message", extra={"status": exc.status})
+
+
+class Depth2ImgBot(commands.Bot):
+    def __init__(self, *, settings: Settings, http_session: aiohttp.ClientSession) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            tree_cls=AppCommandTree,
+            allowed_mentions=discord.AllowedMentions.none(),
+            help_command=None,
+        )
+        self.settings = settings
+        self.http_session = http_session
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        settings = self.settings
+        if settings.dev_guild_id is not None:
+            guild = discord.Object(id=settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("commands synced to the dev guild", extra={"guild_id": guild.id, "count": len(synced)})
+            return
+        digest = self.command_digest()
+        state_file = settings.data_dir / "command-sync.json"
+        state: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(state_file.read_text("utf-8"))
+        key = str(self.application_id)
+        if state.get(key) == digest:
+            log.info("commands unchanged since the last sync; not syncing", extra={"digest": digest[:12]})
+            return
+        synced = await self.tree.sync()
+        state[key] = digest
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2), "utf-8")
+        tmp.replace(state_file)
+        log.info("global commands synced", extra={"count": len(synced), "digest": digest[:12]})
+
+    def command_digest(self) -> str:
+        payload = sorted(
+            (c.to_dict(self.tree) for c in self.tree.get_commands()), key=lambda d: str(d["name"])
+        )
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    async def on_ready(self) -> None:
+        log.info("ready", extra={"user": str(self.user), "guilds": len(self.guilds)})
+
+
+def configure_discord_endpoints(settings: Settings) -> None:
+    """discord.py has no base-URL option; these two class attributes are its endpoints."""
+    if settings.discord_api_base_url:
+        discord.http.Route.BASE = settings.discord_api_base_url
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+async def run(settings: Settings) -> int:
+    configure_discord_endpoints(settings)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=15)
+    async with (
+        aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": "depth2img-bot/0.1"}) as session,
+        Depth2ImgBot(settings=settings, http_session=session) as bot,
+    ):
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stopping.set)
+        runner = asyncio.create_task(bot.start(settings.discord_token))
+        stopper = asyncio.create_task(stopping.wait())
+        done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done:
+            log.info("shutting down")
+            await bot.close()
+        stopper.cancel()
+        try:
+            await runner
+        except discord.LoginFailure:
+            log.error("Discord rejected DISCORD_TOKEN: check the token in .env (Bot → Reset Token).")
+            return 1
+        except discord.PrivilegedIntentsRequired:
+            log.error("Discord refused the bot's intents; this bot needs no privileged intents.")
+            return 1
+    return 0
+
+
+def main() -> int:
+    env_file = Path(os.environ.get("DOTENV_PATH", ".env"))
+    had_env_file = env_file.is_file()
+    if had_env_file:
+        load_dotenv(env_file, override=False)
+    try:
+        settings = load_settings(os.environ)
+    except ConfigError as exc:
+        lines = ["depth2img-bot cannot start: the settings need attention.", ""]
+        if not had_env_file:
+            lines += [
+                f"No {env_file} file was found. Create one from the example and fill it in:",
+                f"    cp .env.example {env_file}",
+                "",
+            ]
+        lines += [f"  - {p}" for p in exc.problems]
+        lines += ["", "Every setting is described in README.md and .env.example."]
+        print("\n".join(lines), file=sys.stderr)  # noqa: T201
+        return EXIT_CONFIG
+    configure_logging(settings.log_level, [settings.discord_token, settings.depth2img.api_key])
+    try:
+        return asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""One typed tree for everything that can go wrong with a /depth2img request.
+
+Nothing here imports discord.py or aiohttp. The wording a member sees is decided in one place,
+:func:`cogs.depth2img.messages.describe`, never from ``str(exc)``.
+"""
+
+from __future__ import annotations
+
+
+class Depth2ImgError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+# --- the request is refused before any API call -------------------------------------------------
+
+
+class RequestRejected(Depth2ImgError):
+    """The bot refuses the request; no API call was made."""
+
+
+class InvalidInput(RequestRejected):
+    """The member's input is unusable. ``reason`` is safe to show: we wrote it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AlreadyRunning(RequestRejected):
+    """The member already has as many jobs in flight as allowed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"member already has {limit} job(s) in flight")
+        self.limit = limit
+
+
+class QueueFull(RequestRejected):
+    """The bot's waiting queue is full."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"queue full, retry after {retry_after_s:.0f}s")
+        self.retry_after_s = retry_after_s
+
+
+# --- the API, the network and the job ---------------------------------------------------------
+
+
+class APIError(Depth2ImgError):
+    """The image API could not be used."""
+
+
+class APIConnectionError(APIError):
+    """The API could not be reached, or the connection broke."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The API did not answer within the request timeout."""
+
+
+class MalformedResponseError(APIError):
+    """The API answered something we cannot understand."""
+
+    def __init__(self, detail: str, *, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+
+
+class APIStatusError(APIError):
+    """The API said no. ``message`` is the API's own text (already stripped of secrets)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class AuthenticationError(APIStatusError):
+    """The API key was rejected (401/403, or an 'invalid key' message)."""
+
+
+class InsufficientCreditsError(APIStatusError):
+    """The account is out of credits or its plan has expired (402)."""
+
+
+class BadRequestError(APIStatusError):
+    """The API refused the request's content (400/422, validation errors)."""
+
+
+class SourceImageUnreachable(BadRequestError):
+    """The API could not fetch the source image from its URL."""
+
+
+class RateLimitError(APIStatusError):
+    """The account's queue is full at the API (429)."""
+
+    def __init__(self, message: str, *, status: int | None = 429, retry_after_s: float = 30.0) -> None:
+        super().__init__(message, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class ServerError(APIStatusError):
+    """The API had an internal problem (5xx)."""
+
+
+class JobError(Depth2ImgError):
+    """A job was accepted by the API but did not produce images."""
+
+    def __init__(self, detail: str, *, job_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.job_id = job_id
+
+
+class JobFailed(JobError):
+    """The API reported the job as failed (``status: failed`` or ``error`` while polling)."""
+
+
+class JobTimedOut(JobError):
+    """The job did not finish before the overall deadline."""
+
+    def __init__(self, after_s: float, *, job_id: str | None = None) -> None:
+        super().__init__(f"no result after {after_s:.0f}s", job_id=job_id)
+        self.after_s = after_s
+
+
+class OutputUnavailable(Depth2ImgError):
+    """The finished image could not be downloaded, was too large, or was not an image."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail

@@ -1,0 +1,126 @@
+"""Image checks and re-encoding with Pillow. CPU-bound: callers run these off the event loop
+(``asyncio.to_thread``). Nothing here imports discord.py or aiohttp.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InvalidInput, OutputUnavailable
+from .models import GeneratedImage
+
+ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
+OUTPUT_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+def _human(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB" if n >= 1024 * 1024 else f"{max(1, n // 1024)} KB"
+
+
+def inspect_input(data: bytes, *, max_pixels: int, max_side: int = 16384) -> ImageInfo:
+    """Check, by its bytes, that ``data`` is a still PNG, JPEG or WebP we can use.
+
+    Raises :class:`InvalidInput` with a member-facing reason otherwise. Never trusts the file
+    name or the declared content type.
+    """
+    if not data:
+        raise InvalidInput("The attachment is empty (0 bytes). Attach a PNG, JPEG or WebP picture.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = (img.format or "").upper()
+                if fmt not in ACCEPTED_FORMATS:
+                    raise InvalidInput(
+                        "That file is not a PNG, JPEG or WebP picture"
+                        + (f" (it looks like {fmt})." if fmt else ".")
+                        + " Attach a still image."
+                    )
+                width, height = img.size
+                if width < 1 or height < 1 or width > max_side or height > max_side:
+                    raise InvalidInput(f"The picture is {width}×{height} pixels, which is too large to use.")
+                if width * height > max_pixels:
+                    raise InvalidInput(
+                        f"The picture is {width}×{height} pixels; the most the bot accepts is "
+                        f"{max_pixels / 1_000_000:.0f} megapixels. Make it smaller and try again."
+                    )
+                if getattr(img, "n_frames", 1) > 1:
+                    raise InvalidInput(
+                        "Animated or multi-frame pictures are not supported. Attach a still image."
+                    )
+                mode = img.mode
+                img.load()  # decodes every pixel: catches truncated and corrupt files
+        except InvalidInput:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidInput(
+                "That file is not a picture the bot can read. Attach a PNG, JPEG or WebP image."
+            ) from None
+        except (OSError, ValueError, SyntaxError, EOFError, MemoryError):
+            raise InvalidInput(
+                "The picture is damaged or incomplete. Save it again and re-attach it."
+            ) from None
+    return ImageInfo(format=fmt, width=width, height=height, mode=mode)
+
+
+def prepare_output(data: bytes, *, limit_bytes: int, stem: str) -> GeneratedImage:
+    """Check that a downloaded output is an image, and make it fit ``limit_bytes``.
+
+    Small enough PNG/JPEG/WebP files are passed through untouched; anything else is re-encoded
+    (PNG, then JPEG at falling quality, then downscaled) until it fits.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = (img.format or "").upper()
+                if fmt not in OUTPUT_FORMATS:
+                    raise OutputUnavailable(f"output is not an image ({fmt or 'unknown'})")
+                img.load()
+                width, height = img.size
+                if len(data) <= limit_bytes and fmt in {"PNG", "JPEG", "WEBP"}:
+                    ext = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}[fmt]
+                    return GeneratedImage(data=data, filename=f"{stem}.{ext}", width=width, height=height)
+                frame = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+    except OutputUnavailable:
+        raise
+    except Exception as exc:  # Pillow raises many types for bad data; all mean "not an image"
+        raise OutputUnavailable("output is not a readable image") from exc
+    return _fit(frame, limit_bytes=limit_bytes, stem=stem)
+
+
+def _fit(frame: Image.Image, *, limit_bytes: int, stem: str) -> GeneratedImage:
+    buf = io.BytesIO()
+    frame.save(buf, format="PNG", optimize=True)
+    if buf.tell() <= limit_bytes:
+        return GeneratedImage(buf.getvalue(), f"{stem}.png", frame.width, frame.height)
+    rgb = frame.convert("RGB")
+    scale = 1.0
+    while True:
+        current = (
+            rgb
+            if scale == 1.0
+            else rgb.resize(
+                (max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale))), Image.Resampling.LANCZOS
+            )
+        )
+        for quality in (92, 85, 75, 65):
+            buf = io.BytesIO()
+            current.save(buf, format="JPEG", quality=quality, optimize=True)
+            if buf.tell() <= limit_bytes:
+                return GeneratedImage(buf.getvalue(), f"{stem}.jpg", current.width, current.height)
+        if current.width <= 64 or current.height <= 64:
+            raise OutputUnavailable(f"output cannot be made smaller than {_human(limit_bytes)}")
+        scale *= 0.75
