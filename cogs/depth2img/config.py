@@ -161,7 +161,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         max_queued_jobs=r.number("SD_MAX_QUEUED", 50, int, 0, 100_000),
         max_jobs_per_user=r.number("SD_MAX_JOBS_PER_USER", 1, int, 1, 100),
         request_timeout_s=r.number("SD_REQUEST_TIMEOUT_S", 60.0, float, 1, 600),
-        job_timeout_s=r.number("SD_JOB_TIMEOUT_S", 600.0, float, 5, 840),
+        job_timeout_s=r.number("SD_JOB_TIMEOUT_S", 600.0, float, 1, 840),
         max_retries=r.number("SD_MAX_RETRIES", 3, int, 0, 10),
         rate_limit_max_wait_s=r.number("SD_RATE_LIMIT_MAX_WAIT_S", 15.0, float, 0, 300),
         poll_initial_s=r.number("SD_POLL_INITIAL_S", 2.0, float, 0.01, 60),

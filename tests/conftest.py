@@ -1,0 +1,130 @@
+"""Shared fixtures: the two fakes on 127.0.0.1 and the real bot connected to them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import discord
+import discord.gateway
+import discord.http
+import pytest
+
+from bot import Depth2ImgBot, configure_discord_endpoints
+from cogs.depth2img.config import load_settings
+from tests.fakes.fake_api import FakeModelsLab, make_png
+from tests.fakes.fake_discord import FakeDiscord, FakeMessage, InteractionRecord
+
+FAST_ENV = {
+    "SD_POLL_INITIAL_S": "0.01",
+    "SD_POLL_MAX_S": "0.05",
+    "SD_RATE_LIMIT_MAX_WAIT_S": "0",
+    "SD_REQUEST_TIMEOUT_S": "10",
+    "SD_JOB_TIMEOUT_S": "20",
+}
+
+
+@pytest.fixture
+async def fake_api() -> AsyncIterator[FakeModelsLab]:
+    api = FakeModelsLab()
+    await api.start()
+    yield api
+    await api.stop()
+
+
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    fake = FakeDiscord()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+def bot_env(fake_discord: FakeDiscord, fake_api: FakeModelsLab, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "DISCORD_TOKEN": fake_discord.token,
+        "SD_API_KEY": fake_api.api_key,
+        "SD_API_BASE_URL": fake_api.base_url,
+        "DISCORD_API_BASE_URL": fake_discord.api_base,
+        "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
+        "BOT_DATA_DIR": str(data_dir),
+        **FAST_ENV,
+    }
+    env.update(extra)
+    return env
+
+
+StartBot = Callable[..., Awaitable[Depth2ImgBot]]
+
+
+@pytest.fixture
+async def start_bot(
+    fake_discord: FakeDiscord, fake_api: FakeModelsLab, tmp_path: Path
+) -> AsyncIterator[StartBot]:
+    """Start the real bot in this event loop, connected to the fakes; settings only through env."""
+    saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+    started: list[tuple[Depth2ImgBot, asyncio.Task[None], aiohttp.ClientSession]] = []
+
+    async def start(**extra: str) -> Depth2ImgBot:
+        settings = load_settings(bot_env(fake_discord, fake_api, tmp_path / "data", **extra))
+        configure_discord_endpoints(settings)
+        session = aiohttp.ClientSession()
+        bot = Depth2ImgBot(settings=settings, http_session=session)
+        task = asyncio.create_task(bot.start(settings.discord_token))
+        started.append((bot, task, session))
+        async with asyncio.timeout(15):
+            while not (fake_discord.identified.is_set() and fake_discord.commands):
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        return bot
+
+    yield start
+    for bot, task, session in started:
+        await bot.close()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        await session.close()
+    discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+@pytest.fixture
+async def bot(start_bot: StartBot) -> Depth2ImgBot:
+    return await start_bot()
+
+
+# --- helpers for end-to-end tests -------------------------------------------------------------------
+
+
+def is_settled(fake: FakeDiscord, record: InteractionRecord) -> bool:
+    """True once the member sees a final state: a non-loading message that is not progress."""
+    visible = fake.visible_messages(record)
+    if not visible:
+        return False
+    last = visible[-1]
+    return not last.loading and not last.content.startswith("⏳")
+
+
+async def slash(
+    fake: FakeDiscord,
+    options: dict[str, Any],
+    *,
+    image: bytes | None = None,
+    filename: str = "photo.png",
+    content_type: str | None = "image/png",
+    timeout: float = 20.0,
+    **kwargs: Any,
+) -> tuple[InteractionRecord, FakeMessage]:
+    """Run one /depth2img to its final state and return the record and the final message."""
+    opts = dict(options)
+    if "image" not in opts:
+        opts["image"] = fake.add_attachment(image if image is not None else make_png(), filename, content_type)
+    record = await fake.invoke_slash("depth2img", opts, **kwargs)
+    await fake.wait_for(lambda: is_settled(fake, record), timeout=timeout)
+    await asyncio.sleep(0.05)  # anything after the final state would be a bug; give it a moment to show
+    final = fake.visible_messages(record)[-1]
+    return record, final

@@ -1,0 +1,361 @@
+"""A fake of the ModelsLab / stablediffusionapi.com API on 127.0.0.1, built from
+``shared/docs/api-contract.md`` §9. Every scenario of the contract's test-double table can be played,
+chosen per test with :attr:`FakeModelsLab.scenario`; every request is recorded.
+
+Routes: ``POST /api/v5/depth2img``, ``POST /api/v5/controlnet``, ``POST /api/v3/fetch/{id}``,
+``POST /api/v6/image_editing/fetch/{id}``, ``POST /api/v6/images/fetch/{id}``,
+``POST /api/v6/base64_to_url``, ``POST /api/v6/image_editing/base64_to_url``,
+``POST /api/v3/base64_crop`` and ``GET /files/{name}``.
+
+The ``transform`` scenario is the demo's stand-in for the real model: it downloads ``init_image``
+and returns a visibly transformed copy, labelled SIMULATED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from PIL import Image, ImageDraw, ImageOps
+
+# The scenarios of the contract's table (§9), by number and name.
+SCENARIOS = {
+    1: "success",
+    2: "success_list",
+    3: "queued",
+    4: "queued_then_failed",
+    5: "queued_forever",
+    6: "processing_without_id",
+    7: "invalid_key_200",
+    8: "invalid_key_401",
+    9: "no_credits_402",
+    10: "rate_limited",
+    11: "validation_object",
+    12: "legacy_messege",
+    13: "unfetchable_image",
+    14: "server_error_then_success",
+    15: "bad_gateway_html",
+    16: "success_string_id",
+    17: "output_404",
+    18: "multiple_samples",
+    22: "slow",
+}
+EXTRA_SCENARIOS = {"no_credits_200", "transform", "server_error_always", "output_not_image", "output_huge"}
+
+
+def make_png(width: int = 512, height: int = 512, *, seed: int = 0, noise: bool = False) -> bytes:
+    """A deterministic test picture: a gradient with a few shapes (or noise, to make it large)."""
+    if noise:
+        import os
+
+        img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    else:
+        horizontal = Image.linear_gradient("L").rotate(90).resize((width, height))
+        vertical = Image.linear_gradient("L").resize((width, height))
+        img = Image.merge("RGB", (horizontal, vertical, Image.new("L", (width, height), (seed * 40) % 256)))
+        draw = ImageDraw.Draw(img)
+        draw.ellipse((width // 4, height // 4, width * 3 // 4, height * 3 // 4), outline=(255, 255, 255), width=6)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def simulate_depth2img(data: bytes, prompt: str) -> bytes:
+    """The demo's stand-in for the model: posterise + tint + label, so the change is obvious."""
+    with Image.open(io.BytesIO(data)) as src:
+        img = ImageOps.exif_transpose(src).convert("RGB")
+    img.thumbnail((1024, 1024))
+    img = ImageOps.posterize(img, 3)
+    img = ImageOps.colorize(ImageOps.grayscale(img), black=(20, 10, 60), mid=(200, 80, 140), white=(255, 230, 160))
+    draw = ImageDraw.Draw(img)
+    label = f"SIMULATED depth2img: {prompt[:40]}"
+    draw.rectangle((0, 0, img.width, 22), fill=(0, 0, 0))
+    draw.text((6, 5), label, fill=(255, 255, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class Submission:
+    path: str
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeModelsLab:
+    """Start with ``await api.start()``; the bot's ``SD_API_BASE_URL`` is :attr:`base_url`."""
+
+    api_key: str = "test-api-key-0123456789"
+    scenario: str = "success"
+    latency_s: float = 0.0  # simulated generation time before the submit answer
+    eta_s: float = 0.05  # eta reported by processing answers
+    polls_before_done: int = 2  # scenario 3: processing answers before success
+    slow_s: float = 30.0  # scenario 22: how long to hold the connection
+    output_png: bytes = field(default_factory=make_png)
+    submissions: list[Submission] = field(default_factory=list)
+    fetches: list[Submission] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)
+    uploads: list[Submission] = field(default_factory=list)
+    max_in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self._ids = itertools.count(13481504)
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._files: dict[str, bytes] = {}
+        self._runner: web.AppRunner | None = None
+        self._in_flight = 0
+        self._attempts = 0
+        self.port = 0
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        r = self.app.router
+        r.add_post("/api/v5/depth2img", self._submit)
+        r.add_post("/api/v5/controlnet", self._submit)
+        for prefix in ("/api/v3/fetch", "/api/v6/image_editing/fetch", "/api/v6/images/fetch"):
+            r.add_post(prefix + "/{id}", self._fetch)
+        r.add_post("/api/v6/base64_to_url", self._b64)
+        r.add_post("/api/v6/image_editing/base64_to_url", self._b64)
+        r.add_post("/api/v3/base64_crop", self._b64_crop)
+        r.add_get("/files/{name}", self._file)
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self, port: int = 0) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def file_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/files/{name}"
+
+    def add_file(self, name: str, data: bytes) -> str:
+        self._files[name] = data
+        return self.file_url(name)
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _json(data: Any, status: int = 200) -> web.Response:
+        return web.json_response(data, status=status)
+
+    async def _body(self, request: web.Request) -> dict[str, Any] | None:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    def _outputs(self, prefix: str, count: int) -> list[str]:
+        return [self.add_file(f"{prefix}-{i}.png", self.output_png) for i in range(count)]
+
+    # --- routes ------------------------------------------------------------------------------------
+
+    async def _submit(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if body is None:
+            return self._json({"status": "error", "message": "Invalid JSON"}, 400)
+        self.submissions.append(Submission(request.path, body))
+        self._in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            return await self._answer_submit(body)
+        finally:
+            self._in_flight -= 1
+
+    async def _answer_submit(self, body: dict[str, Any]) -> web.StreamResponse:
+        s = self.scenario
+        if body.get("key") != self.api_key or s == "invalid_key_401":
+            return self._json({"status": "error", "message": "Invalid API key"}, 401)
+        missing = [f for f in ("init_image", "prompt") if not body.get(f)]
+        if missing:
+            return self._json({"status": "error", "message": {f: [f"The {f} field is required."] for f in missing}})
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        job = str(next(self._ids))
+        try:
+            samples = int(body.get("samples", 1))
+        except (TypeError, ValueError):
+            samples = 1
+        if s == "success":
+            return self._json(
+                {"status": "success", "generationTime": 1.32, "id": int(job), "output": self._outputs(f"a{job}", 1)[0]}
+            )
+        if s == "success_list":
+            urls = self._outputs(f"a{job}", 1)
+            return self._json(
+                {
+                    "status": "success",
+                    "generationTime": 2.9,
+                    "id": int(job),
+                    "output": urls,
+                    "proxy_links": urls,
+                    "meta": {"seed": 1793745243, "W": 512, "H": 512},
+                }
+            )
+        if s in ("queued", "queued_then_failed", "queued_forever"):
+            self._jobs[job] = {"polls": 0, "samples": samples}
+            return self._json(
+                {
+                    "status": "processing",
+                    "tip": "for faster speed, keep resolution upto 512x512",
+                    "eta": self.eta_s,
+                    "messege": "Try to fetch request after given estimated time",
+                    "fetch_result": f"http://127.0.0.1:{self.port}/api/v3/fetch/{job}",
+                    "id": int(job),
+                    "output": [],
+                    "future_links": [self.file_url(f"b{job}-0.png")],
+                    "meta": {},
+                }
+            )
+        if s == "processing_without_id":
+            return self._json({"status": "processing"})
+        if s == "invalid_key_200":
+            return self._json({"status": "error", "message": "Invalid API key"})
+        if s == "no_credits_402":
+            return self._json(
+                {"status": "error", "message": "Insufficient credits. Please add more credits to continue."}, 402
+            )
+        if s == "no_credits_200":
+            return self._json({"status": "error", "message": "Insufficient credits. Please add more credits to continue."})
+        if s == "rate_limited":
+            return self._json(
+                {"status": "error", "message": "Rate limit exceeded. Maximum 5 queued requests allowed.", "retry_after": 30},
+                429,
+            )
+        if s == "validation_object":
+            return self._json({"status": "error", "message": {"init_image": ["The init image field is required."]}})
+        if s == "legacy_messege":
+            return self._json({"status": "error", "messege": "prompt is required"})
+        if s == "unfetchable_image":
+            return self._json({"status": "error", "message": "Unable to fetch image from provided URL"})
+        if s in ("server_error_then_success", "server_error_always"):
+            self._attempts += 1
+            if s == "server_error_always" or self._attempts == 1:
+                return self._json({"status": "error", "message": "Internal server error. Please try again."}, 500)
+            return self._json(
+                {"status": "success", "generationTime": 1.32, "id": int(job), "output": self._outputs(f"a{job}", 1)[0]}
+            )
+        if s == "bad_gateway_html":
+            return web.Response(status=502, text="<html>Bad gateway</html>", content_type="text/html")
+        if s == "success_string_id":
+            return self._json({"status": "success", "id": "abc123-def456", "output": self._outputs(f"c{job}", 1)})
+        if s == "output_404":
+            return self._json(
+                {"status": "success", "generationTime": 1.0, "id": int(job), "output": self.file_url("missing-0.png")}
+            )
+        if s == "output_not_image":
+            url = self.add_file(f"n{job}-0.png", b"<html>this is not an image</html>")
+            return self._json({"status": "success", "id": int(job), "output": url})
+        if s == "output_huge":
+            url = self.add_file(f"h{job}-0.png", make_png(1400, 1400, noise=True))
+            return self._json({"status": "success", "id": int(job), "output": url})
+        if s == "multiple_samples":
+            return self._json(
+                {"status": "success", "generationTime": 2.0, "id": int(job), "output": self._outputs(f"m{job}", samples)}
+            )
+        if s == "slow":
+            await asyncio.sleep(self.slow_s)
+            return self._json({"status": "success", "id": int(job), "output": self._outputs(f"s{job}", 1)})
+        if s == "transform":
+            return await self._transform(job, body)
+        return self._json({"status": "error", "message": f"fake API: unknown scenario {s}"}, 500)
+
+    async def _transform(self, job: str, body: dict[str, Any]) -> web.Response:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.get(str(body["init_image"])) as resp:
+                if resp.status != 200:
+                    return self._json({"status": "error", "message": "Unable to fetch image from provided URL"})
+                data = await resp.read()
+            out = await asyncio.to_thread(simulate_depth2img, data, str(body.get("prompt", "")))
+        except (aiohttp.ClientError, OSError, ValueError):
+            return self._json({"status": "error", "message": "Unable to fetch image from provided URL"})
+        url = self.add_file(f"t{job}-0.png", out)
+        return self._json(
+            {
+                "status": "success",
+                "generationTime": self.latency_s or 0.01,
+                "id": int(job),
+                "output": url,
+                "meta": {"seed": int(body.get("seed") or 424242)},
+            }
+        )
+
+    async def _fetch(self, request: web.Request) -> web.Response:
+        body = await self._body(request) or {}
+        job = request.match_info["id"]
+        self.fetches.append(Submission(request.path, body))
+        if body.get("key") != self.api_key:
+            return self._json({"status": "error", "message": "Invalid API key"}, 401)
+        state = self._jobs.get(job)
+        if state is None:
+            return self._json({"status": "error", "message": "Request not found"}, 404)
+        state["polls"] += 1
+        processing = {
+            "status": "processing",
+            "message": "Request is still being processed",
+            "output": "",
+            "tip": "for faster processing, use a dedicated server",
+        }
+        if self.scenario == "queued_forever" or state["polls"] <= self.polls_before_done:
+            if self.scenario == "queued_then_failed" and state["polls"] >= 1:
+                return self._json(
+                    {"status": "failed", "id": int(job), "message": "Processing failed: Invalid input dimensions"}
+                )
+            return self._json(processing)
+        return self._json({"status": "success", "id": int(job), "output": self._outputs(f"b{job}", state["samples"])})
+
+    async def _b64(self, request: web.Request) -> web.Response:
+        body = await self._body(request) or {}
+        self.uploads.append(Submission(request.path, body))
+        if body.get("key") != self.api_key:
+            return self._json({"status": "error", "message": "Invalid API key"}, 401)
+        data_uri = body.get("base64_string") or body.get("init_image") or ""
+        try:
+            raw = base64.b64decode(str(data_uri).split(",", 1)[-1], validate=True)
+        except ValueError:
+            return self._json({"status": "error", "message": "Invalid base64 string"}, 400)
+        if len(raw) > 5 * 1024 * 1024:
+            return self._json({"status": "error", "message": "File size exceeds 5MB"})
+        job = next(self._ids)
+        return self._json({"status": "success", "id": job, "output": [self.add_file(f"up{job}.png", raw)]})
+
+    async def _b64_crop(self, request: web.Request) -> web.Response:
+        body = await self._body(request) or {}
+        self.uploads.append(Submission(request.path, body))
+        raw = base64.b64decode(str(body.get("image", "")).split(",", 1)[-1] or b"")
+        job = next(self._ids)
+        return self._json(
+            {"status": "success", "messege": "image uploaded", "link": self.add_file(f"up{job}.png", raw), "request_id": job}
+        )
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self.downloads.append(name)
+        data = self._files.get(name)
+        if data is None:
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=data, content_type="image/png")

@@ -1,0 +1,784 @@
+"""A fake Discord (REST + gateway websocket on 127.0.0.1) that the real, unmodified discord.py
+connects to. Built from ``shared/docs/fake-discord.md``; only aiohttp is needed.
+
+Tests inject ``INTERACTION_CREATE`` events with :meth:`FakeDiscord.invoke_slash` and assert on what
+the fake received: acknowledgements, messages with their files, edits, deletions. Discord's rules
+are enforced the way Discord answers them (status and code), and every breach is also recorded in
+:attr:`FakeDiscord.violations` so a test can assert that none happened. Any route the fake does not
+know is answered 404 and recorded in :attr:`FakeDiscord.unhandled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+DISCORD_EPOCH_MS = 1420070400000
+FLAG_EPHEMERAL = 1 << 6
+FLAG_LOADING = 1 << 7
+OPTION_TYPES = {"string": 3, "integer": 4, "boolean": 5, "number": 10, "attachment": 11}
+
+
+@dataclass
+class Limits:
+    ack_deadline_s: float = 3.0
+    token_ttl_s: float = 15 * 60
+    content_max: int = 2000
+    files_max: int = 10
+    attachment_size_limit: int = 10 * 1024 * 1024
+    embeds_max: int = 10
+
+
+@dataclass
+class FakeFile:
+    id: int
+    filename: str
+    data: bytes
+    content_type: str | None = None
+
+
+@dataclass
+class FakeMessage:
+    id: int
+    channel_id: int
+    content: str = ""
+    files: list[FakeFile] = field(default_factory=list)
+    embeds: list[dict[str, Any]] = field(default_factory=list)
+    flags: int = 0
+    interaction_id: int | None = None
+    deleted: bool = False
+    edits: int = 0
+    pings: list[str] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def ephemeral(self) -> bool:
+        return bool(self.flags & FLAG_EPHEMERAL)
+
+    @property
+    def loading(self) -> bool:
+        return bool(self.flags & FLAG_LOADING)
+
+
+@dataclass
+class InteractionRecord:
+    id: int
+    token: str
+    user_id: int
+    payload: dict[str, Any]
+    sent_at: float
+    acked_at: float | None = None
+    ack_type: int | None = None
+    original_id: int | None = None
+    message_ids: list[int] = field(default_factory=list)
+    callback_attempts: int = 0
+
+
+def _snowflake(at_s: float, counter: itertools.count[int]) -> int:
+    return ((int(at_s * 1000) - DISCORD_EPOCH_MS) << 22) | (next(counter) & 0x3FFFFF)
+
+
+def _iso(at_s: float) -> str:
+    return dt.datetime.fromtimestamp(at_s, tz=dt.UTC).isoformat()
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # discord.py compares the content type exactly with "application/json" (no charset).
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    return web.Response(body=json.dumps(data).encode(), status=status, headers=hdrs)
+
+
+def _error(status: int, code: int, message: str, errors: dict[str, Any] | None = None) -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if errors:
+        body["errors"] = errors
+    return _json(body, status)
+
+
+_MENTION_USER = re.compile(r"<@!?(\d+)>")
+_MENTION_ROLE = re.compile(r"<@&(\d+)>")
+
+
+def pings_for(content: str, allowed: dict[str, Any] | None) -> list[str]:
+    """Which mentions in ``content`` would really notify someone, given ``allowed_mentions``."""
+    parse = {"everyone", "users", "roles"} if allowed is None else set(allowed.get("parse", []))
+    users = {str(u) for u in (allowed or {}).get("users", [])}
+    roles = {str(r) for r in (allowed or {}).get("roles", [])}
+    found: list[str] = []
+    if "everyone" in parse:
+        found += [m.group(0) for m in re.finditer(r"@(everyone|here)", content)]
+    for m in _MENTION_USER.finditer(content):
+        if "users" in parse or m.group(1) in users:
+            found.append(m.group(0))
+    for m in _MENTION_ROLE.finditer(content):
+        if "roles" in parse or m.group(1) in roles:
+            found.append(m.group(0))
+    return found
+
+
+class FakeDiscord:
+    """Start with ``await fake.start()``; point discord.py at :attr:`api_base` and :attr:`gateway_url`."""
+
+    def __init__(self, *, token: str = "fake-bot-token", limits: Limits | None = None) -> None:
+        self.token = token
+        self.limits = limits or Limits()
+        self._ids = itertools.count(1)
+        now = time.time()
+        self.app_id = _snowflake(now - 86400 * 400, self._ids)
+        self.bot_user_id = self.app_id
+        self.guild_id = _snowflake(now - 86400 * 300, self._ids)
+        self.channel_id = _snowflake(now - 86400 * 299, self._ids)
+        self.owner_id = _snowflake(now - 86400 * 500, self._ids)
+        self.commands: dict[int | None, list[dict[str, Any]]] = {}
+        self.sync_calls: list[int | None] = []
+        self.interactions: dict[int, InteractionRecord] = {}
+        self._by_token: dict[str, InteractionRecord] = {}
+        self.messages: dict[int, FakeMessage] = {}
+        self.cdn: dict[str, tuple[bytes, str]] = {}
+        self.violations: list[str] = []
+        self.unhandled: list[str] = []
+        self.identifies: list[dict[str, Any]] = []
+        self.identified = asyncio.Event()
+        self.commands_synced = asyncio.Event()
+        self.changed = asyncio.Condition()
+        self._ws: web.WebSocketResponse | None = None
+        self._send_lock = asyncio.Lock()
+        self._seq = 0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.app = web.Application(client_max_size=512 * 1024 * 1024)
+        self.app.router.add_route("*", "/gateway", self._gateway)
+        self.app.router.add_get("/attachments/{channel}/{att}/{name}", self._cdn)
+        self.app.router.add_route("*", "/{tail:.*}", self._rest)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self, port: int = 0) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.base_url}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
+        """Wait until ``predicate()`` is true (re-checked on every change the fake sees)."""
+        async with asyncio.timeout(timeout):
+            async with self.changed:
+                await self.changed.wait_for(predicate)
+
+    # --- test API ----------------------------------------------------------------------------------
+
+    def add_attachment(self, data: bytes, filename: str, content_type: str | None = "image/png") -> dict[str, Any]:
+        """Host ``data`` on the fake CDN; returns the attachment payload for an interaction."""
+        att_id = _snowflake(time.time(), self._ids)
+        path = f"/attachments/{self.channel_id}/{att_id}/{filename}"
+        self.cdn[path] = (data, content_type or "application/octet-stream")
+        url = f"{self.base_url}{path}?ex=ffffffff&is=00000000&hm=fake"
+        payload: dict[str, Any] = {
+            "id": str(att_id),
+            "filename": filename,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+        }
+        if content_type is not None:
+            payload["content_type"] = content_type
+        return payload
+
+    def command(self, name: str) -> dict[str, Any]:
+        for scope in (self.guild_id, None):
+            for cmd in self.commands.get(scope, []):
+                if cmd["name"] == name:
+                    return cmd
+        raise KeyError(f"command {name!r} was never synced")
+
+    async def invoke_slash(
+        self,
+        name: str,
+        options: dict[str, Any],
+        *,
+        user_id: int | None = None,
+        age_s: float = 0.0,
+        check_options: bool = True,
+        channel_nsfw: bool = False,
+    ) -> InteractionRecord:
+        """Send an INTERACTION_CREATE for ``/name``. Attachment options take the payload from
+        :meth:`add_attachment`. Options are checked against the synced definition as the Discord
+        client would (``check_options=False`` sends them anyway, like a hostile client)."""
+        cmd = self.command(name)
+        defs = {o["name"]: o for o in cmd.get("options", [])}
+        if check_options:
+            self._check_options(defs, options)
+        opts: list[dict[str, Any]] = []
+        resolved: dict[str, Any] = {}
+        for key, value in options.items():
+            opt_type = defs[key]["type"] if key in defs else 3
+            if opt_type == OPTION_TYPES["attachment"]:
+                resolved.setdefault("attachments", {})[value["id"]] = value
+                opts.append({"name": key, "type": opt_type, "value": value["id"]})
+            else:
+                opts.append({"name": key, "type": opt_type, "value": value})
+        uid = user_id or _snowflake(time.time() - 86400 * 200, self._ids)
+        created = time.time() - age_s
+        inter_id = _snowflake(created, self._ids)
+        token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
+        user = {"id": str(uid), "username": f"member{uid % 1000}", "discriminator": "0", "avatar": None, "global_name": None}
+        data: dict[str, Any] = {"id": cmd["id"], "name": name, "type": 1, "options": opts}
+        if cmd.get("guild_id"):
+            data["guild_id"] = cmd["guild_id"]
+        if resolved:
+            data["resolved"] = resolved
+        payload = {
+            "id": str(inter_id),
+            "application_id": str(self.app_id),
+            "type": 2,
+            "token": token,
+            "version": 1,
+            "attachment_size_limit": self.limits.attachment_size_limit,
+            "guild_id": str(self.guild_id),
+            "channel_id": str(self.channel_id),
+            "channel": {
+                "id": str(self.channel_id),
+                "type": 0,
+                "name": "general",
+                "position": 0,
+                "guild_id": str(self.guild_id),
+                "permission_overwrites": [],
+                "nsfw": channel_nsfw,
+            },
+            "member": {
+                "user": user,
+                "roles": [],
+                "flags": 0,
+                "joined_at": _iso(created - 86400),
+                "permissions": str((1 << 11) | (1 << 15) | (1 << 14) | (1 << 31)),
+                "deaf": False,
+                "mute": False,
+            },
+            "app_permissions": str((1 << 11) | (1 << 15) | (1 << 14)),
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(self.guild_id)},
+            "context": 0,
+            "data": data,
+        }
+        record = InteractionRecord(
+            id=inter_id, token=token, user_id=uid, payload=payload, sent_at=time.monotonic() - age_s
+        )
+        self.interactions[inter_id] = record
+        self._by_token[token] = record
+        await self.dispatch("INTERACTION_CREATE", payload)
+        record.sent_at = time.monotonic() - age_s
+        return record
+
+    def _check_options(self, defs: dict[str, dict[str, Any]], options: dict[str, Any]) -> None:
+        for key in options:
+            if key not in defs:
+                raise ValueError(f"unknown option {key!r}")
+        for key, d in defs.items():
+            if d.get("required") and key not in options:
+                raise ValueError(f"missing required option {key!r}")
+            if key not in options:
+                continue
+            value = options[key]
+            if d["type"] == 3:
+                if not isinstance(value, str):
+                    raise ValueError(f"{key} must be a string")
+                if "max_length" in d and len(value) > d["max_length"]:
+                    raise ValueError(f"{key} longer than {d['max_length']}")
+                if "min_length" in d and len(value) < d["min_length"]:
+                    raise ValueError(f"{key} shorter than {d['min_length']}")
+            elif d["type"] in (4, 10):
+                if "min_value" in d and value < d["min_value"]:
+                    raise ValueError(f"{key} below {d['min_value']}")
+                if "max_value" in d and value > d["max_value"]:
+                    raise ValueError(f"{key} above {d['max_value']}")
+
+    def visible_messages(self, record: InteractionRecord) -> list[FakeMessage]:
+        return [self.messages[m] for m in record.message_ids if not self.messages[m].deleted]
+
+    def final_message(self, record: InteractionRecord) -> FakeMessage | None:
+        """The last visible, non-loading message of an interaction."""
+        msgs = [m for m in self.visible_messages(record) if not m.loading]
+        return msgs[-1] if msgs else None
+
+    # --- gateway -----------------------------------------------------------------------------------
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        async with self._send_lock:
+            if self._ws is None or self._ws.closed:
+                raise RuntimeError("the bot is not connected to the fake gateway")
+            self._seq += 1
+            await self._ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}))
+
+    async def _send(self, ws: web.WebSocketResponse, payload: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await ws.send_str(json.dumps(payload))
+
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        if request.query.get("encoding", "json") != "json":
+            await ws.close(code=4002, message=b"json only")
+            return ws
+        await self._send(ws, {"op": 10, "d": {"heartbeat_interval": 41250}})
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            frame = json.loads(msg.data)
+            op = frame.get("op")
+            if op == 1:
+                await self._send(ws, {"op": 11})
+            elif op == 2:
+                d = frame["d"]
+                if d.get("token") != self.token:
+                    await ws.close(code=4004, message=b"Authentication failed.")
+                    break
+                self.identifies.append(d)
+                self._ws = ws
+                self._seq = 0
+                await self._ready(ws)
+                self.identified.set()
+                await self._notify()
+            elif op == 6:
+                await self._send(ws, {"op": 9, "d": False})
+            elif op == 8:
+                await self._send(
+                    ws,
+                    {
+                        "op": 0,
+                        "t": "GUILD_MEMBERS_CHUNK",
+                        "s": None,
+                        "d": {"guild_id": str(self.guild_id), "members": [], "chunk_index": 0, "chunk_count": 1},
+                    },
+                )
+        if self._ws is ws:
+            self._ws = None
+        return ws
+
+    async def _ready(self, ws: web.WebSocketResponse) -> None:
+        user = self._bot_user()
+        ready = {
+            "v": 10,
+            "user": {**user, "verified": True, "mfa_enabled": False, "flags": 0},
+            "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "session_id": secrets.token_hex(16),
+            "resume_gateway_url": self.gateway_url,
+            "application": {"id": str(self.app_id), "flags": 0},
+        }
+        guild = {
+            "id": str(self.guild_id),
+            "name": "Fake Guild",
+            "icon": None,
+            "owner_id": str(self.owner_id),
+            "unavailable": False,
+            "member_count": 2,
+            "large": False,
+            "features": [],
+            "premium_tier": 0,
+            "roles": [
+                {
+                    "id": str(self.guild_id),
+                    "name": "@everyone",
+                    "permissions": str((1 << 11) | (1 << 15) | (1 << 14)),
+                    "position": 0,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": False,
+                    "flags": 0,
+                }
+            ],
+            "channels": [
+                {
+                    "id": str(self.channel_id),
+                    "type": 0,
+                    "name": "general",
+                    "position": 0,
+                    "permission_overwrites": [],
+                    "nsfw": False,
+                }
+            ],
+            "members": [],
+            "threads": [],
+            "emojis": [],
+            "stickers": [],
+            "voice_states": [],
+            "presences": [],
+        }
+        async with self._send_lock:
+            for event, data in (("READY", ready), ("GUILD_CREATE", guild)):
+                self._seq += 1
+                await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}))
+
+    def _bot_user(self) -> dict[str, Any]:
+        return {
+            "id": str(self.bot_user_id),
+            "username": "depth2img",
+            "discriminator": "0",
+            "avatar": None,
+            "bot": True,
+            "global_name": None,
+        }
+
+    # --- REST ----------------------------------------------------------------------------------------
+
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        path = f"/attachments/{request.match_info['channel']}/{request.match_info['att']}/{request.match_info['name']}"
+        found = self.cdn.get(path)
+        if found is None:
+            return web.Response(status=404, text="Not Found")
+        data, ctype = found
+        return web.Response(body=data, headers={"Content-Type": ctype})
+
+    def _authorised(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bot {self.token}"
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        method = request.method
+        if not path.startswith("/api/v10/"):
+            return self._unhandled(request)
+        parts = path[len("/api/v10/") :].split("/")
+        try:
+            return await self._route(request, method, parts)
+        finally:
+            await self._notify()
+
+    def _unhandled(self, request: web.Request) -> web.Response:
+        self.unhandled.append(f"{request.method} {request.path}")
+        return _error(404, 0, "404: Not Found")
+
+    async def _route(self, request: web.Request, method: str, parts: list[str]) -> web.StreamResponse:
+        # Bot-authenticated routes
+        if parts[0] in ("users", "oauth2", "applications", "gateway"):
+            if not self._authorised(request):
+                return _error(401, 0, "401: Unauthorized")
+            if parts == ["users", "@me"] and method == "GET":
+                return _json(self._bot_user())
+            if parts == ["oauth2", "applications", "@me"] and method == "GET":
+                return _json(self._application())
+            if parts[0] == "applications" and parts[-1] == "commands" and method == "PUT":
+                guild = int(parts[3]) if len(parts) == 5 and parts[2] == "guilds" else None
+                return await self._put_commands(request, guild)
+            if parts[0] == "applications" and parts[-1] == "commands" and method == "GET":
+                guild = int(parts[3]) if len(parts) == 5 and parts[2] == "guilds" else None
+                return _json(self.commands.get(guild, []))
+            if parts[0] == "gateway":
+                return _json(
+                    {
+                        "url": f"ws://127.0.0.1:{self.port}",
+                        "shards": 1,
+                        "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
+                    }
+                )
+            return self._unhandled(request)
+        if parts[0] == "interactions" and len(parts) == 4 and parts[3] == "callback" and method == "POST":
+            return await self._callback(request, int(parts[1]), parts[2])
+        if parts[0] == "webhooks" and len(parts) >= 3:
+            return await self._webhook(request, method, parts)
+        return self._unhandled(request)
+
+    def _application(self) -> dict[str, Any]:
+        return {
+            "id": str(self.app_id),
+            "name": "depth2img",
+            "description": "",
+            "icon": None,
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "owner": {"id": str(self.owner_id), "username": "owner", "discriminator": "0", "avatar": None},
+            "verify_key": "0" * 64,
+            "interactions_endpoint_url": None,
+            "flags": 0,
+        }
+
+    async def _put_commands(self, request: web.Request, guild: int | None) -> web.Response:
+        body = await request.json()
+        problems: dict[str, Any] = {}
+        stored: list[dict[str, Any]] = []
+        for index, cmd in enumerate(body):
+            errs = self._check_command(cmd)
+            if errs:
+                problems[str(index)] = errs
+            previous = next((c for c in self.commands.get(guild, []) if c["name"] == cmd["name"]), None)
+            cmd_id = previous["id"] if previous else str(_snowflake(time.time(), self._ids))
+            out = {**cmd, "id": cmd_id, "application_id": str(self.app_id), "version": cmd_id}
+            if guild is not None:
+                out["guild_id"] = str(guild)
+            stored.append(out)
+        if problems:
+            self.violations.append(f"invalid command definitions: {problems}")
+            return _error(400, 50035, "Invalid Form Body", problems)
+        self.commands[guild] = stored
+        self.sync_calls.append(guild)
+        self.commands_synced.set()
+        return _json(stored)
+
+    @staticmethod
+    def _check_command(cmd: dict[str, Any]) -> dict[str, Any]:
+        errs: dict[str, Any] = {}
+        name_re = re.compile(r"^[-_\w]{1,32}$")
+        if cmd.get("type", 1) == 1:
+            if not name_re.match(cmd.get("name", "")) or cmd["name"] != cmd["name"].lower():
+                errs["name"] = "invalid"
+            if not 1 <= len(cmd.get("description", "")) <= 100:
+                errs["description"] = "must be 1-100 characters"
+        seen_optional = False
+        for i, opt in enumerate(cmd.get("options", [])):
+            if not name_re.match(opt.get("name", "")) or opt["name"] != opt["name"].lower():
+                errs[f"options.{i}.name"] = "invalid"
+            if not 1 <= len(opt.get("description", "")) <= 100:
+                errs[f"options.{i}.description"] = "must be 1-100 characters"
+            if opt.get("required"):
+                if seen_optional:
+                    errs[f"options.{i}.required"] = "required options must be placed before non-required options"
+            else:
+                seen_optional = True
+        if len(cmd.get("options", [])) > 25:
+            errs["options"] = "at most 25"
+        return errs
+
+    # --- interactions ------------------------------------------------------------------------------
+
+    async def _read_message_body(self, request: web.Request) -> tuple[dict[str, Any], list[FakeFile]]:
+        files: list[FakeFile] = []
+        ctype = request.headers.get("Content-Type", "")
+        if ctype.startswith("multipart/"):
+            payload: dict[str, Any] = {}
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    break
+                raw = await part.read()  # type: ignore[union-attr]
+                name = part.name or ""
+                if name == "payload_json":
+                    payload = json.loads(raw)
+                elif name.startswith("files["):
+                    index = int(name[6:-1])
+                    files.append(FakeFile(id=index, filename=part.filename or f"file{index}", data=bytes(raw)))  # type: ignore[union-attr]
+            return payload, files
+        text = await request.text()
+        return (json.loads(text) if text else {}), files
+
+    def _check_message(
+        self, data: dict[str, Any], files: list[FakeFile], *, creating: bool
+    ) -> web.Response | None:
+        content = data.get("content") or ""
+        if len(content) > self.limits.content_max:
+            self.violations.append(f"content too long: {len(content)}")
+            return _error(
+                400,
+                50035,
+                "Invalid Form Body",
+                {"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]}},
+            )
+        if len(files) > self.limits.files_max:
+            self.violations.append(f"too many files: {len(files)}")
+            return _error(400, 50035, "Invalid Form Body", {"files": "at most 10"})
+        for f in files:
+            if len(f.data) > self.limits.attachment_size_limit:
+                self.violations.append(f"file too large: {f.filename} {len(f.data)} bytes")
+                return _error(413, 40005, "Request entity too large")
+        embeds = data.get("embeds") or []
+        if len(embeds) > self.limits.embeds_max:
+            self.violations.append("too many embeds")
+            return _error(400, 50035, "Invalid Form Body", {"embeds": "at most 10"})
+        if creating and not content and not embeds and not files and not data.get("components"):
+            self.violations.append("empty message")
+            return _error(400, 50006, "Cannot send an empty message")
+        return None
+
+    def _new_message(self, record: InteractionRecord, flags: int) -> FakeMessage:
+        now = time.monotonic()
+        msg = FakeMessage(
+            id=_snowflake(time.time(), self._ids),
+            channel_id=self.channel_id,
+            flags=flags,
+            interaction_id=record.id,
+            created_at=now,
+            updated_at=now,
+        )
+        self.messages[msg.id] = msg
+        record.message_ids.append(msg.id)
+        return msg
+
+    def _apply(self, msg: FakeMessage, data: dict[str, Any], files: list[FakeFile], *, editing: bool) -> None:
+        if "content" in data:
+            msg.content = data.get("content") or ""
+        if "embeds" in data:
+            msg.embeds = data.get("embeds") or []
+        if editing and "attachments" in data:
+            keep = {str(a.get("id")) for a in data["attachments"] or []}
+            msg.files = [f for f in msg.files if str(f.id) in keep] + [self._store_file(f) for f in files]
+        elif files:
+            msg.files = msg.files + [self._store_file(f) for f in files]
+        msg.pings += pings_for(msg.content, data.get("allowed_mentions"))
+        msg.history.append(msg.content)
+        msg.updated_at = time.monotonic()
+
+    def _store_file(self, f: FakeFile) -> FakeFile:
+        return FakeFile(id=_snowflake(time.time(), self._ids), filename=f.filename, data=f.data, content_type=f.content_type)
+
+    def _message_payload(self, msg: FakeMessage) -> dict[str, Any]:
+        return {
+            "id": str(msg.id),
+            "channel_id": str(msg.channel_id),
+            "guild_id": str(self.guild_id),
+            "type": 20,
+            "content": msg.content,
+            "author": self._bot_user(),
+            "attachments": [
+                {
+                    "id": str(f.id),
+                    "filename": f.filename,
+                    "size": len(f.data),
+                    "url": f"{self.base_url}/attachments/{msg.channel_id}/{f.id}/{f.filename}",
+                    "proxy_url": f"{self.base_url}/attachments/{msg.channel_id}/{f.id}/{f.filename}",
+                }
+                for f in msg.files
+            ],
+            "embeds": msg.embeds,
+            "mentions": [],
+            "mention_roles": [],
+            "pinned": False,
+            "mention_everyone": False,
+            "tts": False,
+            "timestamp": _iso(time.time()),
+            "edited_timestamp": _iso(time.time()) if msg.edits else None,
+            "flags": msg.flags,
+            "components": [],
+            "application_id": str(self.app_id),
+            "webhook_id": str(self.app_id),
+        }
+
+    async def _callback(self, request: web.Request, inter_id: int, token: str) -> web.Response:
+        arrived = time.monotonic()
+        record = self.interactions.get(inter_id)
+        if record is None or record.token != token:
+            return _error(404, 10062, "Unknown interaction")
+        record.callback_attempts += 1
+        if arrived - record.sent_at > self.limits.ack_deadline_s:
+            self.violations.append(f"late acknowledgement: {arrived - record.sent_at:.2f}s")
+            return _error(404, 10062, "Unknown interaction")
+        if record.ack_type is not None:
+            self.violations.append("interaction acknowledged twice")
+            return _error(400, 40060, "Interaction has already been acknowledged.")
+        if request.query.get("with_response") not in ("1", "true", "True"):
+            self.violations.append("callback without with_response")
+        body, files = await self._read_message_body(request)
+        rtype = body.get("type")
+        data = body.get("data") or {}
+        if rtype == 5:
+            msg = self._new_message(record, FLAG_LOADING | (int(data.get("flags", 0)) & FLAG_EPHEMERAL))
+        elif rtype == 4:
+            problem = self._check_message(data, files, creating=True)
+            if problem is not None:
+                return problem
+            msg = self._new_message(record, int(data.get("flags", 0)) & FLAG_EPHEMERAL)
+            self._apply(msg, data, files, editing=False)
+        else:
+            self.violations.append(f"unsupported callback type {rtype}")
+            return _error(400, 50035, "Invalid Form Body")
+        record.acked_at = arrived
+        record.ack_type = rtype
+        record.original_id = msg.id
+        return _json(
+            {
+                "interaction": {
+                    "id": str(record.id),
+                    "type": 2,
+                    "response_message_id": str(msg.id),
+                    "response_message_loading": rtype == 5,
+                    "response_message_ephemeral": msg.ephemeral,
+                },
+                "resource": {"type": rtype, "message": self._message_payload(msg)},
+            }
+        )
+
+    async def _webhook(self, request: web.Request, method: str, parts: list[str]) -> web.StreamResponse:
+        # /webhooks/{app}/{token}[/messages/{id}]
+        token = parts[2]
+        record = self._by_token.get(token)
+        if record is None or parts[1] != str(self.app_id):
+            return _error(404, 10015, "Unknown Webhook")
+        if time.monotonic() - record.sent_at > self.limits.token_ttl_s:
+            self.violations.append("webhook call with an expired token")
+            return _error(401, 50027, "Invalid Webhook Token")
+        if record.ack_type is None:
+            self.violations.append("webhook call before the initial response")
+            return _error(404, 10015, "Unknown Webhook")
+        if len(parts) == 3 and method == "POST":
+            body, files = await self._read_message_body(request)
+            problem = self._check_message(body, files, creating=True)
+            if problem is not None:
+                return problem
+            original = self.messages.get(record.original_id or 0)
+            if original is not None and original.loading and not original.deleted:
+                # The first followup after a deferral edits the "thinking…" message; its flags stand.
+                original.flags &= ~FLAG_LOADING
+                original.edits += 1
+                self._apply(original, body, files, editing=False)
+                return _json(self._message_payload(original))
+            msg = self._new_message(record, int(body.get("flags", 0)) & FLAG_EPHEMERAL)
+            self._apply(msg, body, files, editing=False)
+            return _json(self._message_payload(msg))
+        if len(parts) == 5 and parts[3] == "messages":
+            target = record.original_id if parts[4] == "@original" else int(parts[4])
+            msg = self.messages.get(target or 0)
+            if msg is None or msg.deleted or msg.interaction_id != record.id:
+                return _error(404, 10008, "Unknown Message")
+            if method == "GET":
+                return _json(self._message_payload(msg))
+            if method == "DELETE":
+                msg.deleted = True
+                return web.Response(status=204)
+            if method == "PATCH":
+                body, files = await self._read_message_body(request)
+                problem = self._check_message(body, files, creating=False)
+                if problem is not None:
+                    return problem
+                msg.flags &= ~FLAG_LOADING
+                msg.edits += 1
+                self._apply(msg, body, files, editing=True)
+                return _json(self._message_payload(msg))
+        return self._unhandled(request)
