@@ -44,7 +44,9 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
     await fake.stop()
 
 
-def bot_env(fake_discord: FakeDiscord, fake_api: FakeModelsLab, data_dir: Path, **extra: str) -> dict[str, str]:
+def bot_env(
+    fake_discord: FakeDiscord, fake_api: FakeModelsLab, data_dir: Path, **extra: str
+) -> dict[str, str]:
     env = {
         "DISCORD_TOKEN": fake_discord.token,
         "SD_API_KEY": fake_api.api_key,
@@ -122,7 +124,9 @@ async def slash(
     """Run one /depth2img to its final state and return the record and the final message."""
     opts = dict(options)
     if "image" not in opts:
-        opts["image"] = fake.add_attachment(image if image is not None else make_png(), filename, content_type)
+        opts["image"] = fake.add_attachment(
+            image if image is not None else make_png(), filename, content_type
+        )
     record = await fake.invoke_slash("depth2img", opts, **kwargs)
     await fake.wait_for(lambda: is_settled(fake, record), timeout=timeout)
     await asyncio.sleep(0.05)  # anything after the final state would be a bug; give it a moment to show

@@ -13,6 +13,7 @@ safe to retry:
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import random
@@ -157,10 +158,38 @@ class Depth2ImgClient:
                     continue
                 raise
             except BadRequestError as exc:
+                if exc.status == 404:  # unknown here; the job may live behind another fetch route
+                    last = exc
+                    continue
                 # an error while polling means this job will not produce images
                 raise JobFailed(exc.message, job_id=job_id) from None
         assert last is not None
         raise last
+
+    async def upload_image(self, data: bytes, mime: str = "image/png") -> str:
+        """Host image bytes at the API (``base64_to_url``, 24 h links, 5 MB max) and return the URL.
+
+        Falls back to the legacy ``base64_crop`` endpoint when the v6 route is missing. Uploading is
+        idempotent enough to retry: a duplicate upload costs nothing and expires by itself.
+        """
+        data_uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+        try:
+            response = await self._call(
+                f"{self._base}/v6/base64_to_url",
+                {"key": self._key, "base64_string": data_uri},
+                idempotent=True,
+            )
+        except MalformedResponseError as exc:
+            if exc.status != 404:
+                raise
+            response = await self._call(
+                f"{self._base}/v3/base64_crop",
+                {"key": self._key, "image": data_uri, "crop": "false"},
+                idempotent=True,
+            )
+        if response.status is not Status.SUCCESS:
+            raise MalformedResponseError("upload did not finish at once")
+        return response.output_urls[0]
 
     async def download(self, url: str) -> bytes:
         """Download one output image, with a size cap; retried on transient failures."""

@@ -61,7 +61,9 @@ def make_png(width: int = 512, height: int = 512, *, seed: int = 0, noise: bool 
         vertical = Image.linear_gradient("L").resize((width, height))
         img = Image.merge("RGB", (horizontal, vertical, Image.new("L", (width, height), (seed * 40) % 256)))
         draw = ImageDraw.Draw(img)
-        draw.ellipse((width // 4, height // 4, width * 3 // 4, height * 3 // 4), outline=(255, 255, 255), width=6)
+        draw.ellipse(
+            (width // 4, height // 4, width * 3 // 4, height * 3 // 4), outline=(255, 255, 255), width=6
+        )
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -73,7 +75,9 @@ def simulate_depth2img(data: bytes, prompt: str) -> bytes:
         img = ImageOps.exif_transpose(src).convert("RGB")
     img.thumbnail((1024, 1024))
     img = ImageOps.posterize(img, 3)
-    img = ImageOps.colorize(ImageOps.grayscale(img), black=(20, 10, 60), mid=(200, 80, 140), white=(255, 230, 160))
+    img = ImageOps.colorize(
+        ImageOps.grayscale(img), black=(20, 10, 60), mid=(200, 80, 140), white=(255, 230, 160)
+    )
     draw = ImageDraw.Draw(img)
     label = f"SIMULATED depth2img: {prompt[:40]}"
     draw.rectangle((0, 0, img.width, 22), fill=(0, 0, 0))
@@ -105,6 +109,7 @@ class FakeModelsLab:
     downloads: list[str] = field(default_factory=list)
     uploads: list[Submission] = field(default_factory=list)
     max_in_flight: int = 0
+    legacy_uploads_only: bool = False  # scenario 21: only the v3 base64_crop route exists
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(13481504)
@@ -190,7 +195,9 @@ class FakeModelsLab:
             return self._json({"status": "error", "message": "Invalid API key"}, 401)
         missing = [f for f in ("init_image", "prompt") if not body.get(f)]
         if missing:
-            return self._json({"status": "error", "message": {f: [f"The {f} field is required."] for f in missing}})
+            return self._json(
+                {"status": "error", "message": {f: [f"The {f} field is required."] for f in missing}}
+            )
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         job = str(next(self._ids))
@@ -200,7 +207,12 @@ class FakeModelsLab:
             samples = 1
         if s == "success":
             return self._json(
-                {"status": "success", "generationTime": 1.32, "id": int(job), "output": self._outputs(f"a{job}", 1)[0]}
+                {
+                    "status": "success",
+                    "generationTime": 1.32,
+                    "id": int(job),
+                    "output": self._outputs(f"a{job}", 1)[0],
+                }
             )
         if s == "success_list":
             urls = self._outputs(f"a{job}", 1)
@@ -235,17 +247,26 @@ class FakeModelsLab:
             return self._json({"status": "error", "message": "Invalid API key"})
         if s == "no_credits_402":
             return self._json(
-                {"status": "error", "message": "Insufficient credits. Please add more credits to continue."}, 402
+                {"status": "error", "message": "Insufficient credits. Please add more credits to continue."},
+                402,
             )
         if s == "no_credits_200":
-            return self._json({"status": "error", "message": "Insufficient credits. Please add more credits to continue."})
+            return self._json(
+                {"status": "error", "message": "Insufficient credits. Please add more credits to continue."}
+            )
         if s == "rate_limited":
             return self._json(
-                {"status": "error", "message": "Rate limit exceeded. Maximum 5 queued requests allowed.", "retry_after": 30},
+                {
+                    "status": "error",
+                    "message": "Rate limit exceeded. Maximum 5 queued requests allowed.",
+                    "retry_after": 30,
+                },
                 429,
             )
         if s == "validation_object":
-            return self._json({"status": "error", "message": {"init_image": ["The init image field is required."]}})
+            return self._json(
+                {"status": "error", "message": {"init_image": ["The init image field is required."]}}
+            )
         if s == "legacy_messege":
             return self._json({"status": "error", "messege": "prompt is required"})
         if s == "unfetchable_image":
@@ -253,17 +274,31 @@ class FakeModelsLab:
         if s in ("server_error_then_success", "server_error_always"):
             self._attempts += 1
             if s == "server_error_always" or self._attempts == 1:
-                return self._json({"status": "error", "message": "Internal server error. Please try again."}, 500)
+                return self._json(
+                    {"status": "error", "message": "Internal server error. Please try again."}, 500
+                )
             return self._json(
-                {"status": "success", "generationTime": 1.32, "id": int(job), "output": self._outputs(f"a{job}", 1)[0]}
+                {
+                    "status": "success",
+                    "generationTime": 1.32,
+                    "id": int(job),
+                    "output": self._outputs(f"a{job}", 1)[0],
+                }
             )
         if s == "bad_gateway_html":
             return web.Response(status=502, text="<html>Bad gateway</html>", content_type="text/html")
         if s == "success_string_id":
-            return self._json({"status": "success", "id": "abc123-def456", "output": self._outputs(f"c{job}", 1)})
+            return self._json(
+                {"status": "success", "id": "abc123-def456", "output": self._outputs(f"c{job}", 1)}
+            )
         if s == "output_404":
             return self._json(
-                {"status": "success", "generationTime": 1.0, "id": int(job), "output": self.file_url("missing-0.png")}
+                {
+                    "status": "success",
+                    "generationTime": 1.0,
+                    "id": int(job),
+                    "output": self.file_url("missing-0.png"),
+                }
             )
         if s == "output_not_image":
             url = self.add_file(f"n{job}-0.png", b"<html>this is not an image</html>")
@@ -273,7 +308,12 @@ class FakeModelsLab:
             return self._json({"status": "success", "id": int(job), "output": url})
         if s == "multiple_samples":
             return self._json(
-                {"status": "success", "generationTime": 2.0, "id": int(job), "output": self._outputs(f"m{job}", samples)}
+                {
+                    "status": "success",
+                    "generationTime": 2.0,
+                    "id": int(job),
+                    "output": self._outputs(f"m{job}", samples),
+                }
             )
         if s == "slow":
             await asyncio.sleep(self.slow_s)
@@ -288,7 +328,9 @@ class FakeModelsLab:
         try:
             async with self._session.get(str(body["init_image"])) as resp:
                 if resp.status != 200:
-                    return self._json({"status": "error", "message": "Unable to fetch image from provided URL"})
+                    return self._json(
+                        {"status": "error", "message": "Unable to fetch image from provided URL"}
+                    )
                 data = await resp.read()
             out = await asyncio.to_thread(simulate_depth2img, data, str(body.get("prompt", "")))
         except (aiohttp.ClientError, OSError, ValueError):
@@ -323,12 +365,20 @@ class FakeModelsLab:
         if self.scenario == "queued_forever" or state["polls"] <= self.polls_before_done:
             if self.scenario == "queued_then_failed" and state["polls"] >= 1:
                 return self._json(
-                    {"status": "failed", "id": int(job), "message": "Processing failed: Invalid input dimensions"}
+                    {
+                        "status": "failed",
+                        "id": int(job),
+                        "message": "Processing failed: Invalid input dimensions",
+                    }
                 )
             return self._json(processing)
-        return self._json({"status": "success", "id": int(job), "output": self._outputs(f"b{job}", state["samples"])})
+        return self._json(
+            {"status": "success", "id": int(job), "output": self._outputs(f"b{job}", state["samples"])}
+        )
 
     async def _b64(self, request: web.Request) -> web.Response:
+        if self.legacy_uploads_only:
+            return web.Response(status=404, text="Not Found")
         body = await self._body(request) or {}
         self.uploads.append(Submission(request.path, body))
         if body.get("key") != self.api_key:
@@ -349,7 +399,12 @@ class FakeModelsLab:
         raw = base64.b64decode(str(body.get("image", "")).split(",", 1)[-1] or b"")
         job = next(self._ids)
         return self._json(
-            {"status": "success", "messege": "image uploaded", "link": self.add_file(f"up{job}.png", raw), "request_id": job}
+            {
+                "status": "success",
+                "messege": "image uploaded",
+                "link": self.add_file(f"up{job}.png", raw),
+                "request_id": job,
+            }
         )
 
     async def _file(self, request: web.Request) -> web.StreamResponse:

@@ -205,7 +205,9 @@ class FakeDiscord:
 
     # --- test API ----------------------------------------------------------------------------------
 
-    def add_attachment(self, data: bytes, filename: str, content_type: str | None = "image/png") -> dict[str, Any]:
+    def add_attachment(
+        self, data: bytes, filename: str, content_type: str | None = "image/png"
+    ) -> dict[str, Any]:
         """Host ``data`` on the fake CDN; returns the attachment payload for an interaction."""
         att_id = _snowflake(time.time(), self._ids)
         path = f"/attachments/{self.channel_id}/{att_id}/{filename}"
@@ -259,7 +261,13 @@ class FakeDiscord:
         created = time.time() - age_s
         inter_id = _snowflake(created, self._ids)
         token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
-        user = {"id": str(uid), "username": f"member{uid % 1000}", "discriminator": "0", "avatar": None, "global_name": None}
+        user = {
+            "id": str(uid),
+            "username": f"member{uid % 1000}",
+            "discriminator": "0",
+            "avatar": None,
+            "global_name": None,
+        }
         data: dict[str, Any] = {"id": cmd["id"], "name": name, "type": 1, "options": opts}
         if cmd.get("guild_id"):
             data["guild_id"] = cmd["guild_id"]
@@ -387,7 +395,12 @@ class FakeDiscord:
                         "op": 0,
                         "t": "GUILD_MEMBERS_CHUNK",
                         "s": None,
-                        "d": {"guild_id": str(self.guild_id), "members": [], "chunk_index": 0, "chunk_count": 1},
+                        "d": {
+                            "guild_id": str(self.guild_id),
+                            "members": [],
+                            "chunk_index": 0,
+                            "chunk_count": 1,
+                        },
                     },
                 )
         if self._ws is ws:
@@ -507,7 +520,12 @@ class FakeDiscord:
                     {
                         "url": f"ws://127.0.0.1:{self.port}",
                         "shards": 1,
-                        "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
+                        "session_start_limit": {
+                            "total": 1000,
+                            "remaining": 999,
+                            "reset_after": 0,
+                            "max_concurrency": 1,
+                        },
                     }
                 )
             return self._unhandled(request)
@@ -570,7 +588,9 @@ class FakeDiscord:
                 errs[f"options.{i}.description"] = "must be 1-100 characters"
             if opt.get("required"):
                 if seen_optional:
-                    errs[f"options.{i}.required"] = "required options must be placed before non-required options"
+                    errs[f"options.{i}.required"] = (
+                        "required options must be placed before non-required options"
+                    )
             else:
                 seen_optional = True
         if len(cmd.get("options", [])) > 25:
@@ -595,7 +615,9 @@ class FakeDiscord:
                     payload = json.loads(raw)
                 elif name.startswith("files["):
                     index = int(name[6:-1])
-                    files.append(FakeFile(id=index, filename=part.filename or f"file{index}", data=bytes(raw)))  # type: ignore[union-attr]
+                    files.append(
+                        FakeFile(id=index, filename=part.filename or f"file{index}", data=bytes(raw))
+                    )  # type: ignore[union-attr]
             return payload, files
         text = await request.text()
         return (json.loads(text) if text else {}), files
@@ -610,7 +632,13 @@ class FakeDiscord:
                 400,
                 50035,
                 "Invalid Form Body",
-                {"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]}},
+                {
+                    "content": {
+                        "_errors": [
+                            {"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}
+                        ]
+                    }
+                },
             )
         if len(files) > self.limits.files_max:
             self.violations.append(f"too many files: {len(files)}")
@@ -657,7 +685,12 @@ class FakeDiscord:
         msg.updated_at = time.monotonic()
 
     def _store_file(self, f: FakeFile) -> FakeFile:
-        return FakeFile(id=_snowflake(time.time(), self._ids), filename=f.filename, data=f.data, content_type=f.content_type)
+        return FakeFile(
+            id=_snowflake(time.time(), self._ids),
+            filename=f.filename,
+            data=f.data,
+            content_type=f.content_type,
+        )
 
     def _message_payload(self, msg: FakeMessage) -> dict[str, Any]:
         return {

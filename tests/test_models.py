@@ -1,0 +1,146 @@
+"""The response parser and the option validation: pure functions, including a property test."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cogs.depth2img.client import error_from_response
+from cogs.depth2img.errors import Depth2ImgError, InvalidInput, MalformedResponseError
+from cogs.depth2img.models import Status, extract_message, parse_response
+from cogs.depth2img.service import build_params, clean_text
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+shaped = st.fixed_dictionaries(
+    {},
+    optional={
+        "status": st.sampled_from(["success", "processing", "error", "failed", "weird", ""]) | json_values,
+        "output": json_values | st.lists(st.sampled_from(["http://x/a.png", "ftp://x", ""]), max_size=3),
+        "id": json_values,
+        "eta": json_values,
+        "message": json_values,
+        "messege": json_values,
+        "retry_after": json_values,
+        "meta": json_values,
+        "generationTime": json_values,
+        "fetch_result": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=json_values | shaped, status=st.sampled_from([200, 400, 401, 402, 403, 404, 429, 500, 502, 503]))
+def test_parser_never_raises_anything_but_our_errors(body, status):
+    try:
+        parse_response(body, http_status=status)
+    except MalformedResponseError:
+        pass
+    try:
+        error_from_response(status, body, text_is_json=True)
+    except Depth2ImgError:
+        pass
+
+
+def test_output_string_and_list_normalise_to_a_tuple():
+    a = parse_response({"status": "success", "output": "http://h/a-0.png"})
+    b = parse_response({"status": "success", "output": ["http://h/a-0.png"]})
+    assert a.output_urls == b.output_urls == ("http://h/a-0.png",)
+
+
+def test_empty_output_falls_back_to_proxy_links():
+    r = parse_response({"status": "success", "output": [], "proxy_links": ["http://h/p.png"]})
+    assert r.output_urls == ("http://h/p.png",)
+
+
+def test_success_without_urls_is_malformed_and_future_links_are_not_results():
+    with pytest.raises(MalformedResponseError):
+        parse_response({"status": "success", "output": "", "future_links": ["http://h/f.png"]})
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"message": "plain"}, "plain"),
+        (
+            {"message": {"init_image": ["The init image field is required."], "prompt": ["x"]}},
+            "The init image field is required. x",
+        ),
+        ({"messege": "legacy"}, "legacy"),
+        ({"error": "from error"}, "from error"),
+        ({"tip": "a tip"}, "a tip"),
+        ({"message": "  lots   of\n space "}, "lots of space"),
+        ({}, None),
+    ],
+)
+def test_message_from_every_field(body, expected):
+    assert extract_message(body) == expected
+
+
+def test_ids_int_or_string_and_processing_fields():
+    r = parse_response(
+        {"status": "processing", "id": 13481504, "eta": "29.2", "fetch_result": "http://h/f/1"}
+    )
+    assert (r.status, r.job_id, r.eta_s, r.fetch_url) == (
+        Status.PROCESSING,
+        "13481504",
+        pytest.approx(29.2),
+        "http://h/f/1",
+    )
+    assert parse_response({"status": "success", "id": "abc", "output": "http://h/x"}).job_id == "abc"
+
+
+def test_non_json_and_unknown_status():
+    with pytest.raises(MalformedResponseError):
+        parse_response(["not", "an", "object"])
+    with pytest.raises(MalformedResponseError):
+        parse_response({"status": "sleeping"})
+
+
+# --- option validation --------------------------------------------------------------------------
+
+
+def test_prompt_is_cleaned_of_control_characters():
+    assert clean_text("a\x00b\u200b c\n\td") == "ab c d"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"prompt": ""}, "empty"),
+        ({"prompt": "   \n\t "}, "empty"),
+        ({"prompt": "\x00\x01\x02"}, "empty"),
+        ({"prompt": "x" * 1001}, "limit is 1000"),
+        ({"prompt": "ok", "negative_prompt": "y" * 1001}, "negative prompt"),
+        ({"prompt": "ok", "strength": 1.5}, "Strength"),
+        ({"prompt": "ok", "steps": 0}, "Steps"),
+        ({"prompt": "ok", "guidance": 0.5}, "Guidance"),
+        ({"prompt": "ok", "seed": -1}, "Seed"),
+        ({"prompt": "ok", "samples": 5}, "Samples"),
+    ],
+)
+def test_bad_options_are_refused_with_a_reason(kwargs, fragment):
+    with pytest.raises(InvalidInput) as info:
+        build_params(**kwargs)
+    assert fragment in info.value.reason
+
+
+def test_good_options_pass_through():
+    p = build_params(
+        prompt=" a  cabin ", negative_prompt="", strength=0.0, steps=50, guidance=20, seed=0, samples=4
+    )
+    assert (p.prompt, p.negative_prompt, p.strength, p.steps, p.guidance, p.seed, p.samples) == (
+        "a cabin",
+        None,
+        0.0,
+        50,
+        20,
+        0,
+        4,
+    )
