@@ -113,6 +113,13 @@ class AppCommandTree(app_commands.CommandTree["Depth2ImgBot"]):
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         original = getattr(error, "original", error)
+        if isinstance(original, discord.NotFound) and original.code == 10062:
+            # Discord gave up on this interaction (acknowledged too late, or already answered):
+            # nothing can be sent on it any more, so don't try twice.
+            log.warning(
+                "interaction expired before the bot could answer", extra={"interaction_id": interaction.id}
+            )
+            return
         if isinstance(error, app_commands.CommandOnCooldown):
             text = f"⏳ Slow down: try again <t:{int(discord.utils.utcnow().timestamp() + error.retry_after) + 1}:R>."
         elif isinstance(error, app_commands.CheckFailure):

@@ -102,13 +102,16 @@ async def bot(start_bot: StartBot) -> Depth2ImgBot:
 # --- helpers for end-to-end tests -------------------------------------------------------------------
 
 
+PROGRESS_PREFIXES = ("⏳ Queued at the image API", "⏳ Waiting for a free slot")
+
+
 def is_settled(fake: FakeDiscord, record: InteractionRecord) -> bool:
     """True once the member sees a final state: a non-loading message that is not progress."""
     visible = fake.visible_messages(record)
     if not visible:
         return False
     last = visible[-1]
-    return not last.loading and not last.content.startswith("⏳")
+    return not last.loading and not last.content.startswith(PROGRESS_PREFIXES)
 
 
 async def slash(

@@ -150,6 +150,7 @@ class FakeDiscord:
         self.violations: list[str] = []
         self.unhandled: list[str] = []
         self.identifies: list[dict[str, Any]] = []
+        self.fail_next_edits = 0  # answer this many message edits with 403 Missing Permissions
         self.identified = asyncio.Event()
         self.commands_synced = asyncio.Event()
         self.changed = asyncio.Condition()
@@ -807,6 +808,9 @@ class FakeDiscord:
                 return web.Response(status=204)
             if method == "PATCH":
                 body, files = await self._read_message_body(request)
+                if self.fail_next_edits > 0:
+                    self.fail_next_edits -= 1
+                    return _error(403, 50013, "Missing Permissions")
                 problem = self._check_message(body, files, creating=False)
                 if problem is not None:
                     return problem

@@ -1,0 +1,270 @@
+"""End to end: the real bot and the real discord.py against the fake Discord and the fake API.
+
+Each test injects /depth2img interactions over the fake gateway and asserts what Discord received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from bot import KeyValueFormatter
+
+from tests.conftest import is_settled, slash
+from tests.fakes.fake_api import make_png
+from tests.fakes.fake_discord import FLAG_EPHEMERAL
+
+OPTION_NAMES = ["image", "prompt", "negative_prompt", "strength", "steps", "guidance", "seed", "samples"]
+
+
+def assert_clean(fake_discord, fake_api, caplog=None):
+    """No Discord rule broken, no unknown route called, nobody pinged, no secret or traceback leaked."""
+    assert fake_discord.violations == []
+    assert fake_discord.unhandled == []
+    for msg in fake_discord.messages.values():
+        assert msg.pings == []
+        for text in msg.history:
+            assert fake_api.api_key not in text
+            assert fake_discord.token not in text
+            assert "Traceback" not in text
+            assert "Exception" not in text
+    if caplog is not None:
+        logs = log_text(caplog)
+        assert fake_api.api_key not in logs
+        assert fake_discord.token not in logs
+        assert "Traceback" not in logs
+
+
+def log_text(caplog) -> str:
+    """The log as the bot writes it (its own formatter, as configured by bot.py at INFO)."""
+    formatter = KeyValueFormatter(show_tracebacks=False)
+    return "\n".join(formatter.format(r) for r in caplog.records)
+
+
+async def test_command_definition_has_every_option_described(bot, fake_discord):
+    cmd = fake_discord.command("depth2img")
+    assert cmd["description"]
+    opts = {o["name"]: o for o in cmd["options"]}
+    assert list(opts) == OPTION_NAMES
+    for o in cmd["options"]:
+        assert o["description"] and o["description"] != "…", o["name"]
+    assert opts["image"]["type"] == 11 and opts["image"]["required"]
+    assert (
+        opts["prompt"]["required"]
+        and opts["prompt"]["max_length"] == 1000
+        and opts["prompt"]["min_length"] == 1
+    )
+    assert (opts["strength"]["min_value"], opts["strength"]["max_value"]) == (0, 1)
+    assert (opts["guidance"]["min_value"], opts["guidance"]["max_value"]) == (1, 20)
+    assert (opts["samples"]["min_value"], opts["samples"]["max_value"]) == (1, 4)
+    assert not any(opts[n].get("required") for n in OPTION_NAMES[2:])
+
+
+async def test_happy_path_acks_fast_and_delivers_the_png_with_timing(bot, fake_discord, fake_api, caplog):
+    caplog.set_level(logging.INFO)
+    fake_api.scenario = "success_list"
+    record, final = await slash(fake_discord, {"prompt": "a cozy cabin, warm light", "strength": 0.6})
+    # acknowledged once, as a deferral ("thinking…"), well within Discord's 3 s
+    assert record.ack_type == 5
+    assert record.callback_attempts == 1
+    assert record.acked_at - record.sent_at < 3.0
+    # one message, edited from "thinking…" into the result, public, with the image attached as a file
+    assert len(fake_discord.visible_messages(record)) == 1
+    assert not final.ephemeral and not final.loading
+    (file,) = final.files
+    assert file.filename.endswith(".png")
+    assert file.data == fake_api.output_png
+    assert "a cozy cabin, warm light" in final.content
+    assert "seed `1793745243`" in final.content
+    assert "total" in final.content and "generating" in final.content and "queued at the API" in final.content
+    assert "http" not in final.content  # never only a link to the API's URL
+    (sub,) = fake_api.submissions
+    assert sub.body["init_image"].startswith(fake_discord.base_url + "/attachments/")
+    assert sub.body["strength"] == 0.6
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_queued_job_shows_progress_then_the_image(bot, fake_discord, fake_api):
+    fake_api.scenario = "queued"
+    fake_api.eta_s = 0.2
+    record, final = await slash(fake_discord, {"prompt": "castle"})
+    assert final.files
+    assert any(h.startswith("⏳ Queued at the image API") and "<t:" in h for h in final.history)
+    assert len(fake_api.submissions) == 1
+    assert len(fake_api.fetches) == 3
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_multiple_samples_are_attached(bot, fake_discord, fake_api):
+    fake_api.scenario = "multiple_samples"
+    _, final = await slash(fake_discord, {"prompt": "castle", "samples": 3})
+    assert len(final.files) == 3
+    assert "3 images" in final.content
+    assert_clean(fake_discord, fake_api)
+
+
+@pytest.mark.parametrize(
+    ("data", "filename", "ctype", "fragment"),
+    [
+        (b"this is a text file, not a picture", "photo.png", "image/png", "not a picture"),
+        (b"<html>nope</html>", "cat.jpg", "image/jpeg", "not a picture"),
+        (make_png()[:300], "cut.png", "image/png", "damaged"),
+        (b"GIF89a" + b"\0" * 50, "anim.png", None, "not a picture"),
+    ],
+)
+async def test_bad_bytes_get_a_private_message_and_cost_no_api_call(
+    bot, fake_discord, fake_api, data, filename, ctype, fragment
+):
+    record, final = await slash(
+        fake_discord, {"prompt": "x"}, image=data, filename=filename, content_type=ctype
+    )
+    assert final.ephemeral
+    assert fragment in final.content
+    # the public "thinking…" message is gone: only the private message is left
+    assert [m.ephemeral for m in fake_discord.visible_messages(record)] == [True]
+    assert fake_api.submissions == []
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_prompt_too_long_is_refused_privately_before_the_ack(bot, fake_discord, fake_api):
+    # a hostile or outdated client can send more than the declared max_length
+    record, final = await slash(fake_discord, {"prompt": "y" * 1200}, check_options=False)
+    assert record.ack_type == 4
+    assert final.flags & FLAG_EPHEMERAL
+    assert "limit is 1000" in final.content
+    assert fake_api.submissions == []
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_whitespace_prompt_is_refused(bot, fake_discord, fake_api):
+    _, final = await slash(fake_discord, {"prompt": " \u200b "})
+    assert final.ephemeral and "empty" in final.content
+    assert fake_api.submissions == []
+
+
+async def test_attachment_over_the_size_limit_is_refused(start_bot, fake_discord, fake_api):
+    await start_bot(MAX_INPUT_BYTES="2048")
+    _, final = await slash(fake_discord, {"prompt": "x"}, image=make_png(256, 256, noise=True))
+    assert final.ephemeral and "limit is" in final.content
+    assert fake_api.submissions == []
+    assert_clean(fake_discord, fake_api)
+
+
+ERROR_CASES = [
+    ("invalid_key_401", {}, "API key"),
+    ("invalid_key_200", {}, "API key"),
+    ("no_credits_402", {}, "out of credits"),
+    ("no_credits_200", {}, "out of credits"),
+    ("rate_limited", {}, "Try again in about 30 s"),
+    ("validation_object", {}, "The init image field is required."),
+    ("legacy_messege", {}, "prompt is required"),
+    ("unfetchable_image", {}, "could not fetch your picture"),
+    ("server_error_always", {"SD_MAX_RETRIES": "1"}, "internal problem"),
+    ("bad_gateway_html", {}, "internal problem"),
+    ("queued_then_failed", {}, "Invalid input dimensions"),
+    ("queued_forever", {"SD_JOB_TIMEOUT_S": "1"}, "did not finish within"),
+    ("processing_without_id", {}, "does not understand"),
+    ("slow", {"SD_REQUEST_TIMEOUT_S": "1"}, "did not answer in time"),
+    ("output_404", {}, "could not be downloaded"),
+    ("output_not_image", {}, "could not be downloaded"),
+]
+
+
+@pytest.mark.parametrize(("scenario", "env", "fragment"), ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
+async def test_every_failure_ends_in_one_clear_message(
+    start_bot, fake_discord, fake_api, caplog, scenario, env, fragment
+):
+    caplog.set_level(logging.INFO)
+    fake_api.slow_s = 3
+    await start_bot(**env)
+    fake_api.scenario = scenario
+    record, final = await slash(fake_discord, {"prompt": "castle"})
+    assert fragment in final.content
+    assert "ref `" in final.content
+    assert final.files == []
+    assert len(fake_discord.visible_messages(record)) == 1
+    assert not final.loading
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_prompt_mentions_and_markdown_ping_no_one(bot, fake_discord, fake_api):
+    prompt = "@everyone @here <@123456789012345678> <@&223456789012345678> **bold** `code`"
+    _, final = await slash(fake_discord, {"prompt": prompt})
+    assert final.files
+    assert final.pings == []
+    assert "@everyone" not in final.content  # shown with a zero-width space, inert even if quoted
+    assert "\\*\\*bold\\*\\*" in final.content
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_output_larger_than_the_upload_limit_is_made_to_fit(bot, fake_discord, fake_api):
+    fake_discord.limits.attachment_size_limit = 1024 * 1024
+    fake_api.scenario = "output_huge"
+    _, final = await slash(fake_discord, {"prompt": "castle"})
+    (file,) = final.files
+    assert len(file.data) <= 1024 * 1024
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_one_job_per_member_second_is_told_to_wait(bot, fake_discord, fake_api):
+    fake_api.latency_s = 0.5
+    user = 424242424242424242
+    first = await fake_discord.invoke_slash(
+        "depth2img",
+        {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "one"},
+        user_id=user,
+    )
+    await asyncio.sleep(0.1)
+    second, final2 = await slash(fake_discord, {"prompt": "two"}, user_id=user)
+    assert final2.ephemeral and "already have a picture in progress" in final2.content
+    await fake_discord.wait_for(lambda: is_settled(fake_discord, first))
+    assert fake_discord.final_message(first).files
+    assert len(fake_api.submissions) == 1
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_concurrent_members_are_all_served_and_acked_in_time(start_bot, fake_discord, fake_api):
+    await start_bot(SD_MAX_CONCURRENT="3")
+    fake_api.latency_s = 0.2
+    records = await asyncio.gather(
+        *(
+            fake_discord.invoke_slash(
+                "depth2img", {"image": fake_discord.add_attachment(make_png(), f"{n}.png"), "prompt": f"p{n}"}
+            )
+            for n in range(8)
+        )
+    )
+    await fake_discord.wait_for(lambda: all(is_settled(fake_discord, r) for r in records), timeout=20)
+    for r in records:
+        assert r.acked_at - r.sent_at < 3.0
+        assert fake_discord.final_message(r).files
+    assert fake_api.max_in_flight <= 3
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_unexpected_discord_error_gets_a_reference_not_a_traceback(bot, fake_discord, fake_api, caplog):
+    caplog.set_level(logging.INFO)
+    fake_discord.fail_next_edits = 1  # the delivery edit is refused once (403 Missing Permissions)
+    record, final = await slash(fake_discord, {"prompt": "castle"})
+    assert final.content.startswith("⚠️ Something went wrong (ref `")
+    ref = final.content.split("`")[1]
+    logs = log_text(caplog)
+    assert f"ref={ref}" in logs  # the member's reference finds the log line
+    assert "error=Forbidden" in logs  # the log names the error type ...
+    assert "Missing Permissions" not in final.content  # ... the member never sees its text
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_late_interaction_is_not_answered_twice(bot, fake_discord, fake_api):
+    # delivered 3.5 s late by Discord: the bot's ack then misses the window; nothing else may break
+    record = await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, age_s=3.5
+    )
+    await asyncio.sleep(0.5)
+    assert record.callback_attempts == 1
+    assert record.ack_type is None
+    assert fake_api.submissions == []
+    assert len(fake_discord.violations) == 1
+    assert fake_discord.violations[0].startswith("late acknowledgement")
