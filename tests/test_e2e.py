@@ -11,7 +11,6 @@ import logging
 import pytest
 
 from bot import KeyValueFormatter
-
 from tests.conftest import is_settled, slash
 from tests.fakes.fake_api import make_png
 from tests.fakes.fake_discord import FLAG_EPHEMERAL
@@ -89,7 +88,7 @@ async def test_happy_path_acks_fast_and_delivers_the_png_with_timing(bot, fake_d
 async def test_queued_job_shows_progress_then_the_image(bot, fake_discord, fake_api):
     fake_api.scenario = "queued"
     fake_api.eta_s = 0.2
-    record, final = await slash(fake_discord, {"prompt": "castle"})
+    _record, final = await slash(fake_discord, {"prompt": "castle"})
     assert final.files
     assert any(h.startswith("⏳ Queued at the image API") and "<t:" in h for h in final.history)
     assert len(fake_api.submissions) == 1
@@ -217,7 +216,7 @@ async def test_one_job_per_member_second_is_told_to_wait(bot, fake_discord, fake
         user_id=user,
     )
     await asyncio.sleep(0.1)
-    second, final2 = await slash(fake_discord, {"prompt": "two"}, user_id=user)
+    _second, final2 = await slash(fake_discord, {"prompt": "two"}, user_id=user)
     assert final2.ephemeral and "already have a picture in progress" in final2.content
     await fake_discord.wait_for(lambda: is_settled(fake_discord, first))
     assert fake_discord.final_message(first).files
@@ -247,7 +246,7 @@ async def test_concurrent_members_are_all_served_and_acked_in_time(start_bot, fa
 async def test_unexpected_discord_error_gets_a_reference_not_a_traceback(bot, fake_discord, fake_api, caplog):
     caplog.set_level(logging.INFO)
     fake_discord.fail_next_edits = 1  # the delivery edit is refused once (403 Missing Permissions)
-    record, final = await slash(fake_discord, {"prompt": "castle"})
+    _record, final = await slash(fake_discord, {"prompt": "castle"})
     assert final.content.startswith("⚠️ Something went wrong (ref `")
     ref = final.content.split("`")[1]
     logs = log_text(caplog)
