@@ -1,0 +1,188 @@
+"""The composition root: settings, command sync, the import boundary, and the real ``python bot.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cogs.depth2img.config import ConfigError, load_settings
+from tests.conftest import bot_env, is_settled
+from tests.fakes.fake_api import make_png
+
+ROOT = Path(__file__).resolve().parent.parent
+BOT = str(ROOT / "bot.py")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The machine's environment without any bot setting, plus ``extra``."""
+    names = {
+        "DISCORD_TOKEN",
+        "SD_API_KEY",
+        "SD_API_BASE_URL",
+        "DISCORD_API_BASE_URL",
+        "DISCORD_GATEWAY_URL",
+        "DEV_GUILD_ID",
+        "BOT_DATA_DIR",
+        "DOTENV_PATH",
+    }
+    env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith(("SD_", "MAX_"))}
+    env.update(extra)
+    return env
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+def test_settings_defaults_and_secrets_hidden_from_repr():
+    s = load_settings({"DISCORD_TOKEN": "tok-secret-123", "SD_API_KEY": "key-secret-456"})
+    assert s.depth2img.api_base_url == "https://stablediffusionapi.com/api"
+    assert s.data_dir == Path("data")
+    assert s.dev_guild_id is None
+    assert s.depth2img.max_concurrent_jobs == 5
+    assert "tok-secret-123" not in repr(s)
+    assert "key-secret-456" not in repr(s)
+
+
+def test_every_problem_is_listed_at_once_without_secrets():
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            {
+                "SD_API_KEY": "has space-secretvalue",
+                "SD_MAX_CONCURRENT": "many",
+                "SD_JOB_TIMEOUT_S": "99999",
+                "DEV_GUILD_ID": "my-server",
+                "SD_API_BASE_URL": "ftp://x",
+                "DISCORD_GATEWAY_URL": "http://not-ws",
+            }
+        )
+    problems = info.value.problems
+    joined = "\n".join(problems)
+    for name in ("DISCORD_TOKEN", "SD_API_KEY", "SD_MAX_CONCURRENT", "SD_JOB_TIMEOUT_S", "DEV_GUILD_ID", "SD_API_BASE_URL", "DISCORD_GATEWAY_URL"):
+        assert name in joined
+    assert "secretvalue" not in joined
+    assert len(problems) == 7
+
+
+def test_env_example_documents_every_setting():
+    from cogs.depth2img.config import SETTINGS_HELP
+
+    example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for name in SETTINGS_HELP:
+        assert f"{name}=" in example, name
+        assert f"`{name}`" in readme, name
+
+
+# --- the import boundary -------------------------------------------------------------------------
+
+
+def test_client_and_job_logic_do_not_import_discord():
+    code = (
+        "import sys; import cogs.depth2img.client, cogs.depth2img.service, cogs.depth2img.models, "
+        "cogs.depth2img.messages, cogs.depth2img.images, cogs.depth2img.config; "
+        "bad = [m for m in sys.modules if m == 'discord' or m.startswith('discord.')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- command sync ----------------------------------------------------------------------------------
+
+
+async def test_global_sync_only_when_the_definitions_changed(start_bot, fake_discord):
+    first = await start_bot()
+    assert fake_discord.sync_calls == [None]
+    await first.close()
+    fake_discord.identified.clear()
+    await start_bot()
+    assert fake_discord.sync_calls == [None]  # unchanged: not synced again
+
+
+async def test_dev_guild_sync(start_bot, fake_discord):
+    guild = str(fake_discord.guild_id)
+    await start_bot(DEV_GUILD_ID=guild)
+    assert fake_discord.sync_calls == [fake_discord.guild_id]
+    assert fake_discord.command("depth2img")["guild_id"] == guild
+
+
+# --- the real process --------------------------------------------------------------------------------
+
+
+def test_missing_env_file_and_settings_exit_2_with_one_clear_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, BOT], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "No .env file was found" in result.stderr
+    assert "cp .env.example .env" in result.stderr
+    assert "DISCORD_TOKEN is missing" in result.stderr
+    assert "SD_API_KEY is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_settings_exit_2_and_never_print_the_secret(tmp_path):
+    (tmp_path / ".env").write_text("DISCORD_TOKEN=abc def-topsecret\nSD_API_KEY=fine-key\nSD_MAX_QUEUED=-3\n")
+    result = subprocess.run(
+        [sys.executable, BOT], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "DISCORD_TOKEN contains spaces" in result.stderr
+    assert "SD_MAX_QUEUED" in result.stderr
+    assert "topsecret" not in result.stderr
+    assert "No .env file" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.subprocess
+async def test_real_bot_process_serves_a_request_and_stops_cleanly(fake_discord, fake_api, tmp_path):
+    """``python bot.py`` in its own process, configured only through .env and the environment."""
+    env = bot_env(fake_discord, fake_api, tmp_path / "data")
+    # .env carries the settings; the real environment wins where both are set
+    (tmp_path / ".env").write_text(
+        "".join(f"{k}={v}\n" for k, v in env.items() if k != "DISCORD_TOKEN") + "DISCORD_TOKEN=wrong-token-in-file\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        BOT,
+        cwd=tmp_path,
+        env=clean_env(DISCORD_TOKEN=fake_discord.token, LOG_LEVEL="INFO"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(30):
+            while not (fake_discord.identified.is_set() and fake_discord.commands):
+                assert proc.returncode is None, "bot exited early"
+                await asyncio.sleep(0.05)
+        fake_api.scenario = "success"
+        record = await fake_discord.invoke_slash(
+            "depth2img", {"image": fake_discord.add_attachment(make_png(), "photo.png"), "prompt": "a lighthouse"}
+        )
+        await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=20)
+        final = fake_discord.final_message(record)
+        assert final is not None
+        assert final.files[0].data == fake_api.output_png
+        assert record.acked_at - record.sent_at < 3.0
+        assert fake_discord.violations == []
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            _, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log = stderr.decode()
+    assert proc.returncode == 0, log
+    assert "job delivered" in log
+    assert "shutting down" in log
+    assert fake_api.api_key not in log
+    assert fake_discord.token not in log
+    assert "Traceback" not in log
+    assert (tmp_path / "data" / "command-sync.json").is_file()
