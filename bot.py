@@ -154,6 +154,9 @@ async def send_final(interaction: discord.Interaction, text: str) -> None:
 
 class Depth2ImgBot(commands.Bot):
     def __init__(self, *, settings: Settings, http_session: aiohttp.ClientSession) -> None:
+        # This bot never joins voice: don't warn at every start that voice libraries are missing.
+        discord.VoiceClient.warn_nacl = False
+        discord.VoiceClient.warn_dave = False
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),

@@ -63,7 +63,15 @@ def test_every_problem_is_listed_at_once_without_secrets():
         )
     problems = info.value.problems
     joined = "\n".join(problems)
-    for name in ("DISCORD_TOKEN", "SD_API_KEY", "SD_MAX_CONCURRENT", "SD_JOB_TIMEOUT_S", "DEV_GUILD_ID", "SD_API_BASE_URL", "DISCORD_GATEWAY_URL"):
+    for name in (
+        "DISCORD_TOKEN",
+        "SD_API_KEY",
+        "SD_MAX_CONCURRENT",
+        "SD_JOB_TIMEOUT_S",
+        "DEV_GUILD_ID",
+        "SD_API_BASE_URL",
+        "DISCORD_GATEWAY_URL",
+    ):
         assert name in joined
     assert "secretvalue" not in joined
     assert len(problems) == 7
@@ -89,7 +97,9 @@ def test_client_and_job_logic_do_not_import_discord():
         "bad = [m for m in sys.modules if m == 'discord' or m.startswith('discord.')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -117,7 +127,13 @@ async def test_dev_guild_sync(start_bot, fake_discord):
 
 def test_missing_env_file_and_settings_exit_2_with_one_clear_message(tmp_path):
     result = subprocess.run(
-        [sys.executable, BOT], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, BOT],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "No .env file was found" in result.stderr
@@ -130,7 +146,13 @@ def test_missing_env_file_and_settings_exit_2_with_one_clear_message(tmp_path):
 def test_invalid_settings_exit_2_and_never_print_the_secret(tmp_path):
     (tmp_path / ".env").write_text("DISCORD_TOKEN=abc def-topsecret\nSD_API_KEY=fine-key\nSD_MAX_QUEUED=-3\n")
     result = subprocess.run(
-        [sys.executable, BOT], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, BOT],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "DISCORD_TOKEN contains spaces" in result.stderr
@@ -146,7 +168,8 @@ async def test_real_bot_process_serves_a_request_and_stops_cleanly(fake_discord,
     env = bot_env(fake_discord, fake_api, tmp_path / "data")
     # .env carries the settings; the real environment wins where both are set
     (tmp_path / ".env").write_text(
-        "".join(f"{k}={v}\n" for k, v in env.items() if k != "DISCORD_TOKEN") + "DISCORD_TOKEN=wrong-token-in-file\n"
+        "".join(f"{k}={v}\n" for k, v in env.items() if k != "DISCORD_TOKEN")
+        + "DISCORD_TOKEN=wrong-token-in-file\n"
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -163,7 +186,8 @@ async def test_real_bot_process_serves_a_request_and_stops_cleanly(fake_discord,
                 await asyncio.sleep(0.05)
         fake_api.scenario = "success"
         record = await fake_discord.invoke_slash(
-            "depth2img", {"image": fake_discord.add_attachment(make_png(), "photo.png"), "prompt": "a lighthouse"}
+            "depth2img",
+            {"image": fake_discord.add_attachment(make_png(), "photo.png"), "prompt": "a lighthouse"},
         )
         await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=20)
         final = fake_discord.final_message(record)

@@ -10,6 +10,7 @@ import pytest
 
 from cogs.depth2img.client import Depth2ImgClient
 from cogs.depth2img.errors import (
+    APIConnectionError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
@@ -291,8 +292,6 @@ async def test_unreachable_api_is_retried_then_reported(sleeps):
         c = Depth2ImgClient(
             session, base_url="http://127.0.0.1:9/api", api_key="k" * 10, max_retries=2, sleep=sleeps
         )
-        from cogs.depth2img.errors import APIConnectionError
-
         with pytest.raises(APIConnectionError):
             await c.submit(PARAMS, SOURCE)
     assert len(sleeps.calls) == 2  # connection refused: the job never reached the API, safe to retry

@@ -77,7 +77,8 @@ async def test_happy_path_acks_fast_and_delivers_the_png_with_timing(bot, fake_d
     assert file.data == fake_api.output_png
     assert "a cozy cabin, warm light" in final.content
     assert "seed `1793745243`" in final.content
-    assert "total" in final.content and "generating" in final.content and "queued at the API" in final.content
+    assert "total" in final.content
+    assert "2.9 s generating" in final.content
     assert "http" not in final.content  # never only a link to the API's URL
     (sub,) = fake_api.submissions
     assert sub.body["init_image"].startswith(fake_discord.base_url + "/attachments/")
@@ -91,6 +92,7 @@ async def test_queued_job_shows_progress_then_the_image(bot, fake_discord, fake_
     _record, final = await slash(fake_discord, {"prompt": "castle"})
     assert final.files
     assert any(h.startswith("⏳ Queued at the image API") and "<t:" in h for h in final.history)
+    assert "queued at the API" in final.content
     assert len(fake_api.submissions) == 1
     assert len(fake_api.fetches) == 3
     assert_clean(fake_discord, fake_api)
@@ -267,3 +269,14 @@ async def test_late_interaction_is_not_answered_twice(bot, fake_discord, fake_ap
     assert fake_api.submissions == []
     assert len(fake_discord.violations) == 1
     assert fake_discord.violations[0].startswith("late acknowledgement")
+
+
+async def test_longest_prompts_still_fit_discord_content_limit(bot, fake_discord, fake_api):
+    # every character of these needs escaping, so the echo would be 4000 characters unabridged
+    _record, final = await slash(
+        fake_discord, {"prompt": "*" * 1000, "negative_prompt": "_" * 1000, "seed": 1}
+    )
+    assert final.files
+    assert len(final.content) <= 2000
+    assert "…" in final.content
+    assert_clean(fake_discord, fake_api)

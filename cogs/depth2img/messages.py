@@ -106,7 +106,7 @@ def result_text(
     timing = [f"⏱️ **{_fmt_s(result.total_s)}** total"]
     if result.generation_time_s is not None:
         timing.append(f"{_fmt_s(result.generation_time_s)} generating")
-    if result.api_queue_s is not None:
+    if result.api_queue_s is not None and result.api_queue_s >= 0.05:
         timing.append(f"{_fmt_s(result.api_queue_s)} queued at the API")
     if result.local_wait_s >= 0.05:
         timing.append(f"{_fmt_s(result.local_wait_s)} waiting for a free slot")
