@@ -29,6 +29,7 @@ from dotenv import load_dotenv
 
 from cogs.depth2img.config import ConfigError, Settings, load_settings
 from cogs.depth2img.errors import Depth2ImgError
+from cogs.depth2img.ledger import Ledger
 from cogs.depth2img.messages import describe
 
 log = logging.getLogger("depth2img.bot")
@@ -153,7 +154,7 @@ async def send_final(interaction: discord.Interaction, text: str) -> None:
 
 
 class Depth2ImgBot(commands.Bot):
-    def __init__(self, *, settings: Settings, http_session: aiohttp.ClientSession) -> None:
+    def __init__(self, *, settings: Settings, http_session: aiohttp.ClientSession, ledger: Ledger) -> None:
         # This bot never joins voice: don't warn at every start that voice libraries are missing.
         discord.VoiceClient.warn_nacl = False
         discord.VoiceClient.warn_dave = False
@@ -166,6 +167,27 @@ class Depth2ImgBot(commands.Bot):
         )
         self.settings = settings
         self.http_session = http_session
+        self.ledger = ledger
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop taking new work and let jobs in flight finish for at most ``grace_s`` seconds.
+        Returns whether everything finished; what did not stays in the ledger and resumes later."""
+        cog = self.get_cog("Depth2ImgCog")
+        service = getattr(cog, "service", None)
+        if service is None:
+            return True
+        service.admission.draining = True
+        log.info("draining", extra={"in_flight": service.admission.in_flight, "grace_s": grace_s})
+        try:
+            async with asyncio.timeout(grace_s):
+                await service.admission.idle.wait()
+        except TimeoutError:
+            log.info(
+                "grace period over; unfinished jobs will resume at the next start",
+                extra={"in_flight": service.admission.in_flight},
+            )
+            return False
+        return True
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -218,9 +240,17 @@ def configure_discord_endpoints(settings: Settings) -> None:
 async def run(settings: Settings) -> int:
     configure_discord_endpoints(settings)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=15)
+    ledger = await Ledger.open(settings.data_dir / "jobs.sqlite3")
+    try:
+        return await _run_bot(settings, ledger, timeout)
+    finally:
+        await ledger.close()
+
+
+async def _run_bot(settings: Settings, ledger: Ledger, http_timeout: aiohttp.ClientTimeout) -> int:
     async with (
-        aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": "depth2img-bot/0.1"}) as session,
-        Depth2ImgBot(settings=settings, http_session=session) as bot,
+        aiohttp.ClientSession(timeout=http_timeout, headers={"User-Agent": "depth2img-bot/0.1"}) as session,
+        Depth2ImgBot(settings=settings, http_session=session, ledger=ledger) as bot,
     ):
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
@@ -232,6 +262,7 @@ async def run(settings: Settings) -> int:
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done:
             log.info("shutting down")
+            await bot.drain(settings.shutdown_grace_s)
             await bot.close()
         stopper.cancel()
         try:

@@ -16,6 +16,7 @@ import pytest
 
 from bot import Depth2ImgBot, configure_discord_endpoints
 from cogs.depth2img.config import load_settings
+from cogs.depth2img.ledger import Ledger
 from tests.fakes.fake_api import FakeModelsLab, make_png
 from tests.fakes.fake_discord import FakeDiscord, FakeMessage, InteractionRecord
 
@@ -69,15 +70,16 @@ async def start_bot(
 ) -> AsyncIterator[StartBot]:
     """Start the real bot in this event loop, connected to the fakes; settings only through env."""
     saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
-    started: list[tuple[Depth2ImgBot, asyncio.Task[None], aiohttp.ClientSession]] = []
+    started: list[tuple[Depth2ImgBot, asyncio.Task[None], aiohttp.ClientSession, Ledger]] = []
 
     async def start(**extra: str) -> Depth2ImgBot:
         settings = load_settings(bot_env(fake_discord, fake_api, tmp_path / "data", **extra))
         configure_discord_endpoints(settings)
         session = aiohttp.ClientSession()
-        bot = Depth2ImgBot(settings=settings, http_session=session)
+        ledger = await Ledger.open(settings.data_dir / "jobs.sqlite3")
+        bot = Depth2ImgBot(settings=settings, http_session=session, ledger=ledger)
         task = asyncio.create_task(bot.start(settings.discord_token))
-        started.append((bot, task, session))
+        started.append((bot, task, session, ledger))
         async with asyncio.timeout(15):
             while not (fake_discord.identified.is_set() and fake_discord.commands):
                 if task.done():
@@ -86,11 +88,12 @@ async def start_bot(
         return bot
 
     yield start
-    for bot, task, session in started:
+    for bot, task, session, ledger in started:
         await bot.close()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
         await session.close()
+        await ledger.close()
     discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
 
 

@@ -26,5 +26,10 @@ async def setup(bot: commands.Bot) -> None:
         rate_limit_max_wait_s=settings.rate_limit_max_wait_s,
         max_download_bytes=settings.max_output_bytes,
     )
-    service = Depth2ImgService(client, settings)
+    service = Depth2ImgService(
+        client,
+        settings,
+        bot.ledger,  # type: ignore[attr-defined]
+        data_dir=bot.settings.data_dir,  # type: ignore[attr-defined]
+    )
     await bot.add_cog(Depth2ImgCog(bot, service))  # type: ignore[arg-type]

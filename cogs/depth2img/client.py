@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import random
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,6 +112,29 @@ def error_from_response(http_status: int, body: object, *, text_is_json: bool) -
     raise BadRequestError(message or "the API refused the request", status=http_status)
 
 
+def _is_private_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+        or not ip.is_global
+    )
+
+
+def _is_private_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return _is_private_ip(ipaddress.ip_address(host))
+    except ValueError:
+        return False
+
+
 class Depth2ImgClient:
     """Talks to the depth2img API. Satisfies :class:`cogs.depth2img.service.Depth2ImgAPI`."""
 
@@ -136,6 +161,9 @@ class Depth2ImgClient:
         self._max_download = max_download_bytes
         self._sleep = sleep
         self._base_host = (urlsplit(self._base).hostname or "").lower()
+        # Downloads never go to private, loopback or link-local addresses, unless the API itself
+        # lives at such an address (a self-hosted or test API).
+        self._allow_private = _is_private_host(self._base_host)
 
     # --- public API ------------------------------------------------------------------------
 
@@ -193,8 +221,7 @@ class Depth2ImgClient:
 
     async def download(self, url: str) -> bytes:
         """Download one output image, with a size cap; retried on transient failures."""
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise OutputUnavailable("output URL is not http(s)")
+        await self._check_download_target(url)
         attempt = 0
         while True:
             try:
@@ -206,6 +233,32 @@ class Depth2ImgClient:
                 attempt += 1
 
     # --- internals ---------------------------------------------------------------------------
+
+    async def _check_download_target(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise OutputUnavailable("output URL is not http(s)")
+        if self._allow_private:
+            return
+        host = parts.hostname
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            addresses = [literal]
+        else:
+            if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+                raise OutputUnavailable("output URL points at a private address")
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
+                )
+            except OSError as exc:
+                raise APIConnectionError("could not resolve the output host") from exc
+            addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        if not addresses or any(_is_private_ip(a) for a in addresses):
+            raise OutputUnavailable("output URL points at a private address")
 
     def _same_site(self, url: str) -> bool:
         host = (urlsplit(url).hostname or "").lower()

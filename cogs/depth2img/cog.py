@@ -5,14 +5,19 @@ Order of events, to meet Discord's 3-second window and keep rejections private:
 
 1. cheap, synchronous checks (options, declared size, admission): a refusal is an ephemeral reply;
 2. ``defer(thinking=True)``: nothing that can wait runs before it;
-3. read the attachment and check it by its bytes; a refusal deletes the "thinking…" message and
-   is sent privately; no API call was made;
-4. generate, then edit the "thinking…" message into the result with the image files attached;
-   every failure edits it into one clear message instead.
+3. read the attachment, check it by its bytes, keep it, and record the job in the ledger; a refusal
+   deletes the "thinking…" message and is sent privately; no API call was made;
+4. run the job, then edit the "thinking…" message into the result with the image files attached;
+   every failure edits it into one clear message instead; only then is the job marked finished.
+
+Jobs left unfinished by a crash or a restart are resumed at start-up and delivered exactly once:
+by editing the original message while the interaction token lives (15 minutes), otherwise as a
+normal message in the channel that mentions the member.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import math
@@ -24,9 +29,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from .errors import Depth2ImgError, InvalidInput, RequestRejected
+from .errors import DeliveryFailed, Depth2ImgError, InvalidInput, RequestRejected
+from .ledger import Job
 from .messages import describe, result_text
-from .service import Depth2ImgService, Progress, build_params
+from .service import Depth2ImgService, Origin, Outcome, Progress, build_params
 
 if TYPE_CHECKING:
     from bot import Depth2ImgBot
@@ -34,14 +40,34 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
-# Discord counts the whole multipart request; leave room for the JSON part and the other files.
+# Discord counts the whole multipart request; leave room for the JSON part.
 _UPLOAD_MARGIN = 64 * 1024
+# Interaction tokens live 15 minutes; past this age, deliver as a channel message instead.
+TOKEN_SAFE_AGE_S = 14 * 60
 
 
 class Depth2ImgCog(commands.Cog):
     def __init__(self, bot: Depth2ImgBot, service: Depth2ImgService) -> None:
         self.bot = bot
         self.service = service
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def cog_load(self) -> None:
+        pending = await self.service.start()
+        for job in pending:
+            self._spawn(self._resume(job))
+        if pending:
+            log.info("resuming unfinished jobs", extra={"count": len(pending)})
+
+    async def cog_unload(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @app_commands.command(
         name="depth2img",
@@ -70,7 +96,42 @@ class Depth2ImgCog(commands.Cog):
         samples: app_commands.Range[int, 1, 4] | None = None,
     ) -> None:
         started = time.monotonic()
-        job_ref = secrets.token_hex(4)
+        job_id = secrets.token_hex(6)
+        current = asyncio.current_task()
+        if current is not None:  # so that unloading (shutdown) can cancel it; the ledger keeps the job
+            self._tasks.add(current)
+        try:
+            await self._handle(
+                interaction,
+                job_id,
+                started,
+                image,
+                prompt,
+                negative_prompt,
+                strength,
+                steps,
+                guidance,
+                seed,
+                samples,
+            )
+        finally:
+            if current is not None:
+                self._tasks.discard(current)
+
+    async def _handle(
+        self,
+        interaction: discord.Interaction,
+        job_id: str,
+        started: float,
+        image: discord.Attachment,
+        prompt: str,
+        negative_prompt: str | None,
+        strength: float | None,
+        steps: int | None,
+        guidance: float | None,
+        seed: int | None,
+        samples: int | None,
+    ) -> None:
         # 1. cheap checks, before the acknowledgement: a refusal stays private and costs nothing.
         try:
             params = build_params(
@@ -83,9 +144,9 @@ class Depth2ImgCog(commands.Cog):
                 samples=samples,
             )
             self.service.check_declared_size(image.size)
-            ticket = self.service.admission.admit(interaction.user.id)
+            ticket = self.service.admission.admit(interaction.user.id, interaction.guild_id)
         except RequestRejected as exc:
-            log.info("job rejected", extra={"job": job_ref, "reason": type(exc).__name__})
+            log.info("job rejected", extra={"job": job_id, "reason": type(exc).__name__})
             await interaction.response.send_message(
                 describe(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
             )
@@ -93,48 +154,86 @@ class Depth2ImgCog(commands.Cog):
 
         with ticket:
             # 2. acknowledge at once.
-            await interaction.response.defer(thinking=True)
-            log.info("job accepted", extra={"job": job_ref, "user_id": interaction.user.id})
+            callback = await interaction.response.defer(thinking=True)
+            origin = Origin(
+                user_id=interaction.user.id,
+                channel_id=interaction.channel_id or 0,
+                guild_id=interaction.guild_id,
+                application_id=interaction.application_id,
+                interaction_token=interaction.token,
+                interaction_created_at=interaction.created_at.timestamp(),
+                message_id=callback.message_id if callback is not None else None,
+                upload_limit_bytes=max(1024, interaction.filesize_limit - _UPLOAD_MARGIN),
+            )
             # 3. the bytes decide whether this is an image; still no API call.
             try:
-                await self.service.check_source(image.read)
+                job = await self.service.accept(job_id, params, origin, read=image.read, source_url=image.url)
             except InvalidInput as exc:
-                log.info("job rejected", extra={"job": job_ref, "reason": "invalid image"})
+                log.info("job rejected", extra={"job": job_id, "reason": "invalid image"})
                 await self._reject_privately(interaction, describe(exc))
                 return
 
-            # 4. generate and deliver.
-            limit = max(1024, interaction.filesize_limit - _UPLOAD_MARGIN)
-
+            # 4. run, deliver, then record the final state.
             async def progress(event: Progress) -> None:
                 await self._show_progress(interaction, event)
 
+            outcome = await self.service.run(job, ticket, started_at=started, on_progress=progress)
+            content, files = self._render(outcome, mention=interaction.user.mention)
             try:
-                result = await self.service.generate(
-                    ticket,
-                    params,
-                    image.url,
-                    started_at=started,
-                    output_limit_bytes=limit,
-                    on_progress=progress,
-                    job_ref=job_ref,
-                )
-            except Depth2ImgError as exc:
-                log.warning("job failed", extra={"job": job_ref, "error": type(exc).__name__})
                 await interaction.edit_original_response(
-                    content=f"{describe(exc)}\n-# ref `{job_ref}`", allowed_mentions=NO_MENTIONS
+                    content=content, attachments=files, allowed_mentions=NO_MENTIONS
                 )
-                return
+            except discord.HTTPException:
+                # Discord refused the delivery: record it as failed (never re-sent later), and let
+                # the global handler tell the member, with a reference.
+                await self.service.finish(Outcome(outcome.job, error=DeliveryFailed("discord refused")))
+                raise
+            await self.service.finish(outcome)
 
-            files = [discord.File(io.BytesIO(img.data), filename=img.filename) for img in result.images]
-            text = result_text(params, result, user_mention=interaction.user.mention)
-            await interaction.edit_original_response(
-                content=text, attachments=files, allowed_mentions=NO_MENTIONS
+    # --- resumed jobs ---------------------------------------------------------------------------
+
+    async def _resume(self, job: Job) -> None:
+        ticket = self.service.admission.admit_resumed(job.user_id)
+        with ticket:
+            job = await self.service.ledger.update(job, resumes=job.resumes + 1)
+            log.info("job resumed", extra={"job": job.id, "state": str(job.state)})
+            outcome = await self.service.run(job, ticket, started_at=time.monotonic())
+            try:
+                await self._deliver_resumed(outcome)
+            except discord.HTTPException as exc:
+                log.warning("resumed delivery failed", extra={"job": job.id, "status": exc.status})
+                return  # left unfinished: the next start tries again
+            await self.service.finish(outcome)
+
+    async def _deliver_resumed(self, outcome: Outcome) -> None:
+        job = outcome.job
+        fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
+        if fresh and job.message_id is not None:
+            content, files = self._render(outcome, mention=f"<@{job.user_id}>")
+            webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=self.bot)
+            await webhook.edit_message(
+                job.message_id, content=content, attachments=files, allowed_mentions=NO_MENTIONS
             )
-            log.info(
-                "job delivered",
-                extra={"job": job_ref, "total_s": round(time.monotonic() - started, 3), "files": len(files)},
-            )
+            return
+        # The interaction token has expired: a normal channel message that pings the member once.
+        content, files = self._render(outcome, mention=f"<@{job.user_id}>")
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
+        await channel.send(content=content, files=files, allowed_mentions=ping)
+
+    # --- rendering and helpers --------------------------------------------------------------------
+
+    def _render(self, outcome: Outcome, *, mention: str) -> tuple[str, list[discord.File]]:
+        if outcome.result is not None:
+            files = [
+                discord.File(io.BytesIO(img.data), filename=img.filename) for img in outcome.result.images
+            ]
+            return result_text(outcome.job.params, outcome.result, user_mention=mention), files
+        assert outcome.error is not None
+        text = describe(outcome.error)
+        if outcome.job.resumes and mention:
+            text = f"{mention} {text}"
+        return f"{text}\n-# ref `{outcome.job.id}`", []
 
     async def _reject_privately(self, interaction: discord.Interaction, text: str) -> None:
         """After a public defer: remove the "thinking…" message and tell only the member."""
@@ -159,4 +258,7 @@ class Depth2ImgCog(commands.Cog):
         try:
             await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
         except discord.HTTPException:
-            log.warning("progress edit failed", exc_info=False)
+            log.warning("progress edit failed")
+
+
+__all__ = ["Depth2ImgCog", "Depth2ImgError"]

@@ -43,6 +43,9 @@ class Depth2ImgSettings:
     max_input_bytes: int = 10 * 1024 * 1024
     max_input_pixels: int = 40_000_000
     max_output_bytes: int = 25 * 1024 * 1024
+    user_cooldown_s: float = 3.0
+    guild_daily_quota: int = 0  # 0 = no quota
+    source_max_side: int = 1024  # the API's generation limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,7 @@ class Settings:
     dev_guild_id: int | None = None
     data_dir: Path = Path("data")
     log_level: str = "INFO"
+    shutdown_grace_s: float = 25.0
 
 
 # (variable, meaning) for every setting: used by the README, .env.example and error messages.
@@ -78,6 +82,9 @@ SETTINGS_HELP: dict[str, str] = {
     "MAX_INPUT_BYTES": "largest attachment accepted, in bytes (default 10485760 = 10 MB)",
     "MAX_INPUT_PIXELS": "largest attachment accepted, in pixels (default 40000000)",
     "MAX_OUTPUT_BYTES": "largest output image downloaded from the API, in bytes (default 26214400)",
+    "SD_USER_COOLDOWN_S": "seconds a member waits between two requests (default 3; 0 = none)",
+    "SD_GUILD_DAILY_QUOTA": "requests one server may make per UTC day (default 0 = no quota)",
+    "SHUTDOWN_GRACE_S": "on SIGTERM/SIGINT, seconds to let jobs in flight finish before stopping (default 25)",
 }
 
 
@@ -169,7 +176,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         max_input_bytes=r.number("MAX_INPUT_BYTES", 10 * 1024 * 1024, int, 1024, 500 * 1024 * 1024),
         max_input_pixels=r.number("MAX_INPUT_PIXELS", 40_000_000, int, 4096, 400_000_000),
         max_output_bytes=r.number("MAX_OUTPUT_BYTES", 25 * 1024 * 1024, int, 1024, 500 * 1024 * 1024),
+        user_cooldown_s=r.number("SD_USER_COOLDOWN_S", 3.0, float, 0, 3600),
+        guild_daily_quota=r.number("SD_GUILD_DAILY_QUOTA", 0, int, 0, 1_000_000),
     )
+    shutdown_grace = r.number("SHUTDOWN_GRACE_S", 25.0, float, 0, 600)
     data_dir = Path(r.raw("BOT_DATA_DIR") or "data")
 
     if r.problems:
@@ -182,4 +192,5 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         dev_guild_id=dev_guild,
         data_dir=data_dir,
         log_level=log_level,
+        shutdown_grace_s=shutdown_grace,
     )

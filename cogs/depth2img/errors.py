@@ -34,6 +34,27 @@ class AlreadyRunning(RequestRejected):
         self.limit = limit
 
 
+class CoolingDown(RequestRejected):
+    """The member asked again before their cooldown ended."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"cooldown, retry after {retry_after_s:.1f}s")
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExceeded(RequestRejected):
+    """The server used its daily quota."""
+
+    def __init__(self, quota: int, resets_at: float) -> None:
+        super().__init__(f"daily quota of {quota} used")
+        self.quota = quota
+        self.resets_at = resets_at
+
+
+class ShuttingDown(RequestRejected):
+    """The bot is stopping and takes no new work."""
+
+
 class QueueFull(RequestRejected):
     """The bot's waiting queue is full."""
 
@@ -124,9 +145,17 @@ class JobTimedOut(JobError):
         self.after_s = after_s
 
 
+class JobInterrupted(JobError):
+    """The bot stopped while the (paid) submission was on its way; it is never sent twice."""
+
+
 class OutputUnavailable(Depth2ImgError):
     """The finished image could not be downloaded, was too large, or was not an image."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class DeliveryFailed(Depth2ImgError):
+    """Discord refused the message that carried the result."""

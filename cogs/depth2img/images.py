@@ -8,7 +8,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInput, OutputUnavailable
 from .models import GeneratedImage
@@ -23,6 +23,24 @@ class ImageInfo:
     width: int
     height: int
     mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceImage:
+    """The member's picture as the API will get it: upright, 8-bit RGB, no metadata, within the
+    API's size limit. ``changed`` says whether it differs from the attachment as uploaded (then
+    the API must be sent these bytes rather than the attachment's URL)."""
+
+    data: bytes
+    mime: str
+    width: int
+    height: int
+    changed: bool
+    original: ImageInfo
+
+
+MIN_SIDE = 64
+UPLOAD_MAX = 5 * 1024 * 1024  # the API's base64 upload limit
 
 
 def _human(n: int) -> str:
@@ -124,3 +142,52 @@ def _fit(frame: Image.Image, *, limit_bytes: int, stem: str) -> GeneratedImage:
         if current.width <= 64 or current.height <= 64:
             raise OutputUnavailable(f"output cannot be made smaller than {_human(limit_bytes)}")
         scale *= 0.75
+
+
+def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> SourceImage:
+    """Check the attachment (see :func:`inspect_input`) and normalise it for the API: apply the EXIF
+    rotation, drop all metadata, convert CMYK, 16-bit, palette and alpha images to 8-bit RGB, and
+    downscale so the long side is at most ``max_side`` with both sides multiples of 8."""
+    info = inspect_input(data, max_pixels=max_pixels)
+    if min(info.width, info.height) < MIN_SIDE:
+        raise InvalidInput(
+            f"The picture is only {info.width}×{info.height} pixels; it needs at least {MIN_SIDE} on each side."
+        )
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        has_meta = bool(img.info.get("exif")) or bool(getattr(img, "text", None)) or bool(img.getexif())
+        upright = ImageOps.exif_transpose(img)
+        rotated = upright.size != img.size or bool(img.getexif().get(0x0112, 1) not in (1, None))
+        rgb = _to_rgb(upright)
+    changed = has_meta or rotated or info.mode != "RGB" or info.format not in ("PNG", "JPEG")
+    width, height = rgb.size
+    scale = min(1.0, max_side / max(width, height))
+    new_w = max(8, int(width * scale) // 8 * 8)
+    new_h = max(8, int(height * scale) // 8 * 8)
+    if (new_w, new_h) != (width, height):
+        rgb = rgb.resize((new_w, new_h), Image.Resampling.LANCZOS)
+        changed = True
+    if not changed:
+        mime = "image/png" if info.format == "PNG" else "image/jpeg"
+        return SourceImage(data, mime, width, height, False, info)
+    buf = io.BytesIO()
+    rgb.save(buf, format="PNG")
+    mime = "image/png"
+    if buf.tell() > UPLOAD_MAX * 0.9:
+        buf = io.BytesIO()
+        rgb.save(buf, format="JPEG", quality=92)
+        mime = "image/jpeg"
+    return SourceImage(buf.getvalue(), mime, rgb.width, rgb.height, True, info)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        img = img.convert("I").point(lambda v: v / 256).convert("L")
+    elif img.mode == "F":
+        img = img.convert("L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return img.convert("RGB") if img.mode != "RGB" else img.copy()

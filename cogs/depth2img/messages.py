@@ -14,16 +14,20 @@ from .errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    CoolingDown,
     Depth2ImgError,
     InsufficientCreditsError,
     InvalidInput,
     JobFailed,
+    JobInterrupted,
     JobTimedOut,
     MalformedResponseError,
     OutputUnavailable,
     QueueFull,
+    QuotaExceeded,
     RateLimitError,
     ServerError,
+    ShuttingDown,
     SourceImageUnreachable,
 )
 from .models import GenerationParams, GenerationResult
@@ -53,6 +57,17 @@ def describe(exc: Depth2ImgError) -> str:
         return f"❌ {exc.reason}"
     if isinstance(exc, AlreadyRunning):
         return "⏳ You already have a picture in progress. Wait for it to finish, then try again."
+    if isinstance(exc, CoolingDown):
+        return f"⏳ Easy there: you can ask again in {_seconds(exc.retry_after_s)}."
+    if isinstance(exc, QuotaExceeded):
+        return f"📅 This server has used its {exc.quota} pictures for today. The quota resets <t:{int(exc.resets_at)}:R>."
+    if isinstance(exc, ShuttingDown):
+        return "🔄 The bot is restarting. Try again in a minute."
+    if isinstance(exc, JobInterrupted):
+        return (
+            "🔄 The bot restarted while sending your request to the image API. To be sure you are not "
+            "charged twice it was not sent again. Please run the command again."
+        )
     if isinstance(exc, QueueFull):
         return f"🚦 The bot is busy right now. Try again in about {_seconds(exc.retry_after_s)}."
     if isinstance(exc, AuthenticationError):

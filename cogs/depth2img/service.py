@@ -12,20 +12,27 @@ import logging
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from . import images
 from .config import Depth2ImgSettings
 from .errors import (
     AlreadyRunning,
+    CoolingDown,
+    Depth2ImgError,
     InvalidInput,
     JobFailed,
+    JobInterrupted,
     JobTimedOut,
     MalformedResponseError,
     OutputUnavailable,
     QueueFull,
+    QuotaExceeded,
+    ShuttingDown,
 )
+from .ledger import Job, JobState, Ledger
 from .models import APIResponse, GeneratedImage, GenerationParams, GenerationResult, Status
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ class Depth2ImgAPI(Protocol):
     async def fetch(self, job_id: str, fetch_url: str | None = None) -> APIResponse: ...
 
     async def download(self, url: str) -> bytes: ...
+
+    async def upload_image(self, data: bytes, mime: str = "image/png") -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,44 +150,96 @@ class Ticket:
         self.close()
 
 
-class Admission:
-    """Bounds the work: per member in flight, total generations at the API, and the waiting queue."""
+def _day_start(now: float) -> float:
+    return now - (now % 86400)
 
-    def __init__(self, *, max_concurrent: int, max_queued: int, per_user: int) -> None:
+
+class Admission:
+    """Fair admission, decided synchronously before the acknowledgement: per member (jobs in flight
+    and a cooldown), per server (a daily quota), and overall (generations at the API at once, and a
+    bounded waiting queue)."""
+
+    def __init__(
+        self,
+        *,
+        max_concurrent: int,
+        max_queued: int,
+        per_user: int,
+        cooldown_s: float = 0.0,
+        guild_daily_quota: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.per_user = per_user
+        self.cooldown_s = cooldown_s
+        self.guild_daily_quota = guild_daily_quota
+        self.draining = False
+        self._clock = clock
+        self._wall = wall_clock
         self._slots = asyncio.Semaphore(max_concurrent)
         self._per_user: dict[int, int] = {}
+        self._last_request: dict[int, float] = {}
+        self._guild_day = _day_start(wall_clock())
+        self._guild_counts: dict[int, int] = {}
         self._admitted = 0
         self._waiting = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     @property
     def in_flight(self) -> int:
         return self._admitted
 
-    def admit(self, user_id: int) -> Ticket:
-        """Synchronous, so it can run before the acknowledgement. Raises if the request must wait
-        elsewhere."""
+    def seed_guild_counts(self, counts: dict[int, int]) -> None:
+        """Today's counts per server, from the ledger, so a restart does not reset quotas."""
+        self._guild_counts = dict(counts)
+
+    def admit(self, user_id: int, guild_id: int | None = None) -> Ticket:
+        """Raises a :class:`RequestRejected` when the request must not run now."""
+        if self.draining:
+            raise ShuttingDown()
         if self._per_user.get(user_id, 0) >= self.per_user:
             raise AlreadyRunning(self.per_user)
+        now = self._clock()
+        last = self._last_request.get(user_id)
+        if self.cooldown_s > 0 and last is not None and now - last < self.cooldown_s:
+            raise CoolingDown(self.cooldown_s - (now - last))
         if self._admitted >= self.max_concurrent + self.max_queued:
             raise QueueFull(retry_after_s=30.0)
+        if guild_id is not None and self.guild_daily_quota > 0:
+            day = _day_start(self._wall())
+            if day != self._guild_day:
+                self._guild_day, self._guild_counts = day, {}
+            if self._guild_counts.get(guild_id, 0) >= self.guild_daily_quota:
+                raise QuotaExceeded(self.guild_daily_quota, resets_at=day + 86400)
+            self._guild_counts[guild_id] = self._guild_counts.get(guild_id, 0) + 1
+        self._last_request[user_id] = now
+        if len(self._last_request) > 10_000:  # forget old cooldowns
+            cutoff = now - max(self.cooldown_s, 1.0)
+            self._last_request = {u: t for u, t in self._last_request.items() if t >= cutoff}
+        return self._ticket(user_id)
+
+    def admit_resumed(self, user_id: int) -> Ticket:
+        """A job resumed after a restart: it was admitted once already; count it, refuse nothing."""
+        return self._ticket(user_id)
+
+    def _ticket(self, user_id: int) -> Ticket:
         self._admitted += 1
+        self.idle.clear()
         self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
         return Ticket(self, user_id)
 
     def _release(self, ticket: Ticket) -> None:
         self._admitted -= 1
+        if self._admitted == 0:
+            self.idle.set()
         left = self._per_user.get(ticket.user_id, 1) - 1
         if left > 0:
             self._per_user[ticket.user_id] = left
         else:
             self._per_user.pop(ticket.user_id, None)
-
-    def waiting_position(self) -> int:
-        """How many requests wait for a slot (this one included once it waits)."""
-        return self._waiting
 
     @contextlib.asynccontextmanager
     async def slot(self, on_wait: Callable[[int], Awaitable[None]] | None = None) -> AsyncIterator[None]:
@@ -198,26 +259,63 @@ class Admission:
 # --- the service --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a request came from and how to answer it: plain ids, no Discord objects."""
+
+    user_id: int
+    channel_id: int
+    guild_id: int | None
+    application_id: int
+    interaction_token: str = field(repr=False)
+    interaction_created_at: float
+    message_id: int | None
+    upload_limit_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended: images to deliver, or an error to explain. Nothing is marked finished in
+    the ledger until the member has been told (:meth:`Depth2ImgService.finish`)."""
+
+    job: Job
+    result: GenerationResult | None = None
+    error: Depth2ImgError | None = None
+
+
 class Depth2ImgService:
     def __init__(
         self,
         api: Depth2ImgAPI,
         settings: Depth2ImgSettings,
+        ledger: Ledger,
         *,
+        data_dir: Path,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.api = api
         self.settings = settings
+        self.ledger = ledger
+        self.sources_dir = data_dir / "sources"
         self.admission = Admission(
             max_concurrent=settings.max_concurrent_jobs,
             max_queued=settings.max_queued_jobs,
             per_user=settings.max_jobs_per_user,
+            cooldown_s=settings.user_cooldown_s,
+            guild_daily_quota=settings.guild_daily_quota,
+            clock=clock,
         )
         self._clock = clock
         self._sleep = sleep
 
-    # validation helpers the cog calls before the acknowledgement (pure, cheap)
+    async def start(self) -> list[Job]:
+        """Load what the ledger knows: today's quota counts, and the jobs to resume."""
+        self.sources_dir.mkdir(parents=True, exist_ok=True)
+        self.admission.seed_guild_counts(await self.ledger.guild_counts_since(_day_start(time.time())))
+        return await self.ledger.unfinished()
+
+    # --- before the acknowledgement (pure, cheap) ---
 
     def check_declared_size(self, size: int) -> None:
         limit = self.settings.max_input_bytes
@@ -229,27 +327,70 @@ class Depth2ImgService:
         if size <= 0:
             raise InvalidInput("The attachment is empty (0 bytes). Attach a PNG, JPEG or WebP picture.")
 
-    async def check_source(self, read: Callable[[], Awaitable[bytes]]) -> images.ImageInfo:
-        """Read the attachment and check it by its bytes, off the event loop."""
+    # --- after the acknowledgement ---
+
+    async def accept(
+        self,
+        job_id: str,
+        params: GenerationParams,
+        origin: Origin,
+        *,
+        read: Callable[[], Awaitable[bytes]],
+        source_url: str,
+    ) -> Job:
+        """Read and check the attachment by its bytes (off the loop), keep the normalised picture,
+        and record the job as ``received``. Raises :class:`InvalidInput`; no API call is made."""
         data = await read()
         if len(data) > self.settings.max_input_bytes:
             raise InvalidInput("The attachment is larger than the bot accepts. Attach a smaller picture.")
-        return await asyncio.to_thread(images.inspect_input, data, max_pixels=self.settings.max_input_pixels)
+        source = await asyncio.to_thread(
+            images.prepare_source,
+            data,
+            max_pixels=self.settings.max_input_pixels,
+            max_side=self.settings.source_max_side,
+        )
+        del data
+        ext = "png" if source.mime == "image/png" else "jpg"
+        path = self.sources_dir / f"{job_id}.{ext}"
+        await asyncio.to_thread(_write_file, path, source.data)
+        job = Job(
+            id=job_id,
+            state=JobState.RECEIVED,
+            user_id=origin.user_id,
+            channel_id=origin.channel_id,
+            guild_id=origin.guild_id,
+            application_id=origin.application_id,
+            interaction_token=origin.interaction_token,
+            interaction_created_at=origin.interaction_created_at,
+            message_id=origin.message_id,
+            upload_limit_bytes=origin.upload_limit_bytes,
+            params=params,
+            source_path=str(path),
+            source_url=None if source.changed else source_url,
+            source_changed=source.changed,
+        )
+        job = await self.ledger.create(job)
+        log.info(
+            "job received", extra={"job": job.id, "user_id": job.user_id, "source_changed": source.changed}
+        )
+        return job
 
-    async def generate(
+    async def run(
         self,
+        job: Job,
         ticket: Ticket,
-        params: GenerationParams,
-        source_url: str,
         *,
         started_at: float,
-        output_limit_bytes: int,
         on_progress: ProgressCallback | None = None,
-        job_ref: str = "",
-    ) -> GenerationResult:
-        """Run one job to its images, or raise one of our errors. Always within the job deadline."""
+    ) -> Outcome:
+        """Drive ``job`` from whatever state it is in to its images, within the job deadline.
+
+        Never submits a job twice: ``received`` is submitted once, ``submitting`` (interrupted while
+        sending) fails, ``submitted``/``processing`` are polled. Cancellation (shutdown) leaves the job
+        as it is in the ledger, to be resumed at the next start."""
         deadline_s = self.settings.job_timeout_s
-        job_id: str | None = None
+        local_wait = 0.0
+        api_time: float | None = None
         try:
             async with asyncio.timeout(deadline_s):
                 wait_started = self._clock()
@@ -260,83 +401,147 @@ class Depth2ImgService:
 
                 async with self.admission.slot(on_wait):
                     local_wait = self._clock() - wait_started
-                    submitted = self._clock()
-                    log.info("job submit", extra={"job": job_ref, "user_id": ticket.user_id})
-                    response = await self.api.submit(params, source_url)
-                    job_id = response.job_id
-                    polls = 0
-                    was_queued = response.status is Status.PROCESSING
-                    if was_queued:
-                        response, polls = await self._wait_for_result(response, on_progress, job_ref)
-                    finished = self._clock()
-                api_time = finished - submitted
-                gen_time = response.generation_time_s
-                if gen_time is not None:
-                    queue_s: float | None = max(0.0, api_time - gen_time)
-                elif was_queued:
-                    queue_s = api_time
-                else:
-                    queue_s = None
-                imgs = await self._download_all(response.output_urls, output_limit_bytes, job_ref)
+                    api_started = self._clock()
+                    if job.state is JobState.SUBMITTING:
+                        raise JobInterrupted("interrupted while submitting", job_id=job.api_job_id)
+                    if job.state is JobState.RECEIVED:
+                        job, first = await self._submit(job)
+                    else:
+                        first = None
+                    if not job.output_urls:
+                        job = await self._poll(job, first, on_progress)
+                    api_time = self._clock() - api_started
+                imgs = await self._download_all(job, ticket)
         except TimeoutError:
-            raise JobTimedOut(deadline_s, job_id=job_id) from None
-        total = self._clock() - started_at
-        log.info(
-            "job done",
-            extra={
-                "job": job_ref,
-                "api_job_id": job_id,
-                "polls": polls,
-                "images": len(imgs),
-                "total_s": round(total, 3),
-            },
-        )
-        return GenerationResult(
+            return Outcome(job, error=JobTimedOut(deadline_s, job_id=job.api_job_id))
+        except Depth2ImgError as exc:
+            log.warning(
+                "job error", extra={"job": job.id, "state": str(job.state), "error": type(exc).__name__}
+            )
+            return Outcome(job, error=exc)
+        gen = job.generation_time_s
+        was_queued = job.state is JobState.PROCESSING
+        queue_s: float | None = None
+        if api_time is not None and gen is not None:
+            queue_s = max(0.0, api_time - gen)
+        elif api_time is not None and was_queued:
+            queue_s = api_time
+        result = GenerationResult(
             images=imgs,
-            job_id=response.job_id or job_id,
-            seed=response.seed if response.seed is not None else params.seed,
-            generation_time_s=gen_time,
+            job_id=job.api_job_id,
+            seed=job.api_seed if job.api_seed is not None else job.params.seed,
+            generation_time_s=gen,
             api_queue_s=queue_s,
             local_wait_s=local_wait,
-            total_s=total,
-            polls=polls,
+            total_s=self._clock() - started_at,
         )
+        return Outcome(job, result=result)
 
-    async def _wait_for_result(
-        self, first: APIResponse, on_progress: ProgressCallback | None, job_ref: str
-    ) -> tuple[APIResponse, int]:
-        job_id = first.job_id
-        if job_id is None:
-            # Never poll without an id (contract §2.2, pitfall 4).
-            raise MalformedResponseError("the API queued the job but gave no job id")
-        if on_progress is not None:
-            await on_progress(Progress("queued_at_api", eta_s=first.eta_s))
+    async def finish(self, outcome: Outcome) -> Job:
+        """Record the final state, once the member has been told."""
+        job = outcome.job
+        if outcome.error is None:
+            new = await self.ledger.update(job, state=JobState.DELIVERED)
+            log.info(
+                "job delivered",
+                extra={"job": job.id, "images": len(outcome.result.images) if outcome.result else 0},
+            )
+        else:
+            exc = outcome.error
+            new = await self.ledger.update(
+                job, state=JobState.FAILED, error_kind=type(exc).__name__, detail=type(exc).__name__
+            )
+            log.info("job failed", extra={"job": job.id, "error": type(exc).__name__})
+        await asyncio.to_thread(_remove_file, job.source_path)
+        return new
+
+    async def _submit(self, job: Job) -> tuple[Job, APIResponse]:
+        source_url = job.source_url
+        if source_url is None or job.resumes > 0:
+            # the normalised picture differs from the attachment, or the attachment link may be stale
+            if job.source_path is None:
+                raise InvalidInput("The stored picture for this job is missing.")
+            data = await asyncio.to_thread(Path(job.source_path).read_bytes)
+            mime = "image/png" if job.source_path.endswith(".png") else "image/jpeg"
+            source_url = await self.api.upload_image(data, mime)
+            job = await self.ledger.update(job, source_url=source_url)
+        job = await self.ledger.update(job, state=JobState.SUBMITTING, submitted_at=time.time())
+        log.info("job submit", extra={"job": job.id})
+        response = await self.api.submit(job.params, source_url)
+        if response.status is Status.SUCCESS:
+            job = await self.ledger.update(
+                job,
+                state=JobState.SUBMITTED,
+                api_job_id=response.job_id,
+                output_urls=response.output_urls,
+                generation_time_s=response.generation_time_s,
+                api_seed=response.seed,
+            )
+        else:
+            if response.job_id is None:
+                # Never poll without an id (contract §2.2, pitfall 4).
+                await self.ledger.update(job, state=JobState.SUBMITTED)
+                raise MalformedResponseError("the API queued the job but gave no job id")
+            job = await self.ledger.update(
+                job, state=JobState.PROCESSING, api_job_id=response.job_id, fetch_url=response.fetch_url
+            )
+        log.info(
+            "job submitted", extra={"job": job.id, "api_job_id": job.api_job_id, "state": str(job.state)}
+        )
+        return job, response
+
+    async def _poll(self, job: Job, first: APIResponse | None, on_progress: ProgressCallback | None) -> Job:
+        if job.api_job_id is None:
+            raise MalformedResponseError("no job id to poll")
         s = self.settings
-        first_wait = first.eta_s if first.eta_s is not None else s.poll_initial_s
-        await self._sleep(min(max(first_wait, s.poll_initial_s), 30.0))
+        eta = first.eta_s if first is not None else None
+        if on_progress is not None:
+            await on_progress(Progress("queued_at_api", eta_s=eta))
+        if first is not None:
+            first_wait = eta if eta is not None else s.poll_initial_s
+            await self._sleep(min(max(first_wait, s.poll_initial_s), 30.0))
         delay = s.poll_initial_s
         polls = 0
         while True:
-            response = await self.api.fetch(job_id, first.fetch_url)
+            response = await self.api.fetch(job.api_job_id, job.fetch_url)
             polls += 1
             if response.status is Status.SUCCESS:
-                return response, polls
+                job = await self.ledger.update(
+                    job,
+                    output_urls=response.output_urls,
+                    generation_time_s=response.generation_time_s,
+                    api_seed=response.seed if response.seed is not None else job.api_seed,
+                )
+                log.info("job ready", extra={"job": job.id, "polls": polls})
+                return job
             if response.status is not Status.PROCESSING:  # the client raises for error/failed
-                raise JobFailed(response.message or "the job failed", job_id=job_id)
-            log.debug("job poll", extra={"job": job_ref, "polls": polls})
+                raise JobFailed(response.message or "the job failed", job_id=job.api_job_id)
             await self._sleep(delay)
             delay = min(delay * 1.6, s.poll_max_s)
 
-    async def _download_all(
-        self, urls: tuple[str, ...], limit_bytes: int, job_ref: str
-    ) -> tuple[GeneratedImage, ...]:
-        urls = urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
+    async def _download_all(self, job: Job, ticket: Ticket) -> tuple[GeneratedImage, ...]:
+        urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
         blobs = await asyncio.gather(*(self.api.download(u) for u in urls))
         prepared: list[GeneratedImage] = []
         for index, blob in enumerate(blobs):
-            stem = f"depth2img-{job_ref or 'result'}-{index}"
-            image = await asyncio.to_thread(images.prepare_output, blob, limit_bytes=limit_bytes, stem=stem)
+            stem = f"depth2img-{job.id}-{index}"
+            image = await asyncio.to_thread(
+                images.prepare_output, blob, limit_bytes=job.upload_limit_bytes, stem=stem
+            )
             prepared.append(image)
         if not prepared:
             raise OutputUnavailable("no output images")
         return tuple(prepared)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _remove_file(path: str | None) -> None:
+    if path:
+        with contextlib.suppress(OSError):
+            Path(path).unlink()

@@ -150,6 +150,7 @@ class FakeDiscord:
         self.violations: list[str] = []
         self.unhandled: list[str] = []
         self.identifies: list[dict[str, Any]] = []
+        self.channel_messages: list[int] = []
         self.fail_next_edits = 0  # answer this many message edits with 403 Missing Permissions
         self.identified = asyncio.Event()
         self.commands_synced = asyncio.Event()
@@ -530,6 +531,10 @@ class FakeDiscord:
                     }
                 )
             return self._unhandled(request)
+        if parts[0] == "channels" and len(parts) == 3 and parts[2] == "messages" and method == "POST":
+            if not self._authorised(request):
+                return _error(401, 0, "401: Unauthorized")
+            return await self._channel_message(request, int(parts[1]))
         if parts[0] == "interactions" and len(parts) == 4 and parts[3] == "callback" and method == "POST":
             return await self._callback(request, int(parts[1]), parts[2])
         if parts[0] == "webhooks" and len(parts) >= 3:
@@ -724,6 +729,23 @@ class FakeDiscord:
             "application_id": str(self.app_id),
             "webhook_id": str(self.app_id),
         }
+
+    async def _channel_message(self, request: web.Request, channel_id: int) -> web.Response:
+        """A normal bot message in a channel (used when an interaction token has expired)."""
+        body, files = await self._read_message_body(request)
+        problem = self._check_message(body, files, creating=True)
+        if problem is not None:
+            return problem
+        now = time.monotonic()
+        msg = FakeMessage(
+            id=_snowflake(time.time(), self._ids), channel_id=channel_id, created_at=now, updated_at=now
+        )
+        self.messages[msg.id] = msg
+        self.channel_messages.append(msg.id)
+        self._apply(msg, body, files, editing=False)
+        payload = self._message_payload(msg)
+        payload["type"] = 0
+        return _json(payload)
 
     async def _callback(self, request: web.Request, inter_id: int, token: str) -> web.Response:
         arrived = time.monotonic()
