@@ -138,3 +138,55 @@ async def slash(
     await asyncio.sleep(0.05)  # anything after the final state would be a bug; give it a moment to show
     final = fake.visible_messages(record)[-1]
     return record, final
+
+
+# --- the real bot.py in its own process ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+BOT_SCRIPT = str(ROOT / "bot.py")
+_SETTING_PREFIXES = ("DISCORD_", "SD_", "MAX_", "DEV_GUILD", "BOT_DATA", "DOTENV", "SHUTDOWN_")
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """The machine's environment without any bot setting, plus ``extra``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_PREFIXES)}
+    env.update(extra)
+    return env
+
+
+async def spawn_bot(fake_discord: FakeDiscord, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+    """Start ``python bot.py`` and wait until it has identified on the fake gateway."""
+    import sys
+
+    fake_discord.identified.clear()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        BOT_SCRIPT,
+        cwd=cwd,
+        env=process_env(**env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        while not (fake_discord.identified.is_set() and fake_discord.commands):
+            if proc.returncode is not None:
+                _, err = await proc.communicate()
+                raise AssertionError(f"bot exited early: {err.decode()[-2000:]}")
+            await asyncio.sleep(0.05)
+    return proc
+
+
+async def stop_bot(proc: asyncio.subprocess.Process, sig: int, timeout_s: float = 30) -> str:
+    """Send ``sig`` and return what the bot wrote to stderr."""
+    if proc.returncode is None:
+        proc.send_signal(sig)
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return err.decode()

@@ -211,10 +211,21 @@ class Depth2ImgCog(commands.Cog):
         if fresh and job.message_id is not None:
             content, files = self._render(outcome, mention=f"<@{job.user_id}>")
             webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=self.bot)
-            await webhook.edit_message(
-                job.message_id, content=content, attachments=files, allowed_mentions=NO_MENTIONS
-            )
-            return
+            try:
+                await webhook.edit_message(
+                    job.message_id, content=content, attachments=files, allowed_mentions=NO_MENTIONS
+                )
+                return
+            except (discord.NotFound, discord.Forbidden) as exc:
+                # the token expired early or the message was deleted: fall back to the channel
+                log.info(
+                    "resumed edit refused; sending to the channel",
+                    extra={"job": job.id, "status": exc.status},
+                )
+            except discord.HTTPException as exc:
+                if exc.status != 401:
+                    raise
+                log.info("interaction token expired; sending to the channel", extra={"job": job.id})
         # The interaction token has expired: a normal channel message that pings the member once.
         content, files = self._render(outcome, mention=f"<@{job.user_id}>")
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)

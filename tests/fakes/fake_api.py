@@ -47,7 +47,29 @@ SCENARIOS = {
     18: "multiple_samples",
     22: "slow",
 }
-EXTRA_SCENARIOS = {"no_credits_200", "transform", "server_error_always", "output_not_image", "output_huge"}
+EXTRA_SCENARIOS = {
+    "no_credits_200",
+    "transform",
+    "server_error_always",
+    "output_not_image",
+    "output_huge",
+    "reset",  # the connection drops in the middle of the answer
+    "stall",  # the answer starts, then never ends
+    "output_reset",  # the output download drops mid-body
+    "mixed",  # each submission plays the next scenario of MIXED
+}
+MIXED = [
+    "success",
+    "queued",
+    "success_list",
+    "rate_limited",
+    "queued_then_failed",
+    "output_404",
+    "bad_gateway_html",
+    "success_string_id",
+    "invalid_key_200",
+    "reset",
+]
 
 
 def make_png(width: int = 512, height: int = 512, *, seed: int = 0, noise: bool = False) -> bytes:
@@ -118,6 +140,7 @@ class FakeModelsLab:
         self._runner: web.AppRunner | None = None
         self._in_flight = 0
         self._attempts = 0
+        self._mixed = 0
         self.port = 0
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         r = self.app.router
@@ -185,12 +208,15 @@ class FakeModelsLab:
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
-            return await self._answer_submit(body)
+            return await self._answer_submit(body, request)
         finally:
             self._in_flight -= 1
 
-    async def _answer_submit(self, body: dict[str, Any]) -> web.StreamResponse:
+    async def _answer_submit(self, body: dict[str, Any], request: web.Request) -> web.StreamResponse:
         s = self.scenario
+        if s == "mixed":
+            s = MIXED[self._mixed % len(MIXED)]
+            self._mixed += 1
         if body.get("key") != self.api_key or s == "invalid_key_401":
             return self._json({"status": "error", "message": "Invalid API key"}, 401)
         missing = [f for f in ("init_image", "prompt") if not body.get(f)]
@@ -227,7 +253,7 @@ class FakeModelsLab:
                 }
             )
         if s in ("queued", "queued_then_failed", "queued_forever"):
-            self._jobs[job] = {"polls": 0, "samples": samples}
+            self._jobs[job] = {"polls": 0, "samples": samples, "scenario": s}
             return self._json(
                 {
                     "status": "processing",
@@ -320,6 +346,10 @@ class FakeModelsLab:
             return self._json({"status": "success", "id": int(job), "output": self._outputs(f"s{job}", 1)})
         if s == "transform":
             return await self._transform(job, body)
+        if s in ("reset", "stall"):
+            return await self._broken(request, stall=s == "stall")
+        if s == "output_reset":
+            return self._json({"status": "success", "id": int(job), "output": self.file_url("reset-0.png")})
         return self._json({"status": "error", "message": f"fake API: unknown scenario {s}"}, 500)
 
     async def _transform(self, job: str, body: dict[str, Any]) -> web.Response:
@@ -362,8 +392,9 @@ class FakeModelsLab:
             "output": "",
             "tip": "for faster processing, use a dedicated server",
         }
-        if self.scenario == "queued_forever" or state["polls"] <= self.polls_before_done:
-            if self.scenario == "queued_then_failed" and state["polls"] >= 1:
+        scenario = state.get("scenario", self.scenario)
+        if scenario == "queued_forever" or state["polls"] <= self.polls_before_done:
+            if scenario == "queued_then_failed" and state["polls"] >= 1:
                 return self._json(
                     {
                         "status": "failed",
@@ -407,9 +438,23 @@ class FakeModelsLab:
             }
         )
 
+    async def _broken(self, request: web.Request, *, stall: bool) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            status=200, headers={"Content-Type": "application/json", "Content-Length": "4000"}
+        )
+        await resp.prepare(request)
+        await resp.write(b'{"status": "success", "output": ["http://127.0.0.1/fi')
+        if stall:
+            await asyncio.sleep(self.slow_s)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+
     async def _file(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         self.downloads.append(name)
+        if name.startswith("reset-"):
+            return await self._broken(request, stall=False)
         data = self._files.get(name)
         if data is None:
             return web.Response(status=404, text="Not Found")

@@ -200,10 +200,13 @@ class FakeDiscord:
             self.changed.notify_all()
 
     async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
-        """Wait until ``predicate()`` is true (re-checked on every change the fake sees)."""
+        """Wait until ``predicate()`` is true: re-checked on every change the fake sees, and every
+        20 ms (so predicates about other fakes work too)."""
         async with asyncio.timeout(timeout):
             async with self.changed:
-                await self.changed.wait_for(predicate)
+                while not predicate():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.changed.wait(), 0.02)
 
     # --- test API ----------------------------------------------------------------------------------
 
