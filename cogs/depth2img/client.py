@@ -112,6 +112,20 @@ def error_from_response(http_status: int, body: object, *, text_is_json: bool) -
     raise BadRequestError(message or "the API refused the request", status=http_status)
 
 
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The whole body, or None past ``cap`` bytes. A body cut short raises ``ClientPayloadError``."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    if resp.content_length is not None and size < resp.content_length:
+        raise aiohttp.ClientPayloadError("response body cut short")
+    return b"".join(chunks)
+
+
 def _is_private_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
@@ -301,13 +315,13 @@ class Depth2ImgClient:
     async def _post_once(self, url: str, body: dict[str, Any]) -> APIResponse:
         try:
             async with self._session.post(url, json=body, timeout=self._timeout) as resp:
-                raw = await resp.content.read(_MAX_BODY + 1)
                 status = resp.status
+                raw = await _read_capped(resp, _MAX_BODY)
         except TimeoutError as exc:
             raise APITimeoutError("the API did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise APIConnectionError(f"connection problem: {type(exc).__name__}") from exc
-        if len(raw) > _MAX_BODY:
+        if raw is None:
             raise MalformedResponseError("response body too large", status=status)
         try:
             decoded: object = json.loads(raw.decode("utf-8"))
@@ -334,14 +348,10 @@ class Depth2ImgClient:
                     raise OutputUnavailable(f"HTTP {resp.status} for the output image")
                 if resp.content_length is not None and resp.content_length > self._max_download:
                     raise OutputUnavailable("output image larger than the download cap")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > self._max_download:
-                        raise OutputUnavailable("output image larger than the download cap")
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                data = await _read_capped(resp, self._max_download)
+                if data is None:
+                    raise OutputUnavailable("output image larger than the download cap")
+                return data
         except TimeoutError as exc:
             raise APITimeoutError("download timed out") from exc
         except aiohttp.ClientError as exc:

@@ -82,7 +82,11 @@ def inspect_input(data: bytes, *, max_pixels: int, max_side: int = 16384) -> Ima
                 img.load()  # decodes every pixel: catches truncated and corrupt files
         except InvalidInput:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidInput(
+                "The picture has far too many pixels to use (it is too large). Make it smaller and try again."
+            ) from None
+        except UnidentifiedImageError:
             raise InvalidInput(
                 "That file is not a picture the bot can read. Attach a PNG, JPEG or WebP image."
             ) from None

@@ -1,0 +1,296 @@
+"""Hostile input and a hostile API, end to end through the fake Discord.
+
+Every bad attachment or prompt gets a clear private message and costs no API call; every API fault
+ends in one clear message; under 50 concurrent requests with faults mixed in, every request ends in
+exactly one final state and the ledger holds only finished jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from tests.conftest import is_settled, slash
+from tests.fakes.fake_api import make_png
+from tests.test_e2e import assert_clean
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG that claims width×height 1-bit pixels (a decompression bomb)."""
+    raw = zlib.compress(b"\0" * ((width + 7) // 8 + 1) * 64, 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def corrupt(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]) + data[middle + 64 :]
+
+
+def animated(fmt: str) -> bytes:
+    frames = [Image.new("RGB", (128, 128), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+def multipage_tiff() -> bytes:
+    return animated("TIFF")
+
+
+def jpeg() -> bytes:
+    return encode(Image.new("RGB", (400, 300), (200, 100, 50)), "JPEG")
+
+
+SVG = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><rect width="100" height="100"/></svg>'
+)
+
+BAD_ATTACHMENTS = [
+    ("text-as-png", b"just some text, honestly", "photo.png", "image/png", "not a picture"),
+    (
+        "html-as-jpeg",
+        b"<!doctype html><html><body>hi</body></html>",
+        "cat.jpg",
+        "image/jpeg",
+        "not a picture",
+    ),
+    (
+        "pdf-as-webp",
+        b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj",
+        "x.webp",
+        "image/webp",
+        "not a picture",
+    ),
+    ("svg-as-png", SVG, "logo.png", "image/png", "not a picture"),
+    ("exe-no-type", b"MZ\x90\x00" + b"\0" * 200, "setup.png", None, "not a picture"),
+    ("zero-bytes", b"", "empty.png", "image/png", "empty"),
+    ("truncated-png", make_png(256, 256)[:500], "cut.png", "image/png", "damaged"),
+    ("truncated-jpeg", jpeg()[: len(jpeg()) // 2], "cut.jpg", "image/jpeg", "damaged"),
+    ("corrupt-png", corrupt(make_png(256, 256)), "bad.png", "image/png", "damaged"),
+    ("decompression-bomb", png_bomb(30000, 30000), "bomb.png", "image/png", "too large"),
+    ("huge-dimensions", png_bomb(20000, 100), "wide.png", "image/png", "too large"),
+    ("animated-gif", animated("GIF"), "anim.gif", "image/gif", "not a PNG, JPEG or WebP"),
+    ("animated-png", animated("PNG"), "anim.png", "image/png", "Animated"),
+    ("animated-webp", animated("WEBP"), "anim.webp", "image/webp", "Animated"),
+    ("multipage-tiff", multipage_tiff(), "scan.tiff", "image/tiff", "not a PNG, JPEG or WebP"),
+    ("tiny-image", encode(Image.new("RGB", (16, 16)), "PNG"), "tiny.png", "image/png", "at least 64"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "filename", "ctype", "fragment"),
+    [c[1:] for c in BAD_ATTACHMENTS],
+    ids=[c[0] for c in BAD_ATTACHMENTS],
+)
+async def test_bad_attachment_is_refused_privately_at_no_cost(
+    bot, fake_discord, fake_api, data, filename, ctype, fragment
+):
+    record, final = await slash(
+        fake_discord, {"prompt": "x"}, image=data, filename=filename, content_type=ctype
+    )
+    assert final.ephemeral, final.content
+    assert fragment in final.content
+    assert [m.ephemeral for m in fake_discord.visible_messages(record)] == [True]
+    assert fake_api.submissions == []
+    assert fake_api.uploads == []
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_attachment_over_the_size_limit_is_refused_before_download(start_bot, fake_discord, fake_api):
+    await start_bot(MAX_INPUT_BYTES="100000")
+    record, final = await slash(fake_discord, {"prompt": "x"}, image=make_png(800, 800, noise=True))
+    assert record.ack_type == 4  # refused before the acknowledgement: nothing was downloaded
+    assert final.ephemeral
+    assert "limit is 0.1 MB" in final.content
+    assert fake_api.submissions == []
+
+
+def exif_rotated_jpeg() -> bytes:
+    img = Image.new("RGB", (400, 200), (10, 200, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when shown
+    exif[0x010F] = "SecretCam"
+    return encode(img, "JPEG", exif=exif.tobytes())
+
+
+def sixteen_bit_png() -> bytes:
+    return encode(Image.new("I;16", (300, 200), 40000), "PNG")
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(Image.new("CMYK", (300, 200), (0, 80, 160, 0)), "JPEG")
+
+
+ODD_BUT_GOOD = [
+    ("exif-rotated", exif_rotated_jpeg(), "image/jpeg", (200, 400)),
+    ("16-bit", sixteen_bit_png(), "image/png", (296, 200)),
+    ("cmyk", cmyk_jpeg(), "image/jpeg", (296, 200)),
+    ("rgba-png", encode(Image.new("RGBA", (320, 240), (0, 0, 0, 0)), "PNG"), "image/png", (320, 240)),
+    (
+        "oversized-2000px",
+        encode(Image.new("RGB", (2000, 1500), (9, 9, 9)), "JPEG"),
+        "image/jpeg",
+        (1024, 768),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "ctype", "size"), [c[1:] for c in ODD_BUT_GOOD], ids=[c[0] for c in ODD_BUT_GOOD]
+)
+async def test_odd_but_valid_pictures_are_normalised_and_uploaded(
+    bot, fake_discord, fake_api, data, ctype, size
+):
+    _, final = await slash(fake_discord, {"prompt": "x"}, image=data, filename="in.img", content_type=ctype)
+    assert final.files, final.content
+    (upload,) = fake_api.uploads
+    raw = base64.b64decode(upload.body["base64_string"].split(",", 1)[1])
+    with Image.open(io.BytesIO(raw)) as img:
+        assert img.mode == "RGB"
+        assert img.size == size
+        assert not img.getexif()  # metadata stripped
+        assert b"SecretCam" not in raw
+    assert fake_api.submissions[0].body["init_image"] == fake_api.file_url(upload_name(fake_api))
+    assert_clean(fake_discord, fake_api)
+
+
+def upload_name(fake_api) -> str:
+    return next(name for name in fake_api._files if name.startswith("up"))
+
+
+async def test_missing_content_type_with_a_real_png_is_fine(bot, fake_discord, fake_api):
+    _, final = await slash(fake_discord, {"prompt": "x"}, content_type=None, filename="noext")
+    assert final.files
+
+
+BAD_PROMPTS = [
+    ("empty", {"prompt": ""}, "empty"),
+    ("whitespace", {"prompt": "   \t  "}, "empty"),
+    ("newlines", {"prompt": "\n\n\n"}, "empty"),
+    ("control-only", {"prompt": "\x00\x07\x1b"}, "empty"),
+    ("zero-width-only", {"prompt": "\u200b\u200d\ufeff"}, "empty"),
+    ("too-long", {"prompt": "a" * 1001}, "limit is 1000"),
+    ("too-long-after-cleaning", {"prompt": "word " * 300}, "limit is 1000"),
+    ("negative-too-long", {"prompt": "ok", "negative_prompt": "n" * 1001}, "negative prompt"),
+    ("strength-out-of-range", {"prompt": "ok", "strength": 3.0}, "Strength"),
+    ("samples-out-of-range", {"prompt": "ok", "samples": 9}, "Samples"),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"), [c[1:] for c in BAD_PROMPTS], ids=[c[0] for c in BAD_PROMPTS]
+)
+async def test_bad_prompt_or_option_is_refused_privately(bot, fake_discord, fake_api, options, fragment):
+    # sent as a hostile client would: past the limits the Discord client enforces
+    record, final = await slash(fake_discord, options, check_options=False)
+    assert record.ack_type == 4
+    assert final.ephemeral
+    assert fragment in final.content
+    assert fake_api.submissions == []
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_control_characters_are_removed_from_the_prompt_sent(bot, fake_discord, fake_api):
+    _, final = await slash(fake_discord, {"prompt": "a\x00 castle\x1b[31m on\u202e a hill"})
+    assert final.files
+    assert fake_api.submissions[0].body["prompt"] == "a castle[31m on a hill"
+
+
+# --- a hostile API ----------------------------------------------------------------------------------
+
+FAULTS = [
+    ("reset", {}, "could not reach the image API"),
+    ("stall", {"SD_REQUEST_TIMEOUT_S": "1"}, "did not answer in time"),
+    ("output_reset", {"SD_MAX_RETRIES": "1"}, "could not be downloaded"),
+    ("output_not_image", {}, "could not be downloaded"),
+    ("queued_forever", {"SD_JOB_TIMEOUT_S": "1"}, "did not finish within"),
+]
+
+
+@pytest.mark.parametrize(("scenario", "env", "fragment"), FAULTS, ids=[f[0] for f in FAULTS])
+async def test_api_fault_ends_in_one_clear_message(
+    start_bot, fake_discord, fake_api, scenario, env, fragment
+):
+    fake_api.slow_s = 3
+    await start_bot(**env)
+    fake_api.scenario = scenario
+    record, final = await slash(fake_discord, {"prompt": "castle"})
+    assert fragment in final.content
+    assert len(fake_discord.visible_messages(record)) == 1
+    assert len(fake_api.submissions) == 1  # an ambiguous failure is never resubmitted
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_output_on_a_private_address_is_not_downloaded(fake_discord, fake_api, tmp_path):
+    import aiohttp
+
+    from cogs.depth2img.client import Depth2ImgClient
+    from cogs.depth2img.errors import OutputUnavailable
+
+    async with aiohttp.ClientSession() as session:
+        public = Depth2ImgClient(session, base_url="https://stablediffusionapi.com/api", api_key="k" * 12)
+        for url in (
+            fake_api.file_url("a-0.png"),
+            "http://localhost/x.png",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.0.0.1/a.png",
+            "http://[::1]/a.png",
+            "file:///etc/passwd",
+            "ftp://example.com/a.png",
+        ):
+            with pytest.raises(OutputUnavailable):
+                await public.download(url)
+    assert fake_api.downloads == []
+
+
+async def test_fifty_concurrent_requests_with_faults_all_end_once(start_bot, fake_discord, fake_api):
+    bot = await start_bot(SD_MAX_CONCURRENT="8", SD_MAX_QUEUED="60", SD_MAX_RETRIES="1")
+    fake_api.scenario = "mixed"
+    fake_api.latency_s = 0.05
+    fake_api.polls_before_done = 2
+    records = await asyncio.gather(
+        *(
+            fake_discord.invoke_slash(
+                "depth2img", {"image": fake_discord.add_attachment(make_png(), f"{n}.png"), "prompt": f"p{n}"}
+            )
+            for n in range(50)
+        )
+    )
+    await fake_discord.wait_for(lambda: all(is_settled(fake_discord, r) for r in records), timeout=60)
+    await asyncio.sleep(0.3)
+    delivered = failed = 0
+    for r in records:
+        assert r.acked_at is not None
+        assert r.acked_at - r.sent_at < 3.0
+        visible = fake_discord.visible_messages(r)
+        assert len(visible) == 1  # exactly one final state per request
+        if visible[0].files:
+            delivered += 1
+        else:
+            assert "ref `" in visible[0].content
+            failed += 1
+    assert delivered + failed == 50
+    assert delivered >= 20 and failed >= 10  # the mix really mixed
+    counts = await bot.ledger.count_by_state()
+    assert set(counts) <= {"delivered", "failed"}
+    assert counts.get("delivered", 0) == delivered
+    assert counts.get("failed", 0) == failed
+    assert len(fake_api.submissions) == 50
+    assert_clean(fake_discord, fake_api)
