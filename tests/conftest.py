@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import discord.gateway
 import discord.http
 import pytest
 
-from bot import Depth2ImgBot, configure_discord_endpoints
+from bot import Depth2ImgBot, KeyValueFormatter, configure_discord_endpoints
 from cogs.depth2img.config import load_settings
 from cogs.depth2img.ledger import Ledger
 from tests.fakes.fake_api import FakeModelsLab, make_png
@@ -27,6 +28,27 @@ FAST_ENV = {
     "SD_REQUEST_TIMEOUT_S": "10",
     "SD_JOB_TIMEOUT_S": "20",
 }
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_in_any_log(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test, every path: the API key and the bot token never appear in a log line, as the
+    bot formats it (tracebacks included, as at DEBUG level)."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    values = getattr(request.node, "funcargs", {})
+    secrets_: list[str] = []
+    if "fake_api" in values:
+        secrets_.append(values["fake_api"].api_key)
+    if "fake_discord" in values:
+        secrets_.append(values["fake_discord"].token)
+    if not secrets_:
+        return
+    formatter = KeyValueFormatter(show_tracebacks=True)
+    for record in caplog.get_records("setup") + caplog.get_records("call"):
+        line = formatter.format(record)
+        for secret in secrets_:
+            assert secret not in line, f"a secret reached the log: {record.name} {record.msg!r}"
 
 
 @pytest.fixture

@@ -184,6 +184,8 @@ async def test_every_failure_ends_in_one_clear_message(
     record, final = await slash(fake_discord, {"prompt": "castle"})
     assert fragment in final.content
     assert "ref `" in final.content
+    ref = final.content.split("ref `")[1].split("`")[0]
+    assert f"job={ref}" in log_text(caplog)  # the member's reference finds the job's log lines
     assert final.files == []
     assert len(fake_discord.visible_messages(record)) == 1
     assert not final.loading
@@ -280,3 +282,38 @@ async def test_longest_prompts_still_fit_discord_content_limit(bot, fake_discord
     assert len(final.content) <= 2000
     assert "…" in final.content
     assert_clean(fake_discord, fake_api)
+
+
+async def test_a_waiting_member_sees_their_position(start_bot, fake_discord, fake_api):
+    await start_bot(SD_MAX_CONCURRENT="1")
+    fake_api.latency_s = 0.6
+    first = await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "one"}
+    )
+    await fake_discord.wait_for(lambda: len(fake_api.submissions) == 1)
+    _second, final = await slash(fake_discord, {"prompt": "two"})
+    assert final.files
+    assert "⏳ Waiting for a free slot (position 1)…" in final.history
+    assert fake_discord.final_message(first).files
+
+
+async def test_cooldown_between_requests(start_bot, fake_discord, fake_api):
+    await start_bot(SD_USER_COOLDOWN_S="60")
+    user = 616161616161616161
+    _, first = await slash(fake_discord, {"prompt": "one"}, user_id=user)
+    assert first.files
+    _, second = await slash(fake_discord, {"prompt": "two"}, user_id=user)
+    assert second.ephemeral
+    assert "you can ask again in" in second.content
+    assert len(fake_api.submissions) == 1
+
+
+async def test_daily_quota_per_server(start_bot, fake_discord, fake_api):
+    await start_bot(SD_GUILD_DAILY_QUOTA="2")
+    for n in range(2):
+        _, ok = await slash(fake_discord, {"prompt": f"p{n}"})
+        assert ok.files
+    _, refused = await slash(fake_discord, {"prompt": "p3"})
+    assert refused.ephemeral
+    assert "used its 2 pictures for today" in refused.content
+    assert len(fake_api.submissions) == 2
