@@ -72,7 +72,7 @@ async def test_happy_path_acks_fast_and_delivers_the_png_with_timing(bot, fake_d
     # one message, edited from "thinking…" into the result, public, with the image attached as a file
     assert len(fake_discord.visible_messages(record)) == 1
     assert not final.ephemeral and not final.loading
-    (file,) = final.files
+    (file,) = final.results
     assert file.filename.endswith(".png")
     assert file.data == fake_api.output_png
     assert "a cozy cabin, warm light" in final.content
@@ -101,7 +101,7 @@ async def test_queued_job_shows_progress_then_the_image(bot, fake_discord, fake_
 async def test_multiple_samples_are_attached(bot, fake_discord, fake_api):
     fake_api.scenario = "multiple_samples"
     _, final = await slash(fake_discord, {"prompt": "castle", "samples": 3})
-    assert len(final.files) == 3
+    assert len(final.results) == 3
     assert "3 images" in final.content
     assert_clean(fake_discord, fake_api)
 
@@ -206,7 +206,7 @@ async def test_output_larger_than_the_upload_limit_is_made_to_fit(bot, fake_disc
     fake_discord.limits.attachment_size_limit = 1024 * 1024
     fake_api.scenario = "output_huge"
     _, final = await slash(fake_discord, {"prompt": "castle"})
-    (file,) = final.files
+    (file,) = final.results
     assert len(file.data) <= 1024 * 1024
     assert_clean(fake_discord, fake_api)
 
@@ -293,7 +293,7 @@ async def test_a_waiting_member_sees_their_position(start_bot, fake_discord, fak
     await fake_discord.wait_for(lambda: len(fake_api.submissions) == 1)
     _second, final = await slash(fake_discord, {"prompt": "two"})
     assert final.files
-    assert "⏳ Waiting for a free slot (position 1)…" in final.history
+    assert any(h.startswith("⏳ Waiting for a free slot (position 1) — expected <t:") for h in final.history)
     assert fake_discord.final_message(first).files
 
 

@@ -30,7 +30,7 @@ async def test_sigkill_while_queued_then_restart_delivers_exactly_once(fake_disc
     assert len(fake_api.submissions) == 1  # polled after the restart, never submitted again
     visible = fake_discord.visible_messages(record)
     assert len(visible) == 1  # the original message, edited into the result
-    assert len(visible[0].files) == 1
+    assert len(visible[0].results) == 1
     assert fake_discord.channel_messages == []
     assert fake_discord.violations == []
     assert "job resumed" in log
@@ -64,7 +64,7 @@ async def test_restart_after_the_token_expired_delivers_in_the_channel_with_one_
     assert len(fake_api.submissions) == 1
     (msg_id,) = fake_discord.channel_messages
     msg = fake_discord.messages[msg_id]
-    assert len(msg.files) == 1
+    assert len(msg.results) == 1
     assert msg.pings == [f"<@{user}>"]  # the member, once; nobody else
     assert fake_discord.violations == ["webhook call with an expired token"]  # one attempt, then the channel
     assert not record.message_ids[1:]

@@ -235,7 +235,8 @@ async def test_ledger_records_every_state_of_a_delivered_job(make_service, fake_
     job = await ledger.get(row[0])
     assert job.api_job_id == "13481504"
     assert job.finished_at is not None
-    assert not Path(job.source_path).exists()  # the kept picture is removed once delivered
+    assert Path(job.source_path).exists()  # kept while the job exists: buttons start from it
+    assert Path(job.result_path).read_bytes() == fake_api.output_png
 
 
 async def start_job_and_crash(service, fake_api, *, until: JobState) -> str:

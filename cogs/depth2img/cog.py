@@ -1,18 +1,20 @@
-"""The Discord adapter for /depth2img: thin. It turns an interaction into service calls and the
-outcome back into Discord messages; every decision about jobs lives in the service.
+"""The Discord adapter for /depth2img: thin. It turns interactions (the slash command, the buttons
+on a result, the edit modal, the message context menu) into service calls and outcomes back into
+Discord messages; every decision about jobs lives in the service.
 
-Order of events, to meet Discord's 3-second window and keep rejections private:
+Order of events for every request, to meet Discord's 3-second window and keep refusals private:
 
 1. cheap, synchronous checks (options, declared size, admission): a refusal is an ephemeral reply;
 2. ``defer(thinking=True)``: nothing that can wait runs before it;
-3. read the attachment, check it by its bytes, keep it, and record the job in the ledger; a refusal
+3. read the picture, check it by its bytes, keep it, and record the job in the ledger; a refusal
    deletes the "thinking…" message and is sent privately; no API call was made;
-4. run the job, then edit the "thinking…" message into the result with the image files attached;
-   every failure edits it into one clear message instead; only then is the job marked finished.
+4. run the job (progress, with a Cancel button, edited in at most every few seconds), then edit the
+   message into the result with the files and buttons; every failure edits it into one clear
+   message instead; only then is the job marked finished.
 
-Jobs left unfinished by a crash or a restart are resumed at start-up and delivered exactly once:
-by editing the original message while the interaction token lives (15 minutes), otherwise as a
-normal message in the channel that mentions the member.
+Buttons carry the job id in their custom id and look everything else up in the ledger, so they work
+after a restart for as long as the job exists. Jobs left unfinished by a crash or a restart are
+resumed at start-up and delivered exactly once.
 """
 
 from __future__ import annotations
@@ -21,18 +23,20 @@ import asyncio
 import io
 import logging
 import math
+import re
 import secrets
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from .errors import DeliveryFailed, Depth2ImgError, InvalidInput, RequestRejected
-from .ledger import Job
-from .messages import describe, result_text
-from .service import Depth2ImgService, Origin, Outcome, Progress, build_params
+from .errors import DeliveryFailed, InvalidInput, RequestRejected
+from .ledger import Job, JobState
+from .messages import describe, neutralise, result_text
+from .service import Depth2ImgService, Origin, Outcome, Progress, Ticket, build_params
 
 if TYPE_CHECKING:
     from bot import Depth2ImgBot
@@ -44,15 +48,128 @@ NO_MENTIONS = discord.AllowedMentions.none()
 _UPLOAD_MARGIN = 64 * 1024
 # Interaction tokens live 15 minutes; past this age, deliver as a channel message instead.
 TOKEN_SAFE_AGE_S = 14 * 60
+JOB_ID_RE = r"[0-9a-f]{12}"
+ACTIONS = ("seed", "edit", "closer", "more", "reuse", "delete", "cancel")
+
+Reader = Callable[[], Awaitable[bytes]]
+
+
+# --- persistent components ---------------------------------------------------------------------------
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=rf"d2i:(?P<action>{'|'.join(ACTIONS)}):(?P<job>{JOB_ID_RE})",
+):
+    """Every button of every result and progress message. Its custom id is ``d2i:<action>:<job id>``;
+    everything else is looked up in the ledger, so it keeps working after a restart."""
+
+    LOOK: ClassVar[dict[str, tuple[str, str, discord.ButtonStyle]]] = {
+        "seed": ("New seed", "🎲", discord.ButtonStyle.primary),
+        "edit": ("Edit prompt", "✏️", discord.ButtonStyle.secondary),
+        "closer": ("Closer to source", "🎯", discord.ButtonStyle.secondary),
+        "more": ("More creative", "🎨", discord.ButtonStyle.secondary),
+        "reuse": ("Use as source", "🔁", discord.ButtonStyle.secondary),
+        "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
+        "cancel": ("Cancel", "🛑", discord.ButtonStyle.danger),
+    }
+
+    def __init__(self, action: str, job_id: str, *, row: int | None = None) -> None:
+        label, emoji, style = self.LOOK[action]
+        super().__init__(
+            discord.ui.Button(
+                label=label, emoji=emoji, style=style, custom_id=f"d2i:{action}:{job_id}", row=row
+            )
+        )
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> JobButton:
+        return cls(match["action"], match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        cog = interaction.client.get_cog("Depth2ImgCog")
+        if isinstance(cog, Depth2ImgCog):
+            await cog.on_button(interaction, self.action, self.job_id)
+
+
+def result_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in ("seed", "edit", "closer", "more", "reuse"):
+        view.add_item(JobButton(action, job_id, row=0))
+    view.add_item(JobButton("delete", job_id, row=1))
+    return view
+
+
+def cancel_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(JobButton("cancel", job_id))
+    return view
+
+
+class PromptModal(discord.ui.Modal):
+    """Sent to ask for a prompt. Submissions are handled by :meth:`Depth2ImgCog.on_interaction`
+    from the custom id, so they work whatever happened to this object (a restart, say)."""
+
+    def __init__(self, *, custom_id: str, title: str, prompt: str = "", negative: str = "") -> None:
+        super().__init__(title=title, custom_id=custom_id, timeout=None)
+        self.add_item(
+            discord.ui.TextInput(
+                label="Prompt",
+                custom_id="prompt",
+                style=discord.TextStyle.paragraph,
+                default=prompt[:1000] or None,
+                max_length=1000,
+                required=True,
+            )
+        )
+        self.add_item(
+            discord.ui.TextInput(
+                label="Negative prompt (optional)",
+                custom_id="negative_prompt",
+                style=discord.TextStyle.paragraph,
+                default=negative[:1000] or None,
+                max_length=1000,
+                required=False,
+            )
+        )
+
+
+def modal_values(data: Any) -> dict[str, str]:
+    """custom_id → value for every text input of a submitted modal, whatever the nesting."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("custom_id"), str) and "value" in node:
+                found[node["custom_id"]] = str(node.get("value") or "")
+            for key in ("components", "component"):
+                walk(node.get(key))
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(data.get("components") if isinstance(data, dict) else None)
+    return found
+
+
+# --- the cog ---------------------------------------------------------------------------------------
 
 
 class Depth2ImgCog(commands.Cog):
     def __init__(self, bot: Depth2ImgBot, service: Depth2ImgService) -> None:
         self.bot = bot
         self.service = service
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._menu_targets: dict[str, tuple[str, int, str]] = {}
+        self.menu = app_commands.ContextMenu(name="Depth to image", callback=self.depth_to_image_menu)
 
     async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(JobButton)
+        self.bot.tree.add_command(self.menu)
         pending = await self.service.start()
         for job in pending:
             self._spawn(self._resume(job))
@@ -60,14 +177,29 @@ class Depth2ImgCog(commands.Cog):
             log.info("resuming unfinished jobs", extra={"count": len(pending)})
 
     async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+        self.bot.remove_dynamic_items(JobButton)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _tracked(self, coro: Awaitable[None]) -> None:
+        """Run an interaction handler so that unloading (shutdown) can cancel it; the ledger keeps the job."""
+        current = asyncio.current_task()
+        if current is not None:
+            self._tasks.add(current)
+        try:
+            await coro
+        finally:
+            if current is not None:
+                self._tasks.discard(current)
+
+    # --- /depth2img ----------------------------------------------------------------------------
 
     @app_commands.command(
         name="depth2img",
@@ -95,46 +227,8 @@ class Depth2ImgCog(commands.Cog):
         seed: app_commands.Range[int, 0, 4294967295] | None = None,
         samples: app_commands.Range[int, 1, 4] | None = None,
     ) -> None:
-        started = time.monotonic()
-        job_id = secrets.token_hex(6)
-        current = asyncio.current_task()
-        if current is not None:  # so that unloading (shutdown) can cancel it; the ledger keeps the job
-            self._tasks.add(current)
-        try:
-            await self._handle(
-                interaction,
-                job_id,
-                started,
-                image,
-                prompt,
-                negative_prompt,
-                strength,
-                steps,
-                guidance,
-                seed,
-                samples,
-            )
-        finally:
-            if current is not None:
-                self._tasks.discard(current)
-
-    async def _handle(
-        self,
-        interaction: discord.Interaction,
-        job_id: str,
-        started: float,
-        image: discord.Attachment,
-        prompt: str,
-        negative_prompt: str | None,
-        strength: float | None,
-        steps: int | None,
-        guidance: float | None,
-        seed: int | None,
-        samples: int | None,
-    ) -> None:
-        # 1. cheap checks, before the acknowledgement: a refusal stays private and costs nothing.
-        try:
-            params = build_params(
+        def params() -> Any:
+            return build_params(
                 prompt=prompt,
                 negative_prompt=negative_prompt,
                 strength=strength,
@@ -142,8 +236,176 @@ class Depth2ImgCog(commands.Cog):
                 guidance=guidance,
                 seed=seed,
                 samples=samples,
+                safety_checker=not _age_restricted(interaction),
             )
-            self.service.check_declared_size(image.size)
+
+        await self._tracked(
+            self._request(
+                interaction, params, read=image.read, source_url=image.url, declared_size=image.size
+            )
+        )
+
+    # --- Apps → Depth to image ------------------------------------------------------------------
+
+    async def depth_to_image_menu(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        picture = next(
+            (a for a in message.attachments if (a.content_type or "").startswith("image/") or a.width), None
+        )
+        if picture is None:
+            picture = next(iter(message.attachments), None)
+        if picture is None:
+            await interaction.response.send_message(
+                "❌ That message has no picture attached. Pick a message with an image.", ephemeral=True
+            )
+            return
+        key = secrets.token_hex(6)
+        self._menu_targets[key] = (picture.url, picture.size, picture.filename)
+        if len(self._menu_targets) > 1000:
+            self._menu_targets.pop(next(iter(self._menu_targets)))
+        await interaction.response.send_modal(
+            PromptModal(custom_id=f"d2i:menu:{key}", title="Depth to image")
+        )
+
+    # --- buttons and modals ---------------------------------------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
+        job = await self.service.ledger.get(job_id)
+        if job is None:
+            await interaction.response.send_message(
+                "🗑️ That picture is no longer stored (it was deleted). Start again with /depth2img.",
+                ephemeral=True,
+            )
+            return
+        if action == "delete":
+            await self._delete(interaction, job)
+        elif action == "cancel":
+            await self._cancel(interaction, job)
+        elif action == "edit":
+            await interaction.response.send_modal(
+                PromptModal(
+                    custom_id=f"d2i:edited:{job.id}",
+                    title="Edit prompt",
+                    prompt=job.params.prompt,
+                    negative=job.params.negative_prompt or "",
+                )
+            )
+        else:
+            await self._tracked(self._derived(interaction, job, action))
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        custom_id = str(data.get("custom_id", ""))
+        match = re.fullmatch(r"d2i:(edited|menu):([0-9a-f]{12})", custom_id)
+        if match is None:
+            return
+        values = modal_values(interaction.data)
+        prompt, negative = values.get("prompt", ""), values.get("negative_prompt") or None
+        if match[1] == "edited":
+            parent = await self.service.ledger.get(match[2])
+            if parent is None:
+                await interaction.response.send_message("🗑️ That picture is no longer stored.", ephemeral=True)
+                return
+            await self._tracked(self._derived(interaction, parent, "edit", prompt=prompt, negative=negative))
+            return
+        target = self._menu_targets.pop(match[2], None)
+        if target is None:
+            await interaction.response.send_message(
+                "⌛ This form has expired. Use Apps → Depth to image on the message again.", ephemeral=True
+            )
+            return
+        url, size, _ = target
+
+        async def read_url() -> bytes:
+            async with self.bot.http_session.get(url) as resp:
+                if resp.status != 200:
+                    raise InvalidInput("The picture could not be downloaded from Discord. Try again.")
+                return await resp.read()
+
+        def params() -> Any:
+            return build_params(
+                prompt=prompt, negative_prompt=negative, safety_checker=not _age_restricted(interaction)
+            )
+
+        await self._tracked(
+            self._request(interaction, params, read=read_url, source_url=url, declared_size=size, kind="menu")
+        )
+
+    async def _derived(
+        self,
+        interaction: discord.Interaction,
+        parent: Job,
+        action: str,
+        *,
+        prompt: str | None = None,
+        negative: str | None = None,
+    ) -> None:
+        def params() -> Any:
+            derived = self.service.derive(parent, action, prompt=prompt, negative_prompt=negative)
+            if not _age_restricted(interaction) and not derived.safety_checker:
+                derived = build_params(**{**_params_dict(derived), "safety_checker": True})
+            return derived
+
+        try:
+            path = self.service.source_for(parent, action)
+        except InvalidInput as exc:
+            await interaction.response.send_message(describe(exc), ephemeral=True)
+            return
+
+        async def read() -> bytes:
+            return await self.service.read_stored(path)
+
+        await self._request(
+            interaction, params, read=read, source_url=None, declared_size=1, parent=parent, kind=action
+        )
+
+    async def _delete(self, interaction: discord.Interaction, job: Job) -> None:
+        allowed = interaction.user.id == job.user_id or bool(
+            interaction.permissions and interaction.permissions.manage_messages
+        )
+        if not allowed:
+            await interaction.response.send_message(
+                "🚫 Only the member who asked for this picture, or someone with Manage Messages, can delete it.",
+                ephemeral=True,
+            )
+            return
+        await interaction.response.defer()
+        if interaction.message is not None:
+            await interaction.message.delete()
+        log.info("result deleted", extra={"job": job.id, "by": interaction.user.id})
+
+    async def _cancel(self, interaction: discord.Interaction, job: Job) -> None:
+        if interaction.user.id != job.user_id:
+            await interaction.response.send_message(
+                "🚫 Only the member who asked can cancel this.", ephemeral=True
+            )
+            return
+        if not self.service.cancel(job.id):
+            await interaction.response.send_message("This job has already finished.", ephemeral=True)
+            return
+        await interaction.response.defer()  # the job's own final edit shows the cancellation
+
+    # --- the shared request flow ----------------------------------------------------------------------
+
+    async def _request(
+        self,
+        interaction: discord.Interaction,
+        make_params: Callable[[], Any],
+        *,
+        read: Reader,
+        source_url: str | None,
+        declared_size: int,
+        parent: Job | None = None,
+        kind: str = "command",
+    ) -> None:
+        started = time.monotonic()
+        job_id = secrets.token_hex(6)
+        # 1. cheap checks, before the acknowledgement: a refusal stays private and costs nothing.
+        try:
+            params = make_params()
+            self.service.check_declared_size(declared_size)
             ticket = self.service.admission.admit(interaction.user.id, interaction.guild_id)
         except RequestRejected as exc:
             log.info("job rejected", extra={"job": job_id, "reason": type(exc).__name__})
@@ -167,21 +429,28 @@ class Depth2ImgCog(commands.Cog):
             )
             # 3. the bytes decide whether this is an image; still no API call.
             try:
-                job = await self.service.accept(job_id, params, origin, read=image.read, source_url=image.url)
+                job = await self.service.accept(
+                    job_id,
+                    params,
+                    origin,
+                    read=read,
+                    source_url=source_url,
+                    parent_id=parent.id if parent else None,
+                    kind=kind,
+                )
             except InvalidInput as exc:
                 log.info("job rejected", extra={"job": job_id, "reason": "invalid image"})
                 await self._reject_privately(interaction, describe(exc))
                 return
 
-            # 4. run, deliver, then record the final state.
-            async def progress(event: Progress) -> None:
-                await self._show_progress(interaction, event)
-
-            outcome = await self.service.run(job, ticket, started_at=started, on_progress=progress)
-            content, files = self._render(outcome, mention=interaction.user.mention)
+            # 4. run with live progress, deliver, then record the final state.
+            reporter = ProgressReporter(interaction, self.service, job, ticket)
+            outcome = await self.service.run(job, ticket, started_at=started, on_progress=reporter.update)
+            await reporter.stop()
+            content, files, view = self._render(outcome, mention=interaction.user.mention)
             try:
                 await interaction.edit_original_response(
-                    content=content, attachments=files, allowed_mentions=NO_MENTIONS
+                    content=content, attachments=files, view=view, allowed_mentions=NO_MENTIONS
                 )
             except discord.HTTPException:
                 # Discord refused the delivery: record it as failed (never re-sent later), and let
@@ -209,11 +478,15 @@ class Depth2ImgCog(commands.Cog):
         job = outcome.job
         fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
         if fresh and job.message_id is not None:
-            content, files = self._render(outcome, mention=f"<@{job.user_id}>")
+            content, files, view = self._render(outcome, mention=f"<@{job.user_id}>")
             webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=self.bot)
             try:
                 await webhook.edit_message(
-                    job.message_id, content=content, attachments=files, allowed_mentions=NO_MENTIONS
+                    job.message_id,
+                    content=content,
+                    attachments=files,
+                    view=view,
+                    allowed_mentions=NO_MENTIONS,
                 )
                 return
             except (discord.NotFound, discord.Forbidden) as exc:
@@ -227,24 +500,96 @@ class Depth2ImgCog(commands.Cog):
                     raise
                 log.info("interaction token expired; sending to the channel", extra={"job": job.id})
         # The interaction token has expired: a normal channel message that pings the member once.
-        content, files = self._render(outcome, mention=f"<@{job.user_id}>")
+        content, files, view = self._render(outcome, mention=f"<@{job.user_id}>")
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
-        await channel.send(content=content, files=files, allowed_mentions=ping)
+        await channel.send(
+            content=content, files=files, view=view or discord.utils.MISSING, allowed_mentions=ping
+        )
+
+    # --- /depth2img-show, -history, -forget-me ----------------------------------------------------
+
+    @app_commands.command(name="depth2img-show", description="Bring back a past picture, with its buttons.")
+    @app_commands.describe(job="The job id, as shown under a result or in /depth2img-history.")
+    async def show(self, interaction: discord.Interaction, job: app_commands.Range[str, 1, 40]) -> None:
+        found = await self.service.ledger.get(job.strip().lower().strip("`"))
+        if found is None or found.state is not JobState.DELIVERED or not found.result_path:
+            await interaction.response.send_message(
+                "🔎 No delivered picture has that id. See /depth2img-history for yours.", ephemeral=True
+            )
+            return
+        if found.guild_id is not None and found.guild_id != interaction.guild_id:
+            await interaction.response.send_message(
+                "🔎 That picture was made in another server.", ephemeral=True
+            )
+            return
+        try:
+            data = await self.service.read_stored(found.result_path)
+        except InvalidInput as exc:
+            await interaction.response.send_message(describe(exc), ephemeral=True)
+            return
+        name = found.result_path.rsplit("/", 1)[-1]
+        text = f"🖼️ Job `{found.id}` by <@{found.user_id}>\n" + _params_block(found)
+        await interaction.response.send_message(
+            text,
+            file=discord.File(io.BytesIO(data), filename=name),
+            view=result_view(found.id),
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    @app_commands.command(name="depth2img-history", description="Your recent pictures (only you see this).")
+    async def history(self, interaction: discord.Interaction) -> None:
+        jobs = await self.service.history(interaction.user.id, limit=10)
+        if not jobs:
+            await interaction.response.send_message(
+                "You have no pictures yet. Try /depth2img!", ephemeral=True
+            )
+            return
+        lines = ["**Your recent pictures** (newest first; bring one back with /depth2img-show):"]
+        for job in jobs:
+            prompt = neutralise(job.params.prompt.replace("`", "'"))
+            if len(prompt) > 60:
+                prompt = prompt[:59] + "…"
+            lines.append(f"`{job.id}` · {job.state} · <t:{int(job.created_at)}:R> · {prompt}")
+        await interaction.response.send_message(
+            "\n".join(lines)[:2000], ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    @app_commands.command(
+        name="depth2img-forget-me", description="Delete your stored pictures and your history with this bot."
+    )
+    async def forget_me(self, interaction: discord.Interaction) -> None:
+        count = await self.service.forget(interaction.user.id)
+        await interaction.response.send_message(
+            f"🧹 Done: deleted {count} job(s) with their stored pictures. Messages already posted in channels stay; "
+            "use their Delete button to remove them.",
+            ephemeral=True,
+        )
 
     # --- rendering and helpers --------------------------------------------------------------------
 
-    def _render(self, outcome: Outcome, *, mention: str) -> tuple[str, list[discord.File]]:
+    def _render(
+        self, outcome: Outcome, *, mention: str
+    ) -> tuple[str, list[discord.File], discord.ui.View | None]:
+        job = outcome.job
         if outcome.result is not None:
-            files = [
-                discord.File(io.BytesIO(img.data), filename=img.filename) for img in outcome.result.images
-            ]
-            return result_text(outcome.job.params, outcome.result, user_mention=mention), files
+            result = outcome.result
+            files = [discord.File(io.BytesIO(img.data), filename=img.filename) for img in result.images]
+            if result.comparison is not None and len(files) < 10:
+                files.append(
+                    discord.File(io.BytesIO(result.comparison.data), filename=result.comparison.filename)
+                )
+            text = result_text(job.params, result, user_mention=mention)
+            extra = _params_block(job, seed=result.seed)
+            if job.parent_id:
+                extra = f"↪️ from `{job.parent_id}` · " + extra
+            text = f"{text}\n{extra}" if len(text) + len(extra) + 1 <= 2000 else text
+            return text, files, result_view(job.id)
         assert outcome.error is not None
         text = describe(outcome.error)
-        if outcome.job.resumes and mention:
+        if job.resumes and mention:
             text = f"{mention} {text}"
-        return f"{text}\n-# ref `{outcome.job.id}`", []
+        return f"{text}\n-# ref `{job.id}`", [], None
 
     async def _reject_privately(self, interaction: discord.Interaction, text: str) -> None:
         """After a public defer: remove the "thinking…" message and tell only the member."""
@@ -255,21 +600,107 @@ class Depth2ImgCog(commands.Cog):
             return
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
-    async def _show_progress(self, interaction: discord.Interaction, event: Progress) -> None:
+
+class ProgressReporter:
+    """Shows where a job is while it runs: its place in the bot's queue or at the API, with an ETA as
+    a live Discord timestamp and a Cancel button. Edits at most every ``PROGRESS_INTERVAL_S`` seconds."""
+
+    def __init__(
+        self, interaction: discord.Interaction, service: Depth2ImgService, job: Job, ticket: Ticket
+    ) -> None:
+        self.interaction = interaction
+        self.service = service
+        self.job = job
+        self.ticket = ticket
+        self.edits = 0
+        self._last_text: str | None = None
+        self._last_at = -math.inf
+        self._pending: Progress | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._stage: Progress | None = None
+        self.interval = service.settings.progress_interval_s
+
+    async def update(self, event: Progress) -> None:
+        self._stage = event
+        if self._timer is None:
+            self._timer = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await self._show()
+            await asyncio.sleep(self.interval)
+
+    def _text(self) -> str | None:
+        event = self._stage
+        if event is None:
+            return None
+        now = time.time()
+        if event.stage == "waiting_for_slot":
+            position = self.service.admission.position(self.ticket)
+            if position == 0:
+                return None
+            per_slot = self.service.typical_job_s / max(1, self.service.admission.max_concurrent)
+            eta = math.ceil(now + position * per_slot + self.service.typical_job_s)
+            return f"⏳ Waiting for a free slot (position {position}) — expected <t:{eta}:R>."
         if event.stage == "queued_at_api":
             if event.eta_s is not None:
-                ready = math.ceil(time.time() + event.eta_s)
-                text = f"⏳ Queued at the image API — expected <t:{ready}:R>."
-            else:
-                text = "⏳ Queued at the image API…"
-        elif event.stage == "waiting_for_slot":
-            text = f"⏳ Waiting for a free slot (position {event.position})…"
-        else:
+                return f"⏳ Queued at the image API — expected <t:{math.ceil(now + event.eta_s)}:R>."
+            return "⏳ Queued at the image API…"
+        return None
+
+    async def _show(self) -> None:
+        text = self._text()
+        if text is None or text == self._last_text or self.service.is_running(self.job.id) is False:
             return
+        if time.monotonic() - self._last_at < self.interval:
+            return
+        self._last_text, self._last_at = text, time.monotonic()
         try:
-            await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+            await self.interaction.edit_original_response(
+                content=text, view=cancel_view(self.job.id), allowed_mentions=NO_MENTIONS
+            )
+            self.edits += 1
         except discord.HTTPException:
-            log.warning("progress edit failed")
+            log.warning("progress edit failed", extra={"job": self.job.id})
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            await asyncio.wait({self._timer})
 
 
-__all__ = ["Depth2ImgCog", "Depth2ImgError"]
+def _age_restricted(interaction: discord.Interaction) -> bool:
+    channel = interaction.channel
+    return bool(getattr(channel, "nsfw", False)) if channel is not None else False
+
+
+def _params_dict(params: Any) -> dict[str, Any]:
+    return {
+        "prompt": params.prompt,
+        "negative_prompt": params.negative_prompt,
+        "strength": params.strength,
+        "steps": params.steps,
+        "guidance": params.guidance,
+        "seed": params.seed,
+        "samples": params.samples,
+        "safety_checker": params.safety_checker,
+    }
+
+
+def _params_block(job: Job, seed: int | None = None) -> str:
+    """The options as one line that is easy to copy on a phone (a code block, no Markdown inside)."""
+    p = job.params
+    parts = [f"prompt:{p.prompt}"]
+    if p.negative_prompt:
+        parts.append(f"negative_prompt:{p.negative_prompt}")
+    for name, value in (("strength", p.strength), ("steps", p.steps), ("guidance", p.guidance)):
+        if value is not None:
+            parts.append(f"{name}:{value:g}" if isinstance(value, float) else f"{name}:{value}")
+    if (seed if seed is not None else p.seed) is not None:
+        parts.append(f"seed:{seed if seed is not None else p.seed}")
+    if p.samples != 1:
+        parts.append(f"samples:{p.samples}")
+    line = neutralise(" ".join(parts).replace("`", "'"))
+    if len(line) > 600:
+        line = line[:599] + "…"
+    return f"job `{job.id}` · copy:\n```\n/depth2img {line}\n```"

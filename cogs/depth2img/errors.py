@@ -145,6 +145,14 @@ class JobTimedOut(JobError):
         self.after_s = after_s
 
 
+class JobCancelled(JobError):
+    """The member cancelled the job."""
+
+    def __init__(self, *, after_submit: bool) -> None:
+        super().__init__("cancelled by the member")
+        self.after_submit = after_submit
+
+
 class JobInterrupted(JobError):
     """The bot stopped while the (paid) submission was on its way; it is never sent twice."""
 

@@ -8,7 +8,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInput, OutputUnavailable
 from .models import GeneratedImage
@@ -195,3 +195,27 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
     return img.convert("RGB") if img.mode != "RGB" else img.copy()
+
+
+def before_after(
+    source: bytes, result: bytes, *, limit_bytes: int, stem: str, height: int = 512
+) -> GeneratedImage:
+    """The source and the result side by side, labelled, as one JPEG that fits ``limit_bytes``."""
+    with Image.open(io.BytesIO(source)) as a, Image.open(io.BytesIO(result)) as b:
+        left = _to_rgb(ImageOps.exif_transpose(a))
+        right = _to_rgb(b)
+    left = left.resize((max(1, left.width * height // left.height), height), Image.Resampling.LANCZOS)
+    right = right.resize((max(1, right.width * height // right.height), height), Image.Resampling.LANCZOS)
+    gap, bar = 8, 26
+    canvas = Image.new("RGB", (left.width + gap + right.width, height + bar), (24, 24, 28))
+    canvas.paste(left, (0, bar))
+    canvas.paste(right, (left.width + gap, bar))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 7), "BEFORE", fill=(230, 230, 230))
+    draw.text((left.width + gap + 8, 7), "AFTER", fill=(230, 230, 230))
+    for quality in (85, 70, 55):
+        buf = io.BytesIO()
+        canvas.save(buf, format="JPEG", quality=quality, optimize=True)
+        if buf.tell() <= limit_bytes:
+            return GeneratedImage(buf.getvalue(), f"{stem}.jpg", canvas.width, canvas.height)
+    raise OutputUnavailable("comparison image too large")

@@ -68,6 +68,9 @@ class Job:
     submitted_at: float | None = None
     finished_at: float | None = None
     resumes: int = 0
+    parent_id: str | None = None  # the job this one was made from (buttons, edits)
+    kind: str = "command"  # command | seed | edit | closer | more | reuse | menu
+    result_path: str | None = None  # the first delivered image, kept for "Use as source" and /show
 
     @property
     def finished(self) -> bool:
@@ -103,8 +106,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL,
     submitted_at REAL,
     finished_at REAL,
-    resumes INTEGER NOT NULL DEFAULT 0
+    resumes INTEGER NOT NULL DEFAULT 0,
+    parent_id TEXT,
+    kind TEXT NOT NULL DEFAULT 'command',
+    result_path TEXT
 );
+CREATE INDEX IF NOT EXISTS jobs_user_created ON jobs(user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_guild_created ON jobs(guild_id, created_at);
 CREATE TABLE IF NOT EXISTS job_events (
@@ -129,6 +136,7 @@ def _to_row(job: Job) -> dict[str, Any]:
             "guidance": job.params.guidance,
             "seed": job.params.seed,
             "samples": job.params.samples,
+            "safety_checker": job.params.safety_checker,
         }
     )
     row["output_urls"] = json.dumps(list(job.output_urls))
@@ -202,6 +210,24 @@ class Ledger:
         async with self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cur:
             row = await cur.fetchone()
         return _from_row(row) if row is not None else None
+
+    async def for_user(self, user_id: int, limit: int = 10) -> list[Job]:
+        query = "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC LIMIT ?"
+        async with self._conn.execute(query, (user_id, limit)) as cur:
+            rows = await cur.fetchall()
+        return [_from_row(r) for r in rows]
+
+    async def forget_user(self, user_id: int) -> list[Job]:
+        """Delete a member's finished jobs and their events; returns them (to remove their files)."""
+        marks = ", ".join("?" for _ in FINISHED)
+        query = f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({marks})"  # noqa: S608
+        async with self._conn.execute(query, (user_id, *(str(s) for s in FINISHED))) as cur:
+            jobs = [_from_row(r) for r in await cur.fetchall()]
+        ids = [(j.id,) for j in jobs]
+        await self._conn.executemany("DELETE FROM job_events WHERE job_id = ?", ids)
+        await self._conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
+        await self._conn.commit()
+        return jobs
 
     async def unfinished(self) -> list[Job]:
         marks = ", ".join("?" for _ in FINISHED)

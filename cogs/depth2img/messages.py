@@ -18,6 +18,7 @@ from .errors import (
     Depth2ImgError,
     InsufficientCreditsError,
     InvalidInput,
+    JobCancelled,
     JobFailed,
     JobInterrupted,
     JobTimedOut,
@@ -63,6 +64,10 @@ def describe(exc: Depth2ImgError) -> str:
         return f"📅 This server has used its {exc.quota} pictures for today. The quota resets <t:{int(exc.resets_at)}:R>."
     if isinstance(exc, ShuttingDown):
         return "🔄 The bot is restarting. Try again in a minute."
+    if isinstance(exc, JobCancelled):
+        if exc.after_submit:
+            return "🛑 Cancelled. The image API had already started, so its credits may have been spent."
+        return "🛑 Cancelled before anything was sent to the image API."
     if isinstance(exc, JobInterrupted):
         return (
             "🔄 The bot restarted while sending your request to the image API. To be sure you are not "

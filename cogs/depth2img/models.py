@@ -34,10 +34,15 @@ class GenerationParams:
     guidance: float | None = None
     seed: int | None = None
     samples: int = 1
+    safety_checker: bool = True  # the API replaces unsafe images with a blank one
 
     def to_payload(self) -> dict[str, Any]:
         """The optional fields in the API's names (only those that are set)."""
-        payload: dict[str, Any] = {"prompt": self.prompt, "samples": self.samples}
+        payload: dict[str, Any] = {
+            "prompt": self.prompt,
+            "samples": self.samples,
+            "safety_checker": "yes" if self.safety_checker else "no",
+        }
         if self.negative_prompt:
             payload["negative_prompt"] = self.negative_prompt
         if self.strength is not None:
@@ -87,6 +92,7 @@ class GenerationResult:
     total_s: float  # from the command to the images being ready to send
     polls: int = 0
     notes: tuple[str, ...] = field(default=())
+    comparison: GeneratedImage | None = None  # before | after, side by side
 
 
 # --- parsing ------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import unicodedata
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +25,7 @@ from .errors import (
     CoolingDown,
     Depth2ImgError,
     InvalidInput,
+    JobCancelled,
     JobFailed,
     JobInterrupted,
     JobTimedOut,
@@ -42,6 +45,8 @@ STEPS_RANGE = (1, 50)
 GUIDANCE_RANGE = (1.0, 20.0)
 SEED_MAX = 2**32 - 1
 SAMPLES_RANGE = (1, 4)
+DEFAULT_STRENGTH = 0.55  # what the API uses when none is given (contract §1.4)
+STRENGTH_STEP = 0.15
 
 
 class Depth2ImgAPI(Protocol):
@@ -92,6 +97,7 @@ def build_params(
     guidance: float | None = None,
     seed: int | None = None,
     samples: int | None = None,
+    safety_checker: bool = True,
 ) -> GenerationParams:
     """Validate the member's options. Pure and synchronous; raises :class:`InvalidInput`."""
     if len(prompt) > PROMPT_MAX * 2:
@@ -124,6 +130,7 @@ def build_params(
         guidance=guidance,
         seed=seed,
         samples=samples or 1,
+        safety_checker=safety_checker,
     )
 
 
@@ -178,7 +185,7 @@ class Admission:
         self.draining = False
         self._clock = clock
         self._wall = wall_clock
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._slots = _Slots(max_concurrent)
         self._per_user: dict[int, int] = {}
         self._last_request: dict[int, float] = {}
         self._guild_day = _day_start(wall_clock())
@@ -241,19 +248,68 @@ class Admission:
         else:
             self._per_user.pop(ticket.user_id, None)
 
+    def position(self, ticket: Ticket) -> int:
+        """1 for the next request to get a slot; 0 when not waiting."""
+        return self._slots.position(ticket)
+
+    @property
+    def waiting(self) -> int:
+        return self._slots.waiting
+
     @contextlib.asynccontextmanager
-    async def slot(self, on_wait: Callable[[int], Awaitable[None]] | None = None) -> AsyncIterator[None]:
-        if self._slots.locked() and on_wait is not None:
-            await on_wait(self._waiting + 1)
-        self._waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
+    async def slot(
+        self, ticket: Ticket, on_wait: Callable[[int], Awaitable[None]] | None = None
+    ) -> AsyncIterator[None]:
+        """One of the ``max_concurrent`` generation slots, handed out first come, first served."""
+        await self._slots.acquire(ticket, on_wait)
         try:
             yield
         finally:
             self._slots.release()
+
+
+class _Slots:
+    """A FIFO semaphore that can tell a waiter its place in the queue."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[tuple[Ticket, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def position(self, ticket: Ticket) -> int:
+        for index, (waiter, _) in enumerate(self._waiters):
+            if waiter is ticket:
+                return index + 1
+        return 0
+
+    async def acquire(self, ticket: Ticket, on_wait: Callable[[int], Awaitable[None]] | None) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (ticket, future)
+        self._waiters.append(entry)
+        if on_wait is not None:
+            await on_wait(len(self._waiters))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # the slot was handed to us as we were cancelled: pass it on
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self._free += 1
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -298,6 +354,7 @@ class Depth2ImgService:
         self.settings = settings
         self.ledger = ledger
         self.sources_dir = data_dir / "sources"
+        self.results_dir = data_dir / "results"
         self.admission = Admission(
             max_concurrent=settings.max_concurrent_jobs,
             max_queued=settings.max_queued_jobs,
@@ -308,6 +365,8 @@ class Depth2ImgService:
         )
         self._clock = clock
         self._sleep = sleep
+        self._cancels: dict[str, asyncio.Event] = {}
+        self.typical_job_s = 10.0  # moving average of the API's time, for waiting-time estimates
 
     async def start(self) -> list[Job]:
         """Load what the ledger knows: today's quota counts, and the jobs to resume."""
@@ -336,7 +395,9 @@ class Depth2ImgService:
         origin: Origin,
         *,
         read: Callable[[], Awaitable[bytes]],
-        source_url: str,
+        source_url: str | None,
+        parent_id: str | None = None,
+        kind: str = "command",
     ) -> Job:
         """Read and check the attachment by its bytes (off the loop), keep the normalised picture,
         and record the job as ``received``. Raises :class:`InvalidInput`; no API call is made."""
@@ -368,6 +429,8 @@ class Depth2ImgService:
             source_path=str(path),
             source_url=None if source.changed else source_url,
             source_changed=source.changed,
+            parent_id=parent_id,
+            kind=kind,
         )
         job = await self.ledger.create(job)
         log.info(
@@ -386,8 +449,45 @@ class Depth2ImgService:
         """Drive ``job`` from whatever state it is in to its images, within the job deadline.
 
         Never submits a job twice: ``received`` is submitted once, ``submitting`` (interrupted while
-        sending) fails, ``submitted``/``processing`` are polled. Cancellation (shutdown) leaves the job
-        as it is in the ledger, to be resumed at the next start."""
+        sending) fails, ``submitted``/``processing`` are polled. A member's :meth:`cancel` ends it
+        with :class:`JobCancelled`. Cancellation of this coroutine (shutdown) leaves the job as it is
+        in the ledger, to be resumed at the next start."""
+        cancel = self._cancels.setdefault(job.id, asyncio.Event())
+        work = asyncio.create_task(self._run(job, ticket, started_at=started_at, on_progress=on_progress))
+        stop = asyncio.create_task(cancel.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+                await asyncio.wait({work})
+            self._cancels.pop(job.id, None)
+        if not work.cancelled():
+            return work.result()
+        latest = await self.ledger.get(job.id) or job
+        log.info("job cancelled", extra={"job": job.id, "state": str(latest.state)})
+        return Outcome(latest, error=JobCancelled(after_submit=latest.state is not JobState.RECEIVED))
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask a running job to stop. Returns whether it was running."""
+        event = self._cancels.get(job_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def is_running(self, job_id: str) -> bool:
+        return job_id in self._cancels
+
+    async def _run(
+        self,
+        job: Job,
+        ticket: Ticket,
+        *,
+        started_at: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> Outcome:
         deadline_s = self.settings.job_timeout_s
         local_wait = 0.0
         api_time: float | None = None
@@ -399,7 +499,7 @@ class Depth2ImgService:
                     if on_progress is not None:
                         await on_progress(Progress("waiting_for_slot", position=position))
 
-                async with self.admission.slot(on_wait):
+                async with self.admission.slot(ticket, on_wait):
                     local_wait = self._clock() - wait_started
                     api_started = self._clock()
                     if job.state is JobState.SUBMITTING:
@@ -412,6 +512,7 @@ class Depth2ImgService:
                         job = await self._poll(job, first, on_progress)
                     api_time = self._clock() - api_started
                 imgs = await self._download_all(job, ticket)
+                comparison = await self._comparison(job, imgs[0])
         except TimeoutError:
             return Outcome(job, error=JobTimedOut(deadline_s, job_id=job.api_job_id))
         except Depth2ImgError as exc:
@@ -422,6 +523,8 @@ class Depth2ImgService:
         gen = job.generation_time_s
         was_queued = job.state is JobState.PROCESSING
         queue_s: float | None = None
+        if api_time is not None:
+            self.typical_job_s = 0.8 * self.typical_job_s + 0.2 * api_time
         if api_time is not None and gen is not None:
             queue_s = max(0.0, api_time - gen)
         elif api_time is not None and was_queued:
@@ -434,26 +537,86 @@ class Depth2ImgService:
             api_queue_s=queue_s,
             local_wait_s=local_wait,
             total_s=self._clock() - started_at,
+            comparison=comparison,
         )
         return Outcome(job, result=result)
 
     async def finish(self, outcome: Outcome) -> Job:
-        """Record the final state, once the member has been told."""
+        """Record the final state, once the member has been told. The source picture and the first
+        result stay on disk while the job exists (buttons and /depth2img-show use them)."""
         job = outcome.job
         if outcome.error is None:
-            new = await self.ledger.update(job, state=JobState.DELIVERED)
-            log.info(
-                "job delivered",
-                extra={"job": job.id, "images": len(outcome.result.images) if outcome.result else 0},
-            )
-        else:
-            exc = outcome.error
-            new = await self.ledger.update(
-                job, state=JobState.FAILED, error_kind=type(exc).__name__, detail=type(exc).__name__
-            )
-            log.info("job failed", extra={"job": job.id, "error": type(exc).__name__})
-        await asyncio.to_thread(_remove_file, job.source_path)
+            assert outcome.result is not None
+            first = outcome.result.images[0]
+            ext = first.filename.rsplit(".", 1)[-1]
+            path = self.results_dir / f"{job.id}.{ext}"
+            await asyncio.to_thread(_write_file, path, first.data)
+            new = await self.ledger.update(job, state=JobState.DELIVERED, result_path=str(path))
+            log.info("job delivered", extra={"job": job.id, "images": len(outcome.result.images)})
+            return new
+        exc = outcome.error
+        state = JobState.CANCELLED if isinstance(exc, JobCancelled) else JobState.FAILED
+        new = await self.ledger.update(
+            job, state=state, error_kind=type(exc).__name__, detail=type(exc).__name__
+        )
+        log.info(
+            "job finished without images",
+            extra={"job": job.id, "state": str(state), "error": type(exc).__name__},
+        )
         return new
+
+    # --- iterating on a result ---
+
+    def derive(
+        self, parent: Job, action: str, *, prompt: str | None = None, negative_prompt: str | None = None
+    ) -> GenerationParams:
+        """The options of a job made from ``parent`` by a button (or the edit modal)."""
+        p = parent.params
+        if action == "seed" or action == "reuse":
+            return replace(p, seed=secrets.randbelow(SEED_MAX + 1))
+        if action in ("closer", "more"):
+            current = p.strength if p.strength is not None else DEFAULT_STRENGTH
+            step = -STRENGTH_STEP if action == "closer" else STRENGTH_STEP
+            return replace(p, strength=round(min(1.0, max(0.05, current + step)), 2))
+        if action == "edit":
+            return build_params(
+                prompt=prompt if prompt is not None else p.prompt,
+                negative_prompt=negative_prompt,
+                strength=p.strength,
+                steps=p.steps,
+                guidance=p.guidance,
+                seed=p.seed,
+                samples=p.samples,
+                safety_checker=p.safety_checker,
+            )
+        raise ValueError(action)
+
+    def source_for(self, parent: Job, action: str) -> str:
+        """The file a derived job starts from: the parent's result for "Use as source", else its source."""
+        path = parent.result_path if action == "reuse" else parent.source_path
+        if not path:
+            raise InvalidInput("The picture for that job is no longer stored. Start again with /depth2img.")
+        return path
+
+    async def read_stored(self, path: str) -> bytes:
+        try:
+            return await asyncio.to_thread(Path(path).read_bytes)
+        except OSError:
+            raise InvalidInput(
+                "The picture for that job is no longer stored. Start again with /depth2img."
+            ) from None
+
+    async def history(self, user_id: int, limit: int = 10) -> list[Job]:
+        return await self.ledger.for_user(user_id, limit)
+
+    async def forget(self, user_id: int) -> int:
+        """Delete a member's finished jobs, their stored pictures and their history."""
+        jobs = await self.ledger.forget_user(user_id)
+        for job in jobs:
+            await asyncio.to_thread(_remove_file, job.source_path)
+            await asyncio.to_thread(_remove_file, job.result_path)
+        log.info("member data deleted", extra={"user_id": user_id, "jobs": len(jobs)})
+        return len(jobs)
 
     async def _submit(self, job: Job) -> tuple[Job, APIResponse]:
         source_url = job.source_url
@@ -518,6 +681,23 @@ class Depth2ImgService:
                 raise JobFailed(response.message or "the job failed", job_id=job.api_job_id)
             await self._sleep(delay)
             delay = min(delay * 1.6, s.poll_max_s)
+
+    async def _comparison(self, job: Job, first: GeneratedImage) -> GeneratedImage | None:
+        """Best effort: a missing or odd source never stops the delivery of the result."""
+        if job.source_path is None:
+            return None
+        try:
+            source = await asyncio.to_thread(Path(job.source_path).read_bytes)
+            return await asyncio.to_thread(
+                images.before_after,
+                source,
+                first.data,
+                limit_bytes=job.upload_limit_bytes,
+                stem=f"before-after-{job.id}",
+            )
+        except (OSError, ValueError, OutputUnavailable):
+            log.warning("no before/after view", extra={"job": job.id})
+            return None
 
     async def _download_all(self, job: Job, ticket: Ticket) -> tuple[GeneratedImage, ...]:
         urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway

@@ -26,6 +26,9 @@ from aiohttp import WSMsgType, web
 DISCORD_EPOCH_MS = 1420070400000
 FLAG_EPHEMERAL = 1 << 6
 FLAG_LOADING = 1 << 7
+MANAGE_MESSAGES = 1 << 13
+MANAGE_GUILD = 1 << 5
+MEMBER_PERMISSIONS = (1 << 11) | (1 << 15) | (1 << 14) | (1 << 31) | (1 << 10)
 OPTION_TYPES = {"string": 3, "integer": 4, "boolean": 5, "number": 10, "attachment": 11}
 
 
@@ -60,8 +63,15 @@ class FakeMessage:
     edits: int = 0
     pings: list[str] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
+    components: list[dict[str, Any]] = field(default_factory=list)
+    author: dict[str, Any] | None = None  # None: the bot
     created_at: float = 0.0
     updated_at: float = 0.0
+
+    @property
+    def results(self) -> list[FakeFile]:
+        """The generated pictures among the files (not the before | after view)."""
+        return [f for f in self.files if not f.filename.startswith("before-after")]
 
     @property
     def ephemeral(self) -> bool:
@@ -84,6 +94,8 @@ class InteractionRecord:
     original_id: int | None = None
     message_ids: list[int] = field(default_factory=list)
     callback_attempts: int = 0
+    modal: dict[str, Any] | None = None
+    source_message_id: int | None = None  # the message whose component or menu was used
 
 
 def _snowflake(at_s: float, counter: itertools.count[int]) -> int:
@@ -151,6 +163,7 @@ class FakeDiscord:
         self.unhandled: list[str] = []
         self.identifies: list[dict[str, Any]] = []
         self.channel_messages: list[int] = []
+        self.deleted_by_bot: list[int] = []
         self.fail_next_edits = 0  # answer this many message edits with 403 Missing Permissions
         self.identified = asyncio.Event()
         self.commands_synced = asyncio.Event()
@@ -245,6 +258,7 @@ class FakeDiscord:
         age_s: float = 0.0,
         check_options: bool = True,
         channel_nsfw: bool = False,
+        permissions: int | None = None,
     ) -> InteractionRecord:
         """Send an INTERACTION_CREATE for ``/name``. Attachment options take the payload from
         :meth:`add_attachment`. Options are checked against the synced definition as the Discord
@@ -262,6 +276,27 @@ class FakeDiscord:
                 opts.append({"name": key, "type": opt_type, "value": value["id"]})
             else:
                 opts.append({"name": key, "type": opt_type, "value": value})
+        data: dict[str, Any] = {"id": cmd["id"], "name": name, "type": 1, "options": opts}
+        if cmd.get("guild_id"):
+            data["guild_id"] = cmd["guild_id"]
+        if resolved:
+            data["resolved"] = resolved
+        return await self._interact(
+            2, data, user_id=user_id, age_s=age_s, channel_nsfw=channel_nsfw, permissions=permissions
+        )
+
+    async def _interact(
+        self,
+        itype: int,
+        data: dict[str, Any],
+        *,
+        user_id: int | None = None,
+        age_s: float = 0.0,
+        channel_nsfw: bool = False,
+        permissions: int | None = None,
+        message: FakeMessage | None = None,
+        roles: list[int] | None = None,
+    ) -> InteractionRecord:
         uid = user_id or _snowflake(time.time() - 86400 * 200, self._ids)
         created = time.time() - age_s
         inter_id = _snowflake(created, self._ids)
@@ -273,15 +308,11 @@ class FakeDiscord:
             "avatar": None,
             "global_name": None,
         }
-        data: dict[str, Any] = {"id": cmd["id"], "name": name, "type": 1, "options": opts}
-        if cmd.get("guild_id"):
-            data["guild_id"] = cmd["guild_id"]
-        if resolved:
-            data["resolved"] = resolved
-        payload = {
+        perms = permissions if permissions is not None else MEMBER_PERMISSIONS
+        payload: dict[str, Any] = {
             "id": str(inter_id),
             "application_id": str(self.app_id),
-            "type": 2,
+            "type": itype,
             "token": token,
             "version": 1,
             "attachment_size_limit": self.limits.attachment_size_limit,
@@ -298,14 +329,14 @@ class FakeDiscord:
             },
             "member": {
                 "user": user,
-                "roles": [],
+                "roles": [str(r) for r in roles or []],
                 "flags": 0,
                 "joined_at": _iso(created - 86400),
-                "permissions": str((1 << 11) | (1 << 15) | (1 << 14) | (1 << 31)),
+                "permissions": str(perms),
                 "deaf": False,
                 "mute": False,
             },
-            "app_permissions": str((1 << 11) | (1 << 15) | (1 << 14)),
+            "app_permissions": str(MEMBER_PERMISSIONS),
             "locale": "en-US",
             "guild_locale": "en-US",
             "entitlements": [],
@@ -313,14 +344,94 @@ class FakeDiscord:
             "context": 0,
             "data": data,
         }
+        if message is not None:
+            payload["message"] = self._message_payload(message)
         record = InteractionRecord(
             id=inter_id, token=token, user_id=uid, payload=payload, sent_at=time.monotonic() - age_s
         )
+        record.source_message_id = message.id if message is not None else None
         self.interactions[inter_id] = record
         self._by_token[token] = record
         await self.dispatch("INTERACTION_CREATE", payload)
         record.sent_at = time.monotonic() - age_s
         return record
+
+    async def click(
+        self,
+        message: FakeMessage,
+        custom_id: str,
+        *,
+        user_id: int | None = None,
+        permissions: int | None = None,
+        age_s: float = 0.0,
+    ) -> InteractionRecord:
+        """A member presses the button ``custom_id`` on ``message``. The button must be on it."""
+        ids = [c.get("custom_id") for row in message.components for c in row.get("components", [])]
+        if custom_id not in ids:
+            raise ValueError(f"no button {custom_id!r} on that message (has {ids})")
+        data = {"custom_id": custom_id, "component_type": 2}
+        return await self._interact(
+            3, data, user_id=user_id, permissions=permissions, message=message, age_s=age_s
+        )
+
+    async def submit_modal(
+        self,
+        modal: dict[str, Any],
+        values: dict[str, str],
+        *,
+        user_id: int | None = None,
+        permissions: int | None = None,
+    ) -> InteractionRecord:
+        """A member fills in the modal (as the bot sent it) and submits it."""
+        rows = []
+        known = set()
+        for row in modal.get("components", []):
+            inner = row.get("components", []) if row.get("type") == 1 else [row.get("component", row)]
+            for comp in inner:
+                cid = comp.get("custom_id")
+                known.add(cid)
+                value = values.get(cid, comp.get("value", ""))
+                if comp.get("max_length") and len(value) > comp["max_length"]:
+                    raise ValueError(f"{cid} longer than {comp['max_length']}")
+                if comp.get("required", True) and not value:
+                    raise ValueError(f"{cid} is required")
+                rows.append({"type": 1, "components": [{"type": 4, "custom_id": cid, "value": value}]})
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"no such fields in the modal: {unknown}")
+        data = {"custom_id": modal["custom_id"], "components": rows}
+        return await self._interact(5, data, user_id=user_id, permissions=permissions)
+
+    async def invoke_message_command(
+        self, name: str, message: FakeMessage, *, user_id: int | None = None, permissions: int | None = None
+    ) -> InteractionRecord:
+        """Apps → ``name`` on ``message`` (a message context-menu command)."""
+        cmd = self.command(name)
+        if cmd.get("type") != 3:
+            raise ValueError(f"{name} is not a message command")
+        payload = self._message_payload(message)
+        data: dict[str, Any] = {
+            "id": cmd["id"],
+            "name": name,
+            "type": 3,
+            "target_id": str(message.id),
+            "resolved": {"messages": {str(message.id): payload}},
+        }
+        if cmd.get("guild_id"):
+            data["guild_id"] = cmd["guild_id"]
+        return await self._interact(2, data, user_id=user_id, permissions=permissions)
+
+    def post_user_message(self, content: str, files: list[tuple[bytes, str, str]]) -> FakeMessage:
+        """A message a member posted in the channel (with image attachments), for context menus."""
+        now = time.monotonic()
+        msg = FakeMessage(id=_snowflake(time.time(), self._ids), channel_id=self.channel_id, content=content)
+        msg.created_at = msg.updated_at = now
+        for data, filename, ctype in files:
+            att = self.add_attachment(data, filename, ctype)
+            msg.files.append(FakeFile(id=int(att["id"]), filename=filename, data=data, content_type=ctype))
+        msg.author = {"id": str(self.owner_id), "username": "someone", "discriminator": "0", "avatar": None}
+        self.messages[msg.id] = msg
+        return msg
 
     def _check_options(self, defs: dict[str, dict[str, Any]], options: dict[str, Any]) -> None:
         for key in options:
@@ -534,6 +645,25 @@ class FakeDiscord:
                     }
                 )
             return self._unhandled(request)
+        if (
+            parts[0] == "channels"
+            and len(parts) == 4
+            and parts[2] == "messages"
+            and method in ("DELETE", "GET")
+        ):
+            if not self._authorised(request):
+                return _error(401, 0, "401: Unauthorized")
+            msg = self.messages.get(int(parts[3]))
+            if msg is None or msg.deleted or msg.channel_id != int(parts[1]):
+                return _error(404, 10008, "Unknown Message")
+            if method == "GET":
+                return _json(self._message_payload(msg))
+            if msg.author is not None:
+                self.violations.append("the bot deleted a member's message")
+                return _error(403, 50013, "Missing Permissions")
+            msg.deleted = True
+            self.deleted_by_bot.append(msg.id)
+            return web.Response(status=204)
         if parts[0] == "channels" and len(parts) == 3 and parts[2] == "messages" and method == "POST":
             if not self._authorised(request):
                 return _error(401, 0, "401: Unauthorized")
@@ -568,7 +698,13 @@ class FakeDiscord:
                 problems[str(index)] = errs
             previous = next((c for c in self.commands.get(guild, []) if c["name"] == cmd["name"]), None)
             cmd_id = previous["id"] if previous else str(_snowflake(time.time(), self._ids))
-            out = {**cmd, "id": cmd_id, "application_id": str(self.app_id), "version": cmd_id}
+            out = {
+                "description": "",
+                **cmd,
+                "id": cmd_id,
+                "application_id": str(self.app_id),
+                "version": cmd_id,
+            }
             if guild is not None:
                 out["guild_id"] = str(guild)
             stored.append(out)
@@ -589,6 +725,8 @@ class FakeDiscord:
                 errs["name"] = "invalid"
             if not 1 <= len(cmd.get("description", "")) <= 100:
                 errs["description"] = "must be 1-100 characters"
+        elif not 1 <= len(cmd.get("name", "")) <= 32 or cmd.get("description") or cmd.get("options"):
+            errs["name"] = "context menu commands take a 1-32 character name and no description or options"
         seen_optional = False
         for i, opt in enumerate(cmd.get("options", [])):
             if not name_re.match(opt.get("name", "")) or opt["name"] != opt["name"].lower():
@@ -684,6 +822,8 @@ class FakeDiscord:
             msg.content = data.get("content") or ""
         if "embeds" in data:
             msg.embeds = data.get("embeds") or []
+        if "components" in data:
+            msg.components = data.get("components") or []
         if editing and "attachments" in data:
             keep = {str(a.get("id")) for a in data["attachments"] or []}
             msg.files = [f for f in msg.files if str(f.id) in keep] + [self._store_file(f) for f in files]
@@ -701,21 +841,27 @@ class FakeDiscord:
             content_type=f.content_type,
         )
 
+    def _file_url(self, msg: FakeMessage, f: FakeFile) -> str:
+        path = f"/attachments/{msg.channel_id}/{f.id}/{f.filename}"
+        self.cdn.setdefault(path, (f.data, f.content_type or "image/png"))
+        return f"{self.base_url}{path}"
+
     def _message_payload(self, msg: FakeMessage) -> dict[str, Any]:
         return {
             "id": str(msg.id),
             "channel_id": str(msg.channel_id),
             "guild_id": str(self.guild_id),
-            "type": 20,
+            "type": 20 if msg.author is None else 0,
             "content": msg.content,
-            "author": self._bot_user(),
+            "author": msg.author or self._bot_user(),
             "attachments": [
                 {
                     "id": str(f.id),
                     "filename": f.filename,
                     "size": len(f.data),
-                    "url": f"{self.base_url}/attachments/{msg.channel_id}/{f.id}/{f.filename}",
-                    "proxy_url": f"{self.base_url}/attachments/{msg.channel_id}/{f.id}/{f.filename}",
+                    "url": self._file_url(msg, f),
+                    "proxy_url": self._file_url(msg, f),
+                    "content_type": f.content_type or "image/png",
                 }
                 for f in msg.files
             ],
@@ -728,7 +874,7 @@ class FakeDiscord:
             "timestamp": _iso(time.time()),
             "edited_timestamp": _iso(time.time()) if msg.edits else None,
             "flags": msg.flags,
-            "components": [],
+            "components": msg.components,
             "application_id": str(self.app_id),
             "webhook_id": str(self.app_id),
         }
@@ -767,6 +913,39 @@ class FakeDiscord:
         body, files = await self._read_message_body(request)
         rtype = body.get("type")
         data = body.get("data") or {}
+        source = self.messages.get(record.source_message_id or 0)
+        if rtype in (6, 7, 9) and record.payload["type"] not in (3, 5) and rtype != 9:
+            self.violations.append(f"callback type {rtype} on an interaction without a message")
+            return _error(400, 50035, "Invalid Form Body")
+        if rtype == 9:
+            if record.payload["type"] == 5:
+                self.violations.append("a modal answered with a modal")
+                return _error(400, 50035, "Invalid Form Body")
+            record.modal = data
+            record.acked_at, record.ack_type = arrived, rtype
+            return _json(
+                {
+                    "interaction": {"id": str(record.id), "type": record.payload["type"]},
+                    "resource": {"type": 9},
+                }
+            )
+        if rtype in (6, 7):
+            if source is None:
+                self.violations.append("update of a message that does not exist")
+                return _error(404, 10008, "Unknown Message")
+            if rtype == 7:
+                problem = self._check_message(data, files, creating=False)
+                if problem is not None:
+                    return problem
+                source.edits += 1
+                self._apply(source, data, files, editing=True)
+            record.acked_at, record.ack_type, record.original_id = arrived, rtype, source.id
+            return _json(
+                {
+                    "interaction": {"id": str(record.id), "type": record.payload["type"]},
+                    "resource": {"type": rtype, "message": self._message_payload(source)},
+                }
+            )
         if rtype == 5:
             msg = self._new_message(record, FLAG_LOADING | (int(data.get("flags", 0)) & FLAG_EPHEMERAL))
         elif rtype == 4:
@@ -824,7 +1003,11 @@ class FakeDiscord:
         if len(parts) == 5 and parts[3] == "messages":
             target = record.original_id if parts[4] == "@original" else int(parts[4])
             msg = self.messages.get(target or 0)
-            if msg is None or msg.deleted or msg.interaction_id != record.id:
+            if (
+                msg is None
+                or msg.deleted
+                or (msg.interaction_id != record.id and msg.id != record.source_message_id)
+            ):
                 return _error(404, 10008, "Unknown Message")
             if method == "GET":
                 return _json(self._message_payload(msg))
