@@ -27,6 +27,7 @@ FAST_ENV = {
     "SD_RATE_LIMIT_MAX_WAIT_S": "0",
     "SD_REQUEST_TIMEOUT_S": "10",
     "SD_JOB_TIMEOUT_S": "20",
+    "SD_USER_COOLDOWN_S": "0",
 }
 
 
@@ -35,6 +36,7 @@ def _no_secret_in_any_log(request: pytest.FixtureRequest, caplog: pytest.LogCapt
     """Every test, every path: the API key and the bot token never appear in a log line, as the
     bot formats it (tracebacks included, as at DEBUG level)."""
     caplog.set_level(logging.DEBUG)
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)  # one line per SQL statement otherwise
     yield
     values = getattr(request.node, "funcargs", {})
     secrets_: list[str] = []

@@ -513,7 +513,7 @@ class Depth2ImgCog(commands.Cog):
     @app_commands.describe(job="The job id, as shown under a result or in /depth2img-history.")
     async def show(self, interaction: discord.Interaction, job: app_commands.Range[str, 1, 40]) -> None:
         found = await self.service.ledger.get(job.strip().lower().strip("`"))
-        if found is None or found.state is not JobState.DELIVERED or not found.result_path:
+        if found is None or found.state in (JobState.FAILED, JobState.CANCELLED) or not found.result_path:
             await interaction.response.send_message(
                 "🔎 No delivered picture has that id. See /depth2img-history for yours.", ephemeral=True
             )

@@ -513,6 +513,7 @@ class Depth2ImgService:
                     api_time = self._clock() - api_started
                 imgs = await self._download_all(job, ticket)
                 comparison = await self._comparison(job, imgs[0])
+                job = await self._keep_result(job, imgs[0])
         except TimeoutError:
             return Outcome(job, error=JobTimedOut(deadline_s, job_id=job.api_job_id))
         except Depth2ImgError as exc:
@@ -547,11 +548,7 @@ class Depth2ImgService:
         job = outcome.job
         if outcome.error is None:
             assert outcome.result is not None
-            first = outcome.result.images[0]
-            ext = first.filename.rsplit(".", 1)[-1]
-            path = self.results_dir / f"{job.id}.{ext}"
-            await asyncio.to_thread(_write_file, path, first.data)
-            new = await self.ledger.update(job, state=JobState.DELIVERED, result_path=str(path))
+            new = await self.ledger.update(job, state=JobState.DELIVERED)
             log.info("job delivered", extra={"job": job.id, "images": len(outcome.result.images)})
             return new
         exc = outcome.error
@@ -681,6 +678,13 @@ class Depth2ImgService:
                 raise JobFailed(response.message or "the job failed", job_id=job.api_job_id)
             await self._sleep(delay)
             delay = min(delay * 1.6, s.poll_max_s)
+
+    async def _keep_result(self, job: Job, first: GeneratedImage) -> Job:
+        """Keep the first image (for "Use as source" and /depth2img-show) before it is delivered."""
+        ext = first.filename.rsplit(".", 1)[-1]
+        path = self.results_dir / f"{job.id}.{ext}"
+        await asyncio.to_thread(_write_file, path, first.data)
+        return await self.ledger.update(job, result_path=str(path))
 
     async def _comparison(self, job: Job, first: GeneratedImage) -> GeneratedImage | None:
         """Best effort: a missing or odd source never stops the delivery of the result."""

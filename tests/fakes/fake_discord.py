@@ -152,6 +152,7 @@ class FakeDiscord:
         self.bot_user_id = self.app_id
         self.guild_id = _snowflake(now - 86400 * 300, self._ids)
         self.channel_id = _snowflake(now - 86400 * 299, self._ids)
+        self.nsfw_channel_id = _snowflake(now - 86400 * 298, self._ids)
         self.owner_id = _snowflake(now - 86400 * 500, self._ids)
         self.commands: dict[int | None, list[dict[str, Any]]] = {}
         self.sync_calls: list[int | None] = []
@@ -299,6 +300,7 @@ class FakeDiscord:
     ) -> InteractionRecord:
         uid = user_id or _snowflake(time.time() - 86400 * 200, self._ids)
         created = time.time() - age_s
+        channel_id = self.nsfw_channel_id if channel_nsfw else self.channel_id
         inter_id = _snowflake(created, self._ids)
         token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
         user = {
@@ -317,11 +319,11 @@ class FakeDiscord:
             "version": 1,
             "attachment_size_limit": self.limits.attachment_size_limit,
             "guild_id": str(self.guild_id),
-            "channel_id": str(self.channel_id),
+            "channel_id": str(channel_id),
             "channel": {
-                "id": str(self.channel_id),
+                "id": str(channel_id),
                 "type": 0,
-                "name": "general",
+                "name": "art-18" if channel_nsfw else "general",
                 "position": 0,
                 "guild_id": str(self.guild_id),
                 "permission_overwrites": [],
@@ -564,7 +566,15 @@ class FakeDiscord:
                     "position": 0,
                     "permission_overwrites": [],
                     "nsfw": False,
-                }
+                },
+                {
+                    "id": str(self.nsfw_channel_id),
+                    "type": 0,
+                    "name": "art-18",
+                    "position": 1,
+                    "permission_overwrites": [],
+                    "nsfw": True,
+                },
             ],
             "members": [],
             "threads": [],

@@ -1,0 +1,232 @@
+"""Iterating on a result, through the fake Discord: buttons, the edit modal, the context menu,
+cancel and progress, show/history/forget-me, and all of it after a restart too."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+
+from PIL import Image
+
+from tests.conftest import is_settled, slash
+from tests.fakes.fake_api import make_png
+from tests.fakes.fake_discord import MANAGE_MESSAGES, FakeDiscord, FakeMessage, InteractionRecord
+from tests.test_e2e import assert_clean
+
+MEMBER = 717171717171717171
+OTHER = 727272727272727272
+
+
+def job_id_of(msg: FakeMessage) -> str:
+    ids = [c["custom_id"] for row in msg.components for c in row["components"]]
+    return ids[0].split(":")[2]
+
+
+async def settle(fake: FakeDiscord, record: InteractionRecord) -> FakeMessage:
+    await fake.wait_for(lambda: is_settled(fake, record), timeout=20)
+    await asyncio.sleep(0.05)
+    return fake.visible_messages(record)[-1]
+
+
+async def first_result(fake_discord: FakeDiscord, **options) -> FakeMessage:
+    _, final = await slash(
+        fake_discord, {"prompt": "a red barn", "strength": 0.6, "seed": 11, **options}, user_id=MEMBER
+    )
+    assert final.results
+    return final
+
+
+async def test_result_has_buttons_a_before_after_view_and_copyable_options(bot, fake_discord, fake_api):
+    final = await first_result(fake_discord)
+    job = job_id_of(final)
+    rows = [[c["custom_id"] for c in row["components"]] for row in final.components]
+    assert rows == [
+        [f"d2i:{a}:{job}" for a in ("seed", "edit", "closer", "more", "reuse")],
+        [f"d2i:delete:{job}"],
+    ]
+    (comparison,) = [f for f in final.files if f.filename.startswith("before-after")]
+    with Image.open(io.BytesIO(comparison.data)) as img:
+        assert img.format == "JPEG"
+        assert img.width > img.height  # side by side
+    assert f"job `{job}`" in final.content
+    assert "```\n/depth2img prompt:a red barn strength:0.6 seed:11\n```" in final.content
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_new_seed_makes_a_new_job_from_the_same_source(bot, fake_discord, fake_api):
+    final = await first_result(fake_discord)
+    parent = job_id_of(final)
+    record = await fake_discord.click(final, f"d2i:seed:{parent}", user_id=MEMBER)
+    child = await settle(fake_discord, record)
+    assert record.ack_type == 5  # a new "thinking…" message, not an edit of the first result
+    assert child.id != final.id and child.results
+    assert f"↪️ from `{parent}`" in child.content
+    first, second = (s.body for s in fake_api.submissions)
+    assert second["seed"] != first["seed"] == 11
+    assert second["prompt"] == first["prompt"]
+    assert second["strength"] == first["strength"]
+    assert fake_discord.messages[final.id].results  # the first result is untouched
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_closer_and_more_creative_move_the_strength(bot, fake_discord, fake_api):
+    final = await first_result(fake_discord)
+    parent = job_id_of(final)
+    for action, expected in (("closer", 0.45), ("more", 0.75)):
+        record = await fake_discord.click(final, f"d2i:{action}:{parent}", user_id=MEMBER)
+        assert (await settle(fake_discord, record)).results
+        assert fake_api.submissions[-1].body["strength"] == expected
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_use_as_source_sends_the_result_as_the_new_input(bot, fake_discord, fake_api):
+    final = await first_result(fake_discord)
+    record = await fake_discord.click(final, f"d2i:reuse:{job_id_of(final)}", user_id=MEMBER)
+    assert (await settle(fake_discord, record)).results
+    (upload,) = fake_api.uploads  # the kept result is uploaded: no Discord link involved
+    raw = base64.b64decode(upload.body["base64_string"].split(",", 1)[1])
+    assert raw == fake_api.output_png
+    assert fake_api.submissions[-1].body["init_image"].endswith(".png")
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_edit_prompt_opens_a_prefilled_modal_and_keeps_the_source(bot, fake_discord, fake_api):
+    final = await first_result(fake_discord, negative_prompt="fog")
+    parent = job_id_of(final)
+    record = await fake_discord.click(final, f"d2i:edit:{parent}", user_id=MEMBER)
+    await fake_discord.wait_for(lambda: record.modal is not None)
+    fields = {c["custom_id"]: c for row in record.modal["components"] for c in row["components"]}
+    assert fields["prompt"]["value"] == "a red barn"
+    assert fields["negative_prompt"]["value"] == "fog"
+    submit = await fake_discord.submit_modal(record.modal, {"prompt": "a blue barn at night"}, user_id=MEMBER)
+    child = await settle(fake_discord, submit)
+    assert child.results
+    body = fake_api.submissions[-1].body
+    assert body["prompt"] == "a blue barn at night"
+    assert body["negative_prompt"] == "fog"
+    (upload,) = fake_api.uploads  # the kept source picture, as the member first sent it
+    assert base64.b64decode(upload.body["base64_string"].split(",", 1)[1]) == make_png()
+    assert f"↪️ from `{parent}`" in child.content
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_only_the_requester_or_a_moderator_can_delete(bot, fake_discord, fake_api):
+    final = await first_result(fake_discord)
+    delete = f"d2i:delete:{job_id_of(final)}"
+    refused = await settle(fake_discord, await fake_discord.click(final, delete, user_id=OTHER))
+    assert refused.ephemeral and "Only the member who asked" in refused.content
+    assert not final.deleted
+    await fake_discord.click(final, delete, user_id=OTHER, permissions=MANAGE_MESSAGES)
+    await fake_discord.wait_for(lambda: final.deleted)
+    second = await first_result(fake_discord)
+    await fake_discord.click(second, f"d2i:delete:{job_id_of(second)}", user_id=MEMBER)
+    await fake_discord.wait_for(lambda: second.deleted)
+    assert fake_discord.deleted_by_bot == [final.id, second.id]
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_buttons_work_after_a_restart(start_bot, fake_discord, fake_api):
+    first_bot = await start_bot()
+    final = await first_result(fake_discord)
+    await first_bot.close()
+    fake_discord.identified.clear()
+    await start_bot()  # a new process would look the same: nothing in memory, the ledger on disk
+    record = await fake_discord.click(final, f"d2i:closer:{job_id_of(final)}", user_id=MEMBER)
+    child = await settle(fake_discord, record)
+    assert child.results
+    assert fake_api.submissions[-1].body["strength"] == 0.45
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_progress_is_throttled_and_cancel_works_for_the_requester_only(
+    start_bot, fake_discord, fake_api
+):
+    await start_bot(PROGRESS_INTERVAL_S="0.3")
+    fake_api.scenario = "queued"
+    fake_api.eta_s = 0.01
+    fake_api.polls_before_done = 10**6
+    record = await fake_discord.invoke_slash(
+        "depth2img",
+        {"image": fake_discord.add_attachment(make_png(), "p.png"), "prompt": "slow"},
+        user_id=MEMBER,
+    )
+    await fake_discord.wait_for(lambda: len(fake_api.fetches) >= 1)
+    await asyncio.sleep(1.5)  # ~100 polls happen meanwhile
+    progress = fake_discord.visible_messages(record)[0]
+    polls = len(fake_api.fetches)
+    edits = len(progress.history)
+    assert polls > 20
+    assert 2 <= edits <= 1.5 / 0.3 + 2  # at most one edit per interval, however many polls
+    assert progress.content.startswith("⏳ Queued at the image API — expected <t:")
+    cancel = f"d2i:cancel:{job_id_of(progress)}"
+    refused = await settle(fake_discord, await fake_discord.click(progress, cancel, user_id=OTHER))
+    assert refused.ephemeral
+    await fake_discord.click(progress, cancel, user_id=MEMBER)
+    await fake_discord.wait_for(lambda: progress.content.startswith("🛑 Cancelled"))
+    await asyncio.sleep(0.3)
+    assert progress.components == []
+    assert "credits may have been spent" in progress.content  # it had reached the API
+    stopped_at = len(fake_api.fetches)
+    await asyncio.sleep(0.3)
+    assert len(fake_api.fetches) == stopped_at  # polling stopped
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_context_menu_runs_the_job_on_a_message_picture(bot, fake_discord, fake_api):
+    cmd = fake_discord.command("Depth to image")
+    assert cmd["type"] == 3
+    posted = fake_discord.post_user_message(
+        "look at this", [(make_png(320, 240), "holiday.png", "image/png")]
+    )
+    record = await fake_discord.invoke_message_command("Depth to image", posted, user_id=MEMBER)
+    await fake_discord.wait_for(lambda: record.modal is not None)
+    submit = await fake_discord.submit_modal(record.modal, {"prompt": "as a watercolour"}, user_id=MEMBER)
+    final = await settle(fake_discord, submit)
+    assert final.results
+    body = fake_api.submissions[0].body
+    assert body["prompt"] == "as a watercolour"
+    assert body["init_image"].startswith(fake_discord.base_url + "/attachments/")
+    assert not posted.deleted
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_context_menu_on_a_message_without_a_picture(bot, fake_discord, fake_api):
+    posted = fake_discord.post_user_message("no picture here", [])
+    record = await fake_discord.invoke_message_command("Depth to image", posted, user_id=MEMBER)
+    final = await settle(fake_discord, record)
+    assert final.ephemeral and "no picture" in final.content
+    assert fake_api.submissions == []
+
+
+async def test_show_history_and_forget_me(bot, fake_discord, fake_api):
+    final = await first_result(fake_discord)
+    job = job_id_of(final)
+    shown = await settle(
+        fake_discord, await fake_discord.invoke_slash("depth2img-show", {"job": job}, user_id=OTHER)
+    )
+    assert shown.results, shown.content
+    assert shown.results[0].data == fake_api.output_png
+    assert f"d2i:seed:{job}" in [c["custom_id"] for row in shown.components for c in row["components"]]
+    history = await settle(
+        fake_discord, await fake_discord.invoke_slash("depth2img-history", {}, user_id=MEMBER)
+    )
+    assert history.ephemeral and f"`{job}` · delivered" in history.content
+    gone = await settle(
+        fake_discord, await fake_discord.invoke_slash("depth2img-forget-me", {}, user_id=MEMBER)
+    )
+    assert gone.ephemeral and "deleted 1 job" in gone.content
+    missing = await settle(
+        fake_discord, await fake_discord.invoke_slash("depth2img-show", {"job": job}, user_id=MEMBER)
+    )
+    assert missing.ephemeral and "No delivered picture" in missing.content
+    button = await settle(fake_discord, await fake_discord.click(final, f"d2i:seed:{job}", user_id=MEMBER))
+    assert button.ephemeral and "no longer stored" in button.content
+    assert len(fake_api.submissions) == 1
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_safety_checker_is_on_outside_age_restricted_channels(bot, fake_discord, fake_api):
+    await slash(fake_discord, {"prompt": "x"})
+    await slash(fake_discord, {"prompt": "y"}, channel_nsfw=True)
+    assert [s.body["safety_checker"] for s in fake_api.submissions] == ["yes", "no"]
