@@ -31,6 +31,7 @@ from cogs.depth2img.config import ConfigError, Settings, load_settings
 from cogs.depth2img.errors import Depth2ImgError
 from cogs.depth2img.ledger import Ledger
 from cogs.depth2img.messages import describe
+from cogs.depth2img.translator import CatalogueTranslator
 
 log = logging.getLogger("depth2img.bot")
 
@@ -190,6 +191,7 @@ class Depth2ImgBot(commands.Bot):
         return True
 
     async def setup_hook(self) -> None:
+        await self.tree.set_translator(CatalogueTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
@@ -202,7 +204,7 @@ class Depth2ImgBot(commands.Bot):
             synced = await self.tree.sync(guild=guild)
             log.info("commands synced to the dev guild", extra={"guild_id": guild.id, "count": len(synced)})
             return
-        digest = self.command_digest()
+        digest = await self.command_digest()
         state_file = settings.data_dir / "command-sync.json"
         state: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
@@ -219,10 +221,16 @@ class Depth2ImgBot(commands.Bot):
         tmp.replace(state_file)
         log.info("global commands synced", extra={"count": len(synced), "digest": digest[:12]})
 
-    def command_digest(self) -> str:
-        payload = sorted(
-            (c.to_dict(self.tree) for c in self.tree.get_commands()), key=lambda d: str(d["name"])
-        )
+    async def command_digest(self) -> str:
+        """A hash of exactly what a sync would send (translations included)."""
+        translator = self.tree.translator
+        payload = []
+        for command in self.tree.get_commands():
+            if translator is not None:
+                payload.append(await command.get_translated_payload(self.tree, translator))
+            else:
+                payload.append(command.to_dict(self.tree))
+        payload.sort(key=lambda d: str(d["name"]))
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     async def on_ready(self) -> None:

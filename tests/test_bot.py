@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -210,3 +211,16 @@ async def test_real_bot_process_serves_a_request_and_stops_cleanly(fake_discord,
     assert fake_discord.token not in log
     assert "Traceback" not in log
     assert (tmp_path / "data" / "command-sync.json").is_file()
+
+
+async def test_english_localizations_are_complete_and_synced(bot, fake_discord):
+    from cogs.depth2img.translator import LOCALES_DIR, source_strings
+
+    english = json.loads((LOCALES_DIR / "en-US.json").read_text("utf-8"))
+    missing = set(await source_strings(bot.tree)) - set(english)
+    assert not missing, f"add these to locales/en-US.json (python -m cogs.depth2img.translator): {missing}"
+    synced = fake_discord.command("depth2img")
+    assert synced["description_localizations"]["en-US"] == synced["description"]
+    assert synced["name_localizations"]["en-GB"] == "depth2img"
+    option = synced["options"][0]
+    assert option["description_localizations"]["en-US"] == option["description"]

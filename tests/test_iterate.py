@@ -224,9 +224,3 @@ async def test_show_history_and_forget_me(bot, fake_discord, fake_api):
     assert button.ephemeral and "no longer stored" in button.content
     assert len(fake_api.submissions) == 1
     assert_clean(fake_discord, fake_api)
-
-
-async def test_safety_checker_is_on_outside_age_restricted_channels(bot, fake_discord, fake_api):
-    await slash(fake_discord, {"prompt": "x"})
-    await slash(fake_discord, {"prompt": "y"}, channel_nsfw=True)
-    assert [s.body["safety_checker"] for s in fake_api.submissions] == ["yes", "no"]

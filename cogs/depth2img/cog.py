@@ -27,6 +27,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import discord
@@ -36,6 +37,7 @@ from discord.ext import commands
 from .errors import DeliveryFailed, InvalidInput, RequestRejected
 from .ledger import Job, JobState
 from .messages import describe, neutralise, result_text
+from .policy import GuildSettings, check_request
 from .service import Depth2ImgService, Origin, Outcome, Progress, Ticket, build_params
 
 if TYPE_CHECKING:
@@ -236,7 +238,6 @@ class Depth2ImgCog(commands.Cog):
                 guidance=guidance,
                 seed=seed,
                 samples=samples,
-                safety_checker=not _age_restricted(interaction),
             )
 
         await self._tracked(
@@ -343,10 +344,7 @@ class Depth2ImgCog(commands.Cog):
         negative: str | None = None,
     ) -> None:
         def params() -> Any:
-            derived = self.service.derive(parent, action, prompt=prompt, negative_prompt=negative)
-            if not _age_restricted(interaction) and not derived.safety_checker:
-                derived = build_params(**{**_params_dict(derived), "safety_checker": True})
-            return derived
+            return self.service.derive(parent, action, prompt=prompt, negative_prompt=negative)
 
         try:
             path = self.service.source_for(parent, action)
@@ -404,9 +402,22 @@ class Depth2ImgCog(commands.Cog):
         job_id = secrets.token_hex(6)
         # 1. cheap checks, before the acknowledgement: a refusal stays private and costs nothing.
         try:
-            params = make_params()
+            rules = self.service.settings_for(interaction.guild_id)
+            params = check_request(
+                rules,
+                make_params(),
+                channel_id=interaction.channel_id,
+                role_ids=_role_ids(interaction),
+                is_manager=_is_manager(interaction),
+                age_restricted=_age_restricted(interaction),
+            )
             self.service.check_declared_size(declared_size)
-            ticket = self.service.admission.admit(interaction.user.id, interaction.guild_id)
+            ticket = self.service.admission.admit(
+                interaction.user.id,
+                interaction.guild_id,
+                cooldown_s=rules.cooldown_s,
+                member_daily_quota=rules.member_daily_quota,
+            )
         except RequestRejected as exc:
             log.info("job rejected", extra={"job": job_id, "reason": type(exc).__name__})
             await interaction.response.send_message(
@@ -566,6 +577,98 @@ class Depth2ImgCog(commands.Cog):
             ephemeral=True,
         )
 
+    # --- /depth2img-settings (Manage Server) ------------------------------------------------------
+
+    settings_group = app_commands.Group(
+        name="depth2img-settings",
+        description="Set where and how /depth2img may be used in this server (Manage Server).",
+        default_permissions=discord.Permissions(manage_guild=True),
+        guild_only=True,
+    )
+
+    async def _change(
+        self, interaction: discord.Interaction, change: Callable[[GuildSettings], GuildSettings] | None
+    ) -> None:
+        if interaction.guild_id is None or not _is_manager(interaction):
+            await interaction.response.send_message(
+                "🚫 Only members with the Manage Server permission can change these settings.", ephemeral=True
+            )
+            return
+        current = self.service.settings_for(interaction.guild_id)
+        if change is not None:
+            try:
+                current = await self.service.save_settings(
+                    interaction.guild_id, change(current), by=interaction.user.id
+                )
+            except InvalidInput as exc:
+                await interaction.response.send_message(describe(exc), ephemeral=True)
+                return
+        default_cooldown = self.service.settings.user_cooldown_s
+        await interaction.response.send_message(
+            current.summary(default_cooldown), ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    @settings_group.command(name="show", description="Show this server's settings.")
+    async def settings_show(self, interaction: discord.Interaction) -> None:
+        await self._change(interaction, None)
+
+    @settings_group.command(name="channel", description="Allow or stop /depth2img in a channel.")
+    @app_commands.describe(
+        channel="The channel.",
+        allowed="Yes: allow it there (once any channel is listed, only listed channels work). No: remove it.",
+    )
+    async def settings_channel(
+        self, interaction: discord.Interaction, channel: discord.TextChannel, allowed: bool
+    ) -> None:
+        await self._change(interaction, lambda s: s.with_listed("channels", channel.id, allowed))
+
+    @settings_group.command(name="role", description="Allow or stop a role using /depth2img.")
+    @app_commands.describe(
+        role="The role.",
+        allowed="Yes: allow it (once any role is listed, only listed roles may use the bot). No: remove it.",
+    )
+    async def settings_role(
+        self, interaction: discord.Interaction, role: discord.Role, allowed: bool
+    ) -> None:
+        await self._change(interaction, lambda s: s.with_listed("roles", role.id, allowed))
+
+    @settings_group.command(name="limits", description="Set quotas and limits for this server's members.")
+    @app_commands.describe(
+        daily_quota="Pictures one member may make per day (0: no limit).",
+        cooldown="Seconds a member waits between two requests.",
+        max_samples="Most pictures per request (1-4).",
+        max_steps="Most steps per request (1-50).",
+    )
+    async def settings_limits(
+        self,
+        interaction: discord.Interaction,
+        daily_quota: app_commands.Range[int, 0, 10000] | None = None,
+        cooldown: app_commands.Range[int, 0, 3600] | None = None,
+        max_samples: app_commands.Range[int, 1, 4] | None = None,
+        max_steps: app_commands.Range[int, 1, 50] | None = None,
+    ) -> None:
+        def change(s: GuildSettings) -> GuildSettings:
+            return replace(
+                s,
+                member_daily_quota=s.member_daily_quota if daily_quota is None else daily_quota,
+                cooldown_s=s.cooldown_s if cooldown is None else float(cooldown),
+                max_samples=s.max_samples if max_samples is None else max_samples,
+                max_steps=s.max_steps if max_steps is None else max_steps,
+            )
+
+        await self._change(interaction, change)
+
+    @settings_group.command(name="content", description="Set the content policy.")
+    @app_commands.describe(
+        nsfw_in_age_restricted="Turn the API's safety checker off in age-restricted channels (it stays on elsewhere)."
+    )
+    async def settings_content(self, interaction: discord.Interaction, nsfw_in_age_restricted: bool) -> None:
+        await self._change(interaction, lambda s: replace(s, nsfw_in_age_restricted=nsfw_in_age_restricted))
+
+    @settings_group.command(name="reset", description="Put every setting back to its default.")
+    async def settings_reset(self, interaction: discord.Interaction) -> None:
+        await self._change(interaction, lambda _: GuildSettings())
+
     # --- rendering and helpers --------------------------------------------------------------------
 
     def _render(
@@ -669,22 +772,18 @@ class ProgressReporter:
             await asyncio.wait({self._timer})
 
 
+def _is_manager(interaction: discord.Interaction) -> bool:
+    return bool(interaction.permissions and interaction.permissions.manage_guild)
+
+
+def _role_ids(interaction: discord.Interaction) -> tuple[int, ...]:
+    roles = getattr(interaction.user, "roles", None) or []
+    return tuple(r.id for r in roles)
+
+
 def _age_restricted(interaction: discord.Interaction) -> bool:
     channel = interaction.channel
     return bool(getattr(channel, "nsfw", False)) if channel is not None else False
-
-
-def _params_dict(params: Any) -> dict[str, Any]:
-    return {
-        "prompt": params.prompt,
-        "negative_prompt": params.negative_prompt,
-        "strength": params.strength,
-        "steps": params.steps,
-        "guidance": params.guidance,
-        "seed": params.seed,
-        "samples": params.samples,
-        "safety_checker": params.safety_checker,
-    }
 
 
 def _params_block(job: Job, seed: int | None = None) -> str:

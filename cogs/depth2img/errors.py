@@ -45,10 +45,19 @@ class CoolingDown(RequestRejected):
 class QuotaExceeded(RequestRejected):
     """The server used its daily quota."""
 
-    def __init__(self, quota: int, resets_at: float) -> None:
+    def __init__(self, quota: int, resets_at: float, *, per_member: bool = False) -> None:
         super().__init__(f"daily quota of {quota} used")
         self.quota = quota
         self.resets_at = resets_at
+        self.per_member = per_member
+
+
+class NotAllowed(RequestRejected):
+    """The server's settings do not allow this request here or for this member."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ShuttingDown(RequestRejected):

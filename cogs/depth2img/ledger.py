@@ -114,6 +114,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_user_created ON jobs(user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_guild_created ON jobs(guild_id, created_at);
+CREATE TABLE IF NOT EXISTS guild_settings (
+    guild_id INTEGER PRIMARY KEY,
+    data TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    updated_by INTEGER
+);
 CREATE TABLE IF NOT EXISTS job_events (
     job_id TEXT NOT NULL,
     at REAL NOT NULL,
@@ -240,6 +246,29 @@ class Ledger:
         async with self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state") as cur:
             rows = await cur.fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
+
+    async def all_guild_settings(self) -> dict[int, str]:
+        async with self._conn.execute("SELECT guild_id, data FROM guild_settings") as cur:
+            rows = await cur.fetchall()
+        return {int(r[0]): str(r[1]) for r in rows}
+
+    async def save_guild_settings(self, guild_id: int, data: str, by: int) -> None:
+        await self._conn.execute(
+            "INSERT INTO guild_settings (guild_id, data, updated_at, updated_by) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(guild_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at, "
+            "updated_by = excluded.updated_by",
+            (guild_id, data, time.time(), by),
+        )
+        await self._conn.commit()
+
+    async def member_counts_since(self, since: float) -> dict[tuple[int, int], int]:
+        query = (
+            "SELECT guild_id, user_id, COUNT(*) FROM jobs WHERE created_at >= ? AND guild_id IS NOT NULL "
+            "GROUP BY guild_id, user_id"
+        )
+        async with self._conn.execute(query, (since,)) as cur:
+            rows = await cur.fetchall()
+        return {(int(r[0]), int(r[1])): int(r[2]) for r in rows}
 
     async def guild_counts_since(self, since: float) -> dict[int, int]:
         query = "SELECT guild_id, COUNT(*) FROM jobs WHERE created_at >= ? AND guild_id IS NOT NULL GROUP BY guild_id"

@@ -23,6 +23,7 @@ from .errors import (
     JobInterrupted,
     JobTimedOut,
     MalformedResponseError,
+    NotAllowed,
     OutputUnavailable,
     QueueFull,
     QuotaExceeded,
@@ -56,10 +57,14 @@ def describe(exc: Depth2ImgError) -> str:
     """One clear sentence or two: what happened, and what to do."""
     if isinstance(exc, InvalidInput):
         return f"❌ {exc.reason}"
+    if isinstance(exc, NotAllowed):
+        return f"🚫 {exc.reason}"
     if isinstance(exc, AlreadyRunning):
         return "⏳ You already have a picture in progress. Wait for it to finish, then try again."
     if isinstance(exc, CoolingDown):
         return f"⏳ Easy there: you can ask again in {_seconds(exc.retry_after_s)}."
+    if isinstance(exc, QuotaExceeded) and exc.per_member:
+        return f"📅 You have made your {exc.quota} pictures for today here. Your quota resets <t:{int(exc.resets_at)}:R>."
     if isinstance(exc, QuotaExceeded):
         return f"📅 This server has used its {exc.quota} pictures for today. The quota resets <t:{int(exc.resets_at)}:R>."
     if isinstance(exc, ShuttingDown):

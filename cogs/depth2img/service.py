@@ -37,6 +37,7 @@ from .errors import (
 )
 from .ledger import Job, JobState, Ledger
 from .models import APIResponse, GeneratedImage, GenerationParams, GenerationResult, Status
+from .policy import GuildSettings
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ class Admission:
         self._last_request: dict[int, float] = {}
         self._guild_day = _day_start(wall_clock())
         self._guild_counts: dict[int, int] = {}
+        self._member_counts: dict[tuple[int, int], int] = {}
         self._admitted = 0
         self._waiting = 0
         self.idle = asyncio.Event()
@@ -199,29 +201,44 @@ class Admission:
     def in_flight(self) -> int:
         return self._admitted
 
-    def seed_guild_counts(self, counts: dict[int, int]) -> None:
-        """Today's counts per server, from the ledger, so a restart does not reset quotas."""
-        self._guild_counts = dict(counts)
+    def seed_counts(self, guilds: dict[int, int], members: dict[tuple[int, int], int]) -> None:
+        """Today's counts per server and per member, from the ledger, so a restart resets no quota."""
+        self._guild_counts = dict(guilds)
+        self._member_counts = dict(members)
 
-    def admit(self, user_id: int, guild_id: int | None = None) -> Ticket:
-        """Raises a :class:`RequestRejected` when the request must not run now."""
+    def admit(
+        self,
+        user_id: int,
+        guild_id: int | None = None,
+        *,
+        cooldown_s: float | None = None,
+        member_daily_quota: int = 0,
+    ) -> Ticket:
+        """Raises a :class:`RequestRejected` when the request must not run now. ``cooldown_s`` and
+        ``member_daily_quota`` are the server's own rules, when it set them."""
         if self.draining:
             raise ShuttingDown()
         if self._per_user.get(user_id, 0) >= self.per_user:
             raise AlreadyRunning(self.per_user)
         now = self._clock()
         last = self._last_request.get(user_id)
-        if self.cooldown_s > 0 and last is not None and now - last < self.cooldown_s:
-            raise CoolingDown(self.cooldown_s - (now - last))
+        cooldown = self.cooldown_s if cooldown_s is None else cooldown_s
+        if cooldown > 0 and last is not None and now - last < cooldown:
+            raise CoolingDown(cooldown - (now - last))
         if self._admitted >= self.max_concurrent + self.max_queued:
             raise QueueFull(retry_after_s=30.0)
-        if guild_id is not None and self.guild_daily_quota > 0:
-            day = _day_start(self._wall())
-            if day != self._guild_day:
-                self._guild_day, self._guild_counts = day, {}
-            if self._guild_counts.get(guild_id, 0) >= self.guild_daily_quota:
-                raise QuotaExceeded(self.guild_daily_quota, resets_at=day + 86400)
+        day = _day_start(self._wall())
+        if day != self._guild_day:
+            self._guild_day, self._guild_counts, self._member_counts = day, {}, {}
+        guild_used = self._guild_counts.get(guild_id, 0) if guild_id is not None else 0
+        if guild_id is not None and 0 < self.guild_daily_quota <= guild_used:
+            raise QuotaExceeded(self.guild_daily_quota, resets_at=day + 86400)
+        member_key = (guild_id or 0, user_id)
+        if member_daily_quota > 0 and self._member_counts.get(member_key, 0) >= member_daily_quota:
+            raise QuotaExceeded(member_daily_quota, resets_at=day + 86400, per_member=True)
+        if guild_id is not None:
             self._guild_counts[guild_id] = self._guild_counts.get(guild_id, 0) + 1
+        self._member_counts[member_key] = self._member_counts.get(member_key, 0) + 1
         self._last_request[user_id] = now
         if len(self._last_request) > 10_000:  # forget old cooldowns
             cutoff = now - max(self.cooldown_s, 1.0)
@@ -366,12 +383,20 @@ class Depth2ImgService:
         self._clock = clock
         self._sleep = sleep
         self._cancels: dict[str, asyncio.Event] = {}
+        self.guild_settings: dict[int, GuildSettings] = {}
         self.typical_job_s = 10.0  # moving average of the API's time, for waiting-time estimates
 
     async def start(self) -> list[Job]:
         """Load what the ledger knows: today's quota counts, and the jobs to resume."""
         self.sources_dir.mkdir(parents=True, exist_ok=True)
-        self.admission.seed_guild_counts(await self.ledger.guild_counts_since(_day_start(time.time())))
+        today = _day_start(time.time())
+        self.admission.seed_counts(
+            await self.ledger.guild_counts_since(today), await self.ledger.member_counts_since(today)
+        )
+        self.guild_settings = {
+            guild: GuildSettings.from_json(data)
+            for guild, data in (await self.ledger.all_guild_settings()).items()
+        }
         return await self.ledger.unfinished()
 
     # --- before the acknowledgement (pure, cheap) ---
@@ -560,6 +585,18 @@ class Depth2ImgService:
             "job finished without images",
             extra={"job": job.id, "state": str(state), "error": type(exc).__name__},
         )
+        return new
+
+    # --- server settings ---
+
+    def settings_for(self, guild_id: int | None) -> GuildSettings:
+        return self.guild_settings.get(guild_id, GuildSettings()) if guild_id is not None else GuildSettings()
+
+    async def save_settings(self, guild_id: int, new: GuildSettings, *, by: int) -> GuildSettings:
+        """Store and apply at once."""
+        await self.ledger.save_guild_settings(guild_id, new.to_json(), by)
+        self.guild_settings[guild_id] = new
+        log.info("server settings changed", extra={"guild_id": guild_id, "by": by})
         return new
 
     # --- iterating on a result ---

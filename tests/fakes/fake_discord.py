@@ -153,6 +153,8 @@ class FakeDiscord:
         self.guild_id = _snowflake(now - 86400 * 300, self._ids)
         self.channel_id = _snowflake(now - 86400 * 299, self._ids)
         self.nsfw_channel_id = _snowflake(now - 86400 * 298, self._ids)
+        self.other_channel_id = _snowflake(now - 86400 * 297, self._ids)
+        self.artist_role_id = _snowflake(now - 86400 * 296, self._ids)
         self.owner_id = _snowflake(now - 86400 * 500, self._ids)
         self.commands: dict[int | None, list[dict[str, Any]]] = {}
         self.sync_calls: list[int | None] = []
@@ -260,12 +262,22 @@ class FakeDiscord:
         check_options: bool = True,
         channel_nsfw: bool = False,
         permissions: int | None = None,
+        subcommand: str | None = None,
+        roles: list[int] | None = None,
+        channel_id: int | None = None,
     ) -> InteractionRecord:
-        """Send an INTERACTION_CREATE for ``/name``. Attachment options take the payload from
-        :meth:`add_attachment`. Options are checked against the synced definition as the Discord
-        client would (``check_options=False`` sends them anyway, like a hostile client)."""
+        """Send an INTERACTION_CREATE for ``/name`` (or ``/name subcommand``). Attachment options take
+        the payload from :meth:`add_attachment`; channel and role options take an id. Options are
+        checked against the synced definition as the Discord client would (``check_options=False``
+        sends them anyway, like a hostile client)."""
         cmd = self.command(name)
-        defs = {o["name"]: o for o in cmd.get("options", [])}
+        defs_list = cmd.get("options", [])
+        if subcommand is not None:
+            sub = next((o for o in defs_list if o["name"] == subcommand and o["type"] == 1), None)
+            if sub is None:
+                raise ValueError(f"/{name} has no subcommand {subcommand!r}")
+            defs_list = sub.get("options", [])
+        defs = {o["name"]: o for o in defs_list}
         if check_options:
             self._check_options(defs, options)
         opts: list[dict[str, Any]] = []
@@ -275,16 +287,49 @@ class FakeDiscord:
             if opt_type == OPTION_TYPES["attachment"]:
                 resolved.setdefault("attachments", {})[value["id"]] = value
                 opts.append({"name": key, "type": opt_type, "value": value["id"]})
+            elif opt_type == 7:
+                resolved.setdefault("channels", {})[str(value)] = {
+                    "id": str(value),
+                    "name": "channel",
+                    "type": 0,
+                    "permissions": str(MEMBER_PERMISSIONS),
+                }
+                opts.append({"name": key, "type": opt_type, "value": str(value)})
+            elif opt_type == 8:
+                resolved.setdefault("roles", {})[str(value)] = self._role(int(value), "artists")
+                opts.append({"name": key, "type": opt_type, "value": str(value)})
             else:
                 opts.append({"name": key, "type": opt_type, "value": value})
+        if subcommand is not None:
+            opts = [{"name": subcommand, "type": 1, "options": opts}]
         data: dict[str, Any] = {"id": cmd["id"], "name": name, "type": 1, "options": opts}
         if cmd.get("guild_id"):
             data["guild_id"] = cmd["guild_id"]
         if resolved:
             data["resolved"] = resolved
         return await self._interact(
-            2, data, user_id=user_id, age_s=age_s, channel_nsfw=channel_nsfw, permissions=permissions
+            2,
+            data,
+            user_id=user_id,
+            age_s=age_s,
+            channel_nsfw=channel_nsfw,
+            permissions=permissions,
+            roles=roles,
+            channel_id=channel_id,
         )
+
+    def _role(self, role_id: int, name: str) -> dict[str, Any]:
+        return {
+            "id": str(role_id),
+            "name": name,
+            "permissions": str((1 << 11) | (1 << 15) | (1 << 14)),
+            "position": 0 if role_id == self.guild_id else 1,
+            "color": 0,
+            "hoist": False,
+            "managed": False,
+            "mentionable": False,
+            "flags": 0,
+        }
 
     async def _interact(
         self,
@@ -297,10 +342,12 @@ class FakeDiscord:
         permissions: int | None = None,
         message: FakeMessage | None = None,
         roles: list[int] | None = None,
+        channel_id: int | None = None,
     ) -> InteractionRecord:
         uid = user_id or _snowflake(time.time() - 86400 * 200, self._ids)
         created = time.time() - age_s
-        channel_id = self.nsfw_channel_id if channel_nsfw else self.channel_id
+        if channel_id is None:
+            channel_id = self.nsfw_channel_id if channel_nsfw else self.channel_id
         inter_id = _snowflake(created, self._ids)
         token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
         user = {
@@ -323,7 +370,9 @@ class FakeDiscord:
             "channel": {
                 "id": str(channel_id),
                 "type": 0,
-                "name": "art-18" if channel_nsfw else "general",
+                "name": {self.nsfw_channel_id: "art-18", self.other_channel_id: "random"}.get(
+                    channel_id, "general"
+                ),
                 "position": 0,
                 "guild_id": str(self.guild_id),
                 "permission_overwrites": [],
@@ -452,6 +501,8 @@ class FakeDiscord:
                     raise ValueError(f"{key} longer than {d['max_length']}")
                 if "min_length" in d and len(value) < d["min_length"]:
                     raise ValueError(f"{key} shorter than {d['min_length']}")
+            elif d["type"] == 5 and not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false")
             elif d["type"] in (4, 10):
                 if "min_value" in d and value < d["min_value"]:
                     raise ValueError(f"{key} below {d['min_value']}")
@@ -545,19 +596,7 @@ class FakeDiscord:
             "large": False,
             "features": [],
             "premium_tier": 0,
-            "roles": [
-                {
-                    "id": str(self.guild_id),
-                    "name": "@everyone",
-                    "permissions": str((1 << 11) | (1 << 15) | (1 << 14)),
-                    "position": 0,
-                    "color": 0,
-                    "hoist": False,
-                    "managed": False,
-                    "mentionable": False,
-                    "flags": 0,
-                }
-            ],
+            "roles": [self._role(self.guild_id, "@everyone"), self._role(self.artist_role_id, "artists")],
             "channels": [
                 {
                     "id": str(self.channel_id),
@@ -574,6 +613,14 @@ class FakeDiscord:
                     "position": 1,
                     "permission_overwrites": [],
                     "nsfw": True,
+                },
+                {
+                    "id": str(self.other_channel_id),
+                    "type": 0,
+                    "name": "random",
+                    "position": 2,
+                    "permission_overwrites": [],
+                    "nsfw": False,
                 },
             ],
             "members": [],

@@ -1,0 +1,95 @@
+"""Per-server rules set with /depth2img-settings, and the check that applies them. Discord-free: the
+cog hands in plain ids and flags."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .errors import InvalidInput, NotAllowed
+from .models import GenerationParams
+
+MAX_LISTED = 25  # channels or roles one server may list
+
+
+@dataclass(frozen=True, slots=True)
+class GuildSettings:
+    channels: tuple[int, ...] = ()  # where the bot may be used; empty: everywhere
+    roles: tuple[int, ...] = ()  # who may use it; empty: everyone
+    member_daily_quota: int = 0  # pictures one member may make per UTC day; 0: no limit
+    cooldown_s: float | None = None  # seconds between two requests of a member; None: the bot's default
+    max_samples: int = 4
+    max_steps: int = 50
+    nsfw_in_age_restricted: bool = False  # whether age-restricted channels may turn the safety checker off
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> GuildSettings:
+        raw: dict[str, Any] = json.loads(text)
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        known["channels"] = tuple(int(c) for c in known.get("channels", ()))
+        known["roles"] = tuple(int(r) for r in known.get("roles", ()))
+        return cls(**known)
+
+    def with_listed(self, kind: str, item: int, allowed: bool) -> GuildSettings:
+        current = list(self.channels if kind == "channels" else self.roles)
+        if allowed and item not in current:
+            if len(current) >= MAX_LISTED:
+                raise InvalidInput(f"At most {MAX_LISTED} {kind} can be listed.")
+            current.append(item)
+        elif not allowed and item in current:
+            current.remove(item)
+        if kind == "channels":
+            return replace(self, channels=tuple(current))
+        return replace(self, roles=tuple(current))
+
+    def summary(self, default_cooldown_s: float) -> str:
+        """What the server's members get, in plain words (Discord markup for channels and roles)."""
+        channels = ", ".join(f"<#{c}>" for c in self.channels) or "every channel"
+        roles = ", ".join(f"<@&{r}>" for r in self.roles) or "everyone"
+        quota = (
+            f"{self.member_daily_quota} per member per day" if self.member_daily_quota else "no daily limit"
+        )
+        cooldown = self.cooldown_s if self.cooldown_s is not None else default_cooldown_s
+        content = (
+            "off in age-restricted channels, on everywhere else"
+            if self.nsfw_in_age_restricted
+            else "always on (unsafe images come back blank)"
+        )
+        return "\n".join(
+            [
+                "**/depth2img settings for this server**",
+                f"• Channels: {channels}",
+                f"• Who may use it: {roles} (people with Manage Server always may)",
+                f"• Pictures: {quota}; {cooldown:g} s between two requests of a member",
+                f"• At most {self.max_samples} picture(s) per request and {self.max_steps} steps",
+                f"• Safety checker: {content}",
+            ]
+        )
+
+
+def check_request(
+    settings: GuildSettings,
+    params: GenerationParams,
+    *,
+    channel_id: int | None,
+    role_ids: tuple[int, ...],
+    is_manager: bool,
+    age_restricted: bool,
+) -> GenerationParams:
+    """Apply the server's rules to one request. Raises :class:`NotAllowed` or :class:`InvalidInput`
+    with a member-facing reason; returns the options with the content policy applied."""
+    if settings.channels and channel_id not in settings.channels and not is_manager:
+        where = ", ".join(f"<#{c}>" for c in settings.channels[:5])
+        raise NotAllowed(f"This server allows /depth2img only in {where}.")
+    if settings.roles and not is_manager and not set(role_ids) & set(settings.roles):
+        raise NotAllowed("This server allows /depth2img only for some roles, and you don't have one of them.")
+    if params.samples > settings.max_samples:
+        raise InvalidInput(f"This server allows at most {settings.max_samples} picture(s) per request.")
+    if params.steps is not None and params.steps > settings.max_steps:
+        raise InvalidInput(f"This server allows at most {settings.max_steps} steps.")
+    safety = not (age_restricted and settings.nsfw_in_age_restricted)
+    return replace(params, safety_checker=safety)
