@@ -18,10 +18,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from tests.fakes.fake_api import FakeModelsLab
-from tests.fakes.fake_discord import FakeDiscord
+from tests.fakes.fake_discord import FakeDiscord, FakeMessage, InteractionRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "demo-output"
+PROGRESS = ("⏳ Queued at the image API", "⏳ Waiting for a free slot")
 PROMPT = "a cozy wooden cabin at sunset, warm light, oil painting"
 
 
@@ -47,6 +48,79 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
+def show(msg: FakeMessage, indent: str = "   │ ") -> None:
+    """A message as the member sees it: text, attachments, buttons."""
+    for line in msg.content.splitlines():
+        say(indent + re.sub(r"<@!?[0-9]+>", "@member", line))
+    for f in msg.files:
+        say(f"{indent}[attached: {f.filename}, {len(f.data) // 1024} KB]")
+    for row in msg.components:
+        labels = [
+            f"[{c.get('emoji', {}).get('name', '')} {c.get('label', '')}]" for c in row.get("components", [])
+        ]
+        if labels:
+            say(indent + " ".join(labels))
+    if msg.ephemeral:
+        say(f"{indent}(only you can see this)")
+
+
+def button(msg: FakeMessage, action: str) -> str:
+    return next(
+        c["custom_id"]
+        for row in msg.components
+        for c in row["components"]
+        if c["custom_id"].startswith(f"d2i:{action}:")
+    )
+
+
+async def wait_final(fake: FakeDiscord, record: InteractionRecord) -> FakeMessage:
+    def settled() -> bool:
+        msgs = fake.visible_messages(record)
+        return bool(msgs) and not msgs[-1].loading and not msgs[-1].content.startswith(PROGRESS)
+
+    await fake.wait_for(settled, timeout=30)
+    return fake.visible_messages(record)[-1]
+
+
+async def iterate(fake: FakeDiscord, first: FakeMessage) -> None:
+    """The iterate-and-share flow, step by step, as the fake Discord records it."""
+    member = first.interaction_id and fake.interactions[first.interaction_id].user_id
+    say()
+    say("7. The member presses [🎨 More creative] under the result. A new message:")
+    more = await wait_final(fake, await fake.click(first, button(first, "more"), user_id=member))
+    show(more)
+    say()
+    say("8. The member presses [✏️ Edit prompt]; Discord shows a form, prefilled:")
+    record = await fake.click(more, button(more, "edit"), user_id=member)
+    await fake.wait_for(lambda: record.modal is not None)
+    assert record.modal is not None
+    for row in record.modal["components"]:
+        for c in row["components"]:
+            say(f"   │ {c['label']}: {c.get('value', '')!r}")
+    new_prompt = "the same cabin in deep snow, winter night, lanterns"
+    say(f"   They change the prompt to {new_prompt!r} and submit. A new message:")
+    edited = await wait_final(
+        fake, await fake.submit_modal(record.modal, {"prompt": new_prompt}, user_id=member)
+    )
+    show(edited)
+    say()
+    say("9. They press [🔁 Use as source] on it: the winter picture becomes the new input.")
+    reused = await wait_final(fake, await fake.click(edited, button(edited, "reuse"), user_id=member))
+    show(reused)
+    say()
+    say("10. Another member tries [🗑️ Delete] on the first result:")
+    other = await wait_final(fake, await fake.click(first, button(first, "delete"), user_id=4242))
+    show(other)
+    say("    The member who asked deletes it:")
+    await fake.click(first, button(first, "delete"), user_id=member)
+    await fake.wait_for(lambda: first.deleted)
+    say("   │ (the first result is gone from the channel)")
+    say()
+    say("11. /depth2img-history (private):")
+    history = await wait_final(fake, await fake.invoke_slash("depth2img-history", {}, user_id=member))
+    show(history)
+
+
 async def main() -> int:
     fake_discord = FakeDiscord()
     fake_api = FakeModelsLab(scenario="transform", latency_s=0.8)
@@ -63,6 +137,7 @@ async def main() -> int:
         "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
         "BOT_DATA_DIR": str(data_dir),
         "LOG_LEVEL": "WARNING",
+        "SD_USER_COOLDOWN_S": "0",  # the demo member clicks faster than a person would
     }
     say("depth2img demo — everything runs locally; the image API is SIMULATED (it posterises and tints")
     say("the picture and stamps 'SIMULATED' on it instead of running a real depth-to-image model).")
@@ -101,20 +176,17 @@ async def main() -> int:
         assert final is not None
         say(f"4. {done - record.sent_at:.1f} s after the command the message became:")
         say()
-        for line in final.content.splitlines():
-            say(f"   │ {re.sub(r'<@!?[0-9]+>', '@member', line)}")
+        show(final)
         for f in final.files:
-            path = OUT / f.filename
-            path.write_bytes(f.data)
-            with Image.open(io.BytesIO(f.data)) as img:
-                size = f"{img.width}×{img.height}"
-            say(f"   │ [attached: {f.filename}, {len(f.data) // 1024} KB, {size}]")
+            (OUT / f.filename).write_bytes(f.data)
         say()
         say(f"5. Saved: {OUT / 'input.jpg'} (what the member sent)")
         for f in final.files:
             say(f"          {OUT / f.filename} (what the member got)")
+        await iterate(fake_discord, final)
         problems = fake_discord.violations + fake_discord.unhandled
-        say(f"6. Discord rules broken: {len(problems)}; API calls: {len(fake_api.submissions)}.")
+        say()
+        say(f"Discord rules broken: {len(problems)}; API calls: {len(fake_api.submissions)}.")
         return 0 if final.files and not problems else 1
     finally:
         if proc.returncode is None:

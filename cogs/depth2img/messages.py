@@ -60,9 +60,9 @@ def describe(exc: Depth2ImgError) -> str:
     if isinstance(exc, NotAllowed):
         return f"🚫 {exc.reason}"
     if isinstance(exc, AlreadyRunning):
-        return "⏳ You already have a picture in progress. Wait for it to finish, then try again."
+        return "🕒 You already have a picture in progress. Wait for it to finish, then try again."
     if isinstance(exc, CoolingDown):
-        return f"⏳ Easy there: you can ask again in {_seconds(exc.retry_after_s)}."
+        return f"🕒 Easy there: you can ask again in {_seconds(exc.retry_after_s)}."
     if isinstance(exc, QuotaExceeded) and exc.per_member:
         return f"📅 You have made your {exc.quota} pictures for today here. Your quota resets <t:{int(exc.resets_at)}:R>."
     if isinstance(exc, QuotaExceeded):
