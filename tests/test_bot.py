@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,28 +12,24 @@ from pathlib import Path
 import pytest
 
 from cogs.depth2img.config import ConfigError, load_settings
-from tests.conftest import bot_env, is_settled
+from tests.conftest import bot_env, is_settled, process_env
 from tests.fakes.fake_api import make_png
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT = str(ROOT / "bot.py")
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The machine's environment without any bot setting, plus ``extra``."""
-    names = {
-        "DISCORD_TOKEN",
-        "SD_API_KEY",
-        "SD_API_BASE_URL",
-        "DISCORD_API_BASE_URL",
-        "DISCORD_GATEWAY_URL",
-        "DEV_GUILD_ID",
-        "BOT_DATA_DIR",
-        "DOTENV_PATH",
-    }
-    env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith(("SD_", "MAX_"))}
-    env.update(extra)
-    return env
+def run_bot_sync(cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python bot.py`` with no bot setting in the environment, as a newcomer would run it first."""
+    return subprocess.run(
+        [sys.executable, BOT],
+        cwd=cwd,
+        env=process_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -127,15 +122,7 @@ async def test_dev_guild_sync(start_bot, fake_discord):
 
 
 def test_missing_env_file_and_settings_exit_2_with_one_clear_message(tmp_path):
-    result = subprocess.run(
-        [sys.executable, BOT],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_bot_sync(tmp_path)
     assert result.returncode == 2
     assert "No .env file was found" in result.stderr
     assert "cp .env.example .env" in result.stderr
@@ -146,15 +133,7 @@ def test_missing_env_file_and_settings_exit_2_with_one_clear_message(tmp_path):
 
 def test_invalid_settings_exit_2_and_never_print_the_secret(tmp_path):
     (tmp_path / ".env").write_text("DISCORD_TOKEN=abc def-topsecret\nSD_API_KEY=fine-key\nSD_MAX_QUEUED=-3\n")
-    result = subprocess.run(
-        [sys.executable, BOT],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_bot_sync(tmp_path)
     assert result.returncode == 2
     assert "DISCORD_TOKEN contains spaces" in result.stderr
     assert "SD_MAX_QUEUED" in result.stderr
@@ -176,7 +155,7 @@ async def test_real_bot_process_serves_a_request_and_stops_cleanly(fake_discord,
         sys.executable,
         BOT,
         cwd=tmp_path,
-        env=clean_env(DISCORD_TOKEN=fake_discord.token, LOG_LEVEL="INFO"),
+        env=process_env(DISCORD_TOKEN=fake_discord.token, LOG_LEVEL="INFO"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -25,6 +25,8 @@ import aiohttp
 from aiohttp import web
 from PIL import Image, ImageDraw, ImageOps
 
+from tests.fakes.server import LocalServer
+
 # The scenarios of the contract's table (§9), by number and name.
 SCENARIOS = {
     1: "success",
@@ -116,7 +118,7 @@ class Submission:
 
 
 @dataclass
-class FakeModelsLab:
+class FakeModelsLab(LocalServer):
     """Start with ``await api.start()``; the bot's ``SD_API_BASE_URL`` is :attr:`base_url`."""
 
     api_key: str = "test-api-key-0123456789"
@@ -137,11 +139,10 @@ class FakeModelsLab:
         self._ids = itertools.count(13481504)
         self._jobs: dict[str, dict[str, Any]] = {}
         self._files: dict[str, bytes] = {}
-        self._runner: web.AppRunner | None = None
+        LocalServer.__init__(self)
         self._in_flight = 0
         self._attempts = 0
         self._mixed = 0
-        self.port = 0
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         r = self.app.router
         r.add_post("/api/v5/depth2img", self._submit)
@@ -156,20 +157,10 @@ class FakeModelsLab:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self, port: int = 0) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
     async def stop(self) -> None:
         if self._session is not None:
             await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await LocalServer.stop(self)
 
     @property
     def base_url(self) -> str:

@@ -23,6 +23,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.server import LocalServer
+
 DISCORD_EPOCH_MS = 1420070400000
 FLAG_EPHEMERAL = 1 << 6
 FLAG_LOADING = 1 << 7
@@ -140,10 +142,11 @@ def pings_for(content: str, allowed: dict[str, Any] | None) -> list[str]:
     return found
 
 
-class FakeDiscord:
+class FakeDiscord(LocalServer):
     """Start with ``await fake.start()``; point discord.py at :attr:`api_base` and :attr:`gateway_url`."""
 
     def __init__(self, *, token: str = "fake-bot-token", limits: Limits | None = None) -> None:
+        super().__init__()
         self.token = token
         self.limits = limits or Limits()
         self._ids = itertools.count(1)
@@ -174,8 +177,6 @@ class FakeDiscord:
         self._ws: web.WebSocketResponse | None = None
         self._send_lock = asyncio.Lock()
         self._seq = 0
-        self._runner: web.AppRunner | None = None
-        self.port = 0
         self.app = web.Application(client_max_size=512 * 1024 * 1024)
         self.app.router.add_route("*", "/gateway", self._gateway)
         self.app.router.add_get("/attachments/{channel}/{att}/{name}", self._cdn)
@@ -183,21 +184,11 @@ class FakeDiscord:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self, port: int = 0) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
     async def stop(self) -> None:
         if self._ws is not None and not self._ws.closed:
             with contextlib.suppress(Exception):
                 await self._ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().stop()
 
     @property
     def base_url(self) -> str:
