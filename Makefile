@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint typecheck pytest demo clean
+.PHONY: run test demo bench clean
 
 $(VENV)/.created:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"' \
@@ -38,3 +38,7 @@ demo: $(VENV)/.runtime
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-output
+
+## Benchmark: our bot and a minimal baseline bot, side by side (not part of the test suite).
+bench: $(VENV)/.runtime
+	$(PY) -m bench $(BENCH_ARGS)

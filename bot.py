@@ -28,6 +28,7 @@ from discord.ext import commands
 from dotenv import load_dotenv
 
 from cogs.depth2img.config import ConfigError, Settings, load_settings
+from cogs.depth2img.diagnostics import loop_monitor
 from cogs.depth2img.errors import Depth2ImgError
 from cogs.depth2img.ledger import Ledger
 from cogs.depth2img.messages import describe
@@ -265,6 +266,7 @@ async def _run_bot(settings: Settings, ledger: Ledger, http_timeout: aiohttp.Cli
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stopping.set)
+        monitor = asyncio.create_task(loop_monitor(settings.loop_monitor_file))
         runner = asyncio.create_task(bot.start(settings.discord_token))
         stopper = asyncio.create_task(stopping.wait())
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -273,6 +275,7 @@ async def _run_bot(settings: Settings, ledger: Ledger, http_timeout: aiohttp.Cli
             await bot.drain(settings.shutdown_grace_s)
             await bot.close()
         stopper.cancel()
+        monitor.cancel()
         try:
             await runner
         except discord.LoginFailure:

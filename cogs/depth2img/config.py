@@ -59,6 +59,7 @@ class Settings:
     data_dir: Path = Path("data")
     log_level: str = "INFO"
     shutdown_grace_s: float = 25.0
+    loop_monitor_file: Path | None = None
 
 
 # (variable, meaning) for every setting: used by the README, .env.example and error messages.
@@ -86,6 +87,7 @@ SETTINGS_HELP: dict[str, str] = {
     "SD_USER_COOLDOWN_S": "seconds a member waits between two requests (default 3; 0 = none)",
     "SD_GUILD_DAILY_QUOTA": "requests one server may make per UTC day (default 0 = no quota)",
     "PROGRESS_INTERVAL_S": "least seconds between two progress updates of a message (default 3)",
+    "LOOP_MONITOR_FILE": "optional: append the event loop's worst stall per 0.25 s to this file (diagnostics, benchmarks)",
     "SHUTDOWN_GRACE_S": "on SIGTERM/SIGINT, seconds to let jobs in flight finish before stopping (default 25)",
 }
 
@@ -196,4 +198,5 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         data_dir=data_dir,
         log_level=log_level,
         shutdown_grace_s=shutdown_grace,
+        loop_monitor_file=Path(monitor) if (monitor := r.raw("LOOP_MONITOR_FILE")) else None,
     )
