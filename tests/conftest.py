@@ -190,8 +190,9 @@ async def spawn_bot(fake_discord: FakeDiscord, env: dict[str, str], cwd: Path) -
         BOT_SCRIPT,
         cwd=cwd,
         env=process_env(**env),
-        stdout=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
     async with asyncio.timeout(30):
         while not (fake_discord.identified.is_set() and fake_discord.commands):
@@ -203,14 +204,25 @@ async def spawn_bot(fake_discord: FakeDiscord, env: dict[str, str], cwd: Path) -
 
 
 async def stop_bot(proc: asyncio.subprocess.Process, sig: int, timeout_s: float = 30) -> str:
-    """Send ``sig`` and return what the bot wrote to stderr."""
+    """Send ``sig`` and return what the bot wrote to stderr. SIGKILL goes to the whole process group
+    (the bot and its image workers), as a crash or an OOM kill of the service would."""
+    import os
+    import signal as signals
+
     if proc.returncode is None:
-        proc.send_signal(sig)
+        if sig == signals.SIGKILL:
+            os.killpg(proc.pid, signals.SIGKILL)
+        else:
+            proc.send_signal(sig)
     try:
         async with asyncio.timeout(timeout_s):
-            _, err = await proc.communicate()
+            await proc.wait()
+            assert proc.stderr is not None
+            err = await proc.stderr.read()
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signals.SIGKILL)  # no worker outlives a test
     return err.decode()

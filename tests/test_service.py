@@ -46,6 +46,7 @@ def settings(fake_api: FakeModelsLab, **kw: object) -> Depth2ImgSettings:
         "job_timeout_s": 5.0,
         "request_timeout_s": 5.0,
         "user_cooldown_s": 0.0,
+        "image_workers": 0,  # threads here; the end-to-end tests run the bot's worker processes
     }
     base.update(kw)
     return Depth2ImgSettings(**base)  # type: ignore[arg-type]

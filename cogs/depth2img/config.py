@@ -47,6 +47,7 @@ class Depth2ImgSettings:
     guild_daily_quota: int = 0  # 0 = no quota
     source_max_side: int = 1024  # the API's generation limit
     progress_interval_s: float = 3.0
+    image_workers: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ SETTINGS_HELP: dict[str, str] = {
     "MAX_OUTPUT_BYTES": "largest output image downloaded from the API, in bytes (default 26214400)",
     "SD_USER_COOLDOWN_S": "seconds a member waits between two requests (default 3; 0 = none)",
     "SD_GUILD_DAILY_QUOTA": "requests one server may make per UTC day (default 0 = no quota)",
+    "IMAGE_WORKERS": "processes that check and re-encode pictures off the event loop (default 2; 0 = threads)",
     "PROGRESS_INTERVAL_S": "least seconds between two progress updates of a message (default 3)",
     "LOOP_MONITOR_FILE": "optional: append the event loop's worst stall per 0.25 s to this file (diagnostics, benchmarks)",
     "SHUTDOWN_GRACE_S": "on SIGTERM/SIGINT, seconds to let jobs in flight finish before stopping (default 25)",
@@ -183,6 +185,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         user_cooldown_s=r.number("SD_USER_COOLDOWN_S", 3.0, float, 0, 3600),
         guild_daily_quota=r.number("SD_GUILD_DAILY_QUOTA", 0, int, 0, 1_000_000),
         progress_interval_s=r.number("PROGRESS_INTERVAL_S", 3.0, float, 0.1, 60),
+        image_workers=r.number("IMAGE_WORKERS", 2, int, 0, 64),
     )
     shutdown_grace = r.number("SHUTDOWN_GRACE_S", 25.0, float, 0, 600)
     data_dir = Path(r.raw("BOT_DATA_DIR") or "data")

@@ -37,9 +37,11 @@ class SourceImage:
     height: int
     changed: bool
     original: ImageInfo
+    thumb: bytes = b""  # the source's half of the before | after view, as a small JPEG
 
 
 MIN_SIDE = 64
+COMPARISON_HEIGHT = 384
 UPLOAD_MAX = 5 * 1024 * 1024  # the API's base64 upload limit
 
 
@@ -53,33 +55,38 @@ def inspect_input(data: bytes, *, max_pixels: int, max_side: int = 16384) -> Ima
     Raises :class:`InvalidInput` with a member-facing reason otherwise. Never trusts the file
     name or the declared content type.
     """
+    return _decode_checked(data, max_pixels=max_pixels, max_side=max_side)[1]
+
+
+def _decode_checked(data: bytes, *, max_pixels: int, max_side: int = 16384) -> tuple[Image.Image, ImageInfo]:
+    """Decode ``data`` once, with every check of :func:`inspect_input`; returns the loaded image."""
     if not data:
         raise InvalidInput("The attachment is empty (0 bytes). Attach a PNG, JPEG or WebP picture.")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                fmt = (img.format or "").upper()
-                if fmt not in ACCEPTED_FORMATS:
-                    raise InvalidInput(
-                        "That file is not a PNG, JPEG or WebP picture"
-                        + (f" (it looks like {fmt})." if fmt else ".")
-                        + " Attach a still image."
-                    )
-                width, height = img.size
-                if width < 1 or height < 1 or width > max_side or height > max_side:
-                    raise InvalidInput(f"The picture is {width}×{height} pixels, which is too large to use.")
-                if width * height > max_pixels:
-                    raise InvalidInput(
-                        f"The picture is {width}×{height} pixels; the most the bot accepts is "
-                        f"{max_pixels / 1_000_000:.0f} megapixels. Make it smaller and try again."
-                    )
-                if getattr(img, "n_frames", 1) > 1:
-                    raise InvalidInput(
-                        "Animated or multi-frame pictures are not supported. Attach a still image."
-                    )
-                mode = img.mode
-                img.load()  # decodes every pixel: catches truncated and corrupt files
+            img = Image.open(io.BytesIO(data))
+            fmt = (img.format or "").upper()
+            if fmt not in ACCEPTED_FORMATS:
+                raise InvalidInput(
+                    "That file is not a PNG, JPEG or WebP picture"
+                    + (f" (it looks like {fmt})." if fmt else ".")
+                    + " Attach a still image."
+                )
+            width, height = img.size
+            if width < 1 or height < 1 or width > max_side or height > max_side:
+                raise InvalidInput(f"The picture is {width}×{height} pixels, which is too large to use.")
+            if width * height > max_pixels:
+                raise InvalidInput(
+                    f"The picture is {width}×{height} pixels; the most the bot accepts is "
+                    f"{max_pixels / 1_000_000:.0f} megapixels. Make it smaller and try again."
+                )
+            if getattr(img, "n_frames", 1) > 1:
+                raise InvalidInput(
+                    "Animated or multi-frame pictures are not supported. Attach a still image."
+                )
+            mode = img.mode
+            img.load()  # decodes every pixel: catches truncated and corrupt files
         except InvalidInput:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -94,7 +101,7 @@ def inspect_input(data: bytes, *, max_pixels: int, max_side: int = 16384) -> Ima
             raise InvalidInput(
                 "The picture is damaged or incomplete. Save it again and re-attach it."
             ) from None
-    return ImageInfo(format=fmt, width=width, height=height, mode=mode)
+    return img, ImageInfo(format=fmt, width=width, height=height, mode=mode)
 
 
 def prepare_output(data: bytes, *, limit_bytes: int, stem: str) -> GeneratedImage:
@@ -103,24 +110,7 @@ def prepare_output(data: bytes, *, limit_bytes: int, stem: str) -> GeneratedImag
     Small enough PNG/JPEG/WebP files are passed through untouched; anything else is re-encoded
     (PNG, then JPEG at falling quality, then downscaled) until it fits.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                fmt = (img.format or "").upper()
-                if fmt not in OUTPUT_FORMATS:
-                    raise OutputUnavailable(f"output is not an image ({fmt or 'unknown'})")
-                img.load()
-                width, height = img.size
-                if len(data) <= limit_bytes and fmt in {"PNG", "JPEG", "WEBP"}:
-                    ext = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}[fmt]
-                    return GeneratedImage(data=data, filename=f"{stem}.{ext}", width=width, height=height)
-                frame = img.convert("RGBA" if "A" in img.getbands() else "RGB")
-    except OutputUnavailable:
-        raise
-    except Exception as exc:  # Pillow raises many types for bad data; all mean "not an image"
-        raise OutputUnavailable("output is not a readable image") from exc
-    return _fit(frame, limit_bytes=limit_bytes, stem=stem)
+    return finish_output(data, limit_bytes=limit_bytes, stem=stem, before=None)[0]
 
 
 def _fit(frame: Image.Image, *, limit_bytes: int, stem: str) -> GeneratedImage:
@@ -152,17 +142,16 @@ def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> Sou
     """Check the attachment (see :func:`inspect_input`) and normalise it for the API: apply the EXIF
     rotation, drop all metadata, convert CMYK, 16-bit, palette and alpha images to 8-bit RGB, and
     downscale so the long side is at most ``max_side`` with both sides multiples of 8."""
-    info = inspect_input(data, max_pixels=max_pixels)
+    img, info = _decode_checked(data, max_pixels=max_pixels)
     if min(info.width, info.height) < MIN_SIDE:
         raise InvalidInput(
             f"The picture is only {info.width}×{info.height} pixels; it needs at least {MIN_SIDE} on each side."
         )
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        has_meta = bool(img.info.get("exif")) or bool(getattr(img, "text", None)) or bool(img.getexif())
-        upright = ImageOps.exif_transpose(img)
-        rotated = upright.size != img.size or bool(img.getexif().get(0x0112, 1) not in (1, None))
-        rgb = _to_rgb(upright)
+    exif = img.getexif()
+    has_meta = bool(img.info.get("exif")) or bool(getattr(img, "text", None)) or bool(exif)
+    rotated = exif.get(0x0112, 1) not in (1, None)
+    upright = ImageOps.exif_transpose(img) if rotated else img
+    rgb = _to_rgb(upright)
     changed = has_meta or rotated or info.mode != "RGB" or info.format not in ("PNG", "JPEG")
     width, height = rgb.size
     scale = min(1.0, max_side / max(width, height))
@@ -171,9 +160,10 @@ def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> Sou
     if (new_w, new_h) != (width, height):
         rgb = rgb.resize((new_w, new_h), Image.Resampling.LANCZOS)
         changed = True
+    thumb = _jpeg(_scale_to_height(rgb, COMPARISON_HEIGHT), 85)
     if not changed:
         mime = "image/png" if info.format == "PNG" else "image/jpeg"
-        return SourceImage(data, mime, width, height, False, info)
+        return SourceImage(data, mime, width, height, False, info, thumb)
     buf = io.BytesIO()
     rgb.save(buf, format="PNG")
     mime = "image/png"
@@ -181,7 +171,7 @@ def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> Sou
         buf = io.BytesIO()
         rgb.save(buf, format="JPEG", quality=92)
         mime = "image/jpeg"
-    return SourceImage(buf.getvalue(), mime, rgb.width, rgb.height, True, info)
+    return SourceImage(buf.getvalue(), mime, rgb.width, rgb.height, True, info, thumb)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -197,17 +187,53 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img.copy()
 
 
-def before_after(
-    source: bytes, result: bytes, *, limit_bytes: int, stem: str, height: int = 512
-) -> GeneratedImage:
-    """The source and the result side by side, labelled, as one JPEG that fits ``limit_bytes``."""
-    with Image.open(io.BytesIO(source)) as a, Image.open(io.BytesIO(result)) as b:
-        left = _to_rgb(ImageOps.exif_transpose(a))
-        right = _to_rgb(b)
-    left = left.resize((max(1, left.width * height // left.height), height), Image.Resampling.LANCZOS)
-    right = right.resize((max(1, right.width * height // right.height), height), Image.Resampling.LANCZOS)
+def _jpeg(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _scale_to_height(img: Image.Image, height: int) -> Image.Image:
+    width = max(1, img.width * height // img.height)
+    return img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def finish_output(
+    data: bytes, *, limit_bytes: int, stem: str, before: bytes | None
+) -> tuple[GeneratedImage, GeneratedImage | None]:
+    """:func:`prepare_output` and, when ``before`` (the source's thumbnail) is given, the before |
+    after view, decoding the output once."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = (img.format or "").upper()
+            if fmt not in OUTPUT_FORMATS:
+                raise OutputUnavailable(f"output is not an image ({fmt or 'unknown'})")
+            img.load()
+    except OutputUnavailable:
+        raise
+    except Exception as exc:  # Pillow raises many types for bad data; all mean "not an image"
+        raise OutputUnavailable("output is not a readable image") from exc
+    if len(data) <= limit_bytes and fmt in {"PNG", "JPEG", "WEBP"}:
+        ext = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}[fmt]
+        result = GeneratedImage(data=data, filename=f"{stem}.{ext}", width=img.width, height=img.height)
+    else:
+        result = _fit(
+            img.convert("RGBA" if "A" in img.getbands() else "RGB"), limit_bytes=limit_bytes, stem=stem
+        )
+    comparison = None
+    if before:
+        with Image.open(io.BytesIO(before)) as thumb:
+            left = thumb.convert("RGB")
+        after = _scale_to_height(_to_rgb(img), left.height)
+        comparison = _side_by_side(left, after, limit_bytes=limit_bytes, stem=f"before-after-{stem}")
+    return result, comparison
+
+
+def _side_by_side(left: Image.Image, right: Image.Image, *, limit_bytes: int, stem: str) -> GeneratedImage:
     gap, bar = 8, 26
-    canvas = Image.new("RGB", (left.width + gap + right.width, height + bar), (24, 24, 28))
+    canvas = Image.new("RGB", (left.width + gap + right.width, left.height + bar), (24, 24, 28))
     canvas.paste(left, (0, bar))
     canvas.paste(right, (left.width + gap, bar))
     draw = ImageDraw.Draw(canvas)
@@ -215,7 +241,7 @@ def before_after(
     draw.text((left.width + gap + 8, 7), "AFTER", fill=(230, 230, 230))
     for quality in (85, 70, 55):
         buf = io.BytesIO()
-        canvas.save(buf, format="JPEG", quality=quality, optimize=True)
+        canvas.save(buf, format="JPEG", quality=quality)
         if buf.tell() <= limit_bytes:
             return GeneratedImage(buf.getvalue(), f"{stem}.jpg", canvas.width, canvas.height)
     raise OutputUnavailable("comparison image too large")

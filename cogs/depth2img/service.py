@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import multiprocessing
 import secrets
 import time
 import unicodedata
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import images
 from .config import Depth2ImgSettings
@@ -40,6 +43,7 @@ from .models import APIResponse, GeneratedImage, GenerationParams, GenerationRes
 from .policy import GuildSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROMPT_MAX = 1000
 STEPS_RANGE = (1, 50)
@@ -384,7 +388,26 @@ class Depth2ImgService:
         self._sleep = sleep
         self._cancels: dict[str, asyncio.Event] = {}
         self.guild_settings: dict[int, GuildSettings] = {}
+        # Pillow work runs in worker processes: it then competes with the event loop for neither
+        # the GIL nor, beyond ``image_workers``, the CPU. 0 workers: threads instead.
         self.typical_job_s = 10.0  # moving average of the API's time, for waiting-time estimates
+        self._pool: ProcessPoolExecutor | None = None
+        if settings.image_workers > 0:
+            self._pool = ProcessPoolExecutor(
+                max_workers=settings.image_workers, mp_context=multiprocessing.get_context("forkserver")
+            )
+
+    async def _cpu(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run CPU-bound image work off the event loop."""
+        if self._pool is None:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(fn, *args, **kwargs)
+        )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def start(self) -> list[Job]:
         """Load what the ledger knows: today's quota counts, and the jobs to resume."""
@@ -429,7 +452,7 @@ class Depth2ImgService:
         data = await read()
         if len(data) > self.settings.max_input_bytes:
             raise InvalidInput("The attachment is larger than the bot accepts. Attach a smaller picture.")
-        source = await asyncio.to_thread(
+        source = await self._cpu(
             images.prepare_source,
             data,
             max_pixels=self.settings.max_input_pixels,
@@ -439,6 +462,7 @@ class Depth2ImgService:
         ext = "png" if source.mime == "image/png" else "jpg"
         path = self.sources_dir / f"{job_id}.{ext}"
         await asyncio.to_thread(_write_file, path, source.data)
+        await asyncio.to_thread(_write_file, path.with_suffix(".thumb.jpg"), source.thumb)
         job = Job(
             id=job_id,
             state=JobState.RECEIVED,
@@ -516,6 +540,8 @@ class Depth2ImgService:
         deadline_s = self.settings.job_timeout_s
         local_wait = 0.0
         api_time: float | None = None
+        # The source's half of the before | after view is made while the API works.
+        before = asyncio.create_task(self._before_half(job))
         try:
             async with asyncio.timeout(deadline_s):
                 wait_started = self._clock()
@@ -536,8 +562,7 @@ class Depth2ImgService:
                     if not job.output_urls:
                         job = await self._poll(job, first, on_progress)
                     api_time = self._clock() - api_started
-                imgs = await self._download_all(job, ticket)
-                comparison = await self._comparison(job, imgs[0])
+                imgs, comparison = await self._download_all(job, await before)
                 job = await self._keep_result(job, imgs[0])
         except TimeoutError:
             return Outcome(job, error=JobTimedOut(deadline_s, job_id=job.api_job_id))
@@ -546,6 +571,9 @@ class Depth2ImgService:
                 "job error", extra={"job": job.id, "state": str(job.state), "error": type(exc).__name__}
             )
             return Outcome(job, error=exc)
+        finally:
+            if not before.done():
+                before.cancel()
         gen = job.generation_time_s
         was_queued = job.state is JobState.PROCESSING
         queue_s: float | None = None
@@ -648,6 +676,7 @@ class Depth2ImgService:
         jobs = await self.ledger.forget_user(user_id)
         for job in jobs:
             await asyncio.to_thread(_remove_file, job.source_path)
+            await asyncio.to_thread(_remove_file, _thumb_path(job.source_path))
             await asyncio.to_thread(_remove_file, job.result_path)
         log.info("member data deleted", extra={"user_id": user_id, "jobs": len(jobs)})
         return len(jobs)
@@ -723,36 +752,54 @@ class Depth2ImgService:
         await asyncio.to_thread(_write_file, path, first.data)
         return await self.ledger.update(job, result_path=str(path))
 
-    async def _comparison(self, job: Job, first: GeneratedImage) -> GeneratedImage | None:
-        """Best effort: a missing or odd source never stops the delivery of the result."""
-        if job.source_path is None:
+    async def _before_half(self, job: Job) -> bytes | None:
+        """Best effort: a missing thumbnail never stops the delivery of the result."""
+        path = _thumb_path(job.source_path)
+        if path is None:
             return None
         try:
-            source = await asyncio.to_thread(Path(job.source_path).read_bytes)
-            return await asyncio.to_thread(
-                images.before_after,
-                source,
-                first.data,
-                limit_bytes=job.upload_limit_bytes,
-                stem=f"before-after-{job.id}",
-            )
-        except (OSError, ValueError, OutputUnavailable):
+            return await asyncio.to_thread(Path(path).read_bytes)
+        except OSError:
             log.warning("no before/after view", extra={"job": job.id})
             return None
 
-    async def _download_all(self, job: Job, ticket: Ticket) -> tuple[GeneratedImage, ...]:
-        urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
+    async def _download_all(
+        self, job: Job, before: bytes | None
+    ) -> tuple[tuple[GeneratedImage, ...], GeneratedImage | None]:
+        """Download every output at once; check, fit and (for the first) compare each off the loop."""
+        urls = job.output_urls[:9]  # Discord allows 10 files a message: the outputs and the comparison
         blobs = await asyncio.gather(*(self.api.download(u) for u in urls))
         prepared: list[GeneratedImage] = []
+        comparison: GeneratedImage | None = None
         for index, blob in enumerate(blobs):
-            stem = f"depth2img-{job.id}-{index}"
-            image = await asyncio.to_thread(
-                images.prepare_output, blob, limit_bytes=job.upload_limit_bytes, stem=stem
-            )
+            try:
+                image, compared = await self._cpu(
+                    images.finish_output,
+                    blob,
+                    limit_bytes=job.upload_limit_bytes,
+                    stem=f"depth2img-{job.id}-{index}",
+                    before=before if index == 0 else None,
+                )
+            except OutputUnavailable:
+                if before is None or index != 0:
+                    raise
+                log.warning("no before/after view", extra={"job": job.id})
+                image = await self._cpu(
+                    images.prepare_output,
+                    blob,
+                    limit_bytes=job.upload_limit_bytes,
+                    stem=f"depth2img-{job.id}-{index}",
+                )
+                compared = None
             prepared.append(image)
+            comparison = comparison or compared
         if not prepared:
             raise OutputUnavailable("no output images")
-        return tuple(prepared)
+        return tuple(prepared), comparison
+
+
+def _thumb_path(source_path: str | None) -> str | None:
+    return str(Path(source_path).with_suffix(".thumb.jpg")) if source_path else None
 
 
 def _write_file(path: Path, data: bytes) -> None:
