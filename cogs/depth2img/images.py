@@ -245,3 +245,8 @@ def _side_by_side(left: Image.Image, right: Image.Image, *, limit_bytes: int, st
         if buf.tell() <= limit_bytes:
             return GeneratedImage(buf.getvalue(), f"{stem}.jpg", canvas.width, canvas.height)
     raise OutputUnavailable("comparison image too large")
+
+
+def warm_up() -> None:
+    """Imported and ready: called once per worker process at start-up."""
+    Image.init()

@@ -410,7 +410,16 @@ class Depth2ImgService:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def start(self) -> list[Job]:
-        """Load what the ledger knows: today's quota counts, and the jobs to resume."""
+        """Load what the ledger knows: today's quota counts, and the jobs to resume. Starts the image
+        workers now, so the first member does not wait for them."""
+        if self._pool is not None:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._pool, images.warm_up)
+                    for _ in range(self.settings.image_workers)
+                )
+            )
         self.sources_dir.mkdir(parents=True, exist_ok=True)
         today = _day_start(time.time())
         self.admission.seed_counts(
