@@ -86,11 +86,11 @@ async def iterate(fake: FakeDiscord, first: FakeMessage) -> None:
     """The iterate-and-share flow, step by step, as the fake Discord records it."""
     member = first.interaction_id and fake.interactions[first.interaction_id].user_id
     say()
-    say("7. The member presses [🎨 More creative] under the result. A new message:")
+    say("6. The member presses [🎨 More creative] under the result. A new message:")
     more = await wait_final(fake, await fake.click(first, button(first, "more"), user_id=member))
     show(more)
     say()
-    say("8. The member presses [✏️ Edit prompt]; Discord shows a form, prefilled:")
+    say("7. The member presses [✏️ Edit prompt]; Discord shows a form, prefilled:")
     record = await fake.click(more, button(more, "edit"), user_id=member)
     await fake.wait_for(lambda: record.modal is not None)
     assert record.modal is not None
@@ -104,11 +104,11 @@ async def iterate(fake: FakeDiscord, first: FakeMessage) -> None:
     )
     show(edited)
     say()
-    say("9. They press [🔁 Use as source] on it: the winter picture becomes the new input.")
+    say("8. They press [🔁 Use as source] on it: the winter picture becomes the new input.")
     reused = await wait_final(fake, await fake.click(edited, button(edited, "reuse"), user_id=member))
     show(reused)
     say()
-    say("10. Another member tries [🗑️ Delete] on the first result:")
+    say("9. Another member tries [🗑️ Delete] on the first result:")
     other = await wait_final(fake, await fake.click(first, button(first, "delete"), user_id=4242))
     show(other)
     say("    The member who asked deletes it:")
@@ -116,7 +116,7 @@ async def iterate(fake: FakeDiscord, first: FakeMessage) -> None:
     await fake.wait_for(lambda: first.deleted)
     say("   │ (the first result is gone from the channel)")
     say()
-    say("11. /depth2img-history (private):")
+    say("10. /depth2img-history (private):")
     history = await wait_final(fake, await fake.invoke_slash("depth2img-history", {}, user_id=member))
     show(history)
 
