@@ -43,14 +43,21 @@ async def test_result_has_buttons_a_before_after_view_and_copyable_options(bot, 
     rows = [[c["custom_id"] for c in row["components"]] for row in final.components]
     assert rows == [
         [f"d2i:{a}:{job}" for a in ("seed", "edit", "closer", "more", "reuse")],
-        [f"d2i:delete:{job}"],
+        [f"d2i:compare:{job}", f"d2i:delete:{job}"],
     ]
-    (comparison,) = [f for f in final.files if f.filename.startswith("before-after")]
+    assert f"job `{job}`" in final.content
+    assert "```\n/depth2img prompt:a red barn strength:0.6 seed:11\n```" in final.content
+    # the before | after view, for anyone who presses the button
+    shown = await settle(fake_discord, await fake_discord.click(final, f"d2i:compare:{job}", user_id=OTHER))
+    (comparison,) = shown.files
+    assert comparison.filename == f"before-after-{job}.jpg"
     with Image.open(io.BytesIO(comparison.data)) as img:
         assert img.format == "JPEG"
         assert img.width > img.height  # side by side
-    assert f"job `{job}`" in final.content
-    assert "```\n/depth2img prompt:a red barn strength:0.6 seed:11\n```" in final.content
+        left = img.getpixel((40, img.height // 2))
+        right = img.getpixel((img.width - 40, img.height // 2))
+    assert left != right
+    assert len(fake_api.submissions) == 1  # no API call for it
     assert_clean(fake_discord, fake_api)
 
 

@@ -34,7 +34,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from .errors import DeliveryFailed, InvalidInput, RequestRejected
+from .errors import DeliveryFailed, Depth2ImgError, InvalidInput, RequestRejected
 from .ledger import Job, JobState
 from .messages import describe, neutralise, result_text
 from .policy import GuildSettings, check_request
@@ -51,7 +51,7 @@ _UPLOAD_MARGIN = 64 * 1024
 # Interaction tokens live 15 minutes; past this age, deliver as a channel message instead.
 TOKEN_SAFE_AGE_S = 14 * 60
 JOB_ID_RE = r"[0-9a-f]{12}"
-ACTIONS = ("seed", "edit", "closer", "more", "reuse", "delete", "cancel")
+ACTIONS = ("seed", "edit", "closer", "more", "reuse", "compare", "delete", "cancel")
 
 Reader = Callable[[], Awaitable[bytes]]
 
@@ -72,6 +72,7 @@ class JobButton(
         "closer": ("Closer to source", "🎯", discord.ButtonStyle.secondary),
         "more": ("More creative", "🎨", discord.ButtonStyle.secondary),
         "reuse": ("Use as source", "🔁", discord.ButtonStyle.secondary),
+        "compare": ("Before | after", "🪞", discord.ButtonStyle.secondary),
         "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
         "cancel": ("Cancel", "🛑", discord.ButtonStyle.danger),
     }
@@ -102,6 +103,7 @@ def result_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for action in ("seed", "edit", "closer", "more", "reuse"):
         view.add_item(JobButton(action, job_id, row=0))
+    view.add_item(JobButton("compare", job_id, row=1))
     view.add_item(JobButton("delete", job_id, row=1))
     return view
 
@@ -280,6 +282,8 @@ class Depth2ImgCog(commands.Cog):
             return
         if action == "delete":
             await self._delete(interaction, job)
+        elif action == "compare":
+            await self._compare(interaction, job)
         elif action == "cancel":
             await self._cancel(interaction, job)
         elif action == "edit":
@@ -374,6 +378,20 @@ class Depth2ImgCog(commands.Cog):
         if interaction.message is not None:
             await interaction.message.delete()
         log.info("result deleted", extra={"job": job.id, "by": interaction.user.id})
+
+    async def _compare(self, interaction: discord.Interaction, job: Job) -> None:
+        """The before | after view, made on request (it costs image work no one else should wait for)."""
+        await interaction.response.defer(thinking=True)
+        try:
+            picture = await self.service.comparison(job)
+        except Depth2ImgError as exc:
+            await interaction.edit_original_response(content=describe(exc))
+            return
+        await interaction.edit_original_response(
+            content=f"🪞 Before | after for job `{job.id}`",
+            attachments=[discord.File(io.BytesIO(picture.data), filename=picture.filename)],
+            allowed_mentions=NO_MENTIONS,
+        )
 
     async def _cancel(self, interaction: discord.Interaction, job: Job) -> None:
         if interaction.user.id != job.user_id:
@@ -679,10 +697,6 @@ class Depth2ImgCog(commands.Cog):
         if outcome.result is not None:
             result = outcome.result
             files = [discord.File(io.BytesIO(img.data), filename=img.filename) for img in result.images]
-            if result.comparison is not None and len(files) < 10:
-                files.append(
-                    discord.File(io.BytesIO(result.comparison.data), filename=result.comparison.filename)
-                )
             text = result_text(job.params, result, user_mention=mention)
             extra = _params_block(job, seed=result.seed)
             if job.parent_id:

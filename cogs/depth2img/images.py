@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
@@ -37,11 +40,10 @@ class SourceImage:
     height: int
     changed: bool
     original: ImageInfo
-    thumb: bytes = b""  # the source's half of the before | after view, as a small JPEG
 
 
 MIN_SIDE = 64
-COMPARISON_HEIGHT = 384
+COMPARISON_HEIGHT = 512
 UPLOAD_MAX = 5 * 1024 * 1024  # the API's base64 upload limit
 
 
@@ -58,50 +60,57 @@ def inspect_input(data: bytes, *, max_pixels: int, max_side: int = 16384) -> Ima
     return _decode_checked(data, max_pixels=max_pixels, max_side=max_side)[1]
 
 
-def _decode_checked(data: bytes, *, max_pixels: int, max_side: int = 16384) -> tuple[Image.Image, ImageInfo]:
-    """Decode ``data`` once, with every check of :func:`inspect_input`; returns the loaded image."""
+def _decode_checked(
+    data: bytes, *, max_pixels: int, max_side: int = 16384, decode: bool = True
+) -> tuple[Image.Image, ImageInfo]:
+    """Open ``data`` with every check of :func:`inspect_input`. With ``decode`` every pixel is decoded
+    (catching truncated and corrupt files); without it only the header is read, for a caller that will
+    :func:`_verify_or_load` it."""
     if not data:
         raise InvalidInput("The attachment is empty (0 bytes). Attach a PNG, JPEG or WebP picture.")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _input_errors():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-            fmt = (img.format or "").upper()
-            if fmt not in ACCEPTED_FORMATS:
-                raise InvalidInput(
-                    "That file is not a PNG, JPEG or WebP picture"
-                    + (f" (it looks like {fmt})." if fmt else ".")
-                    + " Attach a still image."
-                )
-            width, height = img.size
-            if width < 1 or height < 1 or width > max_side or height > max_side:
-                raise InvalidInput(f"The picture is {width}×{height} pixels, which is too large to use.")
-            if width * height > max_pixels:
-                raise InvalidInput(
-                    f"The picture is {width}×{height} pixels; the most the bot accepts is "
-                    f"{max_pixels / 1_000_000:.0f} megapixels. Make it smaller and try again."
-                )
-            if getattr(img, "n_frames", 1) > 1:
-                raise InvalidInput(
-                    "Animated or multi-frame pictures are not supported. Attach a still image."
-                )
-            mode = img.mode
+        img = Image.open(io.BytesIO(data))
+        fmt = (img.format or "").upper()
+        if fmt not in ACCEPTED_FORMATS:
+            raise InvalidInput(
+                "That file is not a PNG, JPEG or WebP picture"
+                + (f" (it looks like {fmt})." if fmt else ".")
+                + " Attach a still image."
+            )
+        width, height = img.size
+        if width < 1 or height < 1 or width > max_side or height > max_side:
+            raise InvalidInput(f"The picture is {width}×{height} pixels, which is too large to use.")
+        if width * height > max_pixels:
+            raise InvalidInput(
+                f"The picture is {width}×{height} pixels; the most the bot accepts is "
+                f"{max_pixels / 1_000_000:.0f} megapixels. Make it smaller and try again."
+            )
+        if getattr(img, "n_frames", 1) > 1:
+            raise InvalidInput("Animated or multi-frame pictures are not supported. Attach a still image.")
+        mode = img.mode
+        if decode:
             img.load()  # decodes every pixel: catches truncated and corrupt files
-        except InvalidInput:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise InvalidInput(
-                "The picture has far too many pixels to use (it is too large). Make it smaller and try again."
-            ) from None
-        except UnidentifiedImageError:
-            raise InvalidInput(
-                "That file is not a picture the bot can read. Attach a PNG, JPEG or WebP image."
-            ) from None
-        except (OSError, ValueError, SyntaxError, EOFError, MemoryError):
-            raise InvalidInput(
-                "The picture is damaged or incomplete. Save it again and re-attach it."
-            ) from None
     return img, ImageInfo(format=fmt, width=width, height=height, mode=mode)
+
+
+@contextlib.contextmanager
+def _input_errors() -> Iterator[None]:
+    """Pillow's many exceptions for bad input, as one member-facing :class:`InvalidInput`."""
+    try:
+        yield
+    except InvalidInput:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput(
+            "The picture has far too many pixels to use (it is too large). Make it smaller and try again."
+        ) from None
+    except UnidentifiedImageError:
+        raise InvalidInput(
+            "That file is not a picture the bot can read. Attach a PNG, JPEG or WebP image."
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, struct.error):
+        raise InvalidInput("The picture is damaged or incomplete. Save it again and re-attach it.") from None
 
 
 def prepare_output(data: bytes, *, limit_bytes: int, stem: str) -> GeneratedImage:
@@ -110,7 +119,7 @@ def prepare_output(data: bytes, *, limit_bytes: int, stem: str) -> GeneratedImag
     Small enough PNG/JPEG/WebP files are passed through untouched; anything else is re-encoded
     (PNG, then JPEG at falling quality, then downscaled) until it fits.
     """
-    return finish_output(data, limit_bytes=limit_bytes, stem=stem, before=None)[0]
+    return finish_output(data, limit_bytes=limit_bytes, stem=stem)
 
 
 def _fit(frame: Image.Image, *, limit_bytes: int, stem: str) -> GeneratedImage:
@@ -142,11 +151,26 @@ def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> Sou
     """Check the attachment (see :func:`inspect_input`) and normalise it for the API: apply the EXIF
     rotation, drop all metadata, convert CMYK, 16-bit, palette and alpha images to 8-bit RGB, and
     downscale so the long side is at most ``max_side`` with both sides multiples of 8."""
-    img, info = _decode_checked(data, max_pixels=max_pixels)
+    img, info = _decode_checked(data, max_pixels=max_pixels, decode=False)
     if min(info.width, info.height) < MIN_SIDE:
         raise InvalidInput(
             f"The picture is only {info.width}×{info.height} pixels; it needs at least {MIN_SIDE} on each side."
         )
+    plain = (
+        info.format == "PNG"
+        and info.mode == "RGB"
+        and info.width % 8 == 0
+        and info.height % 8 == 0
+        and max(info.width, info.height) <= max_side
+        and not img.info.keys() - {"dpi", "gamma", "srgb", "aspect", "chromaticity"}  # no text, exif, icc
+    )
+    if plain:
+        # Nothing to change: check every chunk's CRC (truncation and corruption) without decoding.
+        with _input_errors():
+            img.verify()
+        return SourceImage(data, "image/png", info.width, info.height, False, info)
+    with _input_errors():
+        img.load()
     exif = img.getexif()
     has_meta = bool(img.info.get("exif")) or bool(getattr(img, "text", None)) or bool(exif)
     rotated = exif.get(0x0112, 1) not in (1, None)
@@ -160,10 +184,9 @@ def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> Sou
     if (new_w, new_h) != (width, height):
         rgb = rgb.resize((new_w, new_h), Image.Resampling.LANCZOS)
         changed = True
-    thumb = _jpeg(_scale_to_height(rgb, COMPARISON_HEIGHT), 85)
     if not changed:
         mime = "image/png" if info.format == "PNG" else "image/jpeg"
-        return SourceImage(data, mime, width, height, False, info, thumb)
+        return SourceImage(data, mime, width, height, False, info)
     buf = io.BytesIO()
     rgb.save(buf, format="PNG")
     mime = "image/png"
@@ -171,7 +194,7 @@ def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> Sou
         buf = io.BytesIO()
         rgb.save(buf, format="JPEG", quality=92)
         mime = "image/jpeg"
-    return SourceImage(buf.getvalue(), mime, rgb.width, rgb.height, True, info, thumb)
+    return SourceImage(buf.getvalue(), mime, rgb.width, rgb.height, True, info)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -187,22 +210,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img.copy()
 
 
-def _jpeg(img: Image.Image, quality: int) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def _scale_to_height(img: Image.Image, height: int) -> Image.Image:
     width = max(1, img.width * height // img.height)
     return img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def finish_output(
-    data: bytes, *, limit_bytes: int, stem: str, before: bytes | None
-) -> tuple[GeneratedImage, GeneratedImage | None]:
-    """:func:`prepare_output` and, when ``before`` (the source's thumbnail) is given, the before |
-    after view, decoding the output once."""
+def finish_output(data: bytes, *, limit_bytes: int, stem: str) -> GeneratedImage:
+    """Check that a downloaded output is an image and make it fit ``limit_bytes``. A PNG that fits is
+    checked chunk by chunk (CRCs) and passed through untouched; anything else is decoded, and
+    re-encoded (PNG, then JPEG at falling quality, then downscaled) when it does not fit."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -210,25 +226,28 @@ def finish_output(
             fmt = (img.format or "").upper()
             if fmt not in OUTPUT_FORMATS:
                 raise OutputUnavailable(f"output is not an image ({fmt or 'unknown'})")
+            width, height = img.size
+            if fmt == "PNG" and len(data) <= limit_bytes:
+                img.verify()
+                return GeneratedImage(data=data, filename=f"{stem}.png", width=width, height=height)
             img.load()
     except OutputUnavailable:
         raise
     except Exception as exc:  # Pillow raises many types for bad data; all mean "not an image"
         raise OutputUnavailable("output is not a readable image") from exc
-    if len(data) <= limit_bytes and fmt in {"PNG", "JPEG", "WEBP"}:
-        ext = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}[fmt]
-        result = GeneratedImage(data=data, filename=f"{stem}.{ext}", width=img.width, height=img.height)
-    else:
-        result = _fit(
-            img.convert("RGBA" if "A" in img.getbands() else "RGB"), limit_bytes=limit_bytes, stem=stem
-        )
-    comparison = None
-    if before:
-        with Image.open(io.BytesIO(before)) as thumb:
-            left = thumb.convert("RGB")
-        after = _scale_to_height(_to_rgb(img), left.height)
-        comparison = _side_by_side(left, after, limit_bytes=limit_bytes, stem=f"before-after-{stem}")
-    return result, comparison
+    if len(data) <= limit_bytes and fmt in {"JPEG", "WEBP"}:
+        ext = {"JPEG": "jpg", "WEBP": "webp"}[fmt]
+        return GeneratedImage(data=data, filename=f"{stem}.{ext}", width=width, height=height)
+    return _fit(img.convert("RGBA" if "A" in img.getbands() else "RGB"), limit_bytes=limit_bytes, stem=stem)
+
+
+def before_after(source: bytes, result: bytes, *, limit_bytes: int, stem: str) -> GeneratedImage:
+    """The source and the result side by side, labelled, as one JPEG that fits ``limit_bytes``."""
+    with Image.open(io.BytesIO(source)) as a, Image.open(io.BytesIO(result)) as b:
+        a.draft("RGB", (a.width * COMPARISON_HEIGHT // max(1, a.height), COMPARISON_HEIGHT))
+        left = _scale_to_height(_to_rgb(ImageOps.exif_transpose(a)), COMPARISON_HEIGHT)
+        right = _scale_to_height(_to_rgb(b), COMPARISON_HEIGHT)
+    return _side_by_side(left, right, limit_bytes=limit_bytes, stem=stem)
 
 
 def _side_by_side(left: Image.Image, right: Image.Image, *, limit_bytes: int, stem: str) -> GeneratedImage:

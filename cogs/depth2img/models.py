@@ -92,7 +92,6 @@ class GenerationResult:
     total_s: float  # from the command to the images being ready to send
     polls: int = 0
     notes: tuple[str, ...] = field(default=())
-    comparison: GeneratedImage | None = None  # before | after, side by side
 
 
 # --- parsing ------------------------------------------------------------------------------------

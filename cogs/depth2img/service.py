@@ -471,7 +471,6 @@ class Depth2ImgService:
         ext = "png" if source.mime == "image/png" else "jpg"
         path = self.sources_dir / f"{job_id}.{ext}"
         await asyncio.to_thread(_write_file, path, source.data)
-        await asyncio.to_thread(_write_file, path.with_suffix(".thumb.jpg"), source.thumb)
         job = Job(
             id=job_id,
             state=JobState.RECEIVED,
@@ -549,8 +548,6 @@ class Depth2ImgService:
         deadline_s = self.settings.job_timeout_s
         local_wait = 0.0
         api_time: float | None = None
-        # The source's half of the before | after view is made while the API works.
-        before = asyncio.create_task(self._before_half(job))
         try:
             async with asyncio.timeout(deadline_s):
                 wait_started = self._clock()
@@ -571,7 +568,7 @@ class Depth2ImgService:
                     if not job.output_urls:
                         job = await self._poll(job, first, on_progress)
                     api_time = self._clock() - api_started
-                imgs, comparison = await self._download_all(job, await before)
+                imgs = await self._download_all(job)
                 job = await self._keep_result(job, imgs[0])
         except TimeoutError:
             return Outcome(job, error=JobTimedOut(deadline_s, job_id=job.api_job_id))
@@ -580,9 +577,6 @@ class Depth2ImgService:
                 "job error", extra={"job": job.id, "state": str(job.state), "error": type(exc).__name__}
             )
             return Outcome(job, error=exc)
-        finally:
-            if not before.done():
-                before.cancel()
         gen = job.generation_time_s
         was_queued = job.state is JobState.PROCESSING
         queue_s: float | None = None
@@ -600,7 +594,6 @@ class Depth2ImgService:
             api_queue_s=queue_s,
             local_wait_s=local_wait,
             total_s=self._clock() - started_at,
-            comparison=comparison,
         )
         return Outcome(job, result=result)
 
@@ -685,7 +678,6 @@ class Depth2ImgService:
         jobs = await self.ledger.forget_user(user_id)
         for job in jobs:
             await asyncio.to_thread(_remove_file, job.source_path)
-            await asyncio.to_thread(_remove_file, _thumb_path(job.source_path))
             await asyncio.to_thread(_remove_file, job.result_path)
         log.info("member data deleted", extra={"user_id": user_id, "jobs": len(jobs)})
         return len(jobs)
@@ -761,54 +753,39 @@ class Depth2ImgService:
         await asyncio.to_thread(_write_file, path, first.data)
         return await self.ledger.update(job, result_path=str(path))
 
-    async def _before_half(self, job: Job) -> bytes | None:
-        """Best effort: a missing thumbnail never stops the delivery of the result."""
-        path = _thumb_path(job.source_path)
-        if path is None:
-            return None
+    async def comparison(self, job: Job) -> GeneratedImage:
+        """The source and the result side by side (made when a member asks for it)."""
+        if not job.source_path or not job.result_path:
+            raise InvalidInput("The pictures for that job are no longer stored.")
+        source = await self.read_stored(job.source_path)
+        result = await self.read_stored(job.result_path)
         try:
-            return await asyncio.to_thread(Path(path).read_bytes)
-        except OSError:
-            log.warning("no before/after view", extra={"job": job.id})
-            return None
+            return await self._cpu(
+                images.before_after,
+                source,
+                result,
+                limit_bytes=job.upload_limit_bytes,
+                stem=f"before-after-{job.id}",
+            )
+        except (OSError, ValueError):
+            raise OutputUnavailable("the comparison could not be made") from None
 
-    async def _download_all(
-        self, job: Job, before: bytes | None
-    ) -> tuple[tuple[GeneratedImage, ...], GeneratedImage | None]:
-        """Download every output at once; check, fit and (for the first) compare each off the loop."""
-        urls = job.output_urls[:9]  # Discord allows 10 files a message: the outputs and the comparison
+    async def _download_all(self, job: Job) -> tuple[GeneratedImage, ...]:
+        """Download every output at once; check and fit each in an image worker."""
+        urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
         blobs = await asyncio.gather(*(self.api.download(u) for u in urls))
-        prepared: list[GeneratedImage] = []
-        comparison: GeneratedImage | None = None
-        for index, blob in enumerate(blobs):
-            try:
-                image, compared = await self._cpu(
-                    images.finish_output,
-                    blob,
-                    limit_bytes=job.upload_limit_bytes,
-                    stem=f"depth2img-{job.id}-{index}",
-                    before=before if index == 0 else None,
-                )
-            except OutputUnavailable:
-                if before is None or index != 0:
-                    raise
-                log.warning("no before/after view", extra={"job": job.id})
-                image = await self._cpu(
-                    images.prepare_output,
-                    blob,
-                    limit_bytes=job.upload_limit_bytes,
-                    stem=f"depth2img-{job.id}-{index}",
-                )
-                compared = None
-            prepared.append(image)
-            comparison = comparison or compared
+        prepared = [
+            await self._cpu(
+                images.finish_output,
+                blob,
+                limit_bytes=job.upload_limit_bytes,
+                stem=f"depth2img-{job.id}-{index}",
+            )
+            for index, blob in enumerate(blobs)
+        ]
         if not prepared:
             raise OutputUnavailable("no output images")
-        return tuple(prepared), comparison
-
-
-def _thumb_path(source_path: str | None) -> str | None:
-    return str(Path(source_path).with_suffix(".thumb.jpg")) if source_path else None
+        return tuple(prepared)
 
 
 def _write_file(path: Path, data: bytes) -> None:
