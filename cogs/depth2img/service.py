@@ -390,6 +390,7 @@ class Depth2ImgService:
         self.guild_settings: dict[int, GuildSettings] = {}
         # Pillow work runs in worker processes: it then competes with the event loop for neither
         # the GIL nor, beyond ``image_workers``, the CPU. 0 workers: threads instead.
+        self._intake = asyncio.Semaphore(max(4, 4 * settings.image_workers))
         self.typical_job_s = 10.0  # moving average of the API's time, for waiting-time estimates
         self._pool: ProcessPoolExecutor | None = None
         if settings.image_workers > 0:
@@ -458,16 +459,19 @@ class Depth2ImgService:
     ) -> Job:
         """Read and check the attachment by its bytes (off the loop), keep the normalised picture,
         and record the job as ``received``. Raises :class:`InvalidInput`; no API call is made."""
-        data = await read()
-        if len(data) > self.settings.max_input_bytes:
-            raise InvalidInput("The attachment is larger than the bot accepts. Attach a smaller picture.")
-        source = await self._cpu(
-            images.prepare_source,
-            data,
-            max_pixels=self.settings.max_input_pixels,
-            max_side=self.settings.source_max_side,
-        )
-        del data
+        # At most a few pictures are downloaded and checked at once: memory stays bounded by that
+        # number times the input cap, and a burst's acknowledgements don't queue behind downloads.
+        async with self._intake:
+            data = await read()
+            if len(data) > self.settings.max_input_bytes:
+                raise InvalidInput("The attachment is larger than the bot accepts. Attach a smaller picture.")
+            source = await self._cpu(
+                images.prepare_source,
+                data,
+                max_pixels=self.settings.max_input_pixels,
+                max_side=self.settings.source_max_side,
+            )
+            del data
         ext = "png" if source.mime == "image/png" else "jpg"
         path = self.sources_dir / f"{job_id}.{ext}"
         await asyncio.to_thread(_write_file, path, source.data)
