@@ -733,7 +733,6 @@ class ProgressReporter:
         self.edits = 0
         self._last_text: str | None = None
         self._last_at = -math.inf
-        self._pending: Progress | None = None
         self._timer: asyncio.Task[None] | None = None
         self._stage: Progress | None = None
         self.interval = service.settings.progress_interval_s

@@ -9,7 +9,7 @@ normalised here, and :func:`parse_response` raises nothing but :class:`Malformed
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -90,8 +90,6 @@ class GenerationResult:
     api_queue_s: float | None  # time the job spent queued at the API, when we can tell
     local_wait_s: float  # time spent waiting for one of our own generation slots
     total_s: float  # from the command to the images being ready to send
-    polls: int = 0
-    notes: tuple[str, ...] = field(default=())
 
 
 # --- parsing ------------------------------------------------------------------------------------
