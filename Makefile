@@ -25,8 +25,10 @@ $(VENV)/.dev: requirements-dev.lock requirements.lock $(VENV)/.runtime
 run: $(VENV)/.runtime
 	$(PY) bot.py
 
-## The whole test suite: lint, format check, type check, then pytest (no network needed).
+## The whole test suite: lint, format check, type check, then pytest (no network needed; installs
+## Debian's PostgreSQL for the PostgreSQL tests when it is missing and this runs as root).
 test: $(VENV)/.dev
+	@bash scripts/ensure-postgres.sh
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import discord
@@ -156,7 +157,10 @@ async def send_final(interaction: discord.Interaction, text: str) -> None:
         log.warning("could not deliver an error message", extra={"status": exc.status})
 
 
-class Depth2ImgBot(commands.Bot):
+class Depth2ImgBot(commands.AutoShardedBot):
+    """discord.py's sharded bot: ``SHARD_COUNT``/``SHARD_IDS`` choose the shards this process runs
+    (unset: one shard, the same as an unsharded connection)."""
+
     def __init__(self, *, settings: Settings, http_session: aiohttp.ClientSession, ledger: Ledger) -> None:
         # This bot never joins voice: don't warn at every start that voice libraries are missing.
         discord.VoiceClient.warn_nacl = False
@@ -167,6 +171,9 @@ class Depth2ImgBot(commands.Bot):
             tree_cls=AppCommandTree,
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
+            shard_count=settings.shard_count or 1,
+            # discord.py reads None as "all shards" though its annotation says list[int]
+            shard_ids=list(settings.shard_ids) if settings.shard_ids is not None else None,  # type: ignore[arg-type]
         )
         self.settings = settings
         self.http_session = http_session
@@ -236,7 +243,14 @@ class Depth2ImgBot(commands.Bot):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     async def on_ready(self) -> None:
-        log.info("ready", extra={"user": str(self.user), "guilds": len(self.guilds)})
+        log.info(
+            "ready",
+            extra={"user": str(self.user), "guilds": len(self.guilds), "shards": _shard_list(self.shard_ids)},
+        )
+
+
+def _shard_list(ids: list[int] | None) -> str:
+    return ",".join(map(str, ids)) if ids else "0"
 
 
 def configure_discord_endpoints(settings: Settings) -> None:
@@ -250,11 +264,19 @@ def configure_discord_endpoints(settings: Settings) -> None:
 async def run(settings: Settings) -> int:
     configure_discord_endpoints(settings)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=15)
-    ledger = await Ledger.open(settings.data_dir / "jobs.sqlite3")
+    ledger = await open_ledger(settings)
     try:
         return await _run_bot(settings, ledger, timeout)
     finally:
         await ledger.close()
+
+
+async def open_ledger(settings: Settings) -> Ledger:
+    """PostgreSQL when ``DATABASE_URL`` is set (several processes), else SQLite in the data folder."""
+    target: str | Path = settings.database_url or settings.data_dir / "jobs.sqlite3"
+    ledger = await Ledger.open(target, group=settings.instance_group, lease_s=settings.job_lease_s)
+    log.info("job ledger open", extra={"backend": ledger.backend, "owner": ledger.owner})
+    return ledger
 
 
 async def _run_bot(settings: Settings, ledger: Ledger, http_timeout: aiohttp.ClientTimeout) -> int:
@@ -307,12 +329,22 @@ def main() -> int:
         lines += ["", "Every setting is described in README.md and .env.example."]
         print("\n".join(lines), file=sys.stderr)  # noqa: T201
         return EXIT_CONFIG
-    configure_logging(settings.log_level, [settings.discord_token, settings.depth2img.api_key])
+    configure_logging(settings.log_level, _secrets_of(settings))
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(run(settings))
     except KeyboardInterrupt:
         return 130
+
+
+def _secrets_of(settings: Settings) -> list[str]:
+    found = [settings.discord_token, settings.depth2img.api_key]
+    if settings.database_url:
+        found.append(settings.database_url)
+        password = urlsplit(settings.database_url).password
+        if password:
+            found.append(password)
+    return found
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,12 @@ import discord.gateway
 import discord.http
 import pytest
 
-from bot import Depth2ImgBot, KeyValueFormatter, configure_discord_endpoints
+from bot import Depth2ImgBot, KeyValueFormatter, configure_discord_endpoints, open_ledger
 from cogs.depth2img.config import load_settings
 from cogs.depth2img.ledger import Ledger
 from tests.fakes.fake_api import FakeModelsLab, make_png
 from tests.fakes.fake_discord import FakeDiscord, FakeMessage, InteractionRecord
+from tests.postgres import PostgresUnavailable, TempPostgres
 
 FAST_ENV = {
     "SD_POLL_INITIAL_S": "0.01",
@@ -51,6 +54,61 @@ def _no_secret_in_any_log(request: pytest.FixtureRequest, caplog: pytest.LogCapt
         line = formatter.format(record)
         for secret in secrets_:
             assert secret not in line, f"a secret reached the log: {record.name} {record.msg!r}"
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server for this test run (see tests/postgres.py). Without one the
+    PostgreSQL tests are skipped, unless D2I_REQUIRE_POSTGRES=1 (CI), where that is a failure."""
+    existing = os.environ.get("TEST_DATABASE_URL")
+    if existing:
+        yield existing
+        return
+    try:
+        server = TempPostgres()
+        server.start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("D2I_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required here and could not start: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+async def create_database(server_url: str) -> str:
+    """A fresh, empty database on the test server; returns its URL."""
+    import asyncpg
+
+    name = f"d2i_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def drop_database(server_url: str, url: str) -> None:
+    import asyncpg
+
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pg_url(postgres_server: str) -> AsyncIterator[str]:
+    """A fresh, empty database on the test server, dropped afterwards."""
+    url = await create_database(postgres_server)
+    yield url
+    await drop_database(postgres_server, url)
 
 
 @pytest.fixture
@@ -100,7 +158,7 @@ async def start_bot(
         settings = load_settings(bot_env(fake_discord, fake_api, tmp_path / "data", **extra))
         configure_discord_endpoints(settings)
         session = aiohttp.ClientSession()
-        ledger = await Ledger.open(settings.data_dir / "jobs.sqlite3")
+        ledger = await open_ledger(settings)
         bot = Depth2ImgBot(settings=settings, http_session=session, ledger=ledger)
         task = asyncio.create_task(bot.start(settings.discord_token))
         started.append((bot, task, session, ledger))

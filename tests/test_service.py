@@ -66,15 +66,25 @@ async def ledger(tmp_path) -> AsyncIterator[Ledger]:
 
 
 @pytest.fixture
-def make_service(session, fake_api, ledger, tmp_path):
-    def make(**kw) -> Depth2ImgService:
+async def make_service(session, fake_api, ledger, tmp_path):
+    reopened: list[Ledger] = []
+
+    def make(*, restarted: bool = False, **kw) -> Depth2ImgService:
+        """``restarted``: as a new process would, with its own connection to the same ledger."""
         s = settings(fake_api, **kw)
         client = Depth2ImgClient(
             session, base_url=s.api_base_url, api_key=s.api_key, request_timeout_s=s.request_timeout_s
         )
-        return Depth2ImgService(client, s, ledger, data_dir=tmp_path)
+        return Depth2ImgService(client, s, reopened[-1] if restarted else ledger, data_dir=tmp_path)
 
-    return make
+    async def make_restarted(**kw) -> Depth2ImgService:
+        reopened.append(await Ledger.open(tmp_path / "jobs.sqlite3"))
+        return make(restarted=True, **kw)
+
+    make.restarted = make_restarted  # type: ignore[attr-defined]
+    yield make
+    for led in reopened:
+        await led.close()
 
 
 def origin(user: int = 1, limit: int = 10 * 1024 * 1024) -> Origin:
@@ -228,12 +238,9 @@ async def test_multiple_samples_are_all_delivered(make_service, fake_api):
 async def test_ledger_records_every_state_of_a_delivered_job(make_service, fake_api, ledger):
     fake_api.scenario = "queued"
     await run(make_service())
-    (job_id,) = list(await ledger.count_by_state())
-    assert job_id == "delivered"
-    async with ledger._conn.execute("SELECT id FROM jobs") as cur:
-        (row,) = await cur.fetchall()
-    assert await ledger.events(row[0]) == ["received", "submitting", "processing", "delivered"]
-    job = await ledger.get(row[0])
+    assert await ledger.count_by_state() == {"delivered": 1}
+    (job,) = await ledger.for_user(1)
+    assert await ledger.events(job.id) == ["received", "submitting", "processing", "delivered"]
     assert job.api_job_id == "13481504"
     assert job.finished_at is not None
     assert Path(job.source_path).exists()  # kept while the job exists: buttons start from it
@@ -266,9 +273,9 @@ async def test_restart_resumes_a_queued_job_by_polling_and_never_resubmits(make_
     job_id = await start_job_and_crash(make_service(), fake_api, until=JobState.PROCESSING)
     assert len(fake_api.submissions) == 1
     fake_api.polls_before_done = 0  # now the API has finished it
-    restarted = make_service()
+    restarted = await make_service.restarted()
     (job,) = await restarted.start()
-    assert (job.id, job.state, job.api_job_id) == (job_id, JobState.PROCESSING, "13481504")
+    assert (job.id, job.state, job.api_job_id, job.resumes) == (job_id, JobState.PROCESSING, "13481504", 1)
     with restarted.admission.admit_resumed(job.user_id) as ticket:
         outcome = await restarted.run(job, ticket, started_at=time.monotonic())
     assert outcome.error is None
@@ -282,7 +289,7 @@ async def test_job_interrupted_while_submitting_is_never_sent_again(make_service
     fake_api.scenario = "slow"
     fake_api.slow_s = 5
     await start_job_and_crash(make_service(), fake_api, until=JobState.SUBMITTING)
-    restarted = make_service()
+    restarted = await make_service.restarted()
     (job,) = await restarted.start()
     assert job.state is JobState.SUBMITTING
     with restarted.admission.admit_resumed(job.user_id) as ticket:
@@ -301,9 +308,9 @@ async def test_received_job_resumed_uploads_the_kept_picture(make_service, fake_
         return data
 
     job = await service.accept("r1", GenerationParams(prompt="x"), origin(), read=read, source_url=SOURCE)
-    restarted = make_service()
+    restarted = await make_service.restarted()
     (job,) = await restarted.start()
-    job = await ledger.update(job, resumes=1)
+    assert job.resumes == 1
     with restarted.admission.admit_resumed(job.user_id) as ticket:
         outcome = await restarted.run(job, ticket, started_at=time.monotonic())
     assert outcome.error is None

@@ -35,7 +35,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from .errors import DeliveryFailed, Depth2ImgError, InvalidInput, RequestRejected
-from .ledger import Job, JobState
+from .ledger import Job, JobState, JobTakenOver
 from .messages import describe, neutralise, result_text
 from .policy import GuildSettings, check_request
 from .service import Depth2ImgService, Origin, Outcome, Progress, Ticket, build_params
@@ -179,6 +179,7 @@ class Depth2ImgCog(commands.Cog):
             self._spawn(self._resume(job))
         if pending:
             log.info("resuming unfinished jobs", extra={"count": len(pending)})
+        self._spawn(self.service.keep_leases(lambda job: self._spawn(self._resume(job))))
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
@@ -477,6 +478,8 @@ class Depth2ImgCog(commands.Cog):
             reporter = ProgressReporter(interaction, self.service, job, ticket)
             outcome = await self.service.run(job, ticket, started_at=started, on_progress=reporter.update)
             await reporter.stop()
+            if not await self._may_deliver(outcome):
+                return
             content, files, view = self._render(outcome, mention=interaction.user.mention)
             try:
                 await interaction.edit_original_response(
@@ -494,15 +497,23 @@ class Depth2ImgCog(commands.Cog):
     async def _resume(self, job: Job) -> None:
         ticket = self.service.admission.admit_resumed(job.user_id)
         with ticket:
-            job = await self.service.ledger.update(job, resumes=job.resumes + 1)
-            log.info("job resumed", extra={"job": job.id, "state": str(job.state)})
+            log.info("job resumed", extra={"job": job.id, "state": str(job.state), "resumes": job.resumes})
             outcome = await self.service.run(job, ticket, started_at=time.monotonic())
+            if not await self._may_deliver(outcome):
+                return
             try:
                 await self._deliver_resumed(outcome)
             except discord.HTTPException as exc:
                 log.warning("resumed delivery failed", extra={"job": job.id, "status": exc.status})
                 return  # left unfinished: the next start tries again
             await self.service.finish(outcome)
+
+    async def _may_deliver(self, outcome: Outcome) -> bool:
+        """Only the process that owns a job tells the member (several processes may share the
+        ledger); one that lost it stays silent, and the owner delivers."""
+        if isinstance(outcome.error, JobTakenOver):
+            return False
+        return await self.service.claim_delivery(outcome.job)
 
     async def _deliver_resumed(self, outcome: Outcome) -> None:
         job = outcome.job

@@ -61,6 +61,20 @@ class Settings:
     log_level: str = "INFO"
     shutdown_grace_s: float = 25.0
     loop_monitor_file: Path | None = None
+    database_url: str | None = field(default=None, repr=False)  # None: SQLite in data_dir
+    shard_count: int | None = None  # None: one unsharded connection
+    shard_ids: tuple[int, ...] | None = None  # None: all of shard_count in this process
+    job_lease_s: float = 60.0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+
+    @property
+    def instance_group(self) -> str:
+        """What this process shares with the process it replaces: its shards."""
+        if self.shard_count is None:
+            return "main"
+        ids = self.shard_ids if self.shard_ids is not None else tuple(range(self.shard_count))
+        return f"shards-{'.'.join(map(str, ids))}-of-{self.shard_count}"
 
 
 # (variable, meaning) for every setting: used by the README, .env.example and error messages.
@@ -90,6 +104,12 @@ SETTINGS_HELP: dict[str, str] = {
     "IMAGE_WORKERS": "processes that check and re-encode pictures off the event loop (default 2; 0 = threads)",
     "PROGRESS_INTERVAL_S": "least seconds between two progress updates of a message (default 3)",
     "LOOP_MONITOR_FILE": "optional: append the event loop's worst stall per 0.25 s to this file (diagnostics, benchmarks)",
+    "DATABASE_URL": "optional: postgresql://user:password@host/db for the job ledger (default: SQLite in BOT_DATA_DIR); needed to run several bot processes",
+    "SHARD_COUNT": "optional: total number of shards (discord.py's sharded client); unset = one connection",
+    "SHARD_IDS": "optional: the shards this process runs, e.g. 0,1 (default: all of SHARD_COUNT); needs SHARD_COUNT",
+    "JOB_LEASE_S": "seconds a stopped process's unfinished jobs wait before another process takes them over (default 60)",
+    "METRICS_PORT": "optional: serve Prometheus metrics at http://METRICS_HOST:METRICS_PORT/metrics",
+    "METRICS_HOST": "the address the metrics port listens on (default 127.0.0.1)",
     "SHUTDOWN_GRACE_S": "on SIGTERM/SIGINT, seconds to let jobs in flight finish before stopping (default 25)",
 }
 
@@ -190,6 +210,38 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     shutdown_grace = r.number("SHUTDOWN_GRACE_S", 25.0, float, 0, 600)
     data_dir = Path(r.raw("BOT_DATA_DIR") or "data")
 
+    database_url = r.raw("DATABASE_URL")
+    if database_url is not None:
+        parts = urlsplit(database_url)
+        if parts.scheme not in ("postgres", "postgresql") or not (parts.hostname or parts.query):
+            r.problems.append(
+                "DATABASE_URL is not a PostgreSQL URL: use postgresql://user:password@host:5432/dbname, "
+                "or leave it empty for SQLite."
+            )
+            database_url = None
+    shard_count: int | None = None
+    if r.raw("SHARD_COUNT") is not None:
+        shard_count = r.number("SHARD_COUNT", 1, int, 1, 10_000)
+    shard_ids: tuple[int, ...] | None = None
+    raw_ids = r.raw("SHARD_IDS")
+    if raw_ids is not None:
+        try:
+            shard_ids = tuple(sorted({int(x) for x in raw_ids.replace(" ", "").split(",") if x}))
+        except ValueError:
+            r.problems.append(f"SHARD_IDS={raw_ids!r} is not a list of shard numbers such as 0,1.")
+        if shard_ids is not None:
+            if shard_count is None:
+                r.problems.append("SHARD_IDS needs SHARD_COUNT (the total number of shards).")
+            elif not shard_ids or any(not 0 <= i < shard_count for i in shard_ids):
+                r.problems.append(
+                    f"SHARD_IDS={raw_ids!r}: each id must be from 0 to SHARD_COUNT-1 ({shard_count - 1})."
+                )
+    metrics_port: int | None = None
+    if r.raw("METRICS_PORT") is not None:
+        metrics_port = r.number("METRICS_PORT", 0, int, 0, 65535)
+    metrics_host = r.raw("METRICS_HOST") or "127.0.0.1"
+    job_lease_s = r.number("JOB_LEASE_S", 60.0, float, 1, 3600)
+
     if r.problems:
         raise ConfigError(r.problems)
     return Settings(
@@ -202,4 +254,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         log_level=log_level,
         shutdown_grace_s=shutdown_grace,
         loop_monitor_file=Path(monitor) if (monitor := r.raw("LOOP_MONITOR_FILE")) else None,
+        database_url=database_url,
+        shard_count=shard_count,
+        shard_ids=shard_ids,
+        job_lease_s=job_lease_s,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )

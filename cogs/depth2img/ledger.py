@@ -1,6 +1,10 @@
-"""The durable job ledger: every accepted request is a row in SQLite (``BOT_DATA_DIR/jobs.sqlite3``),
-moving through explicit states with timestamps, so that no job is lost or submitted twice across a
-crash or a restart. Discord-free; it stores the few Discord ids a delivery needs as plain numbers.
+"""The durable job ledger: every accepted request is a row in a database, moving through explicit
+states with timestamps, so that no job is lost or submitted twice across a crash or a restart.
+Discord-free; it stores the few Discord ids a delivery needs as plain numbers.
+
+Two backends, the same tables and the same guarantees: SQLite (``BOT_DATA_DIR/jobs.sqlite3``, the
+default, for one bot process) and PostgreSQL (``DATABASE_URL``, for several processes, e.g. one per
+group of shards).
 
 States::
 
@@ -11,19 +15,31 @@ States::
 ``submitting`` is written *before* the (paid) submission goes out. A job found in ``submitting``
 after a crash may or may not exist at the API, and is never sent again: it fails with a message that
 says so. A job in ``submitted``/``processing`` has the API's request id and is resumed by polling.
+
+Ownership: each unfinished job is owned by one bot process (``owner``) for a lease it renews while
+it runs (:meth:`Ledger.heartbeat`). Only the owner may change a job (:class:`JobTakenOver`
+otherwise). A process takes over (:meth:`Ledger.claim_orphans`) jobs whose lease ran out (their
+process died), and at start-up the jobs of its own predecessor (same ``group``, e.g. the same
+shards) at once, unless that predecessor had begun delivering them. Just before delivering, the
+owner calls :meth:`Ledger.claim_delivery`: a job is delivered by at most one process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 
+from .errors import Depth2ImgError
 from .models import GenerationParams
 
 
@@ -38,6 +54,16 @@ class JobState(StrEnum):
 
 
 FINISHED = frozenset({JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED})
+_FINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(FINISHED))
+
+
+class JobTakenOver(Depth2ImgError):
+    """Another bot process owns this job now (this one stalled past its lease, or was replaced):
+    this process must leave it alone; the owner finishes it."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is owned by another process")
+        self.job_id = job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +97,9 @@ class Job:
     parent_id: str | None = None  # the job this one was made from (buttons, edits)
     kind: str = "command"  # command | seed | edit | closer | more | reuse | menu
     result_path: str | None = None  # the first delivered image, kept for "Use as source" and /show
+    owner: str = ""  # the bot process that drives this job (``<group>/<random>``)
+    lease_until: float = 0.0  # unix time; after it, another process may take the job over
+    delivering: bool = False  # the owner has begun delivering it
 
     @property
     def finished(self) -> bool:
@@ -79,18 +108,19 @@ class Job:
 
 _COLUMNS = [f.name for f in fields(Job)]
 
+# One schema, two dialects: ``{int}`` is a 64-bit integer, ``{real}`` a double.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
-    user_id INTEGER NOT NULL,
-    channel_id INTEGER NOT NULL,
-    guild_id INTEGER,
-    application_id INTEGER NOT NULL,
+    user_id {int} NOT NULL,
+    channel_id {int} NOT NULL,
+    guild_id {int},
+    application_id {int} NOT NULL,
     interaction_token TEXT NOT NULL,
-    interaction_created_at REAL NOT NULL,
-    message_id INTEGER,
-    upload_limit_bytes INTEGER NOT NULL,
+    interaction_created_at {real} NOT NULL,
+    message_id {int},
+    upload_limit_bytes {int} NOT NULL,
     params TEXT NOT NULL,
     source_path TEXT,
     source_url TEXT,
@@ -98,36 +128,51 @@ CREATE TABLE IF NOT EXISTS jobs (
     api_job_id TEXT,
     fetch_url TEXT,
     output_urls TEXT NOT NULL DEFAULT '[]',
-    generation_time_s REAL,
-    api_seed INTEGER,
+    generation_time_s {real},
+    api_seed {int},
     error_kind TEXT,
     error_text TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    submitted_at REAL,
-    finished_at REAL,
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL,
+    submitted_at {real},
+    finished_at {real},
     resumes INTEGER NOT NULL DEFAULT 0,
     parent_id TEXT,
     kind TEXT NOT NULL DEFAULT 'command',
-    result_path TEXT
+    result_path TEXT,
+    owner TEXT NOT NULL DEFAULT '',
+    lease_until {real} NOT NULL DEFAULT 0,
+    delivering INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_user_created ON jobs(user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_guild_created ON jobs(guild_id, created_at);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner);
 CREATE TABLE IF NOT EXISTS guild_settings (
-    guild_id INTEGER PRIMARY KEY,
+    guild_id {int} PRIMARY KEY,
     data TEXT NOT NULL,
-    updated_at REAL NOT NULL,
-    updated_by INTEGER
+    updated_at {real} NOT NULL,
+    updated_by {int}
 );
 CREATE TABLE IF NOT EXISTS job_events (
-    job_id TEXT NOT NULL,
-    at REAL NOT NULL,
+    {event_seq}job_id TEXT NOT NULL,
+    at {real} NOT NULL,
     state TEXT NOT NULL,
-    detail TEXT
+    detail TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS job_events_job ON job_events(job_id);
 """
+
+# Columns added after the first release, for databases made by an older version.
+_ADDED_COLUMNS = {
+    "jobs": (
+        ("owner", "TEXT NOT NULL DEFAULT ''"),
+        ("lease_until", "{real} NOT NULL DEFAULT 0"),
+        ("delivering", "INTEGER NOT NULL DEFAULT 0"),
+    ),
+    "job_events": (("owner", "TEXT"),),
+}
 
 
 def _to_row(job: Job) -> dict[str, Any]:
@@ -147,137 +192,416 @@ def _to_row(job: Job) -> dict[str, Any]:
     )
     row["output_urls"] = json.dumps(list(job.output_urls))
     row["source_changed"] = int(job.source_changed)
+    row["delivering"] = int(job.delivering)
+    for name in _REAL_COLUMNS:
+        if row[name] is not None:
+            row[name] = float(row[name])
     return row
 
 
-def _from_row(row: aiosqlite.Row) -> Job:
-    data = dict(zip(row.keys(), tuple(row), strict=True))
+_REAL_COLUMNS = (
+    "interaction_created_at",
+    "generation_time_s",
+    "created_at",
+    "updated_at",
+    "submitted_at",
+    "finished_at",
+    "lease_until",
+)
+
+
+def _from_row(row: Mapping[str, Any]) -> Job:
+    data = dict(row)
     data["state"] = JobState(data["state"])
     data["params"] = GenerationParams(**json.loads(data["params"]))
     data["output_urls"] = tuple(json.loads(data["output_urls"]))
     data["source_changed"] = bool(data["source_changed"])
+    data["delivering"] = bool(data["delivering"])
     return Job(**data)
 
 
-class Ledger:
-    """One SQLite database, one connection, WAL mode. Every write is committed at once."""
+# --- the two databases, behind one small interface -------------------------------------------------
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+
+class _Tx(Protocol):
+    """SQL with ``?`` placeholders, inside one transaction."""
+
+    async def execute(self, sql: str, *args: Any) -> int: ...  # rows affected
+
+    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]: ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class _Database(Protocol):
+    kind: str
+    event_order: str
+
+    def tx(self) -> AbstractAsyncContextManager[_Tx]: ...
+
+    async def close(self) -> None: ...
+
+
+class _SqliteTx:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
-        self.path = path
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        cursor = await self._conn.execute(sql, args)
+        count = cursor.rowcount
+        await cursor.close()
+        return count
+
+    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+        async with self._conn.execute(sql, args) as cursor:
+            rows = await cursor.fetchall()
+        return [dict(zip(r.keys(), tuple(r), strict=True)) for r in rows]
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+
+class _Sqlite:
+    """One connection, WAL mode; transactions are serialised by a lock and committed at once."""
+
+    kind = "sqlite"
+    event_order = "at, rowid"
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> Ledger:
+    async def open(cls, path: Path) -> _Sqlite:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(path)
         conn.row_factory = aiosqlite.Row
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.executescript(_SCHEMA)
-        await conn.commit()
-        return cls(conn, path)
+        await conn.execute("PRAGMA busy_timeout=5000")
+        db = cls(conn)
+        async with db._lock:
+            await conn.executescript(_SCHEMA.format(int="INTEGER", real="REAL", event_seq=""))
+            for table, columns in _ADDED_COLUMNS.items():
+                async with conn.execute(f"PRAGMA table_info({table})") as cur:
+                    have = {str(r[1]) for r in await cur.fetchall()}
+                for name, decl in columns:
+                    if name not in have:
+                        await conn.execute(
+                            f"ALTER TABLE {table} ADD COLUMN {name} {decl.format(real='REAL')}"
+                        )
+            await conn.commit()
+        return db
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[_Tx]:
+        async with self._lock:
+            try:
+                yield _SqliteTx(self._conn)
+            except BaseException:
+                await self._conn.rollback()
+                raise
+            await self._conn.commit()
 
     async def close(self) -> None:
         await self._conn.close()
 
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _numbered(sql: str) -> str:
+    """``?`` → ``$1, $2, …`` (our SQL has no ``?`` inside literals)."""
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+
+
+class _PostgresTx:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status: str = await self._conn.execute(_numbered(sql), *args)
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+        rows = await self._conn.fetch(_numbered(sql), *args)
+        return [dict(r.items()) for r in rows]
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(_numbered(sql), rows)
+
+
+class _Postgres:
+    """A small asyncpg pool; each ledger call is one transaction."""
+
+    kind = "postgresql"
+    event_order = "at, seq"
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str) -> _Postgres:
+        import asyncpg  # only needed with DATABASE_URL
+
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=8, command_timeout=30)
+        db = cls(pool)
+        schema = _SCHEMA.format(
+            int="BIGINT", real="DOUBLE PRECISION", event_seq="seq BIGSERIAL PRIMARY KEY, "
+        )
+        async with pool.acquire() as conn, conn.transaction():
+            # several processes may start at once: one creates the tables, the others wait.
+            await conn.execute("SELECT pg_advisory_xact_lock(4242424242)")
+            await conn.execute(schema)
+            for table, columns in _ADDED_COLUMNS.items():
+                for name, decl in columns:
+                    await conn.execute(
+                        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} "
+                        + decl.format(real="DOUBLE PRECISION")
+                    )
+        return db
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[_Tx]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield _PostgresTx(conn)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+# --- the ledger ---------------------------------------------------------------------------------------
+
+
+class Ledger:
+    """The jobs, their events and the servers' settings. Every call is one committed transaction.
+
+    ``owner`` names this process (``<group>/<random>``); ``group`` is what a restarted process shares
+    with the one it replaces (e.g. its shard ids), so that it takes over that one's jobs at once."""
+
+    def __init__(self, db: _Database, *, group: str, owner: str, lease_s: float) -> None:
+        self._db = db
+        self.group = group
+        self.owner = owner
+        self.lease_s = lease_s
+
+    @property
+    def backend(self) -> str:
+        return self._db.kind
+
+    @classmethod
+    async def open(
+        cls,
+        target: Path | str,
+        *,
+        group: str = "local",
+        owner: str | None = None,
+        lease_s: float = 60.0,
+    ) -> Ledger:
+        """``target``: a SQLite file path, or a ``postgresql://`` URL."""
+        text = str(target)
+        if text.startswith(("postgres://", "postgresql://")):
+            db: _Database = await _Postgres.open(text)
+        else:
+            db = await _Sqlite.open(Path(target))
+        import secrets
+
+        return cls(db, group=group, owner=owner or f"{group}/{secrets.token_hex(4)}", lease_s=lease_s)
+
+    async def close(self) -> None:
+        await self._db.close()
+
     async def create(self, job: Job) -> Job:
         now = time.time()
-        job = replace(job, created_at=job.created_at or now, updated_at=now)
+        job = replace(
+            job,
+            created_at=job.created_at or now,
+            updated_at=now,
+            owner=self.owner,
+            lease_until=now + self.lease_s,
+        )
         row = _to_row(job)
         names = ", ".join(row)
-        marks = ", ".join(f":{k}" for k in row)
-        await self._conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)  # noqa: S608
-        await self._event(job.id, job.state, None)
-        await self._conn.commit()
+        marks = ", ".join("?" for _ in row)
+        async with self._db.tx() as tx:
+            await tx.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", *row.values())  # noqa: S608
+            await self._event(tx, job.id, job.state, None)
         return job
 
     async def update(self, job: Job, *, detail: str | None = None, **changes: Any) -> Job:
-        """Write ``changes`` (and the new ``updated_at``) and return the updated job."""
+        """Write ``changes`` (and the new ``updated_at``) and return the updated job. Only the job's
+        owner may: raises :class:`JobTakenOver` if another process owns it now."""
         now = time.time()
-        new = replace(job, **changes, updated_at=now)
+        new = replace(job, **changes, updated_at=now, owner=self.owner)
         if new.state in FINISHED and new.finished_at is None:
             new = replace(new, finished_at=now)
         row = _to_row(new)
         changed = {k: row[k] for k in (*changes, "updated_at", "finished_at")}
-        assignments = ", ".join(f"{k} = :{k}" for k in changed)
-        await self._conn.execute(f"UPDATE jobs SET {assignments} WHERE id = :id", {**changed, "id": job.id})  # noqa: S608
-        if "state" in changes and new.state != job.state:
-            await self._event(job.id, new.state, detail)
-        await self._conn.commit()
+        assignments = ", ".join(f"{k} = ?" for k in changed)
+        async with self._db.tx() as tx:
+            count = await tx.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND owner = ?",  # noqa: S608
+                *changed.values(),
+                job.id,
+                self.owner,
+            )
+            if count != 1:
+                raise JobTakenOver(job.id)
+            if "state" in changes and new.state != job.state:
+                await self._event(tx, job.id, new.state, detail)
         return new
 
-    async def _event(self, job_id: str, state: JobState, detail: str | None) -> None:
-        await self._conn.execute(
-            "INSERT INTO job_events (job_id, at, state, detail) VALUES (?, ?, ?, ?)",
-            (job_id, time.time(), str(state), detail),
+    async def _event(self, tx: _Tx, job_id: str, state: JobState, detail: str | None) -> None:
+        await tx.execute(
+            "INSERT INTO job_events (job_id, at, state, detail, owner) VALUES (?, ?, ?, ?, ?)",
+            job_id,
+            time.time(),
+            str(state),
+            detail,
+            self.owner,
         )
 
+    # --- ownership ---
+
+    async def heartbeat(self) -> int:
+        """Renew the lease of every unfinished job this process owns; returns how many."""
+        async with self._db.tx() as tx:
+            return await tx.execute(
+                f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND state NOT IN ({_FINISHED_SQL})",  # noqa: S608
+                time.time() + self.lease_s,
+                self.owner,
+            )
+
+    async def claim_orphans(self, *, at_start: bool = False) -> list[Job]:
+        """Take over the unfinished jobs no live process holds: those whose lease ran out, and, at
+        start-up, those of this process's predecessor (same group) that it had not begun to
+        deliver. Atomic: two processes never claim the same job."""
+        now = time.time()
+        condition = "lease_until < ?"
+        args: list[Any] = [now]
+        if at_start:
+            condition = "(lease_until < ? OR (owner LIKE ? AND owner <> ? AND delivering = 0))"
+            args += [self.group.replace("%", "") + "/%", self.owner]
+        async with self._db.tx() as tx:
+            rows = await tx.fetch(
+                "UPDATE jobs SET owner = ?, lease_until = ?, resumes = resumes + 1, delivering = 0 "  # noqa: S608
+                f"WHERE state NOT IN ({_FINISHED_SQL}) AND {condition} RETURNING *",
+                self.owner,
+                now + self.lease_s,
+                *args,
+            )
+            for row in rows:
+                await self._event(tx, str(row["id"]), JobState(row["state"]), "claimed")
+        jobs = [_from_row(r) for r in rows]
+        jobs.sort(key=lambda j: j.created_at)
+        return jobs
+
+    async def claim_delivery(self, job: Job) -> bool:
+        """Called just before delivering: marks the job as being delivered by this process.
+        False when another process owns it (then this one must not deliver)."""
+        async with self._db.tx() as tx:
+            count = await tx.execute(
+                "UPDATE jobs SET delivering = 1, lease_until = ? "  # noqa: S608
+                f"WHERE id = ? AND owner = ? AND state NOT IN ({_FINISHED_SQL})",
+                time.time() + self.lease_s,
+                job.id,
+                self.owner,
+            )
+        return count == 1
+
+    # --- reading ---
+
     async def get(self, job_id: str) -> Job | None:
-        async with self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cur:
-            row = await cur.fetchone()
-        return _from_row(row) if row is not None else None
+        async with self._db.tx() as tx:
+            rows = await tx.fetch("SELECT * FROM jobs WHERE id = ?", job_id)
+        return _from_row(rows[0]) if rows else None
 
     async def for_user(self, user_id: int, limit: int = 10) -> list[Job]:
-        query = "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC LIMIT ?"
-        async with self._conn.execute(query, (user_id, limit)) as cur:
-            rows = await cur.fetchall()
+        async with self._db.tx() as tx:
+            rows = await tx.fetch(
+                "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC LIMIT ?", user_id, limit
+            )
         return [_from_row(r) for r in rows]
 
     async def forget_user(self, user_id: int) -> list[Job]:
         """Delete a member's finished jobs and their events; returns them (to remove their files)."""
-        marks = ", ".join("?" for _ in FINISHED)
-        query = f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({marks})"  # noqa: S608
-        async with self._conn.execute(query, (user_id, *(str(s) for s in FINISHED))) as cur:
-            jobs = [_from_row(r) for r in await cur.fetchall()]
-        ids = [(j.id,) for j in jobs]
-        await self._conn.executemany("DELETE FROM job_events WHERE job_id = ?", ids)
-        await self._conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
-        await self._conn.commit()
+        async with self._db.tx() as tx:
+            rows = await tx.fetch(
+                f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({_FINISHED_SQL})",  # noqa: S608
+                user_id,
+            )
+            jobs = [_from_row(r) for r in rows]
+            ids = [(j.id,) for j in jobs]
+            if ids:
+                await tx.executemany("DELETE FROM job_events WHERE job_id = ?", ids)
+                await tx.executemany("DELETE FROM jobs WHERE id = ?", ids)
         return jobs
 
     async def unfinished(self) -> list[Job]:
-        marks = ", ".join("?" for _ in FINISHED)
-        query = f"SELECT * FROM jobs WHERE state NOT IN ({marks}) ORDER BY created_at"  # noqa: S608
-        async with self._conn.execute(query, tuple(str(s) for s in FINISHED)) as cur:
-            rows = await cur.fetchall()
+        async with self._db.tx() as tx:
+            rows = await tx.fetch(
+                f"SELECT * FROM jobs WHERE state NOT IN ({_FINISHED_SQL}) ORDER BY created_at"  # noqa: S608
+            )
         return [_from_row(r) for r in rows]
 
     async def count_by_state(self) -> dict[str, int]:
-        async with self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state") as cur:
-            rows = await cur.fetchall()
-        return {str(r[0]): int(r[1]) for r in rows}
+        async with self._db.tx() as tx:
+            rows = await tx.fetch("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        return {str(r["state"]): int(r["n"]) for r in rows}
 
     async def all_guild_settings(self) -> dict[int, str]:
-        async with self._conn.execute("SELECT guild_id, data FROM guild_settings") as cur:
-            rows = await cur.fetchall()
-        return {int(r[0]): str(r[1]) for r in rows}
+        async with self._db.tx() as tx:
+            rows = await tx.fetch("SELECT guild_id, data FROM guild_settings")
+        return {int(r["guild_id"]): str(r["data"]) for r in rows}
 
     async def save_guild_settings(self, guild_id: int, data: str, by: int) -> None:
-        await self._conn.execute(
-            "INSERT INTO guild_settings (guild_id, data, updated_at, updated_by) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(guild_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at, "
-            "updated_by = excluded.updated_by",
-            (guild_id, data, time.time(), by),
-        )
-        await self._conn.commit()
+        async with self._db.tx() as tx:
+            await tx.execute(
+                "INSERT INTO guild_settings (guild_id, data, updated_at, updated_by) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(guild_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at, "
+                "updated_by = excluded.updated_by",
+                guild_id,
+                data,
+                time.time(),
+                by,
+            )
 
     async def member_counts_since(self, since: float) -> dict[tuple[int, int], int]:
-        query = (
-            "SELECT guild_id, user_id, COUNT(*) FROM jobs WHERE created_at >= ? AND guild_id IS NOT NULL "
-            "GROUP BY guild_id, user_id"
-        )
-        async with self._conn.execute(query, (since,)) as cur:
-            rows = await cur.fetchall()
-        return {(int(r[0]), int(r[1])): int(r[2]) for r in rows}
+        async with self._db.tx() as tx:
+            rows = await tx.fetch(
+                "SELECT guild_id, user_id, COUNT(*) AS n FROM jobs "
+                "WHERE created_at >= ? AND guild_id IS NOT NULL GROUP BY guild_id, user_id",
+                float(since),
+            )
+        return {(int(r["guild_id"]), int(r["user_id"])): int(r["n"]) for r in rows}
 
     async def guild_counts_since(self, since: float) -> dict[int, int]:
-        query = "SELECT guild_id, COUNT(*) FROM jobs WHERE created_at >= ? AND guild_id IS NOT NULL GROUP BY guild_id"
-        async with self._conn.execute(query, (since,)) as cur:
-            rows = await cur.fetchall()
-        return {int(r[0]): int(r[1]) for r in rows}
+        async with self._db.tx() as tx:
+            rows = await tx.fetch(
+                "SELECT guild_id, COUNT(*) AS n FROM jobs "
+                "WHERE created_at >= ? AND guild_id IS NOT NULL GROUP BY guild_id",
+                float(since),
+            )
+        return {int(r["guild_id"]): int(r["n"]) for r in rows}
 
     async def events(self, job_id: str) -> list[str]:
-        query = "SELECT state FROM job_events WHERE job_id = ? ORDER BY at, rowid"
-        async with self._conn.execute(query, (job_id,)) as cur:
-            rows = await cur.fetchall()
-        return [str(r[0]) for r in rows]
+        """The states a job went through, in order (``claimed`` events left out)."""
+        async with self._db.tx() as tx:
+            rows = await tx.fetch(
+                f"SELECT state, detail FROM job_events WHERE job_id = ? ORDER BY {self._db.event_order}",  # noqa: S608
+                job_id,
+            )
+        return [str(r["state"]) for r in rows if r["detail"] != "claimed"]
+
+    async def event_owners(self, job_id: str) -> list[tuple[str, str | None]]:
+        """(state, owner) of each event of a job, in order, ``claimed`` events included."""
+        async with self._db.tx() as tx:
+            rows = await tx.fetch(
+                f"SELECT state, detail, owner FROM job_events WHERE job_id = ? ORDER BY {self._db.event_order}",  # noqa: S608
+                job_id,
+            )
+        return [
+            (str(r["state"]) + ("/claimed" if r["detail"] == "claimed" else ""), r["owner"]) for r in rows
+        ]

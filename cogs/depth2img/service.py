@@ -38,7 +38,7 @@ from .errors import (
     QuotaExceeded,
     ShuttingDown,
 )
-from .ledger import Job, JobState, Ledger
+from .ledger import Job, JobState, JobTakenOver, Ledger
 from .models import APIResponse, GeneratedImage, GenerationParams, GenerationResult, Status
 from .policy import GuildSettings
 
@@ -430,7 +430,28 @@ class Depth2ImgService:
             guild: GuildSettings.from_json(data)
             for guild, data in (await self.ledger.all_guild_settings()).items()
         }
-        return await self.ledger.unfinished()
+        return await self.ledger.claim_orphans(at_start=True)
+
+    async def keep_leases(self, on_claimed: Callable[[Job], None]) -> None:
+        """Forever: renew the leases of this process's jobs, and take over the jobs of processes
+        that stopped (their leases ran out); ``on_claimed`` is given each job taken over."""
+        interval = max(0.5, self.ledger.lease_s / 3)
+        while True:
+            await self._sleep(interval)
+            try:
+                await self.ledger.heartbeat()
+                for job in await self.ledger.claim_orphans():
+                    log.info("job taken over from a stopped process", extra={"job": job.id})
+                    on_claimed(job)
+            except Exception as exc:  # a database hiccup must not end the loop; try again next time
+                log.warning("lease upkeep failed", extra={"error": type(exc).__name__})
+
+    async def claim_delivery(self, job: Job) -> bool:
+        """Just before telling the member: whether this process may (it still owns the job)."""
+        if await self.ledger.claim_delivery(job):
+            return True
+        log.info("job owned by another process now; not delivering", extra={"job": job.id})
+        return False
 
     # --- before the acknowledgement (pure, cheap) ---
 
@@ -604,6 +625,13 @@ class Depth2ImgService:
     async def finish(self, outcome: Outcome) -> Job:
         """Record the final state, once the member has been told. The source picture and the first
         result stay on disk while the job exists (buttons and /depth2img-show use them)."""
+        try:
+            return await self._finish(outcome)
+        except JobTakenOver:
+            log.warning("job taken over while finishing", extra={"job": outcome.job.id})
+            return outcome.job
+
+    async def _finish(self, outcome: Outcome) -> Job:
         job = outcome.job
         if outcome.error is None:
             assert outcome.result is not None

@@ -154,6 +154,8 @@ class FakeDiscord(LocalServer):
         self.app_id = _snowflake(now - 86400 * 400, self._ids)
         self.bot_user_id = self.app_id
         self.guild_id = _snowflake(now - 86400 * 300, self._ids)
+        # a second server, on the other shard when the bot runs two (shard = (id >> 22) % count)
+        self.second_guild_id = self.guild_id + (1 << 22)
         self.channel_id = _snowflake(now - 86400 * 299, self._ids)
         self.nsfw_channel_id = _snowflake(now - 86400 * 298, self._ids)
         self.other_channel_id = _snowflake(now - 86400 * 297, self._ids)
@@ -174,9 +176,10 @@ class FakeDiscord(LocalServer):
         self.identified = asyncio.Event()
         self.commands_synced = asyncio.Event()
         self.changed = asyncio.Condition()
-        self._ws: web.WebSocketResponse | None = None
+        self.shard_count = 1
+        self._conns: dict[int, web.WebSocketResponse] = {}  # shard id → its gateway connection
+        self._seqs: dict[int, int] = {}
         self._send_lock = asyncio.Lock()
-        self._seq = 0
         self.app = web.Application(client_max_size=512 * 1024 * 1024)
         self.app.router.add_route("*", "/gateway", self._gateway)
         self.app.router.add_get("/attachments/{channel}/{att}/{name}", self._cdn)
@@ -185,10 +188,19 @@ class FakeDiscord(LocalServer):
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        if self._ws is not None and not self._ws.closed:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
+        for ws in list(self._conns.values()):
+            if not ws.closed:
+                with contextlib.suppress(Exception):
+                    await ws.close()
         await super().stop()
+
+    def shard_of(self, guild_id: int | None) -> int:
+        """Discord's rule: a server's events go to shard ``(guild_id >> 22) % shard_count``."""
+        return 0 if guild_id is None else (guild_id >> 22) % self.shard_count
+
+    @property
+    def connected_shards(self) -> set[int]:
+        return {shard for shard, ws in self._conns.items() if not ws.closed}
 
     @property
     def base_url(self) -> str:
@@ -256,6 +268,7 @@ class FakeDiscord(LocalServer):
         subcommand: str | None = None,
         roles: list[int] | None = None,
         channel_id: int | None = None,
+        guild_id: int | None = None,
     ) -> InteractionRecord:
         """Send an INTERACTION_CREATE for ``/name`` (or ``/name subcommand``). Attachment options take
         the payload from :meth:`add_attachment`; channel and role options take an id. Options are
@@ -307,6 +320,7 @@ class FakeDiscord(LocalServer):
             permissions=permissions,
             roles=roles,
             channel_id=channel_id,
+            guild_id=guild_id,
         )
 
     def _role(self, role_id: int, name: str) -> dict[str, Any]:
@@ -334,7 +348,9 @@ class FakeDiscord(LocalServer):
         message: FakeMessage | None = None,
         roles: list[int] | None = None,
         channel_id: int | None = None,
+        guild_id: int | None = None,
     ) -> InteractionRecord:
+        guild = guild_id or self.guild_id
         uid = user_id or _snowflake(time.time() - 86400 * 200, self._ids)
         created = time.time() - age_s
         if channel_id is None:
@@ -356,7 +372,7 @@ class FakeDiscord(LocalServer):
             "token": token,
             "version": 1,
             "attachment_size_limit": self.limits.attachment_size_limit,
-            "guild_id": str(self.guild_id),
+            "guild_id": str(guild),
             "channel_id": str(channel_id),
             "channel": {
                 "id": str(channel_id),
@@ -365,7 +381,7 @@ class FakeDiscord(LocalServer):
                     channel_id, "general"
                 ),
                 "position": 0,
-                "guild_id": str(self.guild_id),
+                "guild_id": str(guild),
                 "permission_overwrites": [],
                 "nsfw": channel_nsfw,
             },
@@ -382,7 +398,7 @@ class FakeDiscord(LocalServer):
             "locale": "en-US",
             "guild_locale": "en-US",
             "entitlements": [],
-            "authorizing_integration_owners": {"0": str(self.guild_id)},
+            "authorizing_integration_owners": {"0": str(guild)},
             "context": 0,
             "data": data,
         }
@@ -511,11 +527,15 @@ class FakeDiscord(LocalServer):
     # --- gateway -----------------------------------------------------------------------------------
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send an event on the connection of the shard that the event's server belongs to."""
+        guild = data.get("guild_id")
+        shard = self.shard_of(int(guild) if guild else None)
         async with self._send_lock:
-            if self._ws is None or self._ws.closed:
-                raise RuntimeError("the bot is not connected to the fake gateway")
-            self._seq += 1
-            await self._ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}))
+            ws = self._conns.get(shard)
+            if ws is None or ws.closed:
+                raise RuntimeError(f"the bot is not connected to the fake gateway (shard {shard})")
+            self._seqs[shard] = self._seqs.get(shard, 0) + 1
+            await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seqs[shard], "d": data}))
 
     async def _send(self, ws: web.WebSocketResponse, payload: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -541,9 +561,14 @@ class FakeDiscord(LocalServer):
                     await ws.close(code=4004, message=b"Authentication failed.")
                     break
                 self.identifies.append(d)
-                self._ws = ws
-                self._seq = 0
-                await self._ready(ws)
+                shard, count = d.get("shard") or [0, 1]
+                if self.connected_shards and count != self.shard_count:
+                    await ws.close(code=4011, message=b"Sharding required / shard count mismatch.")
+                    break
+                self.shard_count = count
+                self._conns[shard] = ws
+                self._seqs[shard] = 0
+                await self._ready(ws, shard)
                 self.identified.set()
                 await self._notify()
             elif op == 6:
@@ -563,16 +588,19 @@ class FakeDiscord(LocalServer):
                         },
                     },
                 )
-        if self._ws is ws:
-            self._ws = None
+        for shard, conn in list(self._conns.items()):
+            if conn is ws:
+                del self._conns[shard]
         return ws
 
-    async def _ready(self, ws: web.WebSocketResponse) -> None:
+    async def _ready(self, ws: web.WebSocketResponse, shard: int) -> None:
         user = self._bot_user()
+        has_guild = self.shard_of(self.guild_id) == shard
         ready = {
             "v": 10,
             "user": {**user, "verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "guilds": [{"id": str(self.guild_id), "unavailable": True}] if has_guild else [],
+            "shard": [shard, self.shard_count],
             "session_id": secrets.token_hex(16),
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.app_id), "flags": 0},
@@ -621,10 +649,13 @@ class FakeDiscord(LocalServer):
             "voice_states": [],
             "presences": [],
         }
+        events: list[tuple[str, dict[str, Any]]] = [("READY", ready)]
+        if has_guild:
+            events.append(("GUILD_CREATE", guild))
         async with self._send_lock:
-            for event, data in (("READY", ready), ("GUILD_CREATE", guild)):
-                self._seq += 1
-                await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}))
+            for event, data in events:
+                self._seqs[shard] = self._seqs.get(shard, 0) + 1
+                await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seqs[shard], "d": data}))
 
     def _bot_user(self) -> dict[str, Any]:
         return {
