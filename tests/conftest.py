@@ -226,7 +226,19 @@ async def slash(
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_SCRIPT = str(ROOT / "bot.py")
-_SETTING_PREFIXES = ("DISCORD_", "SD_", "MAX_", "DEV_GUILD", "BOT_DATA", "DOTENV", "SHUTDOWN_")
+_SETTING_PREFIXES = (
+    "DISCORD_",
+    "SD_",
+    "MAX_",
+    "DEV_GUILD",
+    "BOT_DATA",
+    "DOTENV",
+    "SHUTDOWN_",
+    "DATABASE_URL",
+    "SHARD_",
+    "JOB_LEASE",
+    "METRICS_",
+)
 
 
 def process_env(**extra: str) -> dict[str, str]:
@@ -238,8 +250,10 @@ def process_env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def spawn_bot(fake_discord: FakeDiscord, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
-    """Start ``python bot.py`` and wait until it has identified on the fake gateway."""
+async def spawn_bot(
+    fake_discord: FakeDiscord, env: dict[str, str], cwd: Path, *, shard: int | None = None
+) -> asyncio.subprocess.Process:
+    """Start ``python bot.py`` and wait until it has identified on the fake gateway (as ``shard``)."""
     import sys
 
     fake_discord.identified.clear()
@@ -253,7 +267,11 @@ async def spawn_bot(fake_discord: FakeDiscord, env: dict[str, str], cwd: Path) -
         start_new_session=True,
     )
     async with asyncio.timeout(30):
-        while not (fake_discord.identified.is_set() and fake_discord.commands):
+        while not (
+            fake_discord.identified.is_set()
+            and fake_discord.commands
+            and (shard is None or shard in fake_discord.connected_shards)
+        ):
             if proc.returncode is not None:
                 _, err = await proc.communicate()
                 raise AssertionError(f"bot exited early: {err.decode()[-2000:]}")

@@ -194,9 +194,9 @@ class FakeDiscord(LocalServer):
                     await ws.close()
         await super().stop()
 
-    def shard_of(self, guild_id: int | None) -> int:
+    def shard_of(self, guild_id: int | None, shard_count: int | None = None) -> int:
         """Discord's rule: a server's events go to shard ``(guild_id >> 22) % shard_count``."""
-        return 0 if guild_id is None else (guild_id >> 22) % self.shard_count
+        return 0 if guild_id is None else (guild_id >> 22) % (shard_count or self.shard_count)
 
     @property
     def connected_shards(self) -> set[int]:
