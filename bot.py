@@ -17,7 +17,7 @@ import secrets
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import discord
 import yarl
+from aiohttp import web
 from discord import app_commands
 from discord.ext import commands
 from dotenv import load_dotenv
@@ -34,6 +35,7 @@ from cogs.depth2img.diagnostics import loop_monitor
 from cogs.depth2img.errors import Depth2ImgError
 from cogs.depth2img.ledger import Ledger
 from cogs.depth2img.messages import describe
+from cogs.depth2img.metrics import CONTENT_TYPE, Metrics
 from cogs.depth2img.translator import CatalogueTranslator
 
 log = logging.getLogger("depth2img.bot")
@@ -178,6 +180,7 @@ class Depth2ImgBot(commands.AutoShardedBot):
         self.settings = settings
         self.http_session = http_session
         self.ledger = ledger
+        self.metrics = Metrics()
 
     async def drain(self, grace_s: float) -> bool:
         """Stop taking new work and let jobs in flight finish for at most ``grace_s`` seconds.
@@ -279,10 +282,47 @@ async def open_ledger(settings: Settings) -> Ledger:
     return ledger
 
 
+@contextlib.asynccontextmanager
+async def metrics_server(settings: Settings, metrics: Metrics) -> AsyncIterator[int | None]:
+    """Serve ``GET /metrics`` on ``METRICS_HOST:METRICS_PORT`` while the bot runs (if set); yields
+    the port it listens on."""
+    if settings.metrics_port is None:
+        yield None
+        return
+
+    async def scrape(_: web.Request) -> web.Response:
+        body = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    # A scraper's keep-alive connection must not hold up shutdown.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        log.error(
+            "the metrics port could not be opened; running without metrics",
+            extra={"host": settings.metrics_host, "port": settings.metrics_port, "error": type(exc).__name__},
+        )
+        yield None
+        return
+    port = int(runner.addresses[0][1]) if runner.addresses else settings.metrics_port
+    log.info("metrics served", extra={"url": f"http://{settings.metrics_host}:{port}/metrics"})
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
 async def _run_bot(settings: Settings, ledger: Ledger, http_timeout: aiohttp.ClientTimeout) -> int:
     async with (
         aiohttp.ClientSession(timeout=http_timeout, headers={"User-Agent": "depth2img-bot/0.1"}) as session,
         Depth2ImgBot(settings=settings, http_session=session, ledger=ledger) as bot,
+        metrics_server(settings, bot.metrics),
     ):
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()

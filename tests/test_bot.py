@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from cogs.depth2img.config import ConfigError, load_settings
-from tests.conftest import bot_env, is_settled, process_env
+from tests.conftest import bot_env, is_settled, process_env, slash, spawn_bot, stop_bot
 from tests.fakes.fake_api import make_png
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,3 +204,70 @@ async def test_english_localizations_are_complete_and_synced(bot, fake_discord):
     assert synced["name_localizations"]["en-GB"] == "depth2img"
     option = synced["options"][0]
     assert option["description_localizations"]["en-US"] == option["description"]
+
+
+# --- metrics -------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample in an exposition text."""
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {wanted}")
+
+
+async def test_metrics_count_outcomes_rejections_latencies_and_errors(bot, fake_discord, fake_api):
+    await slash(fake_discord, {"prompt": "fine"})
+    fake_api.scenario = "no_credits_402"
+    await slash(fake_discord, {"prompt": "no credits"})
+    fake_api.scenario = "success"
+    await slash(fake_discord, {"prompt": "x"}, image=b"not an image at all", filename="x.png")
+
+    def finished() -> float:  # the final state is recorded just after the member is told
+        text = bot.metrics.exposition().decode()
+        return sum(_sample(text, "depth2img_jobs_total", outcome=o) for o in ("delivered", "failed"))
+
+    await fake_discord.wait_for(lambda: finished() == 2, timeout=5)
+    text = bot.metrics.exposition().decode()
+    assert _sample(text, "depth2img_jobs_total", outcome="delivered") == 1
+    assert _sample(text, "depth2img_jobs_total", outcome="failed") == 1
+    assert _sample(text, "depth2img_api_errors_total", kind="credits") == 1
+    assert _sample(text, "depth2img_requests_rejected_total", reason="InvalidInput") == 1
+    assert _sample(text, "depth2img_ack_seconds_count") == 3
+    assert _sample(text, "depth2img_job_seconds_count") == 2  # the image, and the no-credits message
+    assert _sample(text, "depth2img_api_seconds_count") == 1
+    assert _sample(text, "depth2img_jobs_in_flight") == 0
+    assert _sample(text, "depth2img_queue_depth") == 0
+
+
+@pytest.mark.subprocess
+async def test_real_bot_process_serves_metrics_on_its_port(fake_discord, fake_api, tmp_path):
+    port = _free_port()
+    env = bot_env(fake_discord, fake_api, tmp_path / "data", METRICS_PORT=str(port))
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    try:
+        await slash(fake_discord, {"prompt": "count me"})
+        # a scraper that keeps its connection open must not hold up the shutdown
+        async with aiohttp.ClientSession() as scraper:
+            async with scraper.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"].startswith("text/plain")
+                text = await resp.text()
+            log = await stop_bot(proc, signal.SIGTERM, timeout_s=20)
+    finally:
+        await stop_bot(proc, signal.SIGKILL)
+    assert proc.returncode == 0, log
+    assert _sample(text, "depth2img_jobs_total", outcome="delivered") == 1
+    assert "# TYPE depth2img_job_seconds histogram" in text
+    assert f"http://127.0.0.1:{port}/metrics" in log
+    assert fake_api.api_key not in text + log

@@ -31,5 +31,6 @@ async def setup(bot: commands.Bot) -> None:
         settings,
         bot.ledger,  # type: ignore[attr-defined]
         data_dir=bot.settings.data_dir,  # type: ignore[attr-defined]
+        metrics=bot.metrics,  # type: ignore[attr-defined]
     )
     await bot.add_cog(Depth2ImgCog(bot, service))  # type: ignore[arg-type]

@@ -440,6 +440,7 @@ class Depth2ImgCog(commands.Cog):
             )
         except RequestRejected as exc:
             log.info("job rejected", extra={"job": job_id, "reason": type(exc).__name__})
+            self.service.metrics.rejected.labels(reason=type(exc).__name__).inc()
             await interaction.response.send_message(
                 describe(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
             )
@@ -448,6 +449,7 @@ class Depth2ImgCog(commands.Cog):
         with ticket:
             # 2. acknowledge at once.
             callback = await interaction.response.defer(thinking=True)
+            self.service.metrics.ack_seconds.observe(time.monotonic() - started)
             origin = Origin(
                 user_id=interaction.user.id,
                 channel_id=interaction.channel_id or 0,
@@ -471,6 +473,7 @@ class Depth2ImgCog(commands.Cog):
                 )
             except InvalidInput as exc:
                 log.info("job rejected", extra={"job": job_id, "reason": "invalid image"})
+                self.service.metrics.rejected.labels(reason=type(exc).__name__).inc()
                 await self._reject_privately(interaction, describe(exc))
                 return
 
@@ -490,6 +493,7 @@ class Depth2ImgCog(commands.Cog):
                 # the global handler tell the member, with a reference.
                 await self.service.finish(Outcome(outcome.job, error=DeliveryFailed("discord refused")))
                 raise
+            self.service.metrics.job_seconds.observe(time.monotonic() - started)
             await self.service.finish(outcome)
 
     # --- resumed jobs ---------------------------------------------------------------------------
@@ -498,6 +502,7 @@ class Depth2ImgCog(commands.Cog):
         ticket = self.service.admission.admit_resumed(job.user_id)
         with ticket:
             log.info("job resumed", extra={"job": job.id, "state": str(job.state), "resumes": job.resumes})
+            self.service.metrics.resumed.inc()
             outcome = await self.service.run(job, ticket, started_at=time.monotonic())
             if not await self._may_deliver(outcome):
                 return

@@ -39,6 +39,7 @@ from .errors import (
     ShuttingDown,
 )
 from .ledger import Job, JobState, JobTakenOver, Ledger
+from .metrics import Metrics
 from .models import APIResponse, GeneratedImage, GenerationParams, GenerationResult, Status
 from .policy import GuildSettings
 
@@ -370,6 +371,7 @@ class Depth2ImgService:
         data_dir: Path,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self.api = api
         self.settings = settings
@@ -384,6 +386,8 @@ class Depth2ImgService:
             guild_daily_quota=settings.guild_daily_quota,
             clock=clock,
         )
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(lambda: self.admission.in_flight, lambda: self.admission.waiting)
         self._clock = clock
         self._sleep = sleep
         self._cancels: dict[str, asyncio.Event] = {}
@@ -607,6 +611,7 @@ class Depth2ImgService:
         queue_s: float | None = None
         if api_time is not None:
             self.typical_job_s = 0.8 * self.typical_job_s + 0.2 * api_time
+            self.metrics.api_seconds.observe(api_time)
         if api_time is not None and gen is not None:
             queue_s = max(0.0, api_time - gen)
         elif api_time is not None and was_queued:
@@ -626,10 +631,12 @@ class Depth2ImgService:
         """Record the final state, once the member has been told. The source picture and the first
         result stay on disk while the job exists (buttons and /depth2img-show use them)."""
         try:
-            return await self._finish(outcome)
+            new = await self._finish(outcome)
         except JobTakenOver:
             log.warning("job taken over while finishing", extra={"job": outcome.job.id})
             return outcome.job
+        self.metrics.job_finished(str(new.state), outcome.error)
+        return new
 
     async def _finish(self, outcome: Outcome) -> Job:
         job = outcome.job

@@ -1,0 +1,99 @@
+"""Prometheus metrics: what a server owner graphs and alerts on. Discord-free.
+
+One :class:`Metrics` per bot, on its own registry (no global state); ``bot.py`` serves it at
+``/metrics`` when ``METRICS_PORT`` is set. The names::
+
+    depth2img_jobs_total{outcome}              jobs by final state: delivered, failed, cancelled
+    depth2img_requests_rejected_total{reason}  refused before any API call (bad input, limits, …)
+    depth2img_api_errors_total{kind}           jobs that ended on an API-side error, by its kind
+    depth2img_ack_seconds                      command received → acknowledged (Discord's limit: 3 s)
+    depth2img_job_seconds                      command received → member told (image or message)
+    depth2img_api_seconds                      submission → images ready at the API
+    depth2img_jobs_in_flight                   jobs admitted and not finished
+    depth2img_queue_depth                      jobs waiting for a free API slot
+    depth2img_jobs_resumed_total               jobs resumed after a restart or taken over from a process that stopped
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from . import errors
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_ACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
+_JOB_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)
+
+# What kind of failure a job ended on, for depth2img_api_errors_total (None: not an API error).
+_API_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (errors.AuthenticationError, "auth"),
+    (errors.InsufficientCreditsError, "credits"),
+    (errors.RateLimitError, "rate_limit"),
+    (errors.SourceImageUnreachable, "source_unreachable"),
+    (errors.BadRequestError, "bad_request"),
+    (errors.ServerError, "server"),
+    (errors.APIStatusError, "status"),
+    (errors.APITimeoutError, "timeout"),
+    (errors.APIConnectionError, "connection"),
+    (errors.MalformedResponseError, "malformed"),
+    (errors.JobFailed, "job_failed"),
+    (errors.JobTimedOut, "job_timeout"),
+    (errors.OutputUnavailable, "output"),
+)
+
+
+def api_error_kind(exc: BaseException) -> str | None:
+    for cls, kind in _API_KINDS:
+        if isinstance(exc, cls):
+            return kind
+    return None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobs = Counter("depth2img_jobs", "Jobs by final state.", ["outcome"], registry=r)
+        self.rejected = Counter(
+            "depth2img_requests_rejected", "Requests refused before any API call.", ["reason"], registry=r
+        )
+        self.api_errors = Counter(
+            "depth2img_api_errors", "Jobs that ended on an API-side error, by kind.", ["kind"], registry=r
+        )
+        self.resumed = Counter(
+            "depth2img_jobs_resumed", "Jobs resumed after a restart or taken over.", registry=r
+        )
+        self.ack_seconds = Histogram(
+            "depth2img_ack_seconds", "Command received to acknowledged.", buckets=_ACK_BUCKETS, registry=r
+        )
+        self.job_seconds = Histogram(
+            "depth2img_job_seconds", "Command received to the member told.", buckets=_JOB_BUCKETS, registry=r
+        )
+        self.api_seconds = Histogram(
+            "depth2img_api_seconds",
+            "Submission to images ready at the API.",
+            buckets=_JOB_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("depth2img_jobs_in_flight", "Jobs admitted and not finished.", registry=r)
+        self.queue_depth = Gauge("depth2img_queue_depth", "Jobs waiting for a free API slot.", registry=r)
+        for outcome in ("delivered", "failed", "cancelled"):
+            self.jobs.labels(outcome=outcome)  # present from the start, at 0
+
+    def watch(self, in_flight: Callable[[], float], queue_depth: Callable[[], float]) -> None:
+        """The two gauges read the admission state when scraped."""
+        self.in_flight.set_function(in_flight)
+        self.queue_depth.set_function(queue_depth)
+
+    def job_finished(self, outcome: str, error: BaseException | None) -> None:
+        self.jobs.labels(outcome=outcome).inc()
+        kind = api_error_kind(error) if error is not None else None
+        if kind is not None:
+            self.api_errors.labels(kind=kind).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
