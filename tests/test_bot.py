@@ -223,7 +223,8 @@ def _sample(text: str, name: str, **labels: str) -> float:
     for line in text.splitlines():
         if line.startswith(wanted + " "):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {wanted}")
+    samples = "\n".join(line for line in text.splitlines() if line.startswith("depth2img_"))
+    raise AssertionError(f"no sample {wanted} in:\n{samples}")
 
 
 async def test_metrics_count_outcomes_rejections_latencies_and_errors(bot, fake_discord, fake_api):

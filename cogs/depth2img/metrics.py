@@ -28,28 +28,30 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _ACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
 _JOB_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)
 
-# What kind of failure a job ended on, for depth2img_api_errors_total (None: not an API error).
-_API_KINDS: tuple[tuple[type[Exception], str], ...] = (
-    (errors.AuthenticationError, "auth"),
-    (errors.InsufficientCreditsError, "credits"),
-    (errors.RateLimitError, "rate_limit"),
-    (errors.SourceImageUnreachable, "source_unreachable"),
-    (errors.BadRequestError, "bad_request"),
-    (errors.ServerError, "server"),
-    (errors.APIStatusError, "status"),
-    (errors.APITimeoutError, "timeout"),
-    (errors.APIConnectionError, "connection"),
-    (errors.MalformedResponseError, "malformed"),
-    (errors.JobFailed, "job_failed"),
-    (errors.JobTimedOut, "job_timeout"),
-    (errors.OutputUnavailable, "output"),
-)
+# What kind of failure a job ended on, for depth2img_api_errors_total, by the error's class (or the
+# nearest base class listed). Matched by name, so that reloading the extension (discord.py re-imports
+# it) cannot break the match.
+_API_KINDS: dict[str, str] = {
+    errors.AuthenticationError.__name__: "auth",
+    errors.InsufficientCreditsError.__name__: "credits",
+    errors.RateLimitError.__name__: "rate_limit",
+    errors.SourceImageUnreachable.__name__: "source_unreachable",
+    errors.BadRequestError.__name__: "bad_request",
+    errors.ServerError.__name__: "server",
+    errors.APIStatusError.__name__: "status",
+    errors.APITimeoutError.__name__: "timeout",
+    errors.APIConnectionError.__name__: "connection",
+    errors.MalformedResponseError.__name__: "malformed",
+    errors.JobFailed.__name__: "job_failed",
+    errors.JobTimedOut.__name__: "job_timeout",
+    errors.OutputUnavailable.__name__: "output",
+}
 
 
 def api_error_kind(exc: BaseException) -> str | None:
-    for cls, kind in _API_KINDS:
-        if isinstance(exc, cls):
-            return kind
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _API_KINDS:
+            return _API_KINDS[cls.__name__]
     return None
 
 
