@@ -1,6 +1,5 @@
-"""Image checks and re-encoding with Pillow. CPU-bound: callers run these off the event loop; the
-``quick_*`` checks (headers and chunk CRCs, no decoding) in a thread, the rest in worker processes.
-Nothing here imports discord.py or aiohttp.
+"""Image checks and re-encoding with Pillow. CPU-bound: callers run these off the event loop
+(``asyncio.to_thread``). Nothing here imports discord.py or aiohttp.
 """
 
 from __future__ import annotations
@@ -148,18 +147,16 @@ def _fit(frame: Image.Image, *, limit_bytes: int, stem: str) -> GeneratedImage:
         scale *= 0.75
 
 
-def _open_source(data: bytes, *, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> SourceImage:
+    """Check the attachment (see :func:`inspect_input`) and normalise it for the API: apply the EXIF
+    rotation, drop all metadata, convert CMYK, 16-bit, palette and alpha images to 8-bit RGB, and
+    downscale so the long side is at most ``max_side`` with both sides multiples of 8."""
     img, info = _decode_checked(data, max_pixels=max_pixels, decode=False)
     if min(info.width, info.height) < MIN_SIDE:
         raise InvalidInput(
             f"The picture is only {info.width}×{info.height} pixels; it needs at least {MIN_SIDE} on each side."
         )
-    return img, info
-
-
-def _is_plain_png(img: Image.Image, info: ImageInfo, max_side: int) -> bool:
-    """A PNG the API can take as it is: 8-bit RGB, sides multiples of 8, small enough, no metadata."""
-    return (
+    plain = (
         info.format == "PNG"
         and info.mode == "RGB"
         and info.width % 8 == 0
@@ -167,26 +164,7 @@ def _is_plain_png(img: Image.Image, info: ImageInfo, max_side: int) -> bool:
         and max(info.width, info.height) <= max_side
         and not img.info.keys() - {"dpi", "gamma", "srgb", "aspect", "chromaticity"}  # no text, exif, icc
     )
-
-
-def quick_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> SourceImage | None:
-    """The cheap part of :func:`prepare_source`, for a thread: reads only the header, and for a plain
-    PNG checks every chunk's CRC (truncation, corruption) without decoding a pixel. Returns None when
-    the picture needs decoding or converting (then call :func:`prepare_source` in a worker)."""
-    img, info = _open_source(data, max_pixels=max_pixels)
-    if not _is_plain_png(img, info, max_side):
-        return None
-    with _input_errors():
-        img.verify()
-    return SourceImage(data, "image/png", info.width, info.height, False, info)
-
-
-def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> SourceImage:
-    """Check the attachment (see :func:`inspect_input`) and normalise it for the API: apply the EXIF
-    rotation, drop all metadata, convert CMYK, 16-bit, palette and alpha images to 8-bit RGB, and
-    downscale so the long side is at most ``max_side`` with both sides multiples of 8."""
-    img, info = _open_source(data, max_pixels=max_pixels)
-    if _is_plain_png(img, info, max_side):
+    if plain:
         # Nothing to change: check every chunk's CRC (truncation and corruption) without decoding.
         with _input_errors():
             img.verify()
@@ -235,24 +213,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def _scale_to_height(img: Image.Image, height: int) -> Image.Image:
     width = max(1, img.width * height // img.height)
     return img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
-
-
-def quick_output(data: bytes, *, limit_bytes: int, stem: str) -> GeneratedImage | None:
-    """The cheap part of :func:`finish_output`, for a thread: a PNG that fits is checked chunk by
-    chunk (CRCs) and passed through. None: anything else (decode it in a worker)."""
-    if len(data) > limit_bytes or not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if (img.format or "").upper() != "PNG":
-                return None
-            width, height = img.size
-            img.verify()
-    except Exception as exc:  # Pillow raises many types for bad data; all mean "not an image"
-        raise OutputUnavailable("output is not a readable image") from exc
-    return GeneratedImage(data=data, filename=f"{stem}.png", width=width, height=height)
 
 
 def finish_output(data: bytes, *, limit_bytes: int, stem: str) -> GeneratedImage:

@@ -26,7 +26,6 @@ owner calls :meth:`Ledger.claim_delivery`: a job is delivered by at most one pro
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -262,46 +261,36 @@ class _SqliteTx:
 
 
 class _Sqlite:
-    """One connection, WAL mode; transactions are serialised by a lock and committed at once."""
+    """One connection in autocommit mode, WAL: each statement commits by itself, and calls from
+    concurrent jobs are pipelined on aiosqlite's thread rather than queued behind a lock. (Every
+    state change is one statement, so it is atomic; a claim is one ``UPDATE … RETURNING``.)"""
 
     kind = "sqlite"
     event_order = "at, rowid"
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
-        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> _Sqlite:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path)
+        conn = await aiosqlite.connect(path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA synchronous=NORMAL")
         await conn.execute("PRAGMA busy_timeout=5000")
-        db = cls(conn)
-        async with db._lock:
-            await conn.executescript(_SCHEMA.format(int="INTEGER", real="REAL", event_seq=""))
-            for table, columns in _ADDED_COLUMNS.items():
-                async with conn.execute(f"PRAGMA table_info({table})") as cur:
-                    have = {str(r[1]) for r in await cur.fetchall()}
-                for name, decl in columns:
-                    if name not in have:
-                        await conn.execute(
-                            f"ALTER TABLE {table} ADD COLUMN {name} {decl.format(real='REAL')}"
-                        )
-            await conn.commit()
-        return db
+        await conn.executescript(_SCHEMA.format(int="INTEGER", real="REAL", event_seq=""))
+        for table, columns in _ADDED_COLUMNS.items():
+            async with conn.execute(f"PRAGMA table_info({table})") as cur:
+                have = {str(r[1]) for r in await cur.fetchall()}
+            for name, decl in columns:
+                if name not in have:
+                    await conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl.format(real='REAL')}")
+        return cls(conn)
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[_Tx]:
-        async with self._lock:
-            try:
-                yield _SqliteTx(self._conn)
-            except BaseException:
-                await self._conn.rollback()
-                raise
-            await self._conn.commit()
+        yield _SqliteTx(self._conn)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -376,7 +365,8 @@ class _Postgres:
 
 
 class Ledger:
-    """The jobs, their events and the servers' settings. Every call is one committed transaction.
+    """The jobs, their events and the servers' settings. Every call is committed when it returns
+    (PostgreSQL: one transaction per call; SQLite: one per statement).
 
     ``owner`` names this process (``<group>/<random>``); ``group`` is what a restarted process shares
     with the one it replaces (e.g. its shard ids), so that it takes over that one's jobs at once."""

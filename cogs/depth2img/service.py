@@ -490,12 +490,12 @@ class Depth2ImgService:
             data = await read()
             if len(data) > self.settings.max_input_bytes:
                 raise InvalidInput("The attachment is larger than the bot accepts. Attach a smaller picture.")
-            limits = {"max_pixels": self.settings.max_input_pixels, "max_side": self.settings.source_max_side}
-            # A plain PNG is checked in a thread (no pixel decoding; no copy to a worker process);
-            # anything that must be decoded or converted goes to an image worker.
-            source = await asyncio.to_thread(images.quick_source, data, **limits)
-            if source is None:
-                source = await self._cpu(images.prepare_source, data, **limits)
+            source = await self._cpu(
+                images.prepare_source,
+                data,
+                max_pixels=self.settings.max_input_pixels,
+                max_side=self.settings.source_max_side,
+            )
             del data
         ext = "png" if source.mime == "image/png" else "jpg"
         path = self.sources_dir / f"{job_id}.{ext}"
@@ -813,14 +813,15 @@ class Depth2ImgService:
         """Download every output at once; check and fit each in an image worker."""
         urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
         blobs = await asyncio.gather(*(self.api.download(u) for u in urls))
-        prepared = []
-        limit = job.upload_limit_bytes
-        for index, blob in enumerate(blobs):
-            stem = f"depth2img-{job.id}-{index}"
-            image = await asyncio.to_thread(images.quick_output, blob, limit_bytes=limit, stem=stem)
-            if image is None:
-                image = await self._cpu(images.finish_output, blob, limit_bytes=limit, stem=stem)
-            prepared.append(image)
+        prepared = [
+            await self._cpu(
+                images.finish_output,
+                blob,
+                limit_bytes=job.upload_limit_bytes,
+                stem=f"depth2img-{job.id}-{index}",
+            )
+            for index, blob in enumerate(blobs)
+        ]
         if not prepared:
             raise OutputUnavailable("no output images")
         return tuple(prepared)
