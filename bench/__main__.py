@@ -59,6 +59,28 @@ def rss_kb(pid: int, key: str) -> int:
     return 0
 
 
+def tree_cpu_s(root: int) -> float:
+    """CPU time (user + system) used so far by ``root`` and every process under it (image workers)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0.0)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return total
+
+
 @dataclass
 class BurstResult:
     bot: str
@@ -71,6 +93,7 @@ class BurstResult:
     rss_mb_after_each_run: list[float] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     rss_per_request_kb: float = 0.0
+    cpu_ms_per_request: float = 0.0
     missed: int = 0
     lost: int = 0
 
@@ -126,6 +149,7 @@ async def run_variant(
             finals: list[float] = []
             res = BurstResult(bot=variant.name, burst=burst, runs=runs)
             peak_in_flight_rss = 0.0
+            cpu_before = tree_cpu_s(proc.pid)
             for _ in range(runs):
                 base_rss = rss_kb(proc.pid, "VmRSS")
                 started = time.time()
@@ -166,6 +190,7 @@ async def run_variant(
                 "p50": (pct(finals, 50) - latency) * 1000,
                 "p99": (pct(finals, 99) - latency) * 1000,
             }
+            res.cpu_ms_per_request = round((tree_cpu_s(proc.pid) - cpu_before) * 1000 / (burst * runs), 1)
             res.peak_rss_mb = round(rss_kb(proc.pid, "VmHWM") / 1024, 1)
             res.rss_per_request_kb = round(peak_in_flight_rss, 1)
             results.append(res)
@@ -195,7 +220,7 @@ def read_stall(path: Path, start: float, end: float) -> float:
 
 HEADER = (
     f"{'bot':9} {'burst':>5} | {'ack p50':>8} {'p99':>8} {'max':>8} ms | {'final p50':>9} {'p99':>7} s | "
-    f"{'ovh p50':>8} {'p99':>8} ms | {'stall':>6} ms | {'peakRSS':>7} MB | {'/req':>6} KB | miss lost"
+    f"{'ovh p50':>8} {'p99':>8} ms | {'stall':>6} ms | {'peakRSS':>7} MB | {'/req':>6} KB | {'cpu/req':>7} ms | miss lost"
 )
 
 
@@ -203,7 +228,8 @@ def row(r: BurstResult) -> str:
     return (
         f"{r.bot:9} {r.burst:5d} | {r.ack_ms['p50']:8.1f} {r.ack_ms['p99']:8.1f} {r.ack_ms['max']:8.1f}    | "
         f"{r.final_s['p50']:9.3f} {r.final_s['p99']:7.3f}   | {r.overhead_ms['p50']:8.0f} {r.overhead_ms['p99']:8.0f}    | "
-        f"{r.loop_stall_ms:6.0f}    | {r.peak_rss_mb:7.1f}    | {r.rss_per_request_kb:6.0f}    | {r.missed:4d} {r.lost:4d}"
+        f"{r.loop_stall_ms:6.0f}    | {r.peak_rss_mb:7.1f}    | {r.rss_per_request_kb:6.0f}    | "
+        f"{r.cpu_ms_per_request:7.1f}    | {r.missed:4d} {r.lost:4d}"
     )
 
 

@@ -9,7 +9,8 @@ import io
 import struct
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
@@ -195,6 +196,58 @@ def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> Sou
         rgb.save(buf, format="JPEG", quality=92)
         mime = "image/jpeg"
     return SourceImage(buf.getvalue(), mime, rgb.width, rgb.height, True, info)
+
+
+# --- the same, for image worker processes: pictures travel as files, not through the process pipe ---
+# (Copying a 1.5 MB picture to a worker process and back through the pool's pipe cost the bot ~7 ms of
+# CPU per picture; writing a file it keeps anyway and passing its path costs ~0.5 ms.)
+
+
+def prepare_source_file(path: str, *, max_pixels: int, max_side: int = 1024) -> tuple[str, SourceImage]:
+    """:func:`prepare_source` for an attachment saved at ``path`` (``<stem>.upload``). The picture to
+    send ends up in ``<stem>.png`` or ``<stem>.jpg``, whose path is returned with the image's facts;
+    the returned image carries no bytes (they stay on disk). A refused picture's file is removed."""
+    raw = Path(path)
+    try:
+        source = prepare_source(raw.read_bytes(), max_pixels=max_pixels, max_side=max_side)
+    except BaseException:
+        raw.unlink(missing_ok=True)
+        raise
+    final = raw.with_suffix(".png" if source.mime == "image/png" else ".jpg")
+    if source.changed:
+        _write_atomically(final, source.data)
+        raw.unlink(missing_ok=True)
+    else:
+        raw.replace(final)
+    return str(final), replace(source, data=b"")
+
+
+def finish_output_file(path: str, *, limit_bytes: int, stem: str, keep_as: str | None) -> GeneratedImage:
+    """:func:`finish_output` for an output downloaded to ``path``. With ``keep_as``, the image to
+    deliver is kept at ``keep_as`` plus its extension; the download file is removed either way. An
+    output delivered as it is comes back without its bytes (``data=b""``: the caller has them)."""
+    src = Path(path)
+    try:
+        data = src.read_bytes()
+        image = finish_output(data, limit_bytes=limit_bytes, stem=stem)
+    except BaseException:
+        src.unlink(missing_ok=True)
+        raise
+    as_is = image.data is data
+    if keep_as is not None:
+        dest = Path(f"{keep_as}.{image.filename.rsplit('.', 1)[-1]}")
+        if as_is:
+            src.replace(dest)
+        else:
+            _write_atomically(dest, image.data)
+    src.unlink(missing_ok=True)
+    return replace(image, data=b"") if as_is else image
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -490,16 +490,16 @@ class Depth2ImgService:
             data = await read()
             if len(data) > self.settings.max_input_bytes:
                 raise InvalidInput("The attachment is larger than the bot accepts. Attach a smaller picture.")
-            source = await self._cpu(
-                images.prepare_source,
-                data,
+            # The picture goes to the image worker as a file (kept for resuming and the buttons anyway).
+            raw = self.sources_dir / f"{job_id}.upload"
+            await asyncio.to_thread(_write_file, raw, data)
+            del data
+            path, source = await self._cpu(
+                images.prepare_source_file,
+                str(raw),
                 max_pixels=self.settings.max_input_pixels,
                 max_side=self.settings.source_max_side,
             )
-            del data
-        ext = "png" if source.mime == "image/png" else "jpg"
-        path = self.sources_dir / f"{job_id}.{ext}"
-        await asyncio.to_thread(_write_file, path, source.data)
         job = Job(
             id=job_id,
             state=JobState.RECEIVED,
@@ -512,7 +512,7 @@ class Depth2ImgService:
             message_id=origin.message_id,
             upload_limit_bytes=origin.upload_limit_bytes,
             params=params,
-            source_path=str(path),
+            source_path=path,
             source_url=None if source.changed else source_url,
             source_changed=source.changed,
             parent_id=parent_id,
@@ -786,11 +786,10 @@ class Depth2ImgService:
             delay = min(delay * 1.6, s.poll_max_s)
 
     async def _keep_result(self, job: Job, first: GeneratedImage) -> Job:
-        """Keep the first image (for "Use as source" and /depth2img-show) before it is delivered."""
+        """Record where the first image is kept (for "Use as source" and /depth2img-show); the image
+        worker put it there (see :meth:`_download_all`)."""
         ext = first.filename.rsplit(".", 1)[-1]
-        path = self.results_dir / f"{job.id}.{ext}"
-        await asyncio.to_thread(_write_file, path, first.data)
-        return await self.ledger.update(job, result_path=str(path))
+        return await self.ledger.update(job, result_path=str(self.results_dir / f"{job.id}.{ext}"))
 
     async def comparison(self, job: Job) -> GeneratedImage:
         """The source and the result side by side (made when a member asks for it)."""
@@ -813,15 +812,19 @@ class Depth2ImgService:
         """Download every output at once; check and fit each in an image worker."""
         urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
         blobs = await asyncio.gather(*(self.api.download(u) for u in urls))
-        prepared = [
-            await self._cpu(
-                images.finish_output,
-                blob,
+        prepared = []
+        for index, blob in enumerate(blobs):
+            # to the image worker as a file; the first image is kept (renamed) where it was checked
+            download = self.results_dir / f"{job.id}-{index}.download"
+            await asyncio.to_thread(_write_file, download, blob)
+            image = await self._cpu(
+                images.finish_output_file,
+                str(download),
                 limit_bytes=job.upload_limit_bytes,
                 stem=f"depth2img-{job.id}-{index}",
+                keep_as=str(self.results_dir / job.id) if index == 0 else None,
             )
-            for index, blob in enumerate(blobs)
-        ]
+            prepared.append(image if image.data else replace(image, data=blob))
         if not prepared:
             raise OutputUnavailable("no output images")
         return tuple(prepared)
