@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -207,6 +208,10 @@ class Depth2ImgBot(commands.AutoShardedBot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
+        # What is loaded by now lives as long as the process: keep it out of the collector's full
+        # passes, which otherwise paused the event loop for up to ~100 ms during a 200-request burst.
+        gc.collect()
+        gc.freeze()
 
     async def sync_commands(self) -> None:
         settings = self.settings

@@ -94,6 +94,7 @@ class BurstResult:
     peak_rss_mb: float = 0.0
     rss_per_request_kb: float = 0.0
     cpu_ms_per_request: float = 0.0
+    submitted_s: dict[str, float] = field(default_factory=dict)  # interaction written → at the API
     missed: int = 0
     lost: int = 0
 
@@ -147,6 +148,7 @@ async def run_variant(
         for burst in bursts:
             acks: list[float] = []
             finals: list[float] = []
+            submits: list[float] = []
             res = BurstResult(bot=variant.name, burst=burst, runs=runs)
             peak_in_flight_rss = 0.0
             cpu_before = tree_cpu_s(proc.pid)
@@ -161,6 +163,7 @@ async def run_variant(
                             "depth2img", {"image": attachment, "prompt": "a lighthouse"}, user_id=user
                         )
                     )
+                seen_submissions = len(api.submissions)
                 sent = await asyncio.gather(*records)
                 deadline = time.monotonic() + SETTLE_TIMEOUT_S
                 rss_peak_run = base_rss
@@ -170,6 +173,8 @@ async def run_variant(
                         break
                     await asyncio.sleep(0.05)
                 ended = time.time()
+                first_sent = min(r.sent_at for r in sent)
+                submits += [s.at - first_sent for s in api.submissions[seen_submissions:]]
                 for r in sent:
                     if r.acked_at is None or r.acked_at - r.sent_at > 3.0:
                         res.missed += 1
@@ -186,6 +191,7 @@ async def run_variant(
                 await asyncio.sleep(0.5)
             res.ack_ms = {"p50": pct(acks, 50), "p99": pct(acks, 99), "max": max(acks, default=float("nan"))}
             res.final_s = {"p50": pct(finals, 50), "p99": pct(finals, 99)}
+            res.submitted_s = {"p50": pct(submits, 50), "p99": pct(submits, 99)}
             res.overhead_ms = {
                 "p50": (pct(finals, 50) - latency) * 1000,
                 "p99": (pct(finals, 99) - latency) * 1000,
@@ -220,7 +226,7 @@ def read_stall(path: Path, start: float, end: float) -> float:
 
 HEADER = (
     f"{'bot':9} {'burst':>5} | {'ack p50':>8} {'p99':>8} {'max':>8} ms | {'final p50':>9} {'p99':>7} s | "
-    f"{'ovh p50':>8} {'p99':>8} ms | {'stall':>6} ms | {'peakRSS':>7} MB | {'/req':>6} KB | {'cpu/req':>7} ms | miss lost"
+    f"{'ovh p50':>8} {'p99':>8} ms | {'stall':>6} ms | {'peakRSS':>7} MB | {'/req':>6} KB | {'cpu/req':>7} ms | {'at API p50':>10} {'p99':>6} | miss lost"
 )
 
 
@@ -229,7 +235,7 @@ def row(r: BurstResult) -> str:
         f"{r.bot:9} {r.burst:5d} | {r.ack_ms['p50']:8.1f} {r.ack_ms['p99']:8.1f} {r.ack_ms['max']:8.1f}    | "
         f"{r.final_s['p50']:9.3f} {r.final_s['p99']:7.3f}   | {r.overhead_ms['p50']:8.0f} {r.overhead_ms['p99']:8.0f}    | "
         f"{r.loop_stall_ms:6.0f}    | {r.peak_rss_mb:7.1f}    | {r.rss_per_request_kb:6.0f}    | "
-        f"{r.cpu_ms_per_request:7.1f}    | {r.missed:4d} {r.lost:4d}"
+        f"{r.cpu_ms_per_request:7.1f}    | {r.submitted_s['p50']:6.3f} {r.submitted_s['p99']:6.3f} s | {r.missed:4d} {r.lost:4d}"
     )
 
 

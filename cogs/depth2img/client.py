@@ -114,9 +114,11 @@ def error_from_response(http_status: int, body: object, *, text_is_json: bool) -
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
     """The whole body, or None past ``cap`` bytes. A body cut short raises ``ClientPayloadError``."""
+    if resp.content_length is not None and resp.content_length > cap:
+        return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
+    async for chunk in resp.content.iter_any():  # as received: no re-slicing into small pieces
         size += len(chunk)
         if size > cap:
             return None

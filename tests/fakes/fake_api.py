@@ -18,6 +18,7 @@ import base64
 import io
 import itertools
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,7 @@ def simulate_depth2img(data: bytes, prompt: str) -> bytes:
 class Submission:
     path: str
     body: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)  # when the API received it
 
 
 @dataclass
