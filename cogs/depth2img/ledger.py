@@ -469,11 +469,11 @@ class Ledger:
         start-up, those of this process's predecessor (same group) that it had not begun to
         deliver. Atomic: two processes never claim the same job."""
         now = time.time()
-        condition = "lease_until < ?"
-        args: list[Any] = [now]
+        condition = "owner <> ? AND lease_until < ?"  # never its own: those it is running
+        args: list[Any] = [self.owner, now]
         if at_start:
-            condition = "(lease_until < ? OR (owner LIKE ? AND owner <> ? AND delivering = 0))"
-            args += [self.group.replace("%", "") + "/%", self.owner]
+            condition = "owner <> ? AND (lease_until < ? OR (owner LIKE ? AND delivering = 0))"
+            args += [self.group.replace("%", "") + "/%"]
         async with self._db.tx() as tx:
             rows = await tx.fetch(
                 "UPDATE jobs SET owner = ?, lease_until = ?, resumes = resumes + 1, delivering = 0 "  # noqa: S608
@@ -488,9 +488,18 @@ class Ledger:
         jobs.sort(key=lambda j: j.created_at)
         return jobs
 
+    @property
+    def shared(self) -> bool:
+        """Whether several bot processes may use this ledger (PostgreSQL); SQLite is for one."""
+        return self._db.kind == "postgresql"
+
     async def claim_delivery(self, job: Job) -> bool:
         """Called just before delivering: marks the job as being delivered by this process.
-        False when another process owns it (then this one must not deliver)."""
+        False when another process owns it (then this one must not deliver). With a ledger only
+        this process uses (SQLite) nothing can take a job from it, and nothing is written: the
+        write would only delay every delivery."""
+        if not self.shared:
+            return True
         async with self._db.tx() as tx:
             count = await tx.execute(
                 "UPDATE jobs SET delivering = 1, lease_until = ? "  # noqa: S608

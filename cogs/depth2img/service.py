@@ -598,7 +598,8 @@ class Depth2ImgService:
                         job = await self._poll(job, first, on_progress)
                     api_time = self._clock() - api_started
                 imgs = await self._download_all(job)
-                job = await self._keep_result(job, imgs[0])
+                # where the image worker kept the first image; recorded with the final state
+                job = replace(job, result_path=self._result_path(job, imgs[0]))
         except TimeoutError:
             return Outcome(job, error=JobTimedOut(deadline_s, job_id=job.api_job_id))
         except Depth2ImgError as exc:
@@ -642,7 +643,7 @@ class Depth2ImgService:
         job = outcome.job
         if outcome.error is None:
             assert outcome.result is not None
-            new = await self.ledger.update(job, state=JobState.DELIVERED)
+            new = await self.ledger.update(job, state=JobState.DELIVERED, result_path=job.result_path)
             log.info("job delivered", extra={"job": job.id, "images": len(outcome.result.images)})
             return new
         exc = outcome.error
@@ -785,11 +786,10 @@ class Depth2ImgService:
             await self._sleep(delay)
             delay = min(delay * 1.6, s.poll_max_s)
 
-    async def _keep_result(self, job: Job, first: GeneratedImage) -> Job:
-        """Record where the first image is kept (for "Use as source" and /depth2img-show); the image
-        worker put it there (see :meth:`_download_all`)."""
-        ext = first.filename.rsplit(".", 1)[-1]
-        return await self.ledger.update(job, result_path=str(self.results_dir / f"{job.id}.{ext}"))
+    def _result_path(self, job: Job, first: GeneratedImage) -> str:
+        """Where the first image is kept (for "Use as source" and /depth2img-show): the image worker
+        put it there (see :meth:`_download_all`)."""
+        return str(self.results_dir / f"{job.id}.{first.filename.rsplit('.', 1)[-1]}")
 
     async def comparison(self, job: Job) -> GeneratedImage:
         """The source and the result side by side (made when a member asks for it)."""
