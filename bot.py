@@ -324,8 +324,15 @@ async def metrics_server(settings: Settings, metrics: Metrics) -> AsyncIterator[
 
 
 async def _run_bot(settings: Settings, ledger: Ledger, http_timeout: aiohttp.ClientTimeout) -> int:
+    # Enough connections for every job the bot lets run at once (aiohttp's default is 100 in all):
+    # otherwise jobs queue for a connection inside aiohttp, after our own fair queue.
+    connections = max(100, 2 * settings.depth2img.max_concurrent_jobs + 16)
     async with (
-        aiohttp.ClientSession(timeout=http_timeout, headers={"User-Agent": "depth2img-bot/0.1"}) as session,
+        aiohttp.ClientSession(
+            timeout=http_timeout,
+            headers={"User-Agent": "depth2img-bot/0.1"},
+            connector=aiohttp.TCPConnector(limit=connections),
+        ) as session,
         Depth2ImgBot(settings=settings, http_session=session, ledger=ledger) as bot,
         metrics_server(settings, bot.metrics),
     ):
