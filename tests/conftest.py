@@ -39,7 +39,6 @@ def _no_secret_in_any_log(request: pytest.FixtureRequest, caplog: pytest.LogCapt
     """Every test, every path: the API key and the bot token never appear in a log line, as the
     bot formats it (tracebacks included, as at DEBUG level)."""
     caplog.set_level(logging.DEBUG)
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)  # one line per SQL statement otherwise
     yield
     values = getattr(request.node, "funcargs", {})
     secrets_: list[str] = []

@@ -152,3 +152,22 @@ async def test_two_processes_claiming_at_once_never_share_a_job(open_ledger: Ope
     results = await asyncio.gather(*(c.claim_orphans() for c in claimers for _ in range(3)))
     ids = [j.id for batch in results for j in batch]
     assert sorted(ids) == [f"m{n:02d}" for n in range(60)]  # every job once: none twice, none lost
+
+
+async def test_concurrent_writes_all_land_and_one_failure_fails_alone(open_ledger: Opener) -> None:
+    """SQLite commits the statements of concurrent jobs together (group commit): a statement that
+    fails (here a duplicate id) must fail alone, and every other one must be stored."""
+    ledger = await open_ledger()
+    await ledger.create(new_job("dup"))
+    jobs = [new_job(f"g{n:03d}") for n in range(80)]
+    results = await asyncio.gather(
+        *(ledger.create(j) for j in jobs[:40]),
+        ledger.create(new_job("dup")),
+        *(ledger.create(j) for j in jobs[40:]),
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) == 1
+    assert await ledger.count_by_state() == {"received": 81}
+    assert await ledger.events("g042") == ["received"]
+    assert await ledger.events("dup") == ["received"]  # the failed insert left no event

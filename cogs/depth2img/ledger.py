@@ -26,17 +26,19 @@ owner calls :meth:`Ledger.claim_delivery`: a job is delivered by at most one pro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
-
-import aiosqlite
 
 from .errors import Depth2ImgError
 from .models import GenerationParams
@@ -242,58 +244,153 @@ class _Database(Protocol):
 
 
 class _SqliteTx:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, db: _Sqlite) -> None:
+        self._db = db
 
     async def execute(self, sql: str, *args: Any) -> int:
-        cursor = await self._conn.execute(sql, args)
-        count = cursor.rowcount
-        await cursor.close()
-        return count
+        result: int = await self._db.submit("exec", sql, args)
+        return result
 
     async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
-        async with self._conn.execute(sql, args) as cursor:
-            rows = await cursor.fetchall()
-        return [dict(zip(r.keys(), tuple(r), strict=True)) for r in rows]
+        rows: list[Mapping[str, Any]] = await self._db.submit("fetch", sql, args)
+        return rows
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._conn.executemany(sql, rows)
+        await self._db.submit("many", sql, rows)
+
+
+_Op = tuple[str, str, Any]  # (exec | fetch | many, sql, parameters)
 
 
 class _Sqlite:
-    """One connection in autocommit mode, WAL: each statement commits by itself, and calls from
-    concurrent jobs are pipelined on aiosqlite's thread rather than queued behind a lock. (Every
-    state change is one statement, so it is atomic; a claim is one ``UPDATE … RETURNING``.)"""
+    """SQLite (WAL) on one thread of its own, with *group commit*: the statements that jobs issue
+    while the thread is busy are queued and then run together, each in a savepoint of one
+    transaction, so a burst of jobs costs one commit per batch rather than one per statement (and
+    one statement's error fails only that statement). Each statement is atomic; every state change
+    is one statement, and a claim is one ``UPDATE … RETURNING``. The WAL is checkpointed by a second
+    connection on another thread, so a checkpoint never holds up the jobs' statements."""
 
     kind = "sqlite"
     event_order = "at, rowid"
+    checkpoint_interval_s = 5.0
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self._checkpoint_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger-checkpoint")
+        self._conn: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._queue: list[tuple[_Op, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> _Sqlite:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        await conn.executescript(_SCHEMA.format(int="INTEGER", real="REAL", event_seq=""))
+        db = cls(path)
+        loop = asyncio.get_running_loop()
+        db._conn = await loop.run_in_executor(db._thread, db._connect_main)
+        db._checkpointer = await loop.run_in_executor(db._checkpoint_thread, db._connect, False)
+        db._checkpoints = asyncio.create_task(db._checkpoint_now_and_then())
+        return db
+
+    def _connect(self, main: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        if main:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
+        return conn
+
+    def _connect_main(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect(True)
+        conn.executescript(_SCHEMA.format(int="INTEGER", real="REAL", event_seq=""))
         for table, columns in _ADDED_COLUMNS.items():
-            async with conn.execute(f"PRAGMA table_info({table})") as cur:
-                have = {str(r[1]) for r in await cur.fetchall()}
+            have = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
             for name, decl in columns:
                 if name not in have:
-                    await conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl.format(real='REAL')}")
-        return cls(conn)
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl.format(real='REAL')}")
+        return conn
+
+    def submit(self, kind: str, sql: str, args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(((kind, sql, args), future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch, self._queue = self._queue, []
+            results = await loop.run_in_executor(self._thread, self._apply, [op for op, _ in batch])
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():  # its caller was cancelled; the statement ran anyway
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _apply(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        assert conn is not None
+        out: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for kind, sql, args in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value: Any = None
+                    if kind == "exec":
+                        value = conn.execute(sql, args).rowcount
+                    elif kind == "fetch":
+                        value = [dict(zip(r.keys(), tuple(r), strict=True)) for r in conn.execute(sql, args)]
+                    else:
+                        conn.executemany(sql, args)
+                    conn.execute("RELEASE op")
+                    out.append((True, value))
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    out.append((False, exc))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:  # the batch could not be committed (disk full, I/O error…)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [(False, exc)] * len(ops)
+        return out
+
+    async def _checkpoint_now_and_then(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_s)
+            with contextlib.suppress(sqlite3.Error):
+                await loop.run_in_executor(self._checkpoint_thread, self._checkpoint, "PASSIVE")
+
+    def _checkpoint(self, mode: str) -> None:
+        assert self._checkpointer is not None
+        self._checkpointer.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[_Tx]:
-        yield _SqliteTx(self._conn)
+        yield _SqliteTx(self)
 
     async def close(self) -> None:
-        await self._conn.close()
+        loop = asyncio.get_running_loop()
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+        if self._flusher is not None:
+            await asyncio.wait({self._flusher})
+        with contextlib.suppress(sqlite3.Error):
+            await loop.run_in_executor(self._checkpoint_thread, self._checkpoint, "TRUNCATE")
+        for conn, thread in ((self._checkpointer, self._checkpoint_thread), (self._conn, self._thread)):
+            if conn is not None:
+                await loop.run_in_executor(thread, conn.close)
+            thread.shutdown(wait=False)
 
 
 _PLACEHOLDER = re.compile(r"\?")
