@@ -46,6 +46,38 @@ def test_settings_defaults_and_secrets_hidden_from_repr():
     assert "key-secret-456" not in repr(s)
 
 
+def test_sharding_database_and_metrics_settings():
+    base = {"DISCORD_TOKEN": "tok-secret-123", "SD_API_KEY": "key-secret-456"}
+    s = load_settings(
+        {
+            **base,
+            "DATABASE_URL": "postgresql://bot:pg-password-789@db:5432/depth2img",
+            "SHARD_COUNT": "4",
+            "SHARD_IDS": "3, 1",
+            "METRICS_PORT": "9100",
+        }
+    )
+    assert (s.shard_count, s.shard_ids, s.metrics_port, s.metrics_host) == (4, (1, 3), 9100, "127.0.0.1")
+    assert s.instance_group == "shards-1.3-of-4"
+    assert "pg-password-789" not in repr(s)
+    from bot import _secrets_of  # what the log filter redacts
+
+    assert "pg-password-789" in _secrets_of(s)
+    assert load_settings(base).instance_group == "main"
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            {**base, "DATABASE_URL": "mysql://u:pg-password-789@h/d", "SHARD_IDS": "0", "METRICS_PORT": "x"}
+        )
+    joined = "\n".join(info.value.problems)
+    assert "DATABASE_URL is not a PostgreSQL URL" in joined
+    assert "SHARD_IDS needs SHARD_COUNT" in joined
+    assert "METRICS_PORT" in joined
+    assert "pg-password-789" not in joined
+    with pytest.raises(ConfigError) as info:
+        load_settings({**base, "SHARD_COUNT": "2", "SHARD_IDS": "2"})
+    assert "from 0 to SHARD_COUNT-1 (1)" in info.value.problems[0]
+
+
 def test_every_problem_is_listed_at_once_without_secrets():
     with pytest.raises(ConfigError) as info:
         load_settings(
