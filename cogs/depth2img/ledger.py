@@ -266,8 +266,9 @@ class _Sqlite:
     """SQLite (WAL) on one thread of its own, with *group commit*: the statements that jobs issue
     while the thread is busy are queued and then run together, each in a savepoint of one
     transaction, so a burst of jobs costs one commit per batch rather than one per statement (and
-    one statement's error fails only that statement). Each statement is atomic; every state change
-    is one statement, and a claim is one ``UPDATE … RETURNING``. The WAL is checkpointed by a second
+    one statement's error, such as a broken constraint, fails only that statement). Each statement is atomic; every state change
+    is one statement, and a claim is one ``UPDATE … RETURNING``. (Few statements per batch: the thread
+    needs the GIL for each, and waits for it while the event loop is busy.) The WAL is checkpointed by a second
     connection on another thread, so a checkpoint never holds up the jobs' statements."""
 
     kind = "sqlite"
@@ -340,7 +341,6 @@ class _Sqlite:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for kind, sql, args in ops:
-                conn.execute("SAVEPOINT op")
                 try:
                     value: Any = None
                     if kind == "exec":
@@ -349,11 +349,12 @@ class _Sqlite:
                         value = [dict(zip(r.keys(), tuple(r), strict=True)) for r in conn.execute(sql, args)]
                     else:
                         conn.executemany(sql, args)
-                    conn.execute("RELEASE op")
                     out.append((True, value))
                 except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    # A statement that breaks a constraint is undone alone and the transaction goes
+                    # on; an error that ended the transaction (disk full, I/O) fails the batch.
+                    if not conn.in_transaction:
+                        raise
                     out.append((False, exc))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:  # the batch could not be committed (disk full, I/O error…)
