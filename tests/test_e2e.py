@@ -317,3 +317,19 @@ async def test_daily_quota_per_server(start_bot, fake_discord, fake_api):
     assert refused.ephemeral
     assert "used its 2 pictures for today" in refused.content
     assert len(fake_api.submissions) == 2
+
+
+async def test_a_member_can_ask_again_as_soon_as_the_result_is_shown(bot, fake_discord, fake_api):
+    """The member's one-job-at-a-time limit ends when they see the outcome, not when the bot has
+    finished its own bookkeeping afterwards."""
+    user = 616161616161616161
+    for prompt in ("first", "second", "third"):
+        record = await fake_discord.invoke_slash(
+            "depth2img",
+            {"image": fake_discord.add_attachment(make_png(), "p.png"), "prompt": prompt},
+            user_id=user,
+        )
+        await fake_discord.wait_for(lambda r=record: is_settled(fake_discord, r), timeout=20)
+        final = fake_discord.visible_messages(record)[-1]
+        assert len(final.results) == 1, final.content  # never "you already have a picture in progress"
+    assert len(fake_api.submissions) == 3

@@ -481,6 +481,8 @@ class Depth2ImgCog(commands.Cog):
             reporter = ProgressReporter(interaction, self.service, job, ticket)
             outcome = await self.service.run(job, ticket, started_at=started, on_progress=reporter.update)
             await reporter.stop()
+            # The API's part is over: the member may ask again as soon as they see this outcome.
+            ticket.release_member()
             if not await self._may_deliver(outcome):
                 return
             content, files, view = self._render(outcome, mention=interaction.user.mention)
@@ -504,6 +506,7 @@ class Depth2ImgCog(commands.Cog):
             log.info("job resumed", extra={"job": job.id, "state": str(job.state), "resumes": job.resumes})
             self.service.metrics.resumed.inc()
             outcome = await self.service.run(job, ticket, started_at=time.monotonic())
+            ticket.release_member()
             if not await self._may_deliver(outcome):
                 return
             try:

@@ -150,10 +150,19 @@ class Ticket:
         self._admission = admission
         self.user_id = user_id
         self.closed = False
+        self.member_released = False
+
+    def release_member(self) -> None:
+        """The member has been told the outcome: they may ask again at once, while the job's last
+        bookkeeping (the ledger's final state) still counts as work in flight (shutdown waits for it)."""
+        if not self.member_released:
+            self.member_released = True
+            self._admission._release_member(self)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.release_member()
             self._admission._release(self)
 
     def __enter__(self) -> Ticket:
@@ -264,6 +273,8 @@ class Admission:
         self._admitted -= 1
         if self._admitted == 0:
             self.idle.set()
+
+    def _release_member(self, ticket: Ticket) -> None:
         left = self._per_user.get(ticket.user_id, 1) - 1
         if left > 0:
             self._per_user[ticket.user_id] = left
