@@ -405,7 +405,10 @@ class Depth2ImgService:
         self.guild_settings: dict[int, GuildSettings] = {}
         # Pillow work runs in worker processes: it then competes with the event loop for neither
         # the GIL nor, beyond ``image_workers``, the CPU. 0 workers: threads instead.
-        self._intake = asyncio.Semaphore(max(4, 4 * settings.image_workers))
+        # Pictures downloaded and checked at once: two per image worker. More only added contention
+        # (`make bench`, 32-burst, 6 runs each: final p50 1.33 s with 2 or 4, 1.43 s with 8, 1.49 s
+        # with 16), and memory stays bounded by this number times MAX_INPUT_BYTES.
+        self._intake = asyncio.Semaphore(max(2, 2 * settings.image_workers))
         self.typical_job_s = 10.0  # moving average of the API's time, for waiting-time estimates
         self._pool: ProcessPoolExecutor | None = None
         if settings.image_workers > 0:
