@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -62,3 +63,70 @@ def test_small_output_passes_through_untouched():
     png = make_png(64, 64)
     out = prepare_output(png, limit_bytes=1_000_000, stem="r")
     assert out.data == png and out.filename == "r.png"
+
+
+# --- the plain-PNG fast path (no Pillow; a thread) must accept exactly what needs no work -----------
+
+
+def test_a_plain_png_is_kept_as_it_is(tmp_path):
+    from cogs.depth2img.images import save_plain_source
+
+    data = encode(Image.new("RGB", (128, 64), (1, 2, 3)), "PNG")
+    kept = save_plain_source(data, str(tmp_path / "s.png"), max_pixels=10_000_000)
+    assert kept is not None
+    path, source = kept
+    assert Path(path).read_bytes() == data
+    assert (source.width, source.height, source.mime, source.changed) == (128, 64, "image/png", False)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: encode(Image.new("RGBA", (128, 64)), "PNG"),  # alpha: must be flattened
+        lambda: encode(Image.new("RGB", (130, 64)), "PNG"),  # sides not multiples of 8
+        lambda: encode(Image.new("RGB", (2048, 64)), "PNG"),  # too large for the API
+        lambda: encode(Image.new("RGB", (128, 32)), "PNG"),  # too small
+        lambda: encode(Image.new("I;16", (128, 64)), "PNG"),  # 16-bit
+        lambda: encode(Image.new("P", (128, 64)), "PNG"),  # palette
+        lambda: _with_text(encode(Image.new("RGB", (128, 64)), "PNG")),  # metadata to strip
+        lambda: encode(Image.new("RGB", (128, 64)), "PNG")[:-20],  # truncated
+        lambda: _corrupt(encode(Image.new("RGB", (128, 64)), "PNG")),  # a bad CRC
+        lambda: encode(Image.new("RGB", (128, 64)), "JPEG"),  # not a PNG
+        lambda: encode(
+            Image.new("RGB", (128, 64)),
+            "PNG",
+            save_all=True,
+            append_images=[Image.new("RGB", (128, 64), (9, 9, 9))],
+        ),  # animated (APNG)
+    ],
+)
+def test_anything_else_goes_to_the_worker(tmp_path, make):
+    from cogs.depth2img.images import save_plain_source
+
+    assert save_plain_source(make(), str(tmp_path / "s.png"), max_pixels=10_000_000) is None
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_a_whole_png_output_that_fits_passes_untouched(tmp_path):
+    from cogs.depth2img.images import save_fitting_png
+
+    data = make_png()
+    image = save_fitting_png(data, limit_bytes=len(data), stem="x", keep_as=str(tmp_path / "r"))
+    assert image is not None and image.data == b"" and image.filename == "x.png"
+    assert (tmp_path / "r.png").read_bytes() == data
+    assert save_fitting_png(data, limit_bytes=len(data) - 1, stem="x", keep_as=None) is None
+    assert save_fitting_png(data[:-30], limit_bytes=len(data), stem="x", keep_as=None) is None
+
+
+def _with_text(png: bytes) -> bytes:
+    import struct
+    import zlib
+
+    body = b"tEXt" + b"Comment\x00hello"
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    return png[:33] + chunk + png[33:]  # after the signature and IHDR
+
+
+def _corrupt(png: bytes) -> bytes:
+    at = len(png) // 2
+    return png[:at] + bytes([png[at] ^ 0xFF]) + png[at + 1 :]

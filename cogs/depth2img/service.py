@@ -504,16 +504,18 @@ class Depth2ImgService:
             data = await read()
             if len(data) > self.settings.max_input_bytes:
                 raise InvalidInput("The attachment is larger than the bot accepts. Attach a smaller picture.")
-            # The picture goes to the image worker as a file (kept for resuming and the buttons anyway).
-            raw = self.sources_dir / f"{job_id}.upload"
-            await asyncio.to_thread(_write_file, raw, data)
-            del data
-            path, source = await self._cpu(
-                images.prepare_source_file,
-                str(raw),
-                max_pixels=self.settings.max_input_pixels,
-                max_side=self.settings.source_max_side,
+            limits = {"max_pixels": self.settings.max_input_pixels, "max_side": self.settings.source_max_side}
+            # A plain PNG is checked (chunk CRCs, no decoding) and kept in one thread call; anything
+            # else goes to an image worker, as a file (kept for resuming and the buttons anyway).
+            kept = await asyncio.to_thread(
+                images.save_plain_source, data, str(self.sources_dir / f"{job_id}.png"), **limits
             )
+            if kept is None:
+                raw = self.sources_dir / f"{job_id}.upload"
+                await asyncio.to_thread(_write_file, raw, data)
+                kept = await self._cpu(images.prepare_source_file, str(raw), **limits)
+            del data
+            path, source = kept
         job = Job(
             id=job_id,
             state=JobState.RECEIVED,
@@ -828,16 +830,17 @@ class Depth2ImgService:
         blobs = await asyncio.gather(*(self.api.download(u) for u in urls))
         prepared = []
         for index, blob in enumerate(blobs):
-            # to the image worker as a file; the first image is kept (renamed) where it was checked
-            download = self.results_dir / f"{job.id}-{index}.download"
-            await asyncio.to_thread(_write_file, download, blob)
-            image = await self._cpu(
-                images.finish_output_file,
-                str(download),
-                limit_bytes=job.upload_limit_bytes,
-                stem=f"depth2img-{job.id}-{index}",
-                keep_as=str(self.results_dir / job.id) if index == 0 else None,
-            )
+            fit: dict[str, Any] = {
+                "limit_bytes": job.upload_limit_bytes,
+                "stem": f"depth2img-{job.id}-{index}",
+                "keep_as": str(self.results_dir / job.id) if index == 0 else None,  # the first is kept
+            }
+            # a whole PNG that fits: checked and kept in one thread call; else to an image worker
+            image = await asyncio.to_thread(images.save_fitting_png, blob, **fit)
+            if image is None:
+                download = self.results_dir / f"{job.id}-{index}.download"
+                await asyncio.to_thread(_write_file, download, blob)
+                image = await self._cpu(images.finish_output_file, str(download), **fit)
             prepared.append(image if image.data else replace(image, data=blob))
         if not prepared:
             raise OutputUnavailable("no output images")
