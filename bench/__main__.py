@@ -17,6 +17,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -128,7 +129,7 @@ async def run_variant(
     runs: int,
     latency: float,
 ) -> list[BurstResult]:
-    monitor = Path(tempfile.mkdtemp(prefix="bench-")) / "loop.txt"
+    monitor = Path(tempfile.mkdtemp(prefix="bench-loop-")) / "loop.txt"
     env = {**variant.env, "LOOP_MONITOR_FILE": str(monitor)}
     fake.identified.clear()
     fake.commands.clear()
@@ -209,6 +210,7 @@ async def run_variant(
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        shutil.rmtree(monitor.parent, ignore_errors=True)
     return results
 
 
@@ -293,6 +295,7 @@ async def main() -> int:
     finally:
         await api.stop()
         await fake.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)  # ~2.5 MB of pictures per request
     by = {(r.bot, r.burst): r for r in all_results}
     ratios = {}
     if not args.only:

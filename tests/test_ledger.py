@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,16 @@ async def test_concurrent_writes_all_land_and_one_failure_fails_alone(open_ledge
     assert await ledger.count_by_state() == {"received": 81}
     assert await ledger.events("g042") == ["received"]
     assert await ledger.events("dup") == ["received"]  # the failed insert left no event
+
+
+async def test_pictures_of_old_finished_jobs_are_released(open_ledger: Opener) -> None:
+    ledger = await open_ledger()
+    done = await ledger.create(replace(new_job("p1"), source_path="/x/p1.png"))
+    await ledger.update(done, state=JobState.DELIVERED, result_path="/x/p1-r.png")
+    await ledger.create(replace(new_job("p2"), source_path="/x/p2.png"))  # unfinished: kept
+    assert await ledger.release_pictures(time.time() - 3600) == []
+    (released,) = await ledger.release_pictures(time.time() + 1)
+    assert (released.id, released.source_path, released.result_path) == ("p1", "/x/p1.png", "/x/p1-r.png")
+    stored = await ledger.get("p1")
+    assert stored is not None and (stored.source_path, stored.result_path) == (None, None)
+    assert await ledger.release_pictures(time.time() + 1) == []

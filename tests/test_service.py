@@ -20,6 +20,7 @@ from cogs.depth2img.config import Depth2ImgSettings
 from cogs.depth2img.errors import (
     AlreadyRunning,
     CoolingDown,
+    InvalidInput,
     JobFailed,
     JobInterrupted,
     JobTimedOut,
@@ -340,3 +341,18 @@ async def test_cooldown_and_daily_quota(make_service, fake_api):
     with pytest.raises(QuotaExceeded):
         service.admission.admit(3, 20)
     service.admission.admit(3, 21).close()  # another server has its own quota
+
+
+async def test_pictures_of_old_finished_jobs_are_pruned(make_service, fake_api, ledger):
+    service = make_service()
+    await run(service)
+    (job,) = await ledger.for_user(1)
+    assert Path(job.source_path).exists() and Path(job.result_path).exists()
+    assert await service.prune_pictures(keep_days=1) == 0  # not old yet
+    assert await service.prune_pictures(keep_days=-1) == 1  # "finished more than -1 days ago": now
+    assert not Path(job.source_path).exists() and not Path(job.result_path).exists()
+    pruned = await ledger.get(job.id)
+    assert (pruned.source_path, pruned.result_path, pruned.state) == (None, None, JobState.DELIVERED)
+    with pytest.raises(InvalidInput, match="no longer stored"):
+        service.source_for(pruned, "reuse")
+    assert await service.prune_pictures(keep_days=-1) == 0

@@ -180,6 +180,8 @@ class Depth2ImgCog(commands.Cog):
         if pending:
             log.info("resuming unfinished jobs", extra={"count": len(pending)})
         self._spawn(self.service.keep_leases(lambda job: self._spawn(self._resume(job))))
+        if self.service.settings.keep_pictures_days > 0:
+            self._spawn(self.service.prune_pictures_now_and_then(self.service.settings.keep_pictures_days))
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)

@@ -622,6 +622,24 @@ class Ledger:
             )
         return [_from_row(r) for r in rows]
 
+    async def release_pictures(self, finished_before: float, limit: int = 500) -> list[Job]:
+        """Finished jobs older than ``finished_before`` that still point at stored pictures: their
+        paths are cleared (the caller removes the files) and the jobs returned as they were."""
+        async with self._db.tx() as tx:
+            rows = await tx.fetch(
+                f"SELECT * FROM jobs WHERE state IN ({_FINISHED_SQL}) AND finished_at < ? "  # noqa: S608
+                "AND (source_path IS NOT NULL OR result_path IS NOT NULL) ORDER BY finished_at LIMIT ?",
+                float(finished_before),
+                limit,
+            )
+            jobs = [_from_row(r) for r in rows]
+            if jobs:
+                await tx.executemany(
+                    "UPDATE jobs SET source_path = NULL, result_path = NULL WHERE id = ?",
+                    [(j.id,) for j in jobs],
+                )
+        return jobs
+
     async def forget_user(self, user_id: int) -> list[Job]:
         """Delete a member's finished jobs and their events; returns them (to remove their files)."""
         async with self._db.tx() as tx:

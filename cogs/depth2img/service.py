@@ -729,6 +729,31 @@ class Depth2ImgService:
     async def history(self, user_id: int, limit: int = 10) -> list[Job]:
         return await self.ledger.for_user(user_id, limit)
 
+    async def prune_pictures(self, keep_days: float) -> int:
+        """Remove the stored pictures of jobs finished more than ``keep_days`` ago (their buttons then
+        say the pictures are no longer stored). Returns how many jobs were pruned."""
+        pruned = 0
+        while True:
+            jobs = await self.ledger.release_pictures(time.time() - keep_days * 86400)
+            for job in jobs:
+                await asyncio.to_thread(_remove_file, job.source_path)
+                await asyncio.to_thread(_remove_file, job.result_path)
+            pruned += len(jobs)
+            if len(jobs) < 500:
+                break
+        if pruned:
+            log.info("old pictures removed", extra={"jobs": pruned, "keep_days": keep_days})
+        return pruned
+
+    async def prune_pictures_now_and_then(self, keep_days: float, every_s: float = 3600.0) -> None:
+        """Forever: :meth:`prune_pictures` at start and then every ``every_s`` seconds."""
+        while True:
+            try:
+                await self.prune_pictures(keep_days)
+            except Exception as exc:  # a disk or database hiccup: try again next time
+                log.warning("pruning old pictures failed", extra={"error": type(exc).__name__})
+            await self._sleep(every_s)
+
     async def forget(self, user_id: int) -> int:
         """Delete a member's finished jobs, their stored pictures and their history."""
         jobs = await self.ledger.forget_user(user_id)
