@@ -265,7 +265,7 @@ def save_plain_source(
         or facts.width * facts.height > max_pixels
     ):
         return None
-    _write_atomically(Path(path), data)
+    write_atomically(Path(path), data)
     info = ImageInfo(format="PNG", width=facts.width, height=facts.height, mode="RGB")
     return path, SourceImage(b"", "image/png", facts.width, facts.height, False, info)
 
@@ -282,7 +282,7 @@ def save_fitting_png(
     if facts is None:
         return None
     if keep_as is not None:
-        _write_atomically(Path(f"{keep_as}.png"), data)
+        write_atomically(Path(f"{keep_as}.png"), data)
     return GeneratedImage(b"", f"{stem}.png", facts.width, facts.height)
 
 
@@ -303,7 +303,7 @@ def prepare_source_file(path: str, *, max_pixels: int, max_side: int = 1024) -> 
         raise
     final = raw.with_suffix(".png" if source.mime == "image/png" else ".jpg")
     if source.changed:
-        _write_atomically(final, source.data)
+        write_atomically(final, source.data)
         raw.unlink(missing_ok=True)
     else:
         raw.replace(final)
@@ -327,12 +327,13 @@ def finish_output_file(path: str, *, limit_bytes: int, stem: str, keep_as: str |
         if as_is:
             src.replace(dest)
         else:
-            _write_atomically(dest, image.data)
+            write_atomically(dest, image.data)
     src.unlink(missing_ok=True)
     return replace(image, data=b"") if as_is else image
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(data)

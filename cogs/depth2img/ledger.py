@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import re
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -494,8 +495,6 @@ class Ledger:
             db: _Database = await _Postgres.open(text)
         else:
             db = await _Sqlite.open(Path(target))
-        import secrets
-
         return cls(db, group=group, owner=owner or f"{group}/{secrets.token_hex(4)}", lease_s=lease_s)
 
     async def close(self) -> None:
@@ -653,13 +652,6 @@ class Ledger:
                 await tx.executemany("DELETE FROM job_events WHERE job_id = ?", ids)
                 await tx.executemany("DELETE FROM jobs WHERE id = ?", ids)
         return jobs
-
-    async def unfinished(self) -> list[Job]:
-        async with self._db.tx() as tx:
-            rows = await tx.fetch(
-                f"SELECT * FROM jobs WHERE state NOT IN ({_FINISHED_SQL}) ORDER BY created_at"  # noqa: S608
-            )
-        return [_from_row(r) for r in rows]
 
     async def count_by_state(self) -> dict[str, int]:
         async with self._db.tx() as tx:

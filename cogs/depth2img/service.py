@@ -403,13 +403,13 @@ class Depth2ImgService:
         self._sleep = sleep
         self._cancels: dict[str, asyncio.Event] = {}
         self.guild_settings: dict[int, GuildSettings] = {}
-        # Pillow work runs in worker processes: it then competes with the event loop for neither
-        # the GIL nor, beyond ``image_workers``, the CPU. 0 workers: threads instead.
         # Pictures downloaded and checked at once: two per image worker. More only added contention
         # (`make bench`, 32-burst, 6 runs each: final p50 1.33 s with 2 or 4, 1.43 s with 8, 1.49 s
         # with 16), and memory stays bounded by this number times MAX_INPUT_BYTES.
         self._intake = asyncio.Semaphore(max(2, 2 * settings.image_workers))
         self.typical_job_s = 10.0  # moving average of the API's time, for waiting-time estimates
+        # Pillow work runs in worker processes: it then competes with the event loop for neither
+        # the GIL nor, beyond ``image_workers``, the CPU. 0 workers: threads instead.
         self._pool: ProcessPoolExecutor | None = None
         if settings.image_workers > 0:
             self._pool = ProcessPoolExecutor(
@@ -512,7 +512,7 @@ class Depth2ImgService:
             )
             if kept is None:
                 raw = self.sources_dir / f"{job_id}.upload"
-                await asyncio.to_thread(_write_file, raw, data)
+                await asyncio.to_thread(images.write_atomically, raw, data)
                 kept = await self._cpu(images.prepare_source_file, str(raw), **limits)
             del data
             path, source = kept
@@ -864,19 +864,12 @@ class Depth2ImgService:
             image = await asyncio.to_thread(images.save_fitting_png, blob, **fit)
             if image is None:
                 download = self.results_dir / f"{job.id}-{index}.download"
-                await asyncio.to_thread(_write_file, download, blob)
+                await asyncio.to_thread(images.write_atomically, download, blob)
                 image = await self._cpu(images.finish_output_file, str(download), **fit)
             prepared.append(image if image.data else replace(image, data=blob))
         if not prepared:
             raise OutputUnavailable("no output images")
         return tuple(prepared)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def _remove_file(path: str | None) -> None:
