@@ -1,33 +1,49 @@
-"""`make bench` (``python -m bench``): our bot and the baseline, each in its own process, against the
-local fake Discord and the fake API (fixed simulated generation time L), with bursts of concurrent
-/depth2img requests. Prints a table and writes ``bench-results/bench.json``.
+"""`make bench` (``python -m bench``): our bot and the baseline, each in its own process and each with its
+own local fake Discord and fake API (fixed simulated generation time L), side by side in one run.
 
-Per burst size: acknowledgement latency (interaction written → acknowledgement received) p50/p99/max,
-final latency (→ image delivered) and overhead (final − L) p50/p99, the worst event-loop stall inside
-the bot, peak RSS and RSS per request in flight, requests missed (no acknowledgement within 3 s) and
-lost (no final state). Everything stays on 127.0.0.1 and every loop is bounded.
+The fake Discords run here, where the timings are taken; the fake APIs and the CDN that serves the
+member's picture run in a process of their own (``bench/services.py``), as they are other services in
+real life: downloading a picture must not slow "Discord" down. Every process runs on uvloop.
 
-Options: ``--bursts 1,8,32,200 --runs 3 --latency 1.0 --only ours|baseline``.
+Both bots are started at once and stay connected; for every burst size the runs alternate between them
+(A B, B A, A B, ...), so that whatever else the machine does at a given moment weighs on both alike.
+Small bursts get more runs, so that every figure rests on at least ``--samples`` requests.
+
+Per bot and burst size: acknowledgement latency (interaction written → acknowledgement received)
+p50/p99/max, final latency (→ image delivered) and overhead (final − L) p50/p99, the worst event-loop
+stall inside the bot (and the median of the runs' worst), peak RSS and RSS per request in flight, CPU
+time per request (the bot and its image workers), when requests reached the API, and requests missed
+(no acknowledgement within 3 s) and lost (no final state). Then ours ÷ baseline, and the RSS after each
+run of the largest burst (memory must not grow from run to run). Everything stays on 127.0.0.1.
+
+Options: ``--bursts 1,8,32,200 --runs 3 --samples 60 --latency 1.0 --bots baseline,ours``
+(``--bots baseline,baseline`` measures the bench's own noise: the two should come out at ×1.0).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import io
 import json
+import math
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import aiohttp
+import uvloop
 from PIL import Image
 
-from tests.fakes.fake_api import FakeModelsLab
 from tests.fakes.fake_discord import FakeDiscord, InteractionRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +66,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def rss_kb(pid: int, key: str) -> int:
+def proc_kb(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -82,28 +98,16 @@ def tree_cpu_s(root: int) -> float:
     return total
 
 
-@dataclass
-class BurstResult:
-    bot: str
-    burst: int
-    runs: int
-    ack_ms: dict[str, float] = field(default_factory=dict)
-    final_s: dict[str, float] = field(default_factory=dict)
-    overhead_ms: dict[str, float] = field(default_factory=dict)
-    loop_stall_ms: float = 0.0
-    rss_mb_after_each_run: list[float] = field(default_factory=list)
-    peak_rss_mb: float = 0.0
-    rss_per_request_kb: float = 0.0
-    cpu_ms_per_request: float = 0.0
-    submitted_s: dict[str, float] = field(default_factory=dict)  # interaction written → at the API
-    missed: int = 0
-    lost: int = 0
-
-
-class Variant:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.name, self.argv, self.env = name, argv, env
-        self.proc: asyncio.subprocess.Process | None = None
+def read_stall(path: Path, start: float, end: float) -> float:
+    worst = 0.0
+    try:
+        for line in path.read_text().splitlines():
+            at, ms = line.split()
+            if start - 0.3 <= float(at) <= end + 0.3:
+                worst = max(worst, float(ms))
+    except (OSError, ValueError):
+        pass
+    return worst
 
 
 def delivered(fake: FakeDiscord, record: InteractionRecord) -> float | None:
@@ -120,123 +124,244 @@ def failed(fake: FakeDiscord, record: InteractionRecord) -> bool:
     return bool(msgs) and not msgs[-1].loading and not msgs[-1].files and "ref `" in msgs[-1].content
 
 
-async def run_variant(
-    variant: Variant,
-    fake: FakeDiscord,
-    api: FakeModelsLab,
-    picture: bytes,
-    bursts: list[int],
-    runs: int,
-    latency: float,
-) -> list[BurstResult]:
-    monitor = Path(tempfile.mkdtemp(prefix="bench-loop-")) / "loop.txt"
-    env = {**variant.env, "LOOP_MONITOR_FILE": str(monitor)}
-    fake.identified.clear()
-    fake.commands.clear()
-    proc = await asyncio.create_subprocess_exec(
-        *variant.argv, cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    results: list[BurstResult] = []
-    try:
-        async with asyncio.timeout(60):
-            while not (fake.identified.is_set() and fake.commands):
-                if proc.returncode is not None:
-                    raise RuntimeError(f"{variant.name} exited early")
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(2.5)  # let discord.py reach on_ready (guild_ready_timeout) before measuring
-        attachment = fake.add_attachment(picture, "input.png", "image/png")
-        user = 10**17
-        for burst in bursts:
-            acks: list[float] = []
-            finals: list[float] = []
-            submits: list[float] = []
-            res = BurstResult(bot=variant.name, burst=burst, runs=runs)
-            peak_in_flight_rss = 0.0
-            cpu_before = tree_cpu_s(proc.pid)
-            for _ in range(runs):
-                base_rss = rss_kb(proc.pid, "VmRSS")
-                started = time.time()
-                records = []
-                for _ in range(burst):
-                    user += 1
-                    records.append(
-                        fake.invoke_slash(
-                            "depth2img", {"image": attachment, "prompt": "a lighthouse"}, user_id=user
-                        )
-                    )
-                seen_submissions = len(api.submissions)
-                sent = await asyncio.gather(*records)
-                deadline = time.monotonic() + SETTLE_TIMEOUT_S
-                rss_peak_run = base_rss
-                while time.monotonic() < deadline:
-                    rss_peak_run = max(rss_peak_run, rss_kb(proc.pid, "VmRSS"))
-                    if all(delivered(fake, r) is not None or failed(fake, r) for r in sent):
-                        break
-                    await asyncio.sleep(0.05)
-                ended = time.time()
-                first_sent = min(r.sent_at for r in sent)
-                submits += [s.at - first_sent for s in api.submissions[seen_submissions:]]
-                for r in sent:
-                    if r.acked_at is None or r.acked_at - r.sent_at > 3.0:
-                        res.missed += 1
-                    if r.acked_at is not None:
-                        acks.append((r.acked_at - r.sent_at) * 1000)
-                    at = delivered(fake, r)
-                    if at is not None:
-                        finals.append(at - r.sent_at)
-                    elif not failed(fake, r):
-                        res.lost += 1
-                res.loop_stall_ms = max(res.loop_stall_ms, read_stall(monitor, started, ended))
-                res.rss_mb_after_each_run.append(round(rss_kb(proc.pid, "VmRSS") / 1024, 1))
-                peak_in_flight_rss = max(peak_in_flight_rss, (rss_peak_run - base_rss) / burst)
-                await asyncio.sleep(0.5)
-            res.ack_ms = {"p50": pct(acks, 50), "p99": pct(acks, 99), "max": max(acks, default=float("nan"))}
-            res.final_s = {"p50": pct(finals, 50), "p99": pct(finals, 99)}
-            res.submitted_s = {"p50": pct(submits, 50), "p99": pct(submits, 99)}
-            res.overhead_ms = {
-                "p50": (pct(finals, 50) - latency) * 1000,
-                "p99": (pct(finals, 99) - latency) * 1000,
+@dataclass
+class RunResult:
+    """One burst sent to one bot."""
+
+    acks_ms: list[float] = field(default_factory=list)
+    finals_s: list[float] = field(default_factory=list)
+    submits_s: list[float] = field(default_factory=list)
+    missed: int = 0
+    lost: int = 0
+    stall_ms: float = 0.0
+    rss_before_kb: int = 0
+    rss_peak_kb: int = 0
+    rss_after_kb: int = 0
+    cpu_s: float = 0.0
+
+
+@dataclass
+class BurstResult:
+    bot: str
+    burst: int
+    runs: int
+    ack_ms: dict[str, float] = field(default_factory=dict)
+    final_s: dict[str, float] = field(default_factory=dict)
+    overhead_ms: dict[str, float] = field(default_factory=dict)
+    loop_stall_ms: float = 0.0  # the worst of every run
+    loop_stall_median_ms: float = 0.0  # the median of the runs' worst
+    loop_stall_ms_each_run: list[float] = field(default_factory=list)
+    ack_max_ms_each_run: list[float] = field(default_factory=list)
+    rss_mb_after_each_run: list[float] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    rss_per_request_kb: float = 0.0
+    cpu_ms_per_request: float = 0.0
+    submitted_s: dict[str, float] = field(default_factory=dict)  # interaction written → at the API
+    missed: int = 0
+    lost: int = 0
+
+
+@dataclass
+class Services:
+    """What ``bench/services.py`` serves (see there)."""
+
+    apis: list[dict[str, str]]
+    attachment_url: str
+    control: str
+    session: aiohttp.ClientSession
+
+    async def submissions(self, api: int, since: int) -> list[float]:
+        async with self.session.get(f"{self.control}/submissions", params={"api": api, "since": since}) as r:
+            return list(await r.json())
+
+
+def pin(cpus: set[int] | None) -> Callable[[], None] | None:
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+class Bot:
+    """One bot process with its own fake Discord and fake API."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        *,
+        extra_env: dict[str, str],
+        index: int,
+        services: Services,
+        picture_size: int,
+        data_dir: Path,
+    ) -> None:
+        self.name, self.kind, self.extra_env = name, kind, extra_env
+        self.fake = FakeDiscord()
+        self.index = index
+        self.services = services
+        self.api_url = services.apis[index]["base_url"]
+        self.api_key = services.apis[index]["key"]
+        self.picture_size = picture_size
+        self.submissions_seen = 0
+        self.cpus: set[int] | None = None
+        self.data_dir = data_dir / name
+        self.monitor = self.data_dir / "loop.txt"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.attachment: dict[str, object] = {}
+        self.user = 10**17
+
+    def env(self) -> dict[str, str]:
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DISCORD_", "SD_", "MAX_", "BOT_", "DOTENV", "DATABASE_", "METRICS_"))
+        }
+        env = {
+            **inherited,
+            "DOTENV_PATH": str(self.data_dir / "none.env"),
+            "DISCORD_TOKEN": self.fake.token,
+            "SD_API_KEY": self.api_key,
+            "SD_API_BASE_URL": self.api_url,
+            "DISCORD_API_BASE_URL": self.fake.api_base,
+            "DISCORD_GATEWAY_URL": self.fake.gateway_url,
+            "LOG_LEVEL": "WARNING",
+            "LOOP_MONITOR_FILE": str(self.monitor),
+        }
+        if self.kind == "ours":
+            env |= {
+                "BOT_DATA_DIR": str(self.data_dir / "data"),
+                "SD_MAX_CONCURRENT": "250",
+                "SD_MAX_QUEUED": "250",
+                "SD_USER_COOLDOWN_S": "0",
+                "SD_REQUEST_TIMEOUT_S": "120",
             }
-            res.cpu_ms_per_request = round((tree_cpu_s(proc.pid) - cpu_before) * 1000 / (burst * runs), 1)
-            res.peak_rss_mb = round(rss_kb(proc.pid, "VmHWM") / 1024, 1)
-            res.rss_per_request_kb = round(peak_in_flight_rss, 1)
-            results.append(res)
-            print(row(res), flush=True)
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
+        return env | self.extra_env
+
+    def argv(self) -> list[str]:
+        if self.kind == "ours":
+            return [sys.executable, "bot.py"]
+        return [sys.executable, "-m", "bench.baseline_bot"]
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.fake.start()
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv(),
+            cwd=ROOT,
+            env=self.env(),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=pin(self.cpus),
+        )
+
+    async def wait_ready(self) -> None:
+        assert self.proc is not None
+        async with asyncio.timeout(60):
+            while not (self.fake.identified.is_set() and self.fake.commands):
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"{self.name} exited early")
+                await asyncio.sleep(0.05)
+        # the picture is on the CDN (services process), not on the fake Discord
+        self.attachment = self.fake.add_attachment(b"", "input.png", "image/png")
+        url = self.services.attachment_url + f"?for={self.name}"
+        self.attachment |= {"size": self.picture_size, "url": url, "proxy_url": url}
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), 30)
+                await asyncio.wait_for(self.proc.wait(), 30)
             except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        shutil.rmtree(monitor.parent, ignore_errors=True)
-    return results
+                self.proc.kill()
+                await self.proc.wait()
+        await self.fake.stop()
+
+    async def burst(self, size: int) -> RunResult:
+        assert self.proc is not None
+        pid = self.proc.pid
+        fake = self.fake
+        res = RunResult(rss_before_kb=proc_kb(pid, "VmRSS"))
+        cpu_before = tree_cpu_s(pid)
+        started = time.time()
+        records = []
+        for _ in range(size):
+            self.user += 1
+            records.append(
+                fake.invoke_slash(
+                    "depth2img", {"image": self.attachment, "prompt": "a lighthouse"}, user_id=self.user
+                )
+            )
+        sent = await asyncio.gather(*records)
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        res.rss_peak_kb = res.rss_before_kb
+        while time.monotonic() < deadline:
+            res.rss_peak_kb = max(res.rss_peak_kb, proc_kb(pid, "VmRSS"))
+            if all(delivered(fake, r) is not None or failed(fake, r) for r in sent):
+                break
+            await asyncio.sleep(0.02)
+        ended = time.time()
+        first_sent = min(r.sent_at for r in sent)
+        arrivals = await self.services.submissions(self.index, self.submissions_seen)
+        self.submissions_seen += len(arrivals)
+        res.submits_s = [at - first_sent for at in arrivals]
+        for r in sent:
+            if r.acked_at is None or r.acked_at - r.sent_at > 3.0:
+                res.missed += 1
+            if r.acked_at is not None:
+                res.acks_ms.append((r.acked_at - r.sent_at) * 1000)
+            at = delivered(fake, r)
+            if at is not None:
+                res.finals_s.append(at - r.sent_at)
+            elif not failed(fake, r):
+                res.lost += 1
+        res.stall_ms = read_stall(self.monitor, started, ended)
+        res.rss_after_kb = proc_kb(pid, "VmRSS")
+        res.cpu_s = tree_cpu_s(pid) - cpu_before
+        for r in sent:  # the driver keeps what it needs; drop the delivered pictures' bytes
+            for mid in r.message_ids:
+                for f in fake.messages[mid].files:
+                    f.data = b""
+        return res
 
 
-def read_stall(path: Path, start: float, end: float) -> float:
-    worst = 0.0
-    try:
-        for line in path.read_text().splitlines():
-            at, ms = line.split()
-            if start - 0.3 <= float(at) <= end + 0.3:
-                worst = max(worst, float(ms))
-    except (OSError, ValueError):
-        pass
-    return worst
+def summarise(bot: Bot, burst: int, runs: list[RunResult], latency: float) -> BurstResult:
+    acks = [a for r in runs for a in r.acks_ms]
+    finals = [f for r in runs for f in r.finals_s]
+    submits = [s for r in runs for s in r.submits_s]
+    assert bot.proc is not None
+    return BurstResult(
+        bot=bot.name,
+        burst=burst,
+        runs=len(runs),
+        ack_ms={"p50": pct(acks, 50), "p99": pct(acks, 99), "max": max(acks, default=float("nan"))},
+        final_s={"p50": pct(finals, 50), "p99": pct(finals, 99)},
+        overhead_ms={"p50": (pct(finals, 50) - latency) * 1000, "p99": (pct(finals, 99) - latency) * 1000},
+        loop_stall_ms=max(r.stall_ms for r in runs),
+        loop_stall_median_ms=statistics.median(r.stall_ms for r in runs),
+        loop_stall_ms_each_run=[round(r.stall_ms, 1) for r in runs],
+        ack_max_ms_each_run=[round(max(r.acks_ms, default=float("nan")), 1) for r in runs],
+        rss_mb_after_each_run=[round(r.rss_after_kb / 1024, 1) for r in runs],
+        peak_rss_mb=round(proc_kb(bot.proc.pid, "VmHWM") / 1024, 1),
+        rss_per_request_kb=round(max((r.rss_peak_kb - r.rss_before_kb) / burst for r in runs), 1),
+        cpu_ms_per_request=round(sum(r.cpu_s for r in runs) * 1000 / (burst * len(runs)), 1),
+        submitted_s={"p50": pct(submits, 50), "p99": pct(submits, 99)},
+        missed=sum(r.missed for r in runs),
+        lost=sum(r.lost for r in runs),
+    )
 
 
 HEADER = (
-    f"{'bot':9} {'burst':>5} | {'ack p50':>8} {'p99':>8} {'max':>8} ms | {'final p50':>9} {'p99':>7} s | "
-    f"{'ovh p50':>8} {'p99':>8} ms | {'stall':>6} ms | {'peakRSS':>7} MB | {'/req':>6} KB | {'cpu/req':>7} ms | {'at API p50':>10} {'p99':>6} | miss lost"
+    f"{'bot':14} {'burst':>5} {'runs':>4} | {'ack p50':>7} {'p99':>7} {'max':>7} ms | {'final p50':>9} {'p99':>6} s | "
+    f"{'ovh p50':>7} {'p99':>6} ms | {'stall':>5} {'(med)':>5} ms | {'peakRSS':>7} MB | {'/req':>5} KB | "
+    f"{'cpu/req':>7} ms | {'at API p50':>10} {'p99':>6} | miss lost"
 )
 
 
 def row(r: BurstResult) -> str:
     return (
-        f"{r.bot:9} {r.burst:5d} | {r.ack_ms['p50']:8.1f} {r.ack_ms['p99']:8.1f} {r.ack_ms['max']:8.1f}    | "
-        f"{r.final_s['p50']:9.3f} {r.final_s['p99']:7.3f}   | {r.overhead_ms['p50']:8.0f} {r.overhead_ms['p99']:8.0f}    | "
-        f"{r.loop_stall_ms:6.0f}    | {r.peak_rss_mb:7.1f}    | {r.rss_per_request_kb:6.0f}    | "
+        f"{r.bot:14} {r.burst:5d} {r.runs:4d} | {r.ack_ms['p50']:7.1f} {r.ack_ms['p99']:7.1f} {r.ack_ms['max']:7.1f}    | "
+        f"{r.final_s['p50']:9.3f} {r.final_s['p99']:6.3f}   | {r.overhead_ms['p50']:7.0f} {r.overhead_ms['p99']:6.0f}    | "
+        f"{r.loop_stall_ms:5.0f} {r.loop_stall_median_ms:5.0f}    | {r.peak_rss_mb:7.1f}    | {r.rss_per_request_kb:5.0f}    | "
         f"{r.cpu_ms_per_request:7.1f}    | {r.submitted_s['p50']:6.3f} {r.submitted_s['p99']:6.3f} s | {r.missed:4d} {r.lost:4d}"
     )
 
@@ -244,89 +369,150 @@ def row(r: BurstResult) -> str:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bursts", default="1,8,32,200")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="runs per burst size, at least")
+    parser.add_argument(
+        "--samples", type=int, default=240, help="requests per burst size, at least (up to --max-runs runs)"
+    )
+    parser.add_argument("--max-runs", type=int, default=40)
+    parser.add_argument(
+        "--pin", default="", help="FAKES:BOTS cpu lists, e.g. 0:1 (the fakes on cpu 0, the bots on cpu 1)"
+    )
     parser.add_argument("--latency", type=float, default=1.0)
-    parser.add_argument("--only", choices=["ours", "baseline"])
+    parser.add_argument("--pause", type=float, default=0.3, help="seconds between two runs")
+    parser.add_argument(
+        "--bots",
+        default="baseline,ours",
+        help="which bots, in order; a bot may repeat, and may be followed by +NAME=VALUE settings "
+        "(ours,ours+IMAGE_WORKERS=4)",
+    )
     args = parser.parse_args()
     bursts = [int(b) for b in args.bursts.split(",")]
 
     picture = noise_png(704)  # ~1.5 MB, sides a multiple of 8: passed to the API by URL, as the baseline does
-    fake = FakeDiscord()
-    api = FakeModelsLab(latency_s=args.latency, output_png=noise_png(600))  # ~1 MB output
-    await fake.start()
-    await api.start()
+    output = noise_png(600)  # ~1 MB output
     data_dir = Path(tempfile.mkdtemp(prefix="bench-data-"))
-    common = {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("DISCORD_", "SD_", "MAX_", "BOT_", "DOTENV"))
-        },
-        "DOTENV_PATH": str(data_dir / "none.env"),
-        "DISCORD_TOKEN": fake.token,
-        "SD_API_KEY": api.api_key,
-        "SD_API_BASE_URL": api.base_url,
-        "DISCORD_API_BASE_URL": fake.api_base,
-        "DISCORD_GATEWAY_URL": fake.gateway_url,
-        "LOG_LEVEL": "WARNING",
-    }
-    ours_env = {
-        **common,
-        "BOT_DATA_DIR": str(data_dir / "ours"),
-        "SD_MAX_CONCURRENT": "250",
-        "SD_MAX_QUEUED": "250",
-        "SD_USER_COOLDOWN_S": "0",
-        "SD_REQUEST_TIMEOUT_S": "120",
-    }
-    variants = [
-        Variant("baseline", [sys.executable, "-m", "bench.baseline_bot"], common),
-        Variant("ours", [sys.executable, "bot.py"], ours_env),
-    ]
-    if args.only:
-        variants = [v for v in variants if v.name == args.only]
-    print(
-        f"L = {args.latency} s simulated generation; input {len(picture) // 1024} KB; output {len(api.output_png) // 1024} KB"
+    specs = args.bots.split(",")
+    kinds = [spec.split("+")[0] for spec in specs]
+    extras = [dict(part.split("=", 1) for part in spec.split("+")[1:]) for spec in specs]
+    names: list[str] = []
+    for spec, kind in zip(specs, kinds, strict=True):
+        if kind not in ("ours", "baseline"):
+            parser.error(f"unknown bot {kind!r}")
+        names.append(spec if spec not in names else f"{spec}-{names.count(spec) + 1}")
+    fakes_cpus: set[int] | None = None
+    bots_cpus: set[int] | None = None
+    if args.pin:
+        fakes_cpus, bots_cpus = (
+            {int(c) for c in args.pin.split(":")[0].split(",")},
+            {int(c) for c in args.pin.split(":")[1].split(",")},
+        )
+        os.sched_setaffinity(0, fakes_cpus)
+    (data_dir / "input.png").write_bytes(picture)
+    (data_dir / "output.png").write_bytes(output)
+    services_proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "bench.services", f"--apis={len(names)}", f"--latency={args.latency}"],
+        *[f"--picture={data_dir / 'input.png'}", f"--output={data_dir / 'output.png'}"],
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        preexec_fn=pin(fakes_cpus),
     )
-    print(HEADER, flush=True)
-    all_results: list[BurstResult] = []
+    assert services_proc.stdout is not None
+    line = await asyncio.wait_for(services_proc.stdout.readline(), 30)
+    session = aiohttp.ClientSession()
+    services = Services(**json.loads(line), session=session)
+    bots = [
+        Bot(
+            name,
+            kind,
+            extra_env=extra,
+            index=i,
+            services=services,
+            picture_size=len(picture),
+            data_dir=data_dir / str(i),
+        )
+        for i, (name, kind, extra) in enumerate(zip(names, kinds, extras, strict=True))
+    ]
+    for bot in bots:
+        bot.cpus = bots_cpus
+    print(
+        f"L = {args.latency} s simulated generation; input {len(picture) // 1024} KB; output {len(output) // 1024} KB; "
+        f"bots {', '.join(names)}, runs alternating",
+        flush=True,
+    )
+    results: list[BurstResult] = []
     try:
-        for variant in variants:
-            all_results += await run_variant(variant, fake, api, picture, bursts, args.runs, args.latency)
-    finally:
-        await api.stop()
-        await fake.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)  # ~2.5 MB of pictures per request
-    by = {(r.bot, r.burst): r for r in all_results}
-    ratios = {}
-    if not args.only:
-        print("\nours / baseline:")
+        for bot in bots:
+            await bot.start()
+        for bot in bots:
+            await bot.wait_ready()
+        await asyncio.sleep(2.5)  # let discord.py reach on_ready (guild_ready_timeout) before measuring
+        print(HEADER, flush=True)
         for burst in bursts:
-            ours, base = by.get(("ours", burst)), by.get(("baseline", burst))
-            if ours and base:
-                ratios[burst] = {
-                    "ack_p99": ours.ack_ms["p99"] / base.ack_ms["p99"]
-                    if base.ack_ms["p99"]
-                    else float("nan"),
-                    "final_p50": ours.final_s["p50"] / base.final_s["p50"]
-                    if base.final_s["p50"]
-                    else float("nan"),
-                }
-                print(
-                    f"  burst {burst:4d}: ack p99 ×{ratios[burst]['ack_p99']:.2f}   final p50 ×{ratios[burst]['final_p50']:.3f}"
-                )
+            runs = max(args.runs, min(args.max_runs, math.ceil(args.samples / burst)))
+            per_bot: dict[str, list[RunResult]] = {b.name: [] for b in bots}
+            # Run 0 of each size warms up (not counted): the first burst larger than any before opens
+            # new connections, a cost that a bot pays once, not at every burst.
+            for i in range(runs + 1):
+                for bot in bots if i % 2 == 0 else bots[::-1]:
+                    # The fakes' own garbage collection must not pause "Discord" during a run: it
+                    # collects between runs instead.
+                    gc.disable()
+                    try:
+                        run = await bot.burst(burst)
+                    finally:
+                        gc.enable()
+                    if i > 0:
+                        per_bot[bot.name].append(run)
+                    gc.collect()
+                    await asyncio.sleep(args.pause)
+            for bot in bots:
+                result = summarise(bot, burst, per_bot[bot.name], args.latency)
+                results.append(result)
+                print(row(result), flush=True)
+    finally:
+        for bot in bots:
+            await bot.stop()
+        await session.close()
+        with contextlib.suppress(ProcessLookupError):
+            services_proc.send_signal(signal.SIGTERM)
+        await services_proc.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)  # ~2.5 MB of pictures per request
+
+    by = {(r.bot, r.burst): r for r in results}
+    ratios: dict[int, dict[str, float]] = {}
+    first, last = names[0], names[-1]
+    if len(names) >= 2:
+        print(f"\n{last} / {first}:")
+        for burst in bursts:
+            ours, base = by[(last, burst)], by[(first, burst)]
+            ratios[burst] = {
+                "ack_p50": ours.ack_ms["p50"] / base.ack_ms["p50"],
+                "ack_p99": ours.ack_ms["p99"] / base.ack_ms["p99"],
+                "final_p50": ours.final_s["p50"] / base.final_s["p50"],
+            }
+            q = ratios[burst]
+            print(
+                f"  burst {burst:4d}: ack p50 ×{q['ack_p50']:.2f}  ack p99 ×{q['ack_p99']:.2f}   final p50 ×{q['final_p50']:.3f}"
+            )
+    largest = max(bursts)
+    print(f"\nRSS after each run of {largest} (MB):")
+    for name in names:
+        print(f"  {name:10} {' '.join(f'{m:.0f}' for m in by[(name, largest)].rss_mb_after_each_run)}")
+    violations = [v for bot in bots for v in bot.fake.violations]
     OUT.mkdir(exist_ok=True)
     report = {
         "latency_s": args.latency,
         "input_bytes": len(picture),
-        "output_bytes": len(api.output_png),
-        "results": [asdict(r) for r in all_results],
+        "output_bytes": len(output),
+        "bots": names,
+        "results": [asdict(r) for r in results],
         "ratios": ratios,
-        "violations": fake.violations,
+        "violations": violations,
     }
     (OUT / "bench.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {OUT / 'bench.json'}; Discord rule breaches seen by the fake: {len(fake.violations)}")
+    print(f"\nwrote {OUT / 'bench.json'}; Discord rule breaches seen by the fakes: {len(violations)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(uvloop.run(main()))

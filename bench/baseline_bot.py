@@ -1,22 +1,30 @@
 """The baseline: a minimal discord.py bot that only defers, posts to the API with one shared aiohttp
 session, downloads the output and sends it as a followup. No validation, limits or storage.
 Configured with the same environment variables as ours (DISCORD_TOKEN, SD_API_KEY, SD_API_BASE_URL,
-DISCORD_API_BASE_URL, DISCORD_GATEWAY_URL, LOOP_MONITOR_FILE)."""
+DISCORD_API_BASE_URL, DISCORD_GATEWAY_URL, LOOP_MONITOR_FILE).
+
+It runs as a plain ``pip install discord.py`` would have it: on asyncio's own event loop and without
+discord.py's speed extras, which are installed in this venv for our bot (discord.py picks orjson up
+whenever it can import it, so the import is blocked here)."""
 
 from __future__ import annotations
 
-import asyncio
-import io
-import os
-import signal
-from pathlib import Path
+import sys
 
-import aiohttp
-import discord
-import yarl
-from discord import app_commands
+sys.modules["orjson"] = None  # type: ignore[assignment]  # before discord is imported
 
-from cogs.depth2img.diagnostics import loop_monitor
+import asyncio  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import aiohttp  # noqa: E402
+import discord  # noqa: E402
+import yarl  # noqa: E402
+from discord import app_commands  # noqa: E402
+
+from cogs.depth2img.diagnostics import loop_monitor  # noqa: E402
 
 API = os.environ["SD_API_BASE_URL"].rstrip("/")
 KEY = os.environ["SD_API_KEY"]
@@ -53,6 +61,7 @@ async def depth2img(
 
 
 async def main() -> None:
+    assert not discord.utils.HAS_ORJSON
     discord.http.Route.BASE = os.environ["DISCORD_API_BASE_URL"]
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(os.environ["DISCORD_GATEWAY_URL"])
     monitor_file = os.environ.get("LOOP_MONITOR_FILE")
