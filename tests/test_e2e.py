@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -333,3 +334,35 @@ async def test_a_member_can_ask_again_as_soon_as_the_result_is_shown(bot, fake_d
         final = fake_discord.visible_messages(record)[-1]
         assert len(final.results) == 1, final.content  # never "you already have a picture in progress"
     assert len(fake_api.submissions) == 3
+
+
+async def test_pictures_wait_while_other_members_are_still_being_acknowledged(bot, fake_discord, fake_api):
+    """Two members at once. A's acknowledgement is done while B's is still on its way to Discord:
+    A's picture is not downloaded (nor anyone's) until B has been acknowledged too."""
+    service = bot.get_cog("Depth2ImgCog").service
+    service.answer_first.max_hold_s = 30.0  # only B's acknowledgement may let A's work through
+    a_user, b_user = 10**17 + 1, 10**17 + 2
+    b_arrived = asyncio.Event()
+    b_released: list[float] = []
+
+    async def gate(record):
+        if record.user_id == a_user:
+            await b_arrived.wait()  # B's acknowledgement is in flight before A's comes back
+        elif record.user_id == b_user:
+            b_arrived.set()
+            await asyncio.sleep(0.3)
+            b_released.append(time.monotonic())
+
+    fake_discord.callback_gate = gate
+    attachment = fake_discord.add_attachment(make_png(), "photo.png")
+    records = await asyncio.gather(
+        *(
+            fake_discord.invoke_slash("depth2img", {"image": attachment, "prompt": "a bridge"}, user_id=u)
+            for u in (a_user, b_user)
+        )
+    )
+    await fake_discord.wait_for(lambda: all(is_settled(fake_discord, r) for r in records), timeout=20)
+    assert all(fake_discord.visible_messages(r)[-1].results for r in records)
+    assert len(fake_discord.cdn_fetches) == 2
+    assert min(at for at, _ in fake_discord.cdn_fetches) >= b_released[0]
+    assert_clean(fake_discord, fake_api)

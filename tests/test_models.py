@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -108,6 +110,24 @@ def test_non_json_and_unknown_status():
 
 def test_prompt_is_cleaned_of_control_characters():
     assert clean_text("a\x00b\u200b c\n\td") == "ab c d"
+
+
+def _clean_char_by_char(text: str) -> str:
+    """The rule clean_text implements, spelt out one character at a time."""
+    kept = []
+    for ch in text:
+        if ch in "\n\r\t":
+            kept.append(" ")
+        elif unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            kept.append(ch)
+    return " ".join("".join(kept).split())
+
+
+@settings(max_examples=500)
+@given(st.text(max_size=60) | st.text(st.characters(codec="ascii"), max_size=60))
+def test_prompt_cleaning_fast_path_matches_the_rule(text):
+    """clean_text takes a shortcut for printable text; it must give what the rule gives."""
+    assert clean_text(text) == _clean_char_by_char(text)
 
 
 @pytest.mark.parametrize(

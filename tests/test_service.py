@@ -32,7 +32,7 @@ from cogs.depth2img.errors import (
 )
 from cogs.depth2img.ledger import JobState, Ledger
 from cogs.depth2img.models import GenerationParams
-from cogs.depth2img.service import Depth2ImgService, Origin, Progress
+from cogs.depth2img.service import AnswerFirst, Depth2ImgService, Origin, Progress
 from tests.fakes.fake_api import FakeModelsLab, make_png
 
 SOURCE = "http://127.0.0.1:1/attachments/1/2/photo.png"
@@ -356,3 +356,41 @@ async def test_pictures_of_old_finished_jobs_are_pruned(make_service, fake_api, 
     with pytest.raises(InvalidInput, match="no longer stored"):
         service.source_for(pruned, "reuse")
     assert await service.prune_pictures(keep_days=-1) == 0
+
+
+# --- answering first ------------------------------------------------------------------------------
+
+
+async def _blocked(waiter: asyncio.Task[None], for_s: float = 0.05) -> bool:
+    """Whether ``waiter`` is still waiting after ``for_s`` (a bound for the check, not a speed)."""
+    await asyncio.sleep(for_s)
+    return not waiter.done()
+
+
+async def test_work_that_can_wait_holds_off_while_a_request_is_being_answered():
+    gate = AnswerFirst(quiet_s=0.01, max_hold_s=30.0)
+    await asyncio.wait_for(gate.wait_turn(), 1)  # nothing being answered: straight through
+    with gate.answering():
+        waiter = asyncio.create_task(gate.wait_turn())
+        assert await _blocked(waiter)
+        with gate.answering():  # a second request arrives before the first is answered
+            pass
+        assert await _blocked(waiter)  # the first is still being answered
+    await asyncio.wait_for(waiter, 5)  # both answered, then a quiet moment: the work goes on
+    assert gate.pending == 0
+
+
+async def test_a_request_that_just_arrived_holds_work_for_the_quiet_period():
+    gate = AnswerFirst(quiet_s=0.3, max_hold_s=30.0)
+    with gate.answering():
+        waiter = asyncio.create_task(gate.wait_turn())
+    # answered at once, but others of the same burst may still be on their way
+    assert await _blocked(waiter, 0.1)
+    await asyncio.wait_for(waiter, 5)
+
+
+async def test_a_steady_stream_of_requests_cannot_starve_the_work():
+    gate = AnswerFirst(quiet_s=0.01, max_hold_s=0.2)
+    with gate.answering():  # never answered while the work waits
+        await asyncio.wait_for(gate.wait_turn(), 5)
+        assert gate.pending == 1

@@ -92,4 +92,4 @@ def check_request(
     if params.steps is not None and params.steps > settings.max_steps:
         raise InvalidInput(f"This server allows at most {settings.max_steps} steps.")
     safety = not (age_restricted and settings.nsfw_in_age_restricted)
-    return replace(params, safety_checker=safety)
+    return params if params.safety_checker == safety else replace(params, safety_checker=safety)

@@ -15,7 +15,7 @@ import secrets
 import time
 import unicodedata
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -82,6 +82,8 @@ ProgressCallback = Callable[[Progress], Awaitable[None]]
 
 def clean_text(text: str) -> str:
     """Drop control and format characters (newlines and tabs become spaces) and squeeze spaces."""
+    if text.isprintable():  # no control, format, private-use, unassigned or separator but " "
+        return " ".join(text.split())
     kept = []
     for ch in text:
         cat = unicodedata.category(ch)
@@ -174,6 +176,67 @@ class Ticket:
 
 def _day_start(now: float) -> float:
     return now - (now % 86400)
+
+
+class AnswerFirst:
+    """Answering a new request comes before work that can wait.
+
+    A burst of requests arrives within milliseconds, and each must be answered (acknowledged) at once;
+    the picture work of those already answered (downloading, checking and storing megabytes) can wait
+    that long. So requests being answered are counted (:meth:`answering`), and :meth:`wait_turn` lets
+    work that can wait through only once none is being answered and none has arrived for ``quiet_s``
+    (the burst's later requests are often still on their way), or after ``max_hold_s`` whatever
+    happens, so that a steady stream of requests cannot starve the work."""
+
+    def __init__(
+        self,
+        *,
+        quiet_s: float = 0.003,
+        max_hold_s: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.quiet_s = quiet_s
+        self.max_hold_s = max_hold_s
+        self._clock = clock
+        self._answering = 0
+        self._last_arrival = -float("inf")
+        self._open = asyncio.Event()
+        self._open.set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def pending(self) -> int:
+        return self._answering
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Around everything from a request's arrival to its answer."""
+        self._answering += 1
+        self._last_arrival = self._clock()
+        self._open.clear()
+        try:
+            yield
+        finally:
+            self._answering -= 1
+            if self._answering == 0 and self._timer is None:
+                self._check()
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._answering:
+            return  # the last answer calls again
+        left = self._last_arrival + self.quiet_s - self._clock()
+        if left > 0:
+            self._timer = asyncio.get_running_loop().call_later(left, self._check)
+            return
+        self._open.set()
+
+    async def wait_turn(self) -> None:
+        if self._open.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.max_hold_s):
+                await self._open.wait()
 
 
 class Admission:
@@ -407,6 +470,8 @@ class Depth2ImgService:
         # (`make bench`, 32-burst, 6 runs each: final p50 1.33 s with 2 or 4, 1.43 s with 8, 1.49 s
         # with 16), and memory stays bounded by this number times MAX_INPUT_BYTES.
         self._intake = asyncio.Semaphore(max(2, 2 * settings.image_workers))
+        # ... and none of that picture work runs while new requests are being answered.
+        self.answer_first = AnswerFirst()
         self.typical_job_s = 10.0  # moving average of the API's time, for waiting-time estimates
         # Pillow work runs in worker processes: it then competes with the event loop for neither
         # the GIL nor, beyond ``image_workers``, the CPU. 0 workers: threads instead.
@@ -501,6 +566,7 @@ class Depth2ImgService:
         # At most a few pictures are downloaded and checked at once: memory stays bounded by that
         # number times the input cap, and a burst's acknowledgements don't queue behind downloads.
         async with self._intake:
+            await self.answer_first.wait_turn()
             data = await read()
             if len(data) > self.settings.max_input_bytes:
                 raise InvalidInput("The attachment is larger than the bot accepts. Attach a smaller picture.")
@@ -852,6 +918,7 @@ class Depth2ImgService:
     async def _download_all(self, job: Job) -> tuple[GeneratedImage, ...]:
         """Download every output at once; check and fit each in an image worker."""
         urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
+        await self.answer_first.wait_turn()
         blobs = await asyncio.gather(*(self.api.download(u) for u in urls))
         prepared = []
         for index, blob in enumerate(blobs):

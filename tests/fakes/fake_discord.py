@@ -18,6 +18,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +174,10 @@ class FakeDiscord(LocalServer):
         self.channel_messages: list[int] = []
         self.deleted_by_bot: list[int] = []
         self.fail_next_edits = 0  # answer this many message edits with 403 Missing Permissions
+        self.cdn_fetches: list[tuple[float, str]] = []  # (monotonic time, path) of every attachment download
+        # awaited before an interaction callback is answered (after it is recorded): lets a test
+        # hold one member's acknowledgement in flight while others go through
+        self.callback_gate: Callable[[InteractionRecord], Awaitable[None]] | None = None
         self.identified = asyncio.Event()
         self.commands_synced = asyncio.Event()
         self.changed = asyncio.Condition()
@@ -671,6 +676,7 @@ class FakeDiscord(LocalServer):
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
         path = f"/attachments/{request.match_info['channel']}/{request.match_info['att']}/{request.match_info['name']}"
+        self.cdn_fetches.append((time.monotonic(), path))
         found = self.cdn.get(path)
         if found is None:
             return web.Response(status=404, text="Not Found")
@@ -990,6 +996,8 @@ class FakeDiscord(LocalServer):
         if request.query.get("with_response") not in ("1", "true", "True"):
             self.violations.append("callback without with_response")
         body, files = await self._read_message_body(request)
+        if self.callback_gate is not None:
+            await self.callback_gate(record)
         rtype = body.get("type")
         data = body.get("data") or {}
         source = self.messages.get(record.source_message_id or 0)
