@@ -304,3 +304,52 @@ async def test_real_bot_process_serves_metrics_on_its_port(fake_discord, fake_ap
     assert "# TYPE depth2img_job_seconds histogram" in text
     assert f"http://127.0.0.1:{port}/metrics" in log
     assert fake_api.api_key not in text + log
+
+
+# --- garbage collection between bursts ------------------------------------------------------------
+
+
+async def test_full_garbage_collections_wait_until_no_job_is_in_flight(monkeypatch):
+    import gc
+
+    import bot as bot_module
+
+    monkeypatch.setattr(bot_module, "GC_IDLE_S", 0.01)
+    full_passes: list[int] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full_passes.append(1)
+
+    busy = True
+    saved = gc.get_threshold()
+    gc.callbacks.append(watch)
+    task = asyncio.create_task(bot_module.collect_garbage_between_bursts(lambda: busy))
+    try:
+        await asyncio.sleep(0.05)
+        assert gc.get_threshold()[0] == bot_module.GC_YOUNG_THRESHOLD
+        for _ in range(3):
+            gc.collect(1)  # activity: passes over the young and middle generations
+            await asyncio.sleep(0.05)
+        assert full_passes == []  # busy: no full pass, automatic or not
+        busy = False
+        async with asyncio.timeout(10):
+            while not full_passes:
+                await asyncio.sleep(0.01)
+        count = len(full_passes)
+        await asyncio.sleep(0.1)
+        assert len(full_passes) == count  # idle and nothing new: no further passes
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gc.callbacks.remove(watch)
+    assert gc.get_threshold() == (700, saved[1], 10)
+    gc.set_threshold(*saved)
+
+
+def test_event_loop_setting():
+    assert load_settings({"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10}).event_loop == "uvloop"
+    s = load_settings({"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10, "EVENT_LOOP": "AsyncIO"})
+    assert s.event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="EVENT_LOOP"):
+        load_settings({"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10, "EVENT_LOOP": "trio"})

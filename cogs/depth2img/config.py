@@ -68,6 +68,7 @@ class Settings:
     job_lease_s: float = 60.0
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    event_loop: str = "uvloop"  # "uvloop" (when installed) or "asyncio"
 
     @property
     def instance_group(self) -> str:
@@ -113,6 +114,7 @@ SETTINGS_HELP: dict[str, str] = {
     "METRICS_PORT": "optional: serve Prometheus metrics at http://METRICS_HOST:METRICS_PORT/metrics",
     "METRICS_HOST": "the address the metrics port listens on (default 127.0.0.1)",
     "SHUTDOWN_GRACE_S": "on SIGTERM/SIGINT, seconds to let jobs in flight finish before stopping (default 25)",
+    "EVENT_LOOP": "uvloop (default, where it is installed) or asyncio (Python's own event loop)",
 }
 
 
@@ -244,6 +246,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         metrics_port = r.number("METRICS_PORT", 0, int, 0, 65535)
     metrics_host = r.raw("METRICS_HOST") or "127.0.0.1"
     job_lease_s = r.number("JOB_LEASE_S", 60.0, float, 1, 3600)
+    event_loop = (r.raw("EVENT_LOOP") or "uvloop").lower()
+    if event_loop not in ("uvloop", "asyncio"):
+        r.problems.append(f"EVENT_LOOP={event_loop!r} is not uvloop or asyncio.")
 
     if r.problems:
         raise ConfigError(r.problems)
@@ -263,4 +268,5 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         job_lease_s=job_lease_s,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        event_loop=event_loop,
     )
