@@ -31,6 +31,7 @@ from discord import app_commands
 from discord.ext import commands
 from dotenv import load_dotenv
 
+from cogs.depth2img.acks import ACKNOWLEDGED
 from cogs.depth2img.config import ConfigError, Settings, load_settings
 from cogs.depth2img.diagnostics import loop_monitor
 from cogs.depth2img.errors import Depth2ImgError
@@ -149,7 +150,7 @@ async def send_final(interaction: discord.Interaction, text: str) -> None:
     """Tell the member, whatever state the interaction is in; never raise."""
     none = discord.AllowedMentions.none()
     try:
-        if not interaction.response.is_done():
+        if not interaction.response.is_done() and not interaction.extras.get(ACKNOWLEDGED):
             await interaction.response.send_message(text, ephemeral=True, allowed_mentions=none)
             return
         try:

@@ -366,3 +366,46 @@ async def test_pictures_wait_while_other_members_are_still_being_acknowledged(bo
     assert len(fake_discord.cdn_fetches) == 2
     assert min(at for at, _ in fake_discord.cdn_fetches) >= b_released[0]
     assert_clean(fake_discord, fake_api)
+
+
+async def test_acknowledges_through_discord_py_when_fast_acks_is_off(start_bot, fake_discord, fake_api):
+    bot = await start_bot(FAST_ACKS="off")
+    assert bot.get_cog("Depth2ImgCog").acks is None
+    record, final = await slash(fake_discord, {"prompt": "a lighthouse"})
+    assert (record.ack_type, record.callback_attempts) == (5, 1)
+    assert final.results[0].data == fake_api.output_png
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_falls_back_to_discord_py_when_the_fast_path_cannot_connect(
+    bot, fake_discord, fake_api, caplog
+):
+    cog = bot.get_cog("Depth2ImgCog")
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    # (the class of the extension as loaded: discord.py imports the extension afresh for each bot)
+    cog.acks = type(cog.acks)(f"http://127.0.0.1:{port}/api/v10", user_agent="t")  # nobody there
+    record, final = await slash(fake_discord, {"prompt": "a lighthouse"})
+    assert (record.ack_type, record.callback_attempts) == (5, 1)
+    assert final.results[0].data == fake_api.output_png
+    assert "acknowledging through discord.py instead" in log_text(caplog)
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_an_acknowledgement_whose_answer_was_lost_is_not_taken_for_a_failure(
+    bot, fake_discord, fake_api
+):
+    """The fast path's request reached Discord but the answer did not come back: discord.py's second
+    attempt is told "already acknowledged", and the job goes on in the same message."""
+    fake_discord.drop_callback_answers = 1
+    record = await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "p.png"), "prompt": "a lighthouse"}
+    )
+    await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=20)
+    (final,) = fake_discord.visible_messages(record)
+    assert final.results[0].data == fake_api.output_png
+    assert record.callback_attempts == 2
+    assert fake_discord.violations == ["interaction acknowledged twice"]  # the bot could not know
+    assert len(fake_api.submissions) == 1

@@ -33,4 +33,11 @@ async def setup(bot: commands.Bot) -> None:
         data_dir=bot.settings.data_dir,  # type: ignore[attr-defined]
         metrics=bot.metrics,  # type: ignore[attr-defined]
     )
-    await bot.add_cog(Depth2ImgCog(bot, service))  # type: ignore[arg-type]
+    acks = None
+    if bot.settings.fast_acks:  # type: ignore[attr-defined]
+        import discord
+
+        from .acks import InteractionAcks
+
+        acks = InteractionAcks(discord.http.Route.BASE, user_agent=bot.http.user_agent)
+    await bot.add_cog(Depth2ImgCog(bot, service, acks=acks))  # type: ignore[arg-type]

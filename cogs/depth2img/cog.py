@@ -34,6 +34,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from .acks import ACKNOWLEDGED, AckNotConfirmed, InteractionAcks
 from .errors import DeliveryFailed, Depth2ImgError, InvalidInput, RequestRejected
 from .ledger import Job, JobState, JobTakenOver
 from .messages import describe, neutralise, result_text
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
+UNKNOWN_INTERACTION = 10062  # Discord's error codes
+ALREADY_ACKNOWLEDGED = 40060
 # Discord counts the whole multipart request; leave room for the JSON part.
 _UPLOAD_MARGIN = 64 * 1024
 # Interaction tokens live 15 minutes; past this age, deliver as a channel message instead.
@@ -54,6 +57,10 @@ JOB_ID_RE = r"[0-9a-f]{12}"
 ACTIONS = ("seed", "edit", "closer", "more", "reuse", "compare", "delete", "cancel")
 
 Reader = Callable[[], Awaitable[bytes]]
+
+
+class InteractionExpired(Exception):
+    """Discord no longer knows the interaction: its 3 seconds were over before it reached the bot."""
 
 
 class SharedBytes(io.BytesIO):
@@ -183,9 +190,12 @@ def modal_values(data: Any) -> dict[str, str]:
 
 
 class Depth2ImgCog(commands.Cog):
-    def __init__(self, bot: Depth2ImgBot, service: Depth2ImgService) -> None:
+    def __init__(
+        self, bot: Depth2ImgBot, service: Depth2ImgService, *, acks: InteractionAcks | None = None
+    ) -> None:
         self.bot = bot
         self.service = service
+        self.acks = acks  # None: acknowledge through discord.py only (FAST_ACKS=off)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._menu_targets: dict[str, tuple[str, int, str]] = {}
         self.menu = app_commands.ContextMenu(name="Depth to image", callback=self.depth_to_image_menu)
@@ -209,6 +219,8 @@ class Depth2ImgCog(commands.Cog):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.service.close()
+        if self.acks is not None:
+            await self.acks.close()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -471,7 +483,14 @@ class Depth2ImgCog(commands.Cog):
                 return
             # 2. acknowledge at once.
             try:
-                callback = await interaction.response.defer(thinking=True)
+                message_id = await self._acknowledge(interaction)
+            except InteractionExpired:
+                ticket.close()
+                log.warning(
+                    "interaction expired before the bot could answer",
+                    extra={"interaction_id": interaction.id},
+                )
+                return
             except BaseException:
                 ticket.close()
                 raise
@@ -485,7 +504,7 @@ class Depth2ImgCog(commands.Cog):
                 application_id=interaction.application_id,
                 interaction_token=interaction.token,
                 interaction_created_at=interaction.created_at.timestamp(),
-                message_id=callback.message_id if callback is not None else None,
+                message_id=message_id,
                 upload_limit_bytes=max(1024, interaction.filesize_limit - _UPLOAD_MARGIN),
             )
             # 3. the bytes decide whether this is an image; still no API call.
@@ -525,6 +544,42 @@ class Depth2ImgCog(commands.Cog):
                 raise
             self.service.metrics.job_seconds.observe(time.monotonic() - started)
             await self.service.finish(outcome)
+
+    async def _acknowledge(self, interaction: discord.Interaction) -> int | None:
+        """Answer "thinking…" at once; returns the id of the message Discord made for it, if known.
+
+        Through the bot's lean connections when FAST_ACKS is on (acks.py: a fraction of discord.py's
+        cost per acknowledgement, which is what members in a burst wait for), else, or when that path
+        cannot confirm it, through discord.py, which succeeds or raises its usual exceptions."""
+        acks = self.acks
+        if acks is not None:
+            try:
+                message_id = await acks.defer(interaction.id, interaction.token)
+            except AckNotConfirmed as exc:
+                if exc.code == UNKNOWN_INTERACTION:
+                    raise InteractionExpired() from None
+                if exc.code == ALREADY_ACKNOWLEDGED:
+                    interaction.extras[ACKNOWLEDGED] = True
+                    return None
+                log.info(
+                    "acknowledging through discord.py instead",
+                    extra={"interaction_id": interaction.id, "reason": str(exc), "sent": exc.sent},
+                )
+            else:
+                interaction.extras[ACKNOWLEDGED] = True
+                return message_id
+        try:
+            return await self._acknowledge_through_discord_py(interaction)
+        except discord.HTTPException as exc:
+            if exc.code != ALREADY_ACKNOWLEDGED:  # the lean path's request did get through after all
+                raise
+            interaction.extras[ACKNOWLEDGED] = True
+            return None
+
+    @staticmethod
+    async def _acknowledge_through_discord_py(interaction: discord.Interaction) -> int | None:
+        callback = await interaction.response.defer(thinking=True)
+        return callback.message_id if callback is not None else None
 
     # --- resumed jobs ---------------------------------------------------------------------------
 

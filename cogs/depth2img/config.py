@@ -69,6 +69,7 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     event_loop: str = "uvloop"  # "uvloop" (when installed) or "asyncio"
+    fast_acks: bool = True  # acknowledge through acks.InteractionAcks (else through discord.py)
 
     @property
     def instance_group(self) -> str:
@@ -115,6 +116,7 @@ SETTINGS_HELP: dict[str, str] = {
     "METRICS_HOST": "the address the metrics port listens on (default 127.0.0.1)",
     "SHUTDOWN_GRACE_S": "on SIGTERM/SIGINT, seconds to let jobs in flight finish before stopping (default 25)",
     "EVENT_LOOP": "uvloop (default, where it is installed) or asyncio (Python's own event loop)",
+    "FAST_ACKS": "on (default): acknowledge commands over the bot's own lean connections to Discord; off: through discord.py",
 }
 
 
@@ -154,6 +156,17 @@ class _Reader:
             self.problems.append(f"{name}={value!r} is out of range: use a value from {lo:g} to {hi:g}.")
             return default
         return parsed
+
+    def switch(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "on", "yes", "true"):
+            return True
+        if value.lower() in ("0", "off", "no", "false"):
+            return False
+        self.problems.append(f"{name}={value!r} is not on or off.")
+        return default
 
     def url(self, name: str, schemes: tuple[str, ...], default: str | None) -> str | None:
         value = self.raw(name)
@@ -246,6 +259,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         metrics_port = r.number("METRICS_PORT", 0, int, 0, 65535)
     metrics_host = r.raw("METRICS_HOST") or "127.0.0.1"
     job_lease_s = r.number("JOB_LEASE_S", 60.0, float, 1, 3600)
+    fast_acks = r.switch("FAST_ACKS", True)
     event_loop = (r.raw("EVENT_LOOP") or "uvloop").lower()
     if event_loop not in ("uvloop", "asyncio"):
         r.problems.append(f"EVENT_LOOP={event_loop!r} is not uvloop or asyncio.")
@@ -269,4 +283,5 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         event_loop=event_loop,
+        fast_acks=fast_acks,
     )

@@ -178,6 +178,7 @@ class FakeDiscord(LocalServer):
         # awaited before an interaction callback is answered (after it is recorded): lets a test
         # hold one member's acknowledgement in flight while others go through
         self.callback_gate: Callable[[InteractionRecord], Awaitable[None]] | None = None
+        self.drop_callback_answers = 0  # acknowledgements taken whose answer is then lost
         self.identified = asyncio.Event()
         self.commands_synced = asyncio.Event()
         self.changed = asyncio.Condition()
@@ -1047,6 +1048,10 @@ class FakeDiscord(LocalServer):
         record.acked_at = arrived
         record.ack_type = rtype
         record.original_id = msg.id
+        if self.drop_callback_answers > 0:  # taken, but the answer never reaches the bot
+            self.drop_callback_answers -= 1
+            if request.transport is not None:
+                request.transport.close()
         return _json(
             {
                 "interaction": {
