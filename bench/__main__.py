@@ -315,13 +315,6 @@ class Bot:
             elif not failed(fake, r):
                 res.lost += 1
         res.stall_ms = read_stall(self.monitor, started, ended)
-        if os.environ.get("BENCH_DUMP"):
-            with open(os.environ["BENCH_DUMP"] + f".{self.name}", "a") as fh:  # noqa: ASYNC230
-                for r in sent:
-                    fh.write(f"{r.id} {r.sent_at} {r.acked_at}\n")
-                for at, _ in fake.cdn_fetches:
-                    fh.write(f"cdn {at}\n")
-                fake.cdn_fetches.clear()
         res.rss_after_kb = proc_kb(pid, "VmRSS")
         res.cpu_s = tree_cpu_s(pid) - cpu_before
         for r in sent:  # the driver keeps what it needs; drop the delivered pictures' bytes
