@@ -98,14 +98,16 @@ def tree_cpu_s(root: int) -> float:
     return total
 
 
-def read_stall(path: Path, start: float, end: float) -> float:
-    worst = 0.0
+def read_stall(path: Path, start: float, end: float) -> tuple[float, float, float]:
+    """The loop monitor's worst late wake-up in [start, end], with the part of it during which the
+    loop's thread was running and the part it waited for a CPU (cogs/depth2img/diagnostics.py)."""
+    worst = (0.0, 0.0, 0.0)
     try:
         for line in path.read_text().splitlines():
-            at, ms = line.split()
-            if start - 0.3 <= float(at) <= end + 0.3:
-                worst = max(worst, float(ms))
-    except (OSError, ValueError):
+            at, *values = line.split()
+            if start - 0.3 <= float(at) <= end + 0.3 and float(values[0]) > worst[0]:
+                worst = (float(values[0]), float(values[1]), float(values[2]))
+    except (OSError, ValueError, IndexError):
         pass
     return worst
 
@@ -134,6 +136,8 @@ class RunResult:
     missed: int = 0
     lost: int = 0
     stall_ms: float = 0.0
+    stall_running_ms: float = 0.0
+    stall_no_cpu_ms: float = 0.0
     rss_before_kb: int = 0
     rss_peak_kb: int = 0
     rss_after_kb: int = 0
@@ -151,6 +155,11 @@ class BurstResult:
     loop_stall_ms: float = 0.0  # the worst of every run
     loop_stall_median_ms: float = 0.0  # the median of the runs' worst
     loop_stall_ms_each_run: list[float] = field(default_factory=list)
+    # each run's worst stall, split: the loop's thread running (callbacks too long), waiting for a
+    # CPU (2 cores shared with the fakes and the other bot), and the rest (waiting for the GIL)
+    loop_stall_running_ms_each_run: list[float] = field(default_factory=list)
+    loop_stall_no_cpu_ms_each_run: list[float] = field(default_factory=list)
+    loop_stall_running_ms: float = 0.0  # the largest running part of any run's worst stall
     ack_max_ms_each_run: list[float] = field(default_factory=list)
     rss_mb_after_each_run: list[float] = field(default_factory=list)
     peak_rss_mb: float = 0.0
@@ -314,7 +323,7 @@ class Bot:
                 res.finals_s.append(at - r.sent_at)
             elif not failed(fake, r):
                 res.lost += 1
-        res.stall_ms = read_stall(self.monitor, started, ended)
+        res.stall_ms, res.stall_running_ms, res.stall_no_cpu_ms = read_stall(self.monitor, started, ended)
         res.rss_after_kb = proc_kb(pid, "VmRSS")
         res.cpu_s = tree_cpu_s(pid) - cpu_before
         for r in sent:  # the driver keeps what it needs; drop the delivered pictures' bytes
@@ -339,6 +348,9 @@ def summarise(bot: Bot, burst: int, runs: list[RunResult], latency: float) -> Bu
         loop_stall_ms=max(r.stall_ms for r in runs),
         loop_stall_median_ms=statistics.median(r.stall_ms for r in runs),
         loop_stall_ms_each_run=[round(r.stall_ms, 1) for r in runs],
+        loop_stall_running_ms=max(r.stall_running_ms for r in runs),
+        loop_stall_running_ms_each_run=[round(r.stall_running_ms, 1) for r in runs],
+        loop_stall_no_cpu_ms_each_run=[round(r.stall_no_cpu_ms, 1) for r in runs],
         ack_max_ms_each_run=[round(max(r.acks_ms, default=float("nan")), 1) for r in runs],
         rss_mb_after_each_run=[round(r.rss_after_kb / 1024, 1) for r in runs],
         peak_rss_mb=round(proc_kb(bot.proc.pid, "VmHWM") / 1024, 1),
@@ -352,7 +364,7 @@ def summarise(bot: Bot, burst: int, runs: list[RunResult], latency: float) -> Bu
 
 HEADER = (
     f"{'bot':14} {'burst':>5} {'runs':>4} | {'ack p50':>7} {'p99':>7} {'max':>7} ms | {'final p50':>9} {'p99':>6} s | "
-    f"{'ovh p50':>7} {'p99':>6} ms | {'stall':>5} {'(med)':>5} ms | {'peakRSS':>7} MB | {'/req':>5} KB | "
+    f"{'ovh p50':>7} {'p99':>6} ms | {'stall':>5} {'(med)':>5} {'(run)':>5} ms | {'peakRSS':>7} MB | {'/req':>5} KB | "
     f"{'cpu/req':>7} ms | {'at API p50':>10} {'p99':>6} | miss lost"
 )
 
@@ -361,7 +373,7 @@ def row(r: BurstResult) -> str:
     return (
         f"{r.bot:14} {r.burst:5d} {r.runs:4d} | {r.ack_ms['p50']:7.1f} {r.ack_ms['p99']:7.1f} {r.ack_ms['max']:7.1f}    | "
         f"{r.final_s['p50']:9.3f} {r.final_s['p99']:6.3f}   | {r.overhead_ms['p50']:7.0f} {r.overhead_ms['p99']:6.0f}    | "
-        f"{r.loop_stall_ms:5.0f} {r.loop_stall_median_ms:5.0f}    | {r.peak_rss_mb:7.1f}    | {r.rss_per_request_kb:5.0f}    | "
+        f"{r.loop_stall_ms:5.0f} {r.loop_stall_median_ms:5.0f} {r.loop_stall_running_ms:5.0f}    | {r.peak_rss_mb:7.1f}    | {r.rss_per_request_kb:5.0f}    | "
         f"{r.cpu_ms_per_request:7.1f}    | {r.submitted_s['p50']:6.3f} {r.submitted_s['p99']:6.3f} s | {r.missed:4d} {r.lost:4d}"
     )
 

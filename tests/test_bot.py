@@ -353,3 +353,44 @@ def test_event_loop_setting():
     assert s.event_loop == "asyncio"
     with pytest.raises(ConfigError, match="EVENT_LOOP"):
         load_settings({"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10, "EVENT_LOOP": "trio"})
+
+
+# --- the event-loop stall monitor ------------------------------------------------------------------
+
+
+async def test_loop_monitor_reports_stalls_and_what_they_were(tmp_path):
+    """A callback that computes for 100 ms shows as a stall spent running (or waiting for a CPU);
+    one that sleeps for 100 ms (a blocking call) shows as a stall spent neither."""
+    import time
+
+    from cogs.depth2img.diagnostics import loop_monitor
+
+    path = tmp_path / "loop.txt"
+    monitor = asyncio.create_task(loop_monitor(path, interval_s=0.005, window_s=0.05))
+
+    def compute() -> None:
+        end = time.perf_counter() + 0.1
+        while time.perf_counter() < end:
+            pass
+
+    def block() -> None:
+        time.sleep(0.1)
+
+    try:
+        await asyncio.sleep(0.1)
+        for stall in (compute, block):
+            asyncio.get_running_loop().call_soon(stall)
+            await asyncio.sleep(0.4)
+        async with asyncio.timeout(10):  # the monitor writes every fourth window
+            while not path.exists() or path.read_text().count("\n") < 16:
+                await asyncio.sleep(0.05)
+    finally:
+        monitor.cancel()
+        await asyncio.gather(monitor, return_exceptions=True)
+    rows = [tuple(map(float, line.split()))[1:] for line in path.read_text().splitlines()]
+    stalls = sorted((r for r in rows if r[0] >= 90), key=lambda r: r[0])
+    assert len(stalls) == 2, rows
+    computed = max(stalls, key=lambda r: r[1] + r[2])
+    slept = min(stalls, key=lambda r: r[1] + r[2])
+    assert computed[1] + computed[2] >= 0.8 * computed[0]  # running, or ready to run
+    assert slept[1] + slept[2] <= 0.2 * slept[0]  # asleep: neither

@@ -111,11 +111,13 @@ def test_a_whole_png_output_that_fits_passes_untouched(tmp_path):
     from cogs.depth2img.images import save_fitting_png
 
     data = make_png()
-    image = save_fitting_png(data, limit_bytes=len(data), stem="x", keep_as=str(tmp_path / "r"))
+    pieces = [data[:100], data[100:1000], data[1000:]]  # as downloaded
+    joined, image = save_fitting_png(pieces, limit_bytes=len(data), stem="x", keep_as=str(tmp_path / "r"))
+    assert joined == data
     assert image is not None and image.data == b"" and image.filename == "x.png"
     assert (tmp_path / "r.png").read_bytes() == data
-    assert save_fitting_png(data, limit_bytes=len(data) - 1, stem="x", keep_as=None) is None
-    assert save_fitting_png(data[:-30], limit_bytes=len(data), stem="x", keep_as=None) is None
+    assert save_fitting_png([data], limit_bytes=len(data) - 1, stem="x", keep_as=None) == (data, None)
+    assert save_fitting_png([data[:-30]], limit_bytes=len(data), stem="x", keep_as=None)[1] is None
 
 
 def _with_text(png: bytes) -> bytes:

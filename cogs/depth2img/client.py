@@ -112,8 +112,9 @@ def error_from_response(http_status: int, body: object, *, text_is_json: bool) -
     raise BadRequestError(message or "the API refused the request", status=http_status)
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
-    """The whole body, or None past ``cap`` bytes. A body cut short raises ``ClientPayloadError``."""
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> list[bytes] | None:
+    """The whole body in the pieces it came in (joining them is left to a thread), or None past
+    ``cap`` bytes. A body cut short raises ``ClientPayloadError``."""
     if resp.content_length is not None and resp.content_length > cap:
         return None
     chunks: list[bytes] = []
@@ -125,7 +126,7 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
         chunks.append(chunk)
     if resp.content_length is not None and size < resp.content_length:
         raise aiohttp.ClientPayloadError("response body cut short")
-    return b"".join(chunks)
+    return chunks
 
 
 def _is_private_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -237,6 +238,10 @@ class Depth2ImgClient:
 
     async def download(self, url: str) -> bytes:
         """Download one output image, with a size cap; retried on transient failures."""
+        return b"".join(await self.download_pieces(url))
+
+    async def download_pieces(self, url: str) -> list[bytes]:
+        """:meth:`download`, in the pieces it came in (for a caller that joins them off the loop)."""
         await self._check_download_target(url)
         attempt = 0
         while True:
@@ -326,7 +331,7 @@ class Depth2ImgClient:
         if raw is None:
             raise MalformedResponseError("response body too large", status=status)
         try:
-            decoded: object = json.loads(raw.decode("utf-8"))
+            decoded: object = json.loads(b"".join(raw).decode("utf-8"))  # small: an API answer
             is_json = True
         except (UnicodeDecodeError, ValueError):
             decoded, is_json = None, False
@@ -341,7 +346,7 @@ class Depth2ImgClient:
             exc.args = (exc.detail,)
             raise
 
-    async def _download_once(self, url: str) -> bytes:
+    async def _download_once(self, url: str) -> list[bytes]:
         try:
             async with self._session.get(url, timeout=self._timeout) as resp:
                 if resp.status >= 500 or resp.status == 429:

@@ -9,7 +9,7 @@ import io
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -270,20 +270,28 @@ def save_plain_source(
     return path, SourceImage(b"", "image/png", facts.width, facts.height, False, info)
 
 
+def joined(pieces: Sequence[bytes]) -> bytes:
+    """A download's pieces as one ``bytes`` (for a thread: joining megabytes on the event loop, many
+    downloads at a time, stalled it for tens of milliseconds)."""
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
 def save_fitting_png(
-    data: bytes, *, limit_bytes: int, stem: str, keep_as: str | None
-) -> GeneratedImage | None:
-    """For a thread: an output PNG that fits ``limit_bytes`` and is whole is delivered as it is (kept
-    at ``keep_as``.png if asked); the returned image carries no bytes (the caller has them). None:
-    use :func:`finish_output_file` (a worker)."""
+    pieces: Sequence[bytes], *, limit_bytes: int, stem: str, keep_as: str | None
+) -> tuple[bytes, GeneratedImage | None]:
+    """For a thread: a downloaded output, as received in ``pieces``, joined. An output PNG that fits
+    ``limit_bytes`` and is whole is delivered as it is (kept at ``keep_as``.png if asked), and comes
+    back as an image that carries no bytes (they are the first item); None: the picture needs
+    :func:`finish_output_file` (a worker)."""
+    data = joined(pieces)
     if len(data) > limit_bytes:
-        return None
+        return data, None
     facts = png_facts(data)
     if facts is None:
-        return None
+        return data, None
     if keep_as is not None:
         write_atomically(Path(f"{keep_as}.png"), data)
-    return GeneratedImage(b"", f"{stem}.png", facts.width, facts.height)
+    return data, GeneratedImage(b"", f"{stem}.png", facts.width, facts.height)
 
 
 # --- the same, for image worker processes: pictures travel as files, not through the process pipe ---

@@ -60,7 +60,7 @@ class Depth2ImgAPI(Protocol):
 
     async def fetch(self, job_id: str, fetch_url: str | None = None) -> APIResponse: ...
 
-    async def download(self, url: str) -> bytes: ...
+    async def download_pieces(self, url: str) -> list[bytes]: ...
 
     async def upload_image(self, data: bytes, mime: str = "image/png") -> str: ...
 
@@ -478,7 +478,8 @@ class Depth2ImgService:
         self._pool: ProcessPoolExecutor | None = None
         if settings.image_workers > 0:
             self._pool = ProcessPoolExecutor(
-                max_workers=settings.image_workers, mp_context=multiprocessing.get_context("forkserver")
+                max_workers=settings.image_workers,
+                mp_context=multiprocessing.get_context("forkserver"),
             )
 
     async def _cpu(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -919,16 +920,17 @@ class Depth2ImgService:
         """Download every output at once; check and fit each in an image worker."""
         urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
         await self.answer_first.wait_turn()
-        blobs = await asyncio.gather(*(self.api.download(u) for u in urls))
+        downloads = await asyncio.gather(*(self.api.download_pieces(u) for u in urls))
         prepared = []
-        for index, blob in enumerate(blobs):
+        for index, pieces in enumerate(downloads):
             fit: dict[str, Any] = {
                 "limit_bytes": job.upload_limit_bytes,
                 "stem": f"depth2img-{job.id}-{index}",
                 "keep_as": str(self.results_dir / job.id) if index == 0 else None,  # the first is kept
             }
-            # a whole PNG that fits: checked and kept in one thread call; else to an image worker
-            image = await asyncio.to_thread(images.save_fitting_png, blob, **fit)
+            # joined, and if a whole PNG that fits, checked and kept, in one thread call; else to a worker
+            blob, image = await asyncio.to_thread(images.save_fitting_png, pieces, **fit)
+            del pieces
             if image is None:
                 download = self.results_dir / f"{job.id}-{index}.download"
                 await asyncio.to_thread(images.write_atomically, download, blob)
