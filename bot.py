@@ -380,7 +380,7 @@ async def _run_bot(settings: Settings, ledger: Ledger, http_timeout: aiohttp.Cli
 # Garbage collection: young objects as usual (but less often), the full passes between bursts.
 GC_YOUNG_THRESHOLD = 7000  # CPython's default is 700
 GC_IDLE_S = 0.2
-GC_FULL_AT_LEAST_EVERY_S = 60.0
+GC_FULL_AT_LEAST_EVERY_S = 15.0
 
 
 async def collect_garbage_between_bursts(busy: Callable[[], bool]) -> None:

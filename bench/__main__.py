@@ -161,6 +161,7 @@ class BurstResult:
     loop_stall_no_cpu_ms_each_run: list[float] = field(default_factory=list)
     loop_stall_running_ms: float = 0.0  # the largest running part of any run's worst stall
     ack_max_ms_each_run: list[float] = field(default_factory=list)
+    rss_mb_after_warm_up: float = 0.0
     rss_mb_after_each_run: list[float] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     rss_per_request_kb: float = 0.0
@@ -333,7 +334,13 @@ class Bot:
         return res
 
 
-def summarise(bot: Bot, burst: int, runs: list[RunResult], latency: float) -> BurstResult:
+def reset_peak_rss(pid: int) -> None:
+    """Start VmHWM (peak RSS) afresh, so that each burst size gets its own peak (Linux 4.0+)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def summarise(bot: Bot, burst: int, runs: list[RunResult], latency: float, warm_up: RunResult) -> BurstResult:
     acks = [a for r in runs for a in r.acks_ms]
     finals = [f for r in runs for f in r.finals_s]
     submits = [s for r in runs for s in r.submits_s]
@@ -352,6 +359,7 @@ def summarise(bot: Bot, burst: int, runs: list[RunResult], latency: float) -> Bu
         loop_stall_running_ms_each_run=[round(r.stall_running_ms, 1) for r in runs],
         loop_stall_no_cpu_ms_each_run=[round(r.stall_no_cpu_ms, 1) for r in runs],
         ack_max_ms_each_run=[round(max(r.acks_ms, default=float("nan")), 1) for r in runs],
+        rss_mb_after_warm_up=round(warm_up.rss_after_kb / 1024, 1),
         rss_mb_after_each_run=[round(r.rss_after_kb / 1024, 1) for r in runs],
         peak_rss_mb=round(proc_kb(bot.proc.pid, "VmHWM") / 1024, 1),
         rss_per_request_kb=round(max((r.rss_peak_kb - r.rss_before_kb) / burst for r in runs), 1),
@@ -462,6 +470,10 @@ async def main() -> int:
         for burst in bursts:
             runs = max(args.runs, min(args.max_runs, math.ceil(args.samples / burst)))
             per_bot: dict[str, list[RunResult]] = {b.name: [] for b in bots}
+            warm_ups: dict[str, RunResult] = {}
+            for bot in bots:
+                assert bot.proc is not None
+                reset_peak_rss(bot.proc.pid)
             # Run 0 of each size warms up (not counted): the first burst larger than any before opens
             # new connections, a cost that a bot pays once, not at every burst.
             for i in range(runs + 1):
@@ -475,10 +487,12 @@ async def main() -> int:
                         gc.enable()
                     if i > 0:
                         per_bot[bot.name].append(run)
+                    else:
+                        warm_ups[bot.name] = run
                     gc.collect()
                     await asyncio.sleep(args.pause)
             for bot in bots:
-                result = summarise(bot, burst, per_bot[bot.name], args.latency)
+                result = summarise(bot, burst, per_bot[bot.name], args.latency, warm_ups[bot.name])
                 results.append(result)
                 print(row(result), flush=True)
     finally:
@@ -507,9 +521,12 @@ async def main() -> int:
                 f"  burst {burst:4d}: ack p50 ×{q['ack_p50']:.2f}  ack p99 ×{q['ack_p99']:.2f}   final p50 ×{q['final_p50']:.3f}"
             )
     largest = max(bursts)
-    print(f"\nRSS after each run of {largest} (MB):")
+    print(f"\nRSS after each run of {largest} (MB), the warm-up first:")
     for name in names:
-        print(f"  {name:10} {' '.join(f'{m:.0f}' for m in by[(name, largest)].rss_mb_after_each_run)}")
+        r = by[(name, largest)]
+        print(
+            f"  {name:14} {r.rss_mb_after_warm_up:.0f} | {' '.join(f'{m:.0f}' for m in r.rss_mb_after_each_run)}"
+        )
     violations = [v for bot in bots for v in bot.fake.violations]
     OUT.mkdir(exist_ok=True)
     report = {

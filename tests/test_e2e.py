@@ -409,3 +409,37 @@ async def test_an_acknowledgement_whose_answer_was_lost_is_not_taken_for_a_failu
     assert record.callback_attempts == 2
     assert fake_discord.violations == ["interaction acknowledged twice"]  # the bot could not know
     assert len(fake_api.submissions) == 1
+
+
+def test_an_uploaded_picture_is_freed_at_once_not_by_the_garbage_collector():
+    """discord.File sets the file's ``close`` back to the file's own bound method after sending: a
+    reference cycle that kept every uploaded picture until a full garbage collection. Ours frees it
+    as soon as the last reference goes."""
+    import gc
+    import io
+    import weakref
+
+    import discord
+
+    from cogs.depth2img.cog import SharedBytes
+
+    def freed_by_refcount(make: type[io.BytesIO]) -> bool:
+        fp = make(b"x" * 1000)
+        ref = weakref.ref(fp)
+        file = discord.File(fp, filename="a.png")
+        file.reset()
+        file.close()  # what discord.py does once the request is done
+        del file, fp
+        return ref() is None
+
+    gc.disable()
+    try:
+        assert not freed_by_refcount(io.BytesIO)  # discord.py's cycle, as it is
+        assert freed_by_refcount(SharedBytes)
+    finally:
+        gc.enable()
+    picture = b"\x89PNG" + bytes(range(256)) * 100
+    fp = SharedBytes(picture)
+    with fp.getbuffer() as view:
+        assert view.obj is picture  # no copy
+    assert fp.read() == picture

@@ -64,11 +64,18 @@ class InteractionExpired(Exception):
 
 
 class SharedBytes(io.BytesIO):
-    """A picture to upload, as the file object discord.py wants, without copying it.
+    """A picture to upload, as the file object discord.py wants, without copying it, and freed as
+    soon as the upload is done.
 
-    aiohttp sizes an io.BytesIO upload with ``getbuffer()``, which makes io.BytesIO copy the bytes it
-    shares (~0.4 ms per MB on the event loop, fresh memory included); nothing here ever writes to
-    it, so the buffer can be the picture itself."""
+    - aiohttp sizes an io.BytesIO upload with ``getbuffer()``, which makes io.BytesIO copy the bytes
+      it shares (~0.4 ms per MB on the event loop, fresh memory included); nothing here ever writes
+      to it, so the buffer can be the picture itself.
+    - discord.File keeps aiohttp from closing the file by setting ``fp.close`` on it, and afterwards
+      sets it back to ``fp``'s own bound ``close``: a reference cycle through the file, which kept
+      every uploaded picture in memory until the garbage collector's next full pass (measured: RSS
+      283 MB against 126 MB in a 200-burst with 16 jobs at a time). So ``close`` cannot be replaced
+      here (it does nothing: the picture is freed with this object, and discord.py may read it again
+      to retry an upload)."""
 
     def __init__(self, data: bytes) -> None:
         super().__init__(data)
@@ -76,6 +83,13 @@ class SharedBytes(io.BytesIO):
 
     def getbuffer(self) -> memoryview:
         return memoryview(self._data)
+
+    def close(self) -> None:
+        """Nothing to release early (see the class)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "close":
+            super().__setattr__(name, value)
 
 
 def upload(data: bytes, filename: str) -> discord.File:
