@@ -277,6 +277,8 @@ async def test_metrics_count_outcomes_rejections_latencies_and_errors(bot, fake_
     assert _sample(text, "depth2img_api_errors_total", kind="credits") == 1
     assert _sample(text, "depth2img_requests_rejected_total", reason="InvalidInput") == 1
     assert _sample(text, "depth2img_ack_seconds_count") == 3
+    assert _sample(text, "depth2img_acks_total", path="fast") == 3
+    assert _sample(text, "depth2img_acks_total", path="discord_py") == 0
     assert _sample(text, "depth2img_job_seconds_count") == 2  # the image, and the no-credits message
     assert _sample(text, "depth2img_api_seconds_count") == 1
     assert _sample(text, "depth2img_jobs_in_flight") == 0

@@ -272,6 +272,7 @@ async def test_late_interaction_is_not_answered_twice(bot, fake_discord, fake_ap
     assert fake_api.submissions == []
     assert len(fake_discord.violations) == 1
     assert fake_discord.violations[0].startswith("late acknowledgement")
+    assert 'depth2img_acks_total{path="expired"} 1.0' in bot.metrics.exposition().decode()
 
 
 async def test_longest_prompts_still_fit_discord_content_limit(bot, fake_discord, fake_api):
@@ -391,6 +392,7 @@ async def test_falls_back_to_discord_py_when_the_fast_path_cannot_connect(
     assert (record.ack_type, record.callback_attempts) == (5, 1)
     assert final.results[0].data == fake_api.output_png
     assert "acknowledging through discord.py instead" in log_text(caplog)
+    assert 'depth2img_acks_total{path="discord_py"} 1.0' in bot.metrics.exposition().decode()
     assert_clean(fake_discord, fake_api)
 
 

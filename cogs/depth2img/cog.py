@@ -571,9 +571,11 @@ class Depth2ImgCog(commands.Cog):
                 message_id = await acks.defer(interaction.id, interaction.token)
             except AckNotConfirmed as exc:
                 if exc.code == UNKNOWN_INTERACTION:
+                    self.service.metrics.acks.labels(path="expired").inc()
                     raise InteractionExpired() from None
                 if exc.code == ALREADY_ACKNOWLEDGED:
                     interaction.extras[ACKNOWLEDGED] = True
+                    self.service.metrics.acks.labels(path="fast").inc()
                     return None
                 log.info(
                     "acknowledging through discord.py instead",
@@ -581,14 +583,17 @@ class Depth2ImgCog(commands.Cog):
                 )
             else:
                 interaction.extras[ACKNOWLEDGED] = True
+                self.service.metrics.acks.labels(path="fast").inc()
                 return message_id
         try:
-            return await self._acknowledge_through_discord_py(interaction)
+            message_id = await self._acknowledge_through_discord_py(interaction)
         except discord.HTTPException as exc:
             if exc.code != ALREADY_ACKNOWLEDGED:  # the lean path's request did get through after all
                 raise
             interaction.extras[ACKNOWLEDGED] = True
-            return None
+            message_id = None
+        self.service.metrics.acks.labels(path="discord_py").inc()
+        return message_id
 
     @staticmethod
     async def _acknowledge_through_discord_py(interaction: discord.Interaction) -> int | None:

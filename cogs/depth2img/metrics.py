@@ -7,6 +7,9 @@ One :class:`Metrics` per bot, on its own registry (no global state); ``bot.py`` 
     depth2img_requests_rejected_total{reason}  refused before any API call (bad input, limits, …)
     depth2img_api_errors_total{kind}           jobs that ended on an API-side error, by its kind
     depth2img_ack_seconds                      command received → acknowledged (Discord's limit: 3 s)
+    depth2img_acks_total{path}                 acknowledgements by path: fast (acks.py), discord_py
+                                               (FAST_ACKS=off, or the fast path could not confirm),
+                                               expired (Discord no longer knew the interaction)
     depth2img_job_seconds                      command received → member told (image or message)
     depth2img_api_seconds                      submission → images ready at the API
     depth2img_jobs_in_flight                   jobs admitted and not finished
@@ -69,6 +72,9 @@ class Metrics:
         self.resumed = Counter(
             "depth2img_jobs_resumed", "Jobs resumed after a restart or taken over.", registry=r
         )
+        self.acks = Counter("depth2img_acks", "Acknowledgements by path.", ["path"], registry=r)
+        for path in ("fast", "discord_py", "expired"):
+            self.acks.labels(path=path)
         self.ack_seconds = Histogram(
             "depth2img_ack_seconds", "Command received to acknowledged.", buckets=_ACK_BUCKETS, registry=r
         )
