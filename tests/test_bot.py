@@ -349,6 +349,16 @@ async def test_full_garbage_collections_wait_until_no_job_is_in_flight(monkeypat
     gc.set_threshold(*saved)
 
 
+def test_picture_threads_leave_the_event_loop_a_core():
+    import os
+
+    base = {"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10}
+    assert load_settings(base).depth2img.picture_threads == max(1, (os.cpu_count() or 2) - 1)
+    assert load_settings(base | {"PICTURE_THREADS": "3"}).depth2img.picture_threads == 3
+    with pytest.raises(ConfigError, match="PICTURE_THREADS"):
+        load_settings(base | {"PICTURE_THREADS": "0"})
+
+
 def test_event_loop_setting():
     assert load_settings({"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10}).event_loop == "uvloop"
     s = load_settings({"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10, "EVENT_LOOP": "AsyncIO"})

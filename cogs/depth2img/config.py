@@ -8,6 +8,7 @@ Secret values are never echoed back in a problem.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class Depth2ImgSettings:
     source_max_side: int = 1024  # the API's generation limit
     progress_interval_s: float = 3.0
     image_workers: int = 2
+    picture_threads: int = 1  # threads that check and store pictures (see load_settings for the default)
     keep_pictures_days: float = 30.0  # 0 = keep forever
 
 
@@ -105,6 +107,7 @@ SETTINGS_HELP: dict[str, str] = {
     "SD_USER_COOLDOWN_S": "seconds a member waits between two requests (default 3; 0 = none)",
     "SD_GUILD_DAILY_QUOTA": "requests one server may make per UTC day (default 0 = no quota)",
     "KEEP_PICTURES_DAYS": "days to keep the pictures of finished jobs, for their buttons and /depth2img-show (default 30; 0 = forever)",
+    "PICTURE_THREADS": "threads that checksum and store pictures (default: one fewer than the machine's cores, at least 1)",
     "IMAGE_WORKERS": "processes that check and re-encode pictures off the event loop (default 2; 0 = threads)",
     "PROGRESS_INTERVAL_S": "least seconds between two progress updates of a message (default 3)",
     "LOOP_MONITOR_FILE": "optional: append the event loop's worst stall per 0.25 s to this file (diagnostics, benchmarks)",
@@ -223,6 +226,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         guild_daily_quota=r.number("SD_GUILD_DAILY_QUOTA", 0, int, 0, 1_000_000),
         progress_interval_s=r.number("PROGRESS_INTERVAL_S", 3.0, float, 0.1, 60),
         image_workers=r.number("IMAGE_WORKERS", 2, int, 0, 64),
+        picture_threads=r.number("PICTURE_THREADS", max(1, (os.cpu_count() or 2) - 1), int, 1, 64),
         keep_pictures_days=r.number("KEEP_PICTURES_DAYS", 30.0, float, 0, 36500),
     )
     shutdown_grace = r.number("SHUTDOWN_GRACE_S", 25.0, float, 0, 600)

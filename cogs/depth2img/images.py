@@ -1,5 +1,5 @@
 """Image checks and re-encoding with Pillow. CPU-bound: callers run these off the event loop
-(``asyncio.to_thread``). Nothing here imports discord.py or aiohttp.
+(the service's picture threads, or its image worker processes). Nothing here imports discord.py or aiohttp.
 """
 
 from __future__ import annotations
