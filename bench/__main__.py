@@ -398,7 +398,7 @@ async def main() -> int:
         "--pin", default="", help="FAKES:BOTS cpu lists, e.g. 0:1 (the fakes on cpu 0, the bots on cpu 1)"
     )
     parser.add_argument("--latency", type=float, default=1.0)
-    parser.add_argument("--pause", type=float, default=0.3, help="seconds between two runs")
+    parser.add_argument("--pause", type=float, default=0.5, help="seconds between two runs")
     parser.add_argument(
         "--bots",
         default="baseline,ours",
@@ -491,6 +491,9 @@ async def main() -> int:
                         warm_ups[bot.name] = run
                     gc.collect()
                     await asyncio.sleep(args.pause)
+                    # at rest: what the bot keeps once a burst is over (a leak would show here)
+                    assert bot.proc is not None
+                    run.rss_after_kb = proc_kb(bot.proc.pid, "VmRSS")
             for bot in bots:
                 result = summarise(bot, burst, per_bot[bot.name], args.latency, warm_ups[bot.name])
                 results.append(result)
@@ -521,7 +524,7 @@ async def main() -> int:
                 f"  burst {burst:4d}: ack p50 ×{q['ack_p50']:.2f}  ack p99 ×{q['ack_p99']:.2f}   final p50 ×{q['final_p50']:.3f}"
             )
     largest = max(bursts)
-    print(f"\nRSS after each run of {largest} (MB), the warm-up first:")
+    print(f"\nRSS at rest ({args.pause:g} s) after each run of {largest} (MB), the warm-up first:")
     for name in names:
         r = by[(name, largest)]
         print(
