@@ -16,7 +16,7 @@ time per request (the bot and its image workers), when requests reached the API,
 (no acknowledgement within 3 s) and lost (no final state). Then ours ÷ baseline, and the RSS after each
 run of the largest burst (memory must not grow from run to run). Everything stays on 127.0.0.1.
 
-Options: ``--bursts 1,8,32,200 --runs 3 --samples 60 --latency 1.0 --bots baseline,ours``
+Options: ``--bursts 1,8,32,200 --runs 3 --samples 480 --max-runs 40 --latency 1.0 --bots baseline,ours``
 (``--bots baseline,baseline`` measures the bench's own noise: the two should come out at ×1.0).
 """
 
@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 import uvloop
@@ -167,6 +168,8 @@ class BurstResult:
     rss_per_request_kb: float = 0.0
     cpu_ms_per_request: float = 0.0
     submitted_s: dict[str, float] = field(default_factory=dict)  # interaction written → at the API
+    submitted_max_s_each_run: list[float] = field(default_factory=list)
+    final_max_s_each_run: list[float] = field(default_factory=list)
     missed: int = 0
     lost: int = 0
 
@@ -217,6 +220,7 @@ class Bot:
         self.data_dir = data_dir / name
         self.monitor = self.data_dir / "loop.txt"
         self.proc: asyncio.subprocess.Process | None = None
+        self.log: BinaryIO | None = None
         self.attachment: dict[str, object] = {}
         self.user = 10**17
 
@@ -254,13 +258,16 @@ class Bot:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        OUT.mkdir(exist_ok=True)
+        # the bot's warnings and errors (LOG_LEVEL=WARNING): a retry or a fault shows here
+        self.log = (OUT / f"{self.name}.log").open("wb")
         await self.fake.start()
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv(),
             cwd=ROOT,
             env=self.env(),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
             preexec_fn=pin(self.cpus),
         )
 
@@ -285,6 +292,8 @@ class Bot:
                 self.proc.kill()
                 await self.proc.wait()
         await self.fake.stop()
+        if self.log is not None:
+            self.log.close()
 
     async def burst(self, size: int) -> RunResult:
         assert self.proc is not None
@@ -365,6 +374,8 @@ def summarise(bot: Bot, burst: int, runs: list[RunResult], latency: float, warm_
         rss_per_request_kb=round(max((r.rss_peak_kb - r.rss_before_kb) / burst for r in runs), 1),
         cpu_ms_per_request=round(sum(r.cpu_s for r in runs) * 1000 / (burst * len(runs)), 1),
         submitted_s={"p50": pct(submits, 50), "p99": pct(submits, 99)},
+        submitted_max_s_each_run=[round(max(r.submits_s, default=float("nan")), 3) for r in runs],
+        final_max_s_each_run=[round(max(r.finals_s, default=float("nan")), 3) for r in runs],
         missed=sum(r.missed for r in runs),
         lost=sum(r.lost for r in runs),
     )
@@ -391,7 +402,7 @@ async def main() -> int:
     parser.add_argument("--bursts", default="1,8,32,200")
     parser.add_argument("--runs", type=int, default=3, help="runs per burst size, at least")
     parser.add_argument(
-        "--samples", type=int, default=240, help="requests per burst size, at least (up to --max-runs runs)"
+        "--samples", type=int, default=480, help="requests per burst size, at least (up to --max-runs runs)"
     )
     parser.add_argument("--max-runs", type=int, default=40)
     parser.add_argument(
