@@ -15,7 +15,9 @@ class LocalServer:
     async def start(self, port: int = 0) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        # real services have deep accept queues; aiohttp's default of 128 overflows when 200 members'
+        # requests open connections at once, and each dropped SYN then costs its client a 1 s retry
+        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024)
         await site.start()
         server = site._server
         assert server is not None
