@@ -239,7 +239,7 @@ async def test_17_output_404_on_download(client, fake_api):
     fake_api.scenario = "output_404"
     r = await client.submit(PARAMS, SOURCE)
     with pytest.raises(OutputUnavailable):
-        await client.download(r.output_urls[0])
+        await client.download_pieces(r.output_urls[0])
 
 
 async def test_18_multiple_samples(client, fake_api):
@@ -248,7 +248,7 @@ async def test_18_multiple_samples(client, fake_api):
     assert len(r.output_urls) == 3
     assert [u.rsplit("-", 1)[1] for u in r.output_urls] == ["0.png", "1.png", "2.png"]
     for url in r.output_urls:
-        assert (await client.download(url)) == fake_api.output_png
+        assert b"".join(await client.download_pieces(url)) == fake_api.output_png
 
 
 async def test_19_base64_to_url(client, fake_api):
@@ -258,7 +258,7 @@ async def test_19_base64_to_url(client, fake_api):
     assert upload.path == "/api/v6/base64_to_url"
     assert upload.body["base64_string"].startswith("data:image/png;base64,")
     assert base64.b64decode(upload.body["base64_string"].split(",", 1)[1]) == png
-    assert await client.download(url) == png
+    assert b"".join(await client.download_pieces(url)) == png
 
 
 async def test_20_base64_to_url_too_large(client, fake_api):
@@ -272,7 +272,7 @@ async def test_21_base64_crop_fallback_when_v6_is_missing(client, fake_api):
     png = make_png(32, 32)
     url = await client.upload_image(png)
     assert [u.path for u in fake_api.uploads] == ["/api/v3/base64_crop"]
-    assert await client.download(url) == png
+    assert b"".join(await client.download_pieces(url)) == png
 
 
 async def test_22_slow_response_times_out_and_is_not_resubmitted(fake_api, sleeps):
@@ -315,4 +315,4 @@ async def test_download_size_cap(fake_api, sleeps):
             sleep=sleeps,
         )
         with pytest.raises(OutputUnavailable):
-            await c.download(url)
+            await c.download_pieces(url)

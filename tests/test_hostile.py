@@ -256,7 +256,7 @@ async def test_output_on_a_private_address_is_not_downloaded(fake_discord, fake_
             "ftp://example.com/a.png",
         ):
             with pytest.raises(OutputUnavailable):
-                await public.download(url)
+                await public.download_pieces(url)
     assert fake_api.downloads == []
 
 

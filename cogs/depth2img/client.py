@@ -236,12 +236,9 @@ class Depth2ImgClient:
             raise MalformedResponseError("upload did not finish at once")
         return response.output_urls[0]
 
-    async def download(self, url: str) -> bytes:
-        """Download one output image, with a size cap; retried on transient failures."""
-        return b"".join(await self.download_pieces(url))
-
     async def download_pieces(self, url: str) -> list[bytes]:
-        """:meth:`download`, in the pieces it came in (for a caller that joins them off the loop)."""
+        """Download one output image, with a size cap; retried on transient failures. Returned in
+        the pieces it came in: joining megabytes is left to the caller, off the event loop."""
         await self._check_download_target(url)
         attempt = 0
         while True:
