@@ -17,9 +17,8 @@ import discord.gateway
 import discord.http
 import pytest
 
-from bot import Depth2ImgBot, KeyValueFormatter, configure_discord_endpoints, open_ledger
-from cogs.depth2img.config import load_settings
-from cogs.depth2img.ledger import Ledger
+from bot import Depth2ImgBot, configure_discord_endpoints, read_settings
+from cogs.botcore.logs import KeyValueFormatter
 from tests.fakes.fake_api import FakeModelsLab, make_png
 from tests.fakes.fake_discord import FakeDiscord, FakeMessage, InteractionRecord
 from tests.postgres import PostgresUnavailable, TempPostgres
@@ -151,16 +150,16 @@ async def start_bot(
 ) -> AsyncIterator[StartBot]:
     """Start the real bot in this event loop, connected to the fakes; settings only through env."""
     saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
-    started: list[tuple[Depth2ImgBot, asyncio.Task[None], aiohttp.ClientSession, Ledger]] = []
+    started: list[tuple[Depth2ImgBot, asyncio.Task[None], aiohttp.ClientSession]] = []
 
     async def start(**extra: str) -> Depth2ImgBot:
-        settings = load_settings(bot_env(fake_discord, fake_api, tmp_path / "data", **extra))
+        settings, problems = read_settings(bot_env(fake_discord, fake_api, tmp_path / "data", **extra))
+        assert problems == []
         configure_discord_endpoints(settings)
         session = aiohttp.ClientSession()
-        ledger = await open_ledger(settings)
-        bot = Depth2ImgBot(settings=settings, http_session=session, ledger=ledger)
+        bot = Depth2ImgBot(settings=settings, http_session=session)
         task = asyncio.create_task(bot.start(settings.discord_token))
-        started.append((bot, task, session, ledger))
+        started.append((bot, task, session))
         async with asyncio.timeout(15):
             while not (fake_discord.identified.is_set() and fake_discord.commands):
                 if task.done():
@@ -169,12 +168,11 @@ async def start_bot(
         return bot
 
     yield start
-    for bot, task, session, ledger in started:
+    for bot, task, session in started:
         await bot.close()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
         await session.close()
-        await ledger.close()
     discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
 
 
@@ -187,6 +185,17 @@ async def bot(start_bot: StartBot) -> Depth2ImgBot:
 
 
 PROGRESS_PREFIXES = ("⏳ Queued at the image API", "⏳ Waiting for a free slot")
+
+
+def service_of(bot: Depth2ImgBot):
+    """The extension's service as the bot loaded it (for the tests' look at its state)."""
+    return bot.get_cog("Depth2ImgCog").service
+
+
+def metrics_text(bot: Depth2ImgBot) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(bot.metrics_registry).decode()
 
 
 def is_settled(fake: FakeDiscord, record: InteractionRecord) -> bool:

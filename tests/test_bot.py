@@ -12,8 +12,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bot import SETTINGS_HELP as BOT_SETTINGS
+from bot import read_settings
+from cogs.botcore.config import SETTINGS_HELP as BOTCORE_SETTINGS
+from cogs.depth2img import secret_values, settings_problems
+from cogs.depth2img.config import SETTINGS_HELP as EXTENSION_SETTINGS
 from cogs.depth2img.config import ConfigError, load_settings
-from tests.conftest import bot_env, is_settled, process_env, slash, spawn_bot, stop_bot
+from tests.conftest import bot_env, is_settled, metrics_text, process_env, slash, spawn_bot, stop_bot
 from tests.fakes.fake_api import make_png
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,61 +41,66 @@ def run_bot_sync(cwd: Path) -> subprocess.CompletedProcess[str]:
 # --- settings -------------------------------------------------------------------------------------
 
 
+def every_problem(env: dict[str, str]) -> list[str]:
+    """What ``python bot.py`` lists before it starts: the bot's problems, then the extensions'."""
+    from cogs import botcore
+
+    return read_settings(env)[1] + botcore.settings_problems(env) + settings_problems(env)
+
+
 def test_settings_defaults_and_secrets_hidden_from_repr():
-    s = load_settings({"DISCORD_TOKEN": "tok-secret-123", "SD_API_KEY": "key-secret-456"})
-    assert s.depth2img.api_base_url == "https://stablediffusionapi.com/api"
-    assert s.data_dir == Path("data")
-    assert s.dev_guild_id is None
-    assert s.depth2img.max_concurrent_jobs == 5
-    assert "tok-secret-123" not in repr(s)
+    env = {"DISCORD_TOKEN": "tok-secret-123", "SD_API_KEY": "key-secret-456"}
+    bot_settings, problems = read_settings(env)
+    s = load_settings(env)
+    assert problems == []
+    assert s.api_base_url == "https://stablediffusionapi.com/api"
+    assert bot_settings.data_dir == Path("data")
+    assert bot_settings.dev_guild_id is None
+    assert s.max_concurrent_jobs == 5
+    assert "tok-secret-123" not in repr(bot_settings)
     assert "key-secret-456" not in repr(s)
 
 
 def test_sharding_database_and_metrics_settings():
     base = {"DISCORD_TOKEN": "tok-secret-123", "SD_API_KEY": "key-secret-456"}
-    s = load_settings(
-        {
-            **base,
-            "DATABASE_URL": "postgresql://bot:pg-password-789@db:5432/depth2img",
-            "SHARD_COUNT": "4",
-            "SHARD_IDS": "3, 1",
-            "METRICS_PORT": "9100",
-        }
-    )
-    assert (s.shard_count, s.shard_ids, s.metrics_port, s.metrics_host) == (4, (1, 3), 9100, "127.0.0.1")
+    env = {
+        **base,
+        "DATABASE_URL": "postgresql://bot:pg-password-789@db:5432/depth2img",
+        "SHARD_COUNT": "4",
+        "SHARD_IDS": "3, 1",
+        "METRICS_PORT": "9100",
+    }
+    s, _ = read_settings(env)
+    assert every_problem(env) == []
+    assert (s.shard_count, s.shard_ids) == (4, (1, 3))
     assert s.instance_group == "shards-1.3-of-4"
-    assert "pg-password-789" not in repr(s)
-    from bot import _secrets_of  # what the log filter redacts
-
-    assert "pg-password-789" in _secrets_of(s)
-    assert load_settings(base).instance_group == "main"
-    with pytest.raises(ConfigError) as info:
-        load_settings(
+    assert "pg-password-789" not in repr(s) + repr(load_settings(env))
+    assert "pg-password-789" in secret_values(env)  # what the log filter redacts
+    assert read_settings(base)[0].instance_group == "main"
+    joined = "\n".join(
+        every_problem(
             {**base, "DATABASE_URL": "mysql://u:pg-password-789@h/d", "SHARD_IDS": "0", "METRICS_PORT": "x"}
         )
-    joined = "\n".join(info.value.problems)
+    )
     assert "DATABASE_URL is not a PostgreSQL URL" in joined
     assert "SHARD_IDS needs SHARD_COUNT" in joined
     assert "METRICS_PORT" in joined
     assert "pg-password-789" not in joined
-    with pytest.raises(ConfigError) as info:
-        load_settings({**base, "SHARD_COUNT": "2", "SHARD_IDS": "2"})
-    assert "from 0 to SHARD_COUNT-1 (1)" in info.value.problems[0]
+    (problem,) = every_problem({**base, "SHARD_COUNT": "2", "SHARD_IDS": "2"})
+    assert "from 0 to SHARD_COUNT-1 (1)" in problem
 
 
 def test_every_problem_is_listed_at_once_without_secrets():
-    with pytest.raises(ConfigError) as info:
-        load_settings(
-            {
-                "SD_API_KEY": "has space-secretvalue",
-                "SD_MAX_CONCURRENT": "many",
-                "SD_JOB_TIMEOUT_S": "99999",
-                "DEV_GUILD_ID": "my-server",
-                "SD_API_BASE_URL": "ftp://x",
-                "DISCORD_GATEWAY_URL": "http://not-ws",
-            }
-        )
-    problems = info.value.problems
+    problems = every_problem(
+        {
+            "SD_API_KEY": "has space-secretvalue",
+            "SD_MAX_CONCURRENT": "many",
+            "SD_JOB_TIMEOUT_S": "99999",
+            "DEV_GUILD_ID": "my-server",
+            "SD_API_BASE_URL": "ftp://x",
+            "DISCORD_GATEWAY_URL": "http://not-ws",
+        }
+    )
     joined = "\n".join(problems)
     for name in (
         "DISCORD_TOKEN",
@@ -107,29 +117,117 @@ def test_every_problem_is_listed_at_once_without_secrets():
 
 
 def test_env_example_documents_every_setting():
-    from cogs.depth2img.config import SETTINGS_HELP
-
     example = (ROOT / ".env.example").read_text()
     readme = (ROOT / "README.md").read_text()
-    for name in SETTINGS_HELP:
+    for name in {**BOT_SETTINGS, **BOTCORE_SETTINGS, **EXTENSION_SETTINGS}:
         assert f"{name}=" in example, name
         assert f"`{name}`" in readme, name
 
 
-# --- the import boundary -------------------------------------------------------------------------
+# --- the layout's rules ------------------------------------------------------------------------------
+
+PACKAGE = ROOT / "cogs" / "depth2img"
 
 
-def test_client_and_job_logic_do_not_import_discord():
+@pytest.mark.parametrize(
+    ("packages", "forbidden"),
+    [
+        (["cogs.depth2img.core", "cogs.depth2img.store"], ["discord", "aiohttp"]),
+        (["cogs.depth2img.backends"], ["discord"]),
+    ],
+)
+def test_the_discord_free_packages_load_neither_discord_nor_aiohttp(packages, forbidden):
+    """Every module of these packages, imported in a fresh interpreter: what it pulls in."""
+    modules = [
+        ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for package in packages
+        for path in sorted((ROOT / package.replace(".", "/")).glob("*.py"))
+    ]
     code = (
-        "import sys; import cogs.depth2img.client, cogs.depth2img.service, cogs.depth2img.models, "
-        "cogs.depth2img.messages, cogs.depth2img.images, cogs.depth2img.config; "
-        "bad = [m for m in sys.modules if m == 'discord' or m.startswith('discord.')]; "
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({forbidden!r}))\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert len(modules) >= 3
+
+
+def _modules() -> list[Path]:
+    return [ROOT / "bot.py", *sorted((ROOT / "cogs").rglob("*.py"))]
+
+
+def test_no_module_is_over_about_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in _modules() if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
+
+
+def test_no_import_circle():
+    """The import graph of bot.py and the extension has no cycle: every import counts, lazy ones inside
+    functions too (only TYPE_CHECKING ones are left out); ``from package import module`` is an edge
+    to the module."""
+    import ast
+
+    def name_of(path: Path) -> str:
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    graph: dict[str, set[str]] = {}
+    known = {name_of(p) for p in _modules()}
+    for path in _modules():
+        module = name_of(path)
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        edges = graph.setdefault(module, set())
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = []
+        for node in ast.walk(tree):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
+                    base = ".".join([*anchor, base] if base else anchor)
+                submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
+                targets = submodules or [base]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            edges |= {t for t in targets if t in known and t != module}
+
+    seen: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        seen[node] = 1
+        for nxt in graph.get(node, ()):
+            if seen.get(nxt) == 1:
+                cycle = [*stack[stack.index(nxt) :], nxt] if nxt in stack else [node, nxt]
+                raise AssertionError(f"import circle: {' -> '.join(cycle)}")
+            if nxt not in seen:
+                visit(nxt, [*stack, nxt])
+        seen[node] = 2
+
+    for start in sorted(graph):
+        if start not in seen:
+            visit(start, [start])
+
+
+def test_bot_py_imports_nothing_of_the_feature_extension():
+    import ast
+
+    tree = ast.parse((ROOT / "bot.py").read_text())
+    imported = [
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    ]
+    assert not [m for m in imported if m and m.startswith("cogs.depth2img")]
+    assert "cogs.depth2img" in __import__("bot").EXTENSIONS  # loaded by name, like any extension
 
 
 # --- command sync ----------------------------------------------------------------------------------
@@ -226,7 +324,7 @@ async def test_real_bot_process_serves_a_request_and_stops_cleanly(fake_discord,
 
 
 async def test_english_localizations_are_complete_and_synced(bot, fake_discord):
-    from cogs.depth2img.translator import LOCALES_DIR, source_strings
+    from cogs.depth2img.ui.translator import LOCALES_DIR, source_strings
 
     english = json.loads((LOCALES_DIR / "en-US.json").read_text("utf-8"))
     missing = set(await source_strings(bot.tree)) - set(english)
@@ -267,18 +365,18 @@ async def test_metrics_count_outcomes_rejections_latencies_and_errors(bot, fake_
     await slash(fake_discord, {"prompt": "x"}, image=b"not an image at all", filename="x.png")
 
     def finished() -> float:  # the final state is recorded just after the member is told
-        text = bot.metrics.exposition().decode()
+        text = metrics_text(bot)
         return sum(_sample(text, "depth2img_jobs_total", outcome=o) for o in ("delivered", "failed"))
 
     await fake_discord.wait_for(lambda: finished() == 2, timeout=5)
-    text = bot.metrics.exposition().decode()
+    text = metrics_text(bot)
     assert _sample(text, "depth2img_jobs_total", outcome="delivered") == 1
     assert _sample(text, "depth2img_jobs_total", outcome="failed") == 1
     assert _sample(text, "depth2img_api_errors_total", kind="credits") == 1
     assert _sample(text, "depth2img_requests_rejected_total", reason="InvalidInput") == 1
     assert _sample(text, "depth2img_ack_seconds_count") == 3
-    assert _sample(text, "depth2img_acks_total", path="fast") == 3
-    assert _sample(text, "depth2img_acks_total", path="discord_py") == 0
+    assert _sample(text, "depth2img_acks_total", outcome="acknowledged") == 3
+    assert _sample(text, "depth2img_acks_total", outcome="expired") == 0
     assert _sample(text, "depth2img_job_seconds_count") == 2  # the image, and the no-credits message
     assert _sample(text, "depth2img_api_seconds_count") == 1
     assert _sample(text, "depth2img_jobs_in_flight") == 0
@@ -314,7 +412,7 @@ async def test_real_bot_process_serves_metrics_on_its_port(fake_discord, fake_ap
 async def test_full_garbage_collections_wait_until_no_job_is_in_flight(monkeypatch):
     import gc
 
-    import bot as bot_module
+    from cogs.botcore import cog as bot_module
 
     monkeypatch.setattr(bot_module, "GC_IDLE_S", 0.01)
     full_passes: list[int] = []
@@ -353,18 +451,18 @@ def test_picture_threads_leave_the_event_loop_a_core():
     import os
 
     base = {"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10}
-    assert load_settings(base).depth2img.picture_threads == max(1, (os.cpu_count() or 2) - 1)
-    assert load_settings(base | {"PICTURE_THREADS": "3"}).depth2img.picture_threads == 3
+    assert load_settings(base).picture_threads == max(1, (os.cpu_count() or 2) - 1)
+    assert load_settings(base | {"PICTURE_THREADS": "3"}).picture_threads == 3
     with pytest.raises(ConfigError, match="PICTURE_THREADS"):
         load_settings(base | {"PICTURE_THREADS": "0"})
 
 
 def test_event_loop_setting():
-    assert load_settings({"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10}).event_loop == "uvloop"
-    s = load_settings({"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10, "EVENT_LOOP": "AsyncIO"})
-    assert s.event_loop == "asyncio"
-    with pytest.raises(ConfigError, match="EVENT_LOOP"):
-        load_settings({"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10, "EVENT_LOOP": "trio"})
+    base = {"DISCORD_TOKEN": "t" * 10, "SD_API_KEY": "k" * 10}
+    assert read_settings(base)[0].event_loop == "uvloop"
+    assert read_settings(base | {"EVENT_LOOP": "AsyncIO"})[0].event_loop == "asyncio"
+    (problem,) = read_settings(base | {"EVENT_LOOP": "trio"})[1]
+    assert "EVENT_LOOP" in problem
 
 
 # --- the event-loop stall monitor ------------------------------------------------------------------

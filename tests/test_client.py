@@ -1,4 +1,4 @@
-"""The real API client against the fake API: every scenario of the contract's table (§9)."""
+"""The ModelsLab backend against the fake API: every scenario of the contract's table (§9)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from cogs.depth2img.client import Depth2ImgClient
+from cogs.depth2img.backends.modelslab import ModelsLabBackend
 from cogs.depth2img.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -21,7 +21,7 @@ from cogs.depth2img.errors import (
     ServerError,
     SourceImageUnreachable,
 )
-from cogs.depth2img.models import GenerationParams, Status
+from cogs.depth2img.models import GenerationParams
 from tests.fakes.fake_api import FakeModelsLab, make_png
 
 PARAMS = GenerationParams(
@@ -46,9 +46,9 @@ def sleeps() -> Sleeps:
 
 
 @pytest.fixture
-async def client(fake_api: FakeModelsLab, sleeps: Sleeps) -> AsyncIterator[Depth2ImgClient]:
+async def client(fake_api: FakeModelsLab, sleeps: Sleeps) -> AsyncIterator[ModelsLabBackend]:
     async with aiohttp.ClientSession() as session:
-        yield Depth2ImgClient(
+        yield ModelsLabBackend(
             session,
             base_url=fake_api.base_url,
             api_key=fake_api.api_key,
@@ -79,17 +79,17 @@ async def test_request_body_carries_key_image_prompt_and_typed_options(client, f
 async def test_1_success_with_string_output(client, fake_api):
     fake_api.scenario = "success"
     r = await client.submit(PARAMS, SOURCE)
-    assert r.status is Status.SUCCESS
+    assert r.done
     assert len(r.output_urls) == 1
     assert r.output_urls[0].startswith(f"http://127.0.0.1:{fake_api.port}/files/")
     assert r.generation_time_s == pytest.approx(1.32)
-    assert r.job_id is not None
+    assert r.remote_id is not None
 
 
 async def test_2_success_with_list_proxy_links_and_meta(client, fake_api):
     fake_api.scenario = "success_list"
     r = await client.submit(PARAMS, SOURCE)
-    assert r.status is Status.SUCCESS
+    assert r.done
     assert len(r.output_urls) == 1
     assert r.seed == 1793745243
     assert r.generation_time_s == pytest.approx(2.9)
@@ -99,15 +99,12 @@ async def test_3_queued_then_success_polls_the_fetch_result_url(client, fake_api
     fake_api.scenario = "queued"
     fake_api.polls_before_done = 2
     first = await client.submit(PARAMS, SOURCE)
-    assert first.status is Status.PROCESSING
-    assert first.job_id == "13481504"
-    assert first.fetch_url and first.fetch_url.endswith("/api/v3/fetch/13481504")
+    assert not first.done
+    assert first.remote_id == "13481504"
+    assert first.poll_url and first.poll_url.endswith("/api/v3/fetch/13481504")
     assert first.eta_s == pytest.approx(0.05)
-    statuses = []
-    for _ in range(3):
-        r = await client.fetch(first.job_id, first.fetch_url)
-        statuses.append(r.status)
-    assert statuses == [Status.PROCESSING, Status.PROCESSING, Status.SUCCESS]
+    done = [(await client.poll(first.remote_id, first.poll_url)).done for _ in range(3)]
+    assert done == [False, False, True]
     assert all(f.body == {"key": fake_api.api_key} for f in fake_api.fetches)
     assert {f.path for f in fake_api.fetches} == {"/api/v3/fetch/13481504"}
 
@@ -116,7 +113,7 @@ async def test_4_queued_then_failed_raises_job_failed_with_the_reason(client, fa
     fake_api.scenario = "queued_then_failed"
     first = await client.submit(PARAMS, SOURCE)
     with pytest.raises(JobFailed) as info:
-        await client.fetch(first.job_id, first.fetch_url)
+        await client.poll(first.remote_id, first.poll_url)
     assert "Invalid input dimensions" in info.value.detail
     assert len(fake_api.fetches) == 1  # not retried: failed is final
 
@@ -125,14 +122,14 @@ async def test_5_queued_forever_keeps_answering_processing(client, fake_api):
     fake_api.scenario = "queued_forever"
     first = await client.submit(PARAMS, SOURCE)
     for _ in range(5):
-        assert (await client.fetch(first.job_id, first.fetch_url)).status is Status.PROCESSING
+        assert not (await client.poll(first.remote_id, first.poll_url)).done
 
 
 async def test_6_processing_without_id_is_parsed_without_an_id(client, fake_api):
     fake_api.scenario = "processing_without_id"
     r = await client.submit(PARAMS, SOURCE)
-    assert r.status is Status.PROCESSING
-    assert r.job_id is None
+    assert not r.done
+    assert r.remote_id is None
     assert fake_api.fetches == []
 
 
@@ -146,7 +143,7 @@ async def test_7_8_invalid_key_both_styles(client, fake_api, scenario):
 
 async def test_wrong_key_is_rejected_and_never_echoed(fake_api, sleeps):
     async with aiohttp.ClientSession() as session:
-        c = Depth2ImgClient(session, base_url=fake_api.base_url, api_key="wrong-key-abcdef", sleep=sleeps)
+        c = ModelsLabBackend(session, base_url=fake_api.base_url, api_key="wrong-key-abcdef", sleep=sleeps)
         with pytest.raises(AuthenticationError) as info:
             await c.submit(PARAMS, SOURCE)
     assert "wrong-key-abcdef" not in str(info.value)
@@ -172,7 +169,7 @@ async def test_10_rate_limit_reports_retry_after_and_does_not_wait_30s(client, f
 async def test_10_short_rate_limit_is_waited_out_and_retried(fake_api, sleeps):
     fake_api.scenario = "rate_limited"
     async with aiohttp.ClientSession() as session:
-        c = Depth2ImgClient(
+        c = ModelsLabBackend(
             session,
             base_url=fake_api.base_url,
             api_key=fake_api.api_key,
@@ -209,7 +206,7 @@ async def test_13_unfetchable_init_image(client, fake_api):
 async def test_14_server_error_then_success_is_retried_once(client, fake_api, sleeps):
     fake_api.scenario = "server_error_then_success"
     r = await client.submit(PARAMS, SOURCE)
-    assert r.status is Status.SUCCESS
+    assert r.done
     assert len(fake_api.submissions) == 2
     assert len(sleeps.calls) == 1
 
@@ -232,7 +229,7 @@ async def test_15_non_json_gateway_error_is_not_resubmitted(client, fake_api):
 async def test_16_string_id(client, fake_api):
     fake_api.scenario = "success_string_id"
     r = await client.submit(PARAMS, SOURCE)
-    assert r.job_id == "abc123-def456"
+    assert r.remote_id == "abc123-def456"
 
 
 async def test_17_output_404_on_download(client, fake_api):
@@ -279,7 +276,7 @@ async def test_22_slow_response_times_out_and_is_not_resubmitted(fake_api, sleep
     fake_api.scenario = "slow"
     fake_api.slow_s = 5
     async with aiohttp.ClientSession() as session:
-        c = Depth2ImgClient(
+        c = ModelsLabBackend(
             session, base_url=fake_api.base_url, api_key=fake_api.api_key, request_timeout_s=1, sleep=sleeps
         )
         with pytest.raises(APITimeoutError):
@@ -289,7 +286,7 @@ async def test_22_slow_response_times_out_and_is_not_resubmitted(fake_api, sleep
 
 async def test_unreachable_api_is_retried_then_reported(sleeps):
     async with aiohttp.ClientSession() as session:
-        c = Depth2ImgClient(
+        c = ModelsLabBackend(
             session, base_url="http://127.0.0.1:9/api", api_key="k" * 10, max_retries=2, sleep=sleeps
         )
         with pytest.raises(APIConnectionError):
@@ -300,14 +297,14 @@ async def test_unreachable_api_is_retried_then_reported(sleeps):
 async def test_fetch_result_on_a_foreign_host_is_not_sent_the_key(client, fake_api):
     fake_api.scenario = "queued"
     first = await client.submit(PARAMS, SOURCE)
-    await client.fetch(first.job_id, "http://evil.invalid/steal")
+    await client.poll(first.remote_id, "http://evil.invalid/steal")
     assert fake_api.fetches[0].path == "/api/v6/image_editing/fetch/13481504"
 
 
 async def test_download_size_cap(fake_api, sleeps):
     url = fake_api.add_file("big.png", b"x" * 200_000)
     async with aiohttp.ClientSession() as session:
-        c = Depth2ImgClient(
+        c = ModelsLabBackend(
             session,
             base_url=fake_api.base_url,
             api_key=fake_api.api_key,

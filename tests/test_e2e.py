@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from bot import KeyValueFormatter
-from tests.conftest import is_settled, slash
+from cogs.botcore.logs import KeyValueFormatter
+from tests.conftest import is_settled, metrics_text, service_of, slash
 from tests.fakes.fake_api import make_png
 from tests.fakes.fake_discord import FLAG_EPHEMERAL
 
@@ -272,7 +272,7 @@ async def test_late_interaction_is_not_answered_twice(bot, fake_discord, fake_ap
     assert fake_api.submissions == []
     assert len(fake_discord.violations) == 1
     assert fake_discord.violations[0].startswith("late acknowledgement")
-    assert 'depth2img_acks_total{path="expired"} 1.0' in bot.metrics.exposition().decode()
+    assert 'depth2img_acks_total{outcome="expired"} 1.0' in metrics_text(bot)
 
 
 async def test_longest_prompts_still_fit_discord_content_limit(bot, fake_discord, fake_api):
@@ -340,7 +340,7 @@ async def test_a_member_can_ask_again_as_soon_as_the_result_is_shown(bot, fake_d
 async def test_pictures_wait_while_other_members_are_still_being_acknowledged(bot, fake_discord, fake_api):
     """Two members at once. A's acknowledgement is done while B's is still on its way to Discord:
     A's picture is not downloaded (nor anyone's) until B has been acknowledged too."""
-    service = bot.get_cog("Depth2ImgCog").service
+    service = service_of(bot)
     service.answer_first.max_hold_s = 30.0  # only B's acknowledgement may let A's work through
     a_user, b_user = 10**17 + 1, 10**17 + 2
     b_arrived = asyncio.Event()
@@ -369,50 +369,6 @@ async def test_pictures_wait_while_other_members_are_still_being_acknowledged(bo
     assert_clean(fake_discord, fake_api)
 
 
-async def test_acknowledges_through_discord_py_when_fast_acks_is_off(start_bot, fake_discord, fake_api):
-    bot = await start_bot(FAST_ACKS="off")
-    assert bot.get_cog("Depth2ImgCog").acks is None
-    record, final = await slash(fake_discord, {"prompt": "a lighthouse"})
-    assert (record.ack_type, record.callback_attempts) == (5, 1)
-    assert final.results[0].data == fake_api.output_png
-    assert_clean(fake_discord, fake_api)
-
-
-async def test_falls_back_to_discord_py_when_the_fast_path_cannot_connect(
-    bot, fake_discord, fake_api, caplog
-):
-    cog = bot.get_cog("Depth2ImgCog")
-    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = probe.sockets[0].getsockname()[1]
-    probe.close()
-    await probe.wait_closed()
-    # (the class of the extension as loaded: discord.py imports the extension afresh for each bot)
-    cog.acks = type(cog.acks)(f"http://127.0.0.1:{port}/api/v10", user_agent="t")  # nobody there
-    record, final = await slash(fake_discord, {"prompt": "a lighthouse"})
-    assert (record.ack_type, record.callback_attempts) == (5, 1)
-    assert final.results[0].data == fake_api.output_png
-    assert "acknowledging through discord.py instead" in log_text(caplog)
-    assert 'depth2img_acks_total{path="discord_py"} 1.0' in bot.metrics.exposition().decode()
-    assert_clean(fake_discord, fake_api)
-
-
-async def test_an_acknowledgement_whose_answer_was_lost_is_not_taken_for_a_failure(
-    bot, fake_discord, fake_api
-):
-    """The fast path's request reached Discord but the answer did not come back: discord.py's second
-    attempt is told "already acknowledged", and the job goes on in the same message."""
-    fake_discord.drop_callback_answers = 1
-    record = await fake_discord.invoke_slash(
-        "depth2img", {"image": fake_discord.add_attachment(make_png(), "p.png"), "prompt": "a lighthouse"}
-    )
-    await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=20)
-    (final,) = fake_discord.visible_messages(record)
-    assert final.results[0].data == fake_api.output_png
-    assert record.callback_attempts == 2
-    assert fake_discord.violations == ["interaction acknowledged twice"]  # the bot could not know
-    assert len(fake_api.submissions) == 1
-
-
 def test_an_uploaded_picture_is_freed_at_once_not_by_the_garbage_collector():
     """discord.File sets the file's ``close`` back to the file's own bound method after sending: a
     reference cycle that kept every uploaded picture until a full garbage collection. Ours frees it
@@ -423,7 +379,7 @@ def test_an_uploaded_picture_is_freed_at_once_not_by_the_garbage_collector():
 
     import discord
 
-    from cogs.depth2img.cog import SharedBytes
+    from cogs.depth2img.ui.components import SharedBytes
 
     def freed_by_refcount(make: type[io.BytesIO]) -> bool:
         fp = make(b"x" * 1000)
@@ -445,3 +401,45 @@ def test_an_uploaded_picture_is_freed_at_once_not_by_the_garbage_collector():
     with fp.getbuffer() as view:
         assert view.obj is picture  # no copy
     assert fp.read() == picture
+
+
+async def test_the_progress_line_stops_when_a_job_ends_in_an_unexpected_error(
+    start_bot, fake_discord, fake_api
+):
+    """A poll answered with JSON nested far too deep raises RecursionError, which is no error of the
+    bot's own: the member's progress line must stop with the job all the same."""
+    await start_bot(PROGRESS_INTERVAL_S="0.1")
+    fake_api.scenario = "queued"
+    fake_api.eta_s = 0.01
+    fake_api.fetch_body = b"[" * 100_000 + b"]" * 100_000
+    record, final = await slash(fake_discord, {"prompt": "castle"})
+    assert record.ack_type == 5
+    assert final.files == []
+    assert any(h.startswith("⏳ Queued at the image API") for h in final.history)  # it was shown
+
+    def progress_tasks() -> list[asyncio.Task]:
+        return [
+            t
+            for t in asyncio.all_tasks()
+            if "Progress" in getattr(t.get_coro(), "__qualname__", "") and not t.done()
+        ]
+
+    await asyncio.sleep(0.3)
+    assert progress_tasks() == []
+    edits = final.edits
+    await asyncio.sleep(0.3)
+    assert final.edits == edits
+
+
+async def test_a_picture_discord_never_finishes_sending_gets_a_clear_private_answer(
+    start_bot, fake_discord, fake_api
+):
+    await start_bot(INPUT_READ_TIMEOUT_S="1")
+    attachment = fake_discord.add_attachment(make_png(), "slow.png")
+    fake_discord.cdn_stalled.add(attachment["url"].split("?")[0].removeprefix(fake_discord.base_url))
+    record, final = await slash(fake_discord, {"image": attachment, "prompt": "castle"})
+    assert final.ephemeral
+    assert "could not be downloaded from Discord in time" in final.content
+    assert [m.ephemeral for m in fake_discord.visible_messages(record)] == [True]
+    assert fake_api.submissions == []
+    assert_clean(fake_discord, fake_api)

@@ -16,8 +16,9 @@ import zlib
 import pytest
 from PIL import Image
 
-from tests.conftest import is_settled, slash
+from tests.conftest import is_settled, service_of, slash
 from tests.fakes.fake_api import make_png
+from tests.ledger_queries import count_by_state
 from tests.test_e2e import assert_clean
 
 
@@ -241,11 +242,11 @@ async def test_api_fault_ends_in_one_clear_message(
 async def test_output_on_a_private_address_is_not_downloaded(fake_discord, fake_api, tmp_path):
     import aiohttp
 
-    from cogs.depth2img.client import Depth2ImgClient
+    from cogs.depth2img.backends.modelslab import ModelsLabBackend
     from cogs.depth2img.errors import OutputUnavailable
 
     async with aiohttp.ClientSession() as session:
-        public = Depth2ImgClient(session, base_url="https://stablediffusionapi.com/api", api_key="k" * 12)
+        public = ModelsLabBackend(session, base_url="https://stablediffusionapi.com/api", api_key="k" * 12)
         for url in (
             fake_api.file_url("a-0.png"),
             "http://localhost/x.png",
@@ -288,7 +289,7 @@ async def test_fifty_concurrent_requests_with_faults_all_end_once(start_bot, fak
             failed += 1
     assert delivered + failed == 50
     assert delivered >= 20 and failed >= 10  # the mix really mixed
-    counts = await bot.ledger.count_by_state()
+    counts = await count_by_state(service_of(bot).ledger)
     assert set(counts) <= {"delivered", "failed"}
     assert counts.get("delivered", 0) == delivered
     assert counts.get("failed", 0) == failed

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from cogs.depth2img.errors import InvalidInput
-from cogs.depth2img.images import inspect_input, prepare_output
+from cogs.depth2img.images import finish_output, prepare_source
+from cogs.depth2img.pngs import save_fitting_png, save_plain_source
 from tests.fakes.fake_api import make_png
 
 
@@ -20,10 +21,10 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def test_png_jpeg_webp_are_accepted():
-    img = Image.new("RGB", (64, 48), (10, 20, 30))
+    img = Image.new("RGB", (96, 64), (10, 20, 30))
     for fmt in ("PNG", "JPEG", "WEBP"):
-        info = inspect_input(encode(img, fmt), max_pixels=10_000_000)
-        assert (info.width, info.height) == (64, 48)
+        source = prepare_source(encode(img, fmt), max_pixels=10_000_000)
+        assert (source.original.format, source.width, source.height) == (fmt, 96, 64)
 
 
 @pytest.mark.parametrize(
@@ -39,14 +40,14 @@ def test_png_jpeg_webp_are_accepted():
 )
 def test_bad_bytes_are_refused(data, fragment):
     with pytest.raises(InvalidInput) as info:
-        inspect_input(data, max_pixels=10_000_000)
+        prepare_source(data, max_pixels=10_000_000)
     assert fragment in info.value.reason
 
 
 def test_too_many_pixels_is_refused_before_decoding():
     big = encode(Image.new("L", (5000, 5000)), "PNG")
     with pytest.raises(InvalidInput) as info:
-        inspect_input(big, max_pixels=4_000_000)
+        prepare_source(big, max_pixels=4_000_000)
     assert "megapixels" in info.value.reason
 
 
@@ -55,13 +56,13 @@ def test_animated_webp_is_refused():
     buf = io.BytesIO()
     frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:])
     with pytest.raises(InvalidInput) as info:
-        inspect_input(buf.getvalue(), max_pixels=10_000_000)
+        prepare_source(buf.getvalue(), max_pixels=10_000_000)
     assert "Animated" in info.value.reason
 
 
 def test_small_output_passes_through_untouched():
     png = make_png(64, 64)
-    out = prepare_output(png, limit_bytes=1_000_000, stem="r")
+    out = finish_output(png, limit_bytes=1_000_000, stem="r")
     assert out.data == png and out.filename == "r.png"
 
 
@@ -69,8 +70,6 @@ def test_small_output_passes_through_untouched():
 
 
 def test_a_plain_png_is_kept_as_it_is(tmp_path):
-    from cogs.depth2img.images import save_plain_source
-
     data = encode(Image.new("RGB", (128, 64), (1, 2, 3)), "PNG")
     kept = save_plain_source(data, str(tmp_path / "s.png"), max_pixels=10_000_000)
     assert kept is not None
@@ -101,15 +100,11 @@ def test_a_plain_png_is_kept_as_it_is(tmp_path):
     ],
 )
 def test_anything_else_goes_to_the_worker(tmp_path, make):
-    from cogs.depth2img.images import save_plain_source
-
     assert save_plain_source(make(), str(tmp_path / "s.png"), max_pixels=10_000_000) is None
     assert not (tmp_path / "s.png").exists()
 
 
 def test_a_whole_png_output_that_fits_passes_untouched(tmp_path):
-    from cogs.depth2img.images import save_fitting_png
-
     data = make_png()
     pieces = [data[:100], data[100:1000], data[1000:]]  # as downloaded
     joined, image = save_fitting_png(pieces, limit_bytes=len(data), stem="x", keep_as=str(tmp_path / "r"))

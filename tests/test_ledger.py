@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from cogs.depth2img.ledger import Job, JobState, JobTakenOver, Ledger
 from cogs.depth2img.models import GenerationParams
+from cogs.depth2img.store import Job, JobState, JobTakenOver, Ledger, SchemaTooNew
+from cogs.depth2img.store.base import Execute, Fetch, Op
+from cogs.depth2img.store.schema import LATEST
 from tests.conftest import create_database, drop_database
+from tests.ledger_queries import count_by_state, event_owners, events
 
 Opener = Callable[..., Awaitable[Ledger]]
 
@@ -34,6 +37,7 @@ async def open_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         opened.append(ledger)
         return ledger
 
+    opener.target = target  # type: ignore[attr-defined]
     yield opener
     for ledger in opened:
         await ledger.close()
@@ -70,8 +74,8 @@ async def test_a_job_round_trips_with_its_states_and_events(open_ledger: Opener)
     assert stored is not None and stored.finished_at is not None
     assert stored.params == GenerationParams(prompt="a cabin", strength=0.55, seed=7)
     assert stored.channel_id == 2**63 - 1
-    assert await ledger.events("a1") == ["received", "submitting", "processing", "delivered"]
-    assert await ledger.count_by_state() == {"delivered": 1}
+    assert await events(ledger, "a1") == ["received", "submitting", "processing", "delivered"]
+    assert await count_by_state(ledger) == {"delivered": 1}
     assert [j.id for j in await ledger.for_user(1)] == ["a1"]
 
 
@@ -90,7 +94,7 @@ async def test_counts_settings_and_forgetting(open_ledger: Opener) -> None:
     forgotten = await ledger.forget_user(0)
     assert [j.id for j in forgotten] == ["c0"]  # the unfinished one (c2) stays until it ends
     assert await ledger.get("c0") is None
-    assert await ledger.events("c0") == []
+    assert await events(ledger, "c0") == []
 
 
 async def test_only_the_owner_may_change_a_job(open_ledger: Opener) -> None:
@@ -108,7 +112,7 @@ async def test_only_the_owner_may_change_a_job(open_ledger: Opener) -> None:
     assert await second.claim_delivery(taken)
     await second.update(taken, state=JobState.DELIVERED)
     assert await second.claim_orphans() == []
-    owners = await second.event_owners("o1")
+    owners = await event_owners(second, "o1")
     assert owners == [
         ("received", first.owner),
         ("received/claimed", second.owner),
@@ -169,9 +173,9 @@ async def test_concurrent_writes_all_land_and_one_failure_fails_alone(open_ledge
     )
     failures = [r for r in results if isinstance(r, BaseException)]
     assert len(failures) == 1
-    assert await ledger.count_by_state() == {"received": 81}
-    assert await ledger.events("g042") == ["received"]
-    assert await ledger.events("dup") == ["received"]  # the failed insert left no event
+    assert await count_by_state(ledger) == {"received": 81}
+    assert await events(ledger, "g042") == ["received"]
+    assert await events(ledger, "dup") == ["received"]  # the failed insert left no event
 
 
 async def test_pictures_of_old_finished_jobs_are_released(open_ledger: Opener) -> None:
@@ -185,3 +189,141 @@ async def test_pictures_of_old_finished_jobs_are_released(open_ledger: Opener) -
     stored = await ledger.get("p1")
     assert stored is not None and (stored.source_path, stored.result_path) == (None, None)
     assert await ledger.release_pictures(time.time() + 1) == []
+
+
+# --- every operation is all or nothing, and fails alone ------------------------------------------------
+
+
+async def test_an_operation_that_fails_halfway_leaves_nothing_behind(open_ledger: Opener) -> None:
+    """An update writes the job, then its event. Here the event cannot be stored (a lone surrogate,
+    which neither database can encode): the job's new state must not stay either."""
+    ledger = await open_ledger()
+    job = await ledger.create(new_job("t1"))
+    with pytest.raises(Exception) as info:
+        await asyncio.wait_for(ledger.update(job, state=JobState.SUBMITTING, detail="bad \ud800 text"), 10)
+    assert "surrogate" in str(info.value)
+    stored = await ledger.get("t1")
+    assert stored is not None and stored.state is JobState.RECEIVED
+    assert await events(ledger, "t1") == ["received"]
+    assert (await ledger.update(job, state=JobState.SUBMITTING)).state is JobState.SUBMITTING  # still usable
+
+
+async def test_any_exception_in_an_operation_fails_only_its_caller(open_ledger: Opener) -> None:
+    """Operations of many members share one SQLite commit. One that raises an exception of its own
+    (not a database error) after writing is undone, and only its caller hears of it."""
+    ledger = await open_ledger()
+
+    def writes_then_fails() -> Op[None]:
+        yield Execute(
+            "INSERT INTO guild_settings (guild_id, data, updated_at) VALUES (?, ?, ?)", (1, "{}", 0.0)
+        )
+        raise RuntimeError("the operation's own code failed")
+
+    jobs = [new_job(f"a{n:02d}") for n in range(40)]
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(ledger.create(j) for j in jobs[:20]),
+            ledger._db.run(writes_then_fails),
+            *(ledger.create(j) for j in jobs[20:]),
+            return_exceptions=True,
+        ),
+        10,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert [type(f) for f in failures] == [RuntimeError]
+    assert await count_by_state(ledger) == {"received": 40}
+    assert await ledger.all_guild_settings() == {}  # its write was undone
+
+
+async def test_an_error_that_ends_the_whole_transaction_fails_only_its_caller(open_ledger: Opener) -> None:
+    """SQLite's group commit: an error that ends the batch's transaction (disk full, I/O; here the
+    operation rolls it back itself) must not take the other members' operations with it."""
+    ledger = await open_ledger()
+    if ledger.shared:
+        pytest.skip("on PostgreSQL each operation is a transaction of its own")
+
+    def ends_the_transaction() -> Op[None]:
+        yield Execute("ROLLBACK")
+
+    jobs = [new_job(f"b{n:02d}") for n in range(20)]
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(ledger.create(j) for j in jobs[:10]),
+            ledger._db.run(ends_the_transaction),
+            *(ledger.create(j) for j in jobs[10:]),
+            return_exceptions=True,
+        ),
+        10,
+    )
+    assert sum(isinstance(r, BaseException) for r in results) == 1
+    assert isinstance(results[10], BaseException)
+    assert await count_by_state(ledger) == {"received": 20}
+
+
+# --- the schema's version ------------------------------------------------------------------------------
+
+
+async def _schema_rows(ledger: Ledger) -> list[int]:
+    def op() -> Op[list[int]]:
+        rows = yield Fetch("SELECT version FROM schema_version ORDER BY version")
+        return [int(r["version"]) for r in rows]
+
+    return await ledger._db.run(op)
+
+
+async def test_a_new_database_gets_every_migration_once(open_ledger: Opener) -> None:
+    ledger = await open_ledger()
+    assert ledger.schema_version == LATEST
+    assert await _schema_rows(ledger) == list(range(1, LATEST + 1))
+    again = await open_ledger()  # a restart: nothing to do
+    assert again.schema_version == LATEST
+    assert await _schema_rows(again) == list(range(1, LATEST + 1))
+
+
+async def test_a_database_from_a_newer_bot_is_refused_with_a_clear_message(open_ledger: Opener) -> None:
+    ledger = await open_ledger()
+
+    def from_the_future() -> Op[None]:
+        yield Execute(
+            "INSERT INTO schema_version (version, applied_at, what) VALUES (?, ?, ?)", (LATEST + 5, 0.0, "x")
+        )
+
+    await ledger._db.run(from_the_future)
+    with pytest.raises(SchemaTooNew) as info:
+        await open_ledger()
+    assert f"schema version {LATEST + 5}" in str(info.value)
+    assert f"up to {LATEST}" in str(info.value)
+    assert "newer" in str(info.value)
+
+
+def test_a_sqlite_database_from_before_schema_versions_is_recognised_and_upgraded(tmp_path: Path) -> None:
+    """The first release's tables (no ownership columns, no version table): upgraded in place, its
+    jobs kept."""
+    import sqlite3
+
+    from cogs.depth2img.store.schema import MIGRATIONS, SQLITE
+
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[0].sql(SQLITE):
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO jobs (id, state, user_id, channel_id, application_id, interaction_token, "
+        "interaction_created_at, upload_limit_bytes, params, created_at, updated_at) "
+        "VALUES ('old1', 'delivered', 1, 2, 3, 't', 0, 100, ?, 0, 0)",
+        ('{"prompt": "an old one"}',),
+    )
+    conn.commit()
+    conn.close()
+
+    async def check() -> None:
+        ledger = await Ledger.open(path)
+        try:
+            assert ledger.schema_version == LATEST
+            assert await _schema_rows(ledger) == list(range(1, LATEST + 1))
+            old = await ledger.get("old1")
+            assert old is not None and old.params.prompt == "an old one" and old.owner == ""
+        finally:
+            await ledger.close()
+
+    asyncio.run(check())

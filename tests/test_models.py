@@ -8,10 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cogs.depth2img.client import error_from_response
+from cogs.depth2img.backends.modelslab_answers import (
+    Status,
+    error_from_response,
+    extract_message,
+    parse_response,
+)
+from cogs.depth2img.core.params import build_params, clean_text
 from cogs.depth2img.errors import Depth2ImgError, InvalidInput, MalformedResponseError
-from cogs.depth2img.models import Status, extract_message, parse_response
-from cogs.depth2img.service import build_params, clean_text
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),

@@ -1,22 +1,24 @@
-"""The job logic with the real client against the fake API: polling, deadlines, concurrency, outputs."""
+"""The job logic behind the service facade, against an in-memory image service that implements the
+Backend protocol (tests/fakes/memory_backend.py) and a real ledger: polling, deadlines, concurrency,
+outputs, restarts, admission, progress events, reading the member's picture."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import io
-import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
-from cogs.depth2img.client import Depth2ImgClient
 from cogs.depth2img.config import Depth2ImgSettings
+from cogs.depth2img.core.admission import AnswerFirst
+from cogs.depth2img.core.intake import Origin
+from cogs.depth2img.core.service import Depth2ImgService
 from cogs.depth2img.errors import (
     AlreadyRunning,
     CoolingDown,
@@ -30,18 +32,19 @@ from cogs.depth2img.errors import (
     QuotaExceeded,
     ShuttingDown,
 )
-from cogs.depth2img.ledger import JobState, Ledger
-from cogs.depth2img.models import GenerationParams
-from cogs.depth2img.service import AnswerFirst, Depth2ImgService, Origin, Progress
-from tests.fakes.fake_api import FakeModelsLab, make_png
+from cogs.depth2img.metrics import Metrics
+from cogs.depth2img.models import GenerationParams, ProgressEvent, Stage
+from cogs.depth2img.store import JobState, Ledger
+from tests.fakes.fake_api import make_png
+from tests.fakes.memory_backend import MemoryBackend
+from tests.ledger_queries import count_by_state, events
 
 SOURCE = "http://127.0.0.1:1/attachments/1/2/photo.png"
 
 
-def settings(fake_api: FakeModelsLab, **kw: object) -> Depth2ImgSettings:
+def settings(**kw: object) -> Depth2ImgSettings:
     base = {
-        "api_key": fake_api.api_key,
-        "api_base_url": fake_api.base_url,
+        "api_key": "k" * 12,
         "poll_initial_s": 0.01,
         "poll_max_s": 0.05,
         "job_timeout_s": 5.0,
@@ -54,9 +57,8 @@ def settings(fake_api: FakeModelsLab, **kw: object) -> Depth2ImgSettings:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+def backend() -> MemoryBackend:
+    return MemoryBackend()
 
 
 @pytest.fixture
@@ -67,23 +69,26 @@ async def ledger(tmp_path) -> AsyncIterator[Ledger]:
 
 
 @pytest.fixture
-async def make_service(session, fake_api, ledger, tmp_path):
+async def make_service(backend, ledger, tmp_path):
+    made: list[Depth2ImgService] = []
     reopened: list[Ledger] = []
 
-    def make(*, restarted: bool = False, **kw) -> Depth2ImgService:
-        """``restarted``: as a new process would, with its own connection to the same ledger."""
-        s = settings(fake_api, **kw)
-        client = Depth2ImgClient(
-            session, base_url=s.api_base_url, api_key=s.api_key, request_timeout_s=s.request_timeout_s
+    def make(*, on: Ledger | None = None, **kw) -> Depth2ImgService:
+        service = Depth2ImgService(
+            backend, settings(**kw), on or ledger, data_dir=tmp_path, metrics=Metrics(CollectorRegistry())
         )
-        return Depth2ImgService(client, s, reopened[-1] if restarted else ledger, data_dir=tmp_path)
+        made.append(service)
+        return service
 
     async def make_restarted(**kw) -> Depth2ImgService:
+        """As a new process would: its own connection to the same ledger."""
         reopened.append(await Ledger.open(tmp_path / "jobs.sqlite3"))
-        return make(restarted=True, **kw)
+        return make(on=reopened[-1], **kw)
 
     make.restarted = make_restarted  # type: ignore[attr-defined]
     yield make
+    for service in made:
+        service.pictures.close()
     for led in reopened:
         await led.close()
 
@@ -101,112 +106,114 @@ def origin(user: int = 1, limit: int = 10 * 1024 * 1024) -> Origin:
     )
 
 
-_ids = itertools.count()
-
-
 async def run(service, user: int = 1, limit: int = 10 * 1024 * 1024, params=None, events=None, image=None):
-    """accept → run → finish, as the cog does; returns the result (or raises the error)."""
-
-    async def progress(p: Progress) -> None:
-        if events is not None:
-            events.append(p)
-
+    """admit → accept → run → delivered, as the UI's flow does; returns the result (or raises the error)."""
     data = image if image is not None else make_png()
 
     async def read() -> bytes:
         return data
 
-    with service.admission.admit(user, 20) as ticket:
+    with service.admit(user, 20) as ticket:
         job = await service.accept(
-            f"job{next(_ids)}",
             params or GenerationParams(prompt="cabin", seed=7),
             origin(user, limit),
             read=read,
+            declared_size=len(data),
             source_url=SOURCE,
         )
-        outcome = await service.run(job, ticket, started_at=time.monotonic(), on_progress=progress)
-        await service.finish(outcome)
+        emit = events.append if events is not None else (lambda _: None)
+        outcome = await service.run(job, ticket, emit=emit, started_at=time.monotonic())
+        async with service.delivering(outcome) as mine:
+            assert mine
     if outcome.error is not None:
         raise outcome.error
     return outcome.result
 
 
-async def test_queued_job_is_polled_to_success_and_timed(make_service, fake_api):
-    fake_api.scenario = "queued"
-    fake_api.polls_before_done = 3
-    events: list[Progress] = []
-    result = await run(make_service(), events=events)
-    assert len(fake_api.fetches) == 4
-    assert len(fake_api.submissions) == 1
+async def test_queued_job_is_polled_to_success_and_timed(make_service, backend):
+    backend.scenario = "queued"
+    backend.polls_before_done = 3
+    seen: list[ProgressEvent] = []
+    result = await run(make_service(), events=seen)
+    assert len(backend.called("poll")) == 4
+    assert len(backend.called("submit")) == 1
     assert len(result.images) == 1
     assert result.api_queue_s is not None and result.api_queue_s > 0
     assert result.total_s >= result.api_queue_s
-    assert [e.stage for e in events] == ["queued_at_api"]
-    assert events[0].eta_s == pytest.approx(0.05)
+    # the service's estimate first, then a word after each poll that found it still queued
+    assert seen == [ProgressEvent(Stage.QUEUED_AT_API, eta_s=0.05)] + [ProgressEvent(Stage.QUEUED_AT_API)] * 3
 
 
-async def test_queued_then_failed_stops_polling(make_service, fake_api):
-    fake_api.scenario = "queued_then_failed"
+async def test_queued_then_failed_stops_polling(make_service, backend):
+    backend.scenario = "queued_then_failed"
     with pytest.raises(JobFailed):
         await run(make_service())
-    assert len(fake_api.fetches) == 1
+    assert len(backend.called("poll")) == 1
 
 
-async def test_never_finishing_job_hits_the_deadline_with_bounded_polls(make_service, fake_api):
-    fake_api.scenario = "queued_forever"
+async def test_never_finishing_job_hits_the_deadline_with_bounded_polls(make_service, backend):
+    backend.scenario = "queued_forever"
     started = time.monotonic()
     with pytest.raises(JobTimedOut) as info:
         await run(make_service(job_timeout_s=1.0, poll_max_s=0.2))
-    assert info.value.job_id == "13481504"
+    assert info.value.job_id == "1000"
     assert time.monotonic() - started < 3
     # with backoff from 0.01 s capped at 0.2 s, one second allows a bounded number of polls
-    assert 3 <= len(fake_api.fetches) <= 20
+    assert 3 <= len(backend.called("poll")) <= 20
 
 
-async def test_processing_without_id_never_polls(make_service, fake_api):
-    fake_api.scenario = "processing_without_id"
+async def test_processing_without_id_never_polls(make_service, backend):
+    backend.scenario = "processing_without_id"
     with pytest.raises(MalformedResponseError):
         await run(make_service())
-    assert fake_api.fetches == []
+    assert backend.called("poll") == []
 
 
-async def test_seed_from_meta_else_from_the_request(make_service, fake_api):
-    fake_api.scenario = "success_list"
+async def test_seed_from_the_service_else_from_the_request(make_service, backend):
+    backend.seed = 1793745243
     assert (await run(make_service())).seed == 1793745243
-    fake_api.scenario = "success"
+    backend.seed = None
     assert (await run(make_service())).seed == 7
 
 
-async def test_concurrency_cap_holds_at_the_api(make_service, fake_api):
-    fake_api.latency_s = 0.1
+async def test_concurrency_cap_holds_and_waiters_hear_their_place(make_service, backend):
+    backend.latency_s = 0.1
     service = make_service(max_concurrent_jobs=2, max_queued_jobs=10)
-    results = await asyncio.gather(*(run(service, user=u) for u in range(6)))
+    heard: dict[int, list[ProgressEvent]] = {u: [] for u in range(6)}
+    results = await asyncio.gather(*(run(service, user=u, events=heard[u]) for u in range(6)))
     assert len(results) == 6
-    assert fake_api.max_in_flight == 2
+    assert backend.max_in_flight == 2
     assert service.admission.in_flight == 0
     assert max(r.local_wait_s for r in results) > 0.05  # later ones waited for a slot
+    # the waiters were told their place, and it only ever moved up, down to 1
+    places = [[e.position for e in heard[u] if e.stage is Stage.WAITING_FOR_SLOT] for u in range(6)]
+    waited = [p for p in places if p]
+    assert len(waited) == 4
+    for p in waited:
+        assert p == sorted(p, reverse=True) and p[-1] == 1
+        assert all(e.eta_s is not None and e.eta_s > 0 for u in range(6) for e in heard[u])
 
 
-async def test_admission_per_member_and_queue_bound(make_service, fake_api):
+async def test_admission_per_member_and_queue_bound(make_service):
     service = make_service(max_concurrent_jobs=1, max_queued_jobs=1, max_jobs_per_user=1)
-    first = service.admission.admit(1)
+    first = service.admit(1, None)
     with pytest.raises(AlreadyRunning):
-        service.admission.admit(1)
-    second = service.admission.admit(2)
+        service.admit(1, None)
+    second = service.admit(2, None)
     with pytest.raises(QueueFull):
-        service.admission.admit(3)
+        service.admit(3, None)
     first.close()
     second.close()
     first.close()  # idempotent
     assert service.admission.in_flight == 0
-    service.admission.admit(3).close()
-    service.admission.draining = True
+    service.admit(3, None).close()
+    assert await service.drain(0.1)
     with pytest.raises(ShuttingDown):
-        service.admission.admit(4)
+        service.admit(4, None)
 
 
-async def test_output_larger_than_the_upload_limit_is_recompressed_to_fit(make_service, fake_api):
-    fake_api.scenario = "output_huge"
+async def test_output_larger_than_the_upload_limit_is_recompressed_to_fit(make_service, backend):
+    backend.output = make_png(1400, 1400, noise=True)
     result = await run(make_service(), limit=1_000_000)
     (image,) = result.images
     assert len(image.data) <= 1_000_000
@@ -215,20 +222,14 @@ async def test_output_larger_than_the_upload_limit_is_recompressed_to_fit(make_s
         assert img.format == "JPEG"
 
 
-async def test_output_that_is_not_an_image(make_service, fake_api):
-    fake_api.scenario = "output_not_image"
+@pytest.mark.parametrize("scenario", ["output_not_image", "output_missing"])
+async def test_an_output_that_cannot_be_had(make_service, backend, scenario):
+    backend.scenario = scenario
     with pytest.raises(OutputUnavailable):
         await run(make_service())
 
 
-async def test_output_404(make_service, fake_api):
-    fake_api.scenario = "output_404"
-    with pytest.raises(OutputUnavailable):
-        await run(make_service())
-
-
-async def test_multiple_samples_are_all_delivered(make_service, fake_api):
-    fake_api.scenario = "multiple_samples"
+async def test_multiple_samples_are_all_delivered(make_service, backend):
     result = await run(make_service(), params=GenerationParams(prompt="x", samples=4))
     assert [i.filename.rsplit("-", 1)[1] for i in result.images] == [f"{n}.png" for n in range(4)]
 
@@ -236,30 +237,32 @@ async def test_multiple_samples_are_all_delivered(make_service, fake_api):
 # --- the ledger and resumption -------------------------------------------------------------------
 
 
-async def test_ledger_records_every_state_of_a_delivered_job(make_service, fake_api, ledger):
-    fake_api.scenario = "queued"
+async def test_ledger_records_every_state_of_a_delivered_job(make_service, backend, ledger):
+    backend.scenario = "queued"
     await run(make_service())
-    assert await ledger.count_by_state() == {"delivered": 1}
+    assert await count_by_state(ledger) == {"delivered": 1}
     (job,) = await ledger.for_user(1)
-    assert await ledger.events(job.id) == ["received", "submitting", "processing", "delivered"]
-    assert job.api_job_id == "13481504"
+    assert await events(ledger, job.id) == ["received", "submitting", "processing", "delivered"]
+    assert job.api_job_id == "1000"
     assert job.finished_at is not None
     assert Path(job.source_path).exists()  # kept while the job exists: buttons start from it
-    assert Path(job.result_path).read_bytes() == fake_api.output_png
+    assert Path(job.result_path).read_bytes() == backend.output
 
 
-async def start_job_and_crash(service, fake_api, *, until: JobState) -> str:
+async def start_job_and_crash(service, *, until: JobState) -> str:
     """Run a job in a task and cancel it (as a crash would stop it) once the ledger shows ``until``."""
-    ticket = service.admission.admit(1, 20)
+    ticket = service.admit(1, 20)
     data = make_png()
 
     async def read() -> bytes:
         return data
 
-    job = await service.accept("crashy", GenerationParams(prompt="x"), origin(), read=read, source_url=SOURCE)
-    task = asyncio.create_task(service.run(job, ticket, started_at=time.monotonic()))
+    job = await service.accept(
+        GenerationParams(prompt="x"), origin(), read=read, declared_size=len(data), source_url=SOURCE
+    )
+    task = asyncio.create_task(service.run(job, ticket, emit=lambda _: None, started_at=time.monotonic()))
     async with asyncio.timeout(5):
-        while (await service.ledger.get(job.id)).state is not until:
+        while (await service.get(job.id)).state is not until:
             await asyncio.sleep(0.005)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -268,94 +271,153 @@ async def start_job_and_crash(service, fake_api, *, until: JobState) -> str:
     return job.id
 
 
-async def test_restart_resumes_a_queued_job_by_polling_and_never_resubmits(make_service, fake_api):
-    fake_api.scenario = "queued"
-    fake_api.polls_before_done = 1000  # stays queued while we "crash"
-    job_id = await start_job_and_crash(make_service(), fake_api, until=JobState.PROCESSING)
-    assert len(fake_api.submissions) == 1
-    fake_api.polls_before_done = 0  # now the API has finished it
+async def resume(service, job):
+    with service.resumed(job) as ticket:
+        outcome = await service.run(job, ticket, emit=lambda _: None, started_at=time.monotonic())
+    async with service.delivering(outcome) as mine:
+        assert mine
+    return outcome
+
+
+async def test_restart_resumes_a_queued_job_by_polling_and_never_resubmits(make_service, backend):
+    backend.scenario = "queued"
+    backend.polls_before_done = 10**6  # stays queued while we "crash"
+    job_id = await start_job_and_crash(make_service(), until=JobState.PROCESSING)
+    assert len(backend.called("submit")) == 1
+    backend.polls_before_done = 0  # now the service has finished it
     restarted = await make_service.restarted()
     (job,) = await restarted.start()
-    assert (job.id, job.state, job.api_job_id, job.resumes) == (job_id, JobState.PROCESSING, "13481504", 1)
-    with restarted.admission.admit_resumed(job.user_id) as ticket:
-        outcome = await restarted.run(job, ticket, started_at=time.monotonic())
+    assert (job.id, job.state, job.api_job_id, job.resumes) == (job_id, JobState.PROCESSING, "1000", 1)
+    outcome = await resume(restarted, job)
     assert outcome.error is None
     assert outcome.result.images
-    await restarted.finish(outcome)
-    assert len(fake_api.submissions) == 1  # exactly one submission: no second charge
+    assert len(backend.called("submit")) == 1  # exactly one submission: no second charge
     assert await restarted.start() == []
 
 
-async def test_job_interrupted_while_submitting_is_never_sent_again(make_service, fake_api, ledger):
-    fake_api.scenario = "slow"
-    fake_api.slow_s = 5
-    await start_job_and_crash(make_service(), fake_api, until=JobState.SUBMITTING)
+async def test_job_interrupted_while_submitting_is_never_sent_again(make_service, backend, ledger):
+    backend.scenario = "slow"
+    backend.slow_s = 5
+    await start_job_and_crash(make_service(), until=JobState.SUBMITTING)
     restarted = await make_service.restarted()
     (job,) = await restarted.start()
     assert job.state is JobState.SUBMITTING
-    with restarted.admission.admit_resumed(job.user_id) as ticket:
-        outcome = await restarted.run(job, ticket, started_at=time.monotonic())
+    outcome = await resume(restarted, job)
     assert isinstance(outcome.error, JobInterrupted)
-    await restarted.finish(outcome)
-    assert len(fake_api.submissions) == 1
+    assert len(backend.called("submit")) == 1
     assert (await ledger.get(job.id)).state is JobState.FAILED
 
 
-async def test_received_job_resumed_uploads_the_kept_picture(make_service, fake_api, ledger):
+async def test_received_job_resumed_uploads_the_kept_picture(make_service, backend):
     service = make_service()
     data = make_png()
 
     async def read() -> bytes:
         return data
 
-    job = await service.accept("r1", GenerationParams(prompt="x"), origin(), read=read, source_url=SOURCE)
+    await service.accept(
+        GenerationParams(prompt="x"), origin(), read=read, declared_size=len(data), source_url=SOURCE
+    )
     restarted = await make_service.restarted()
     (job,) = await restarted.start()
     assert job.resumes == 1
-    with restarted.admission.admit_resumed(job.user_id) as ticket:
-        outcome = await restarted.run(job, ticket, started_at=time.monotonic())
+    outcome = await resume(restarted, job)
     assert outcome.error is None
-    (_upload,) = fake_api.uploads
-    assert fake_api.submissions[0].body["init_image"].endswith(".png")
-    assert fake_api.submissions[0].body["init_image"] != SOURCE  # never the possibly stale Discord link
+    assert backend.uploads == [data]  # the kept picture, never the possibly stale Discord link
+    (submit,) = backend.called("submit")
+    assert submit.args[1] == "mem://upload-1.png"
 
 
-async def test_a_normalised_picture_is_uploaded_not_linked(make_service, fake_api):
+async def test_a_normalised_picture_is_uploaded_not_linked(make_service, backend):
     cmyk = io.BytesIO()
     Image.new("CMYK", (640, 480), (0, 100, 200, 0)).save(cmyk, format="JPEG")
     await run(make_service(), image=cmyk.getvalue())
-    (upload,) = fake_api.uploads
-    assert fake_api.submissions[0].body["init_image"] != SOURCE
-    raw = base64.b64decode(upload.body["base64_string"].split(",", 1)[1])
-    with Image.open(io.BytesIO(raw)) as img:
+    (upload,) = backend.uploads
+    assert backend.called("submit")[0].args[1] != SOURCE
+    with Image.open(io.BytesIO(upload)) as img:
         assert (img.mode, img.size) == ("RGB", (640, 480))
 
 
-async def test_cooldown_and_daily_quota(make_service, fake_api):
+async def test_cooldown_and_daily_quota(make_service):
     service = make_service(user_cooldown_s=60.0, guild_daily_quota=2)
-    service.admission.admit(1, 20).close()
+    service.admit(1, 20).close()
     with pytest.raises(CoolingDown) as cooling:
-        service.admission.admit(1, 20)
+        service.admit(1, 20)
     assert 0 < cooling.value.retry_after_s <= 60
-    service.admission.admit(2, 20).close()
+    service.admit(2, 20).close()
     with pytest.raises(QuotaExceeded):
-        service.admission.admit(3, 20)
-    service.admission.admit(3, 21).close()  # another server has its own quota
+        service.admit(3, 20)
+    service.admit(3, 21).close()  # another server has its own quota
 
 
-async def test_pictures_of_old_finished_jobs_are_pruned(make_service, fake_api, ledger):
+async def test_pictures_of_old_finished_jobs_are_pruned(make_service, ledger):
+    from cogs.depth2img.core.upkeep import prune_pictures
+    from cogs.depth2img.models import Action
+
     service = make_service()
     await run(service)
     (job,) = await ledger.for_user(1)
     assert Path(job.source_path).exists() and Path(job.result_path).exists()
-    assert await service.prune_pictures(keep_days=1) == 0  # not old yet
-    assert await service.prune_pictures(keep_days=-1) == 1  # "finished more than -1 days ago": now
+    assert await prune_pictures(ledger, service.pictures, keep_days=1) == 0  # not old yet
+    assert await prune_pictures(ledger, service.pictures, keep_days=-1) == 1  # "more than -1 days ago": now
     assert not Path(job.source_path).exists() and not Path(job.result_path).exists()
     pruned = await ledger.get(job.id)
     assert (pruned.source_path, pruned.result_path, pruned.state) == (None, None, JobState.DELIVERED)
     with pytest.raises(InvalidInput, match="no longer stored"):
-        service.source_for(pruned, "reuse")
-    assert await service.prune_pictures(keep_days=-1) == 0
+        service.source_for(pruned, Action.REUSE)
+    assert await prune_pictures(ledger, service.pictures, keep_days=-1) == 0
+
+
+# --- reading the member's picture ----------------------------------------------------------------
+
+
+async def test_a_picture_that_never_arrives_ends_with_a_clear_refusal_and_blocks_no_one(
+    make_service, backend
+):
+    """Discord's CDN stalls on five members' pictures: each of them is told after the read timeout,
+    and a sixth member, whose picture comes at once, is served meanwhile (the slow reads hold no turn
+    that others wait for; there are two picture workers' worth of turns here)."""
+    service = make_service(input_read_timeout_s=1.0, image_workers=0)
+    never = asyncio.Event()
+
+    async def stalled() -> bytes:
+        await never.wait()
+        return b""
+
+    async def attempt(user: int, read) -> object:
+        with service.admit(user, 20) as ticket:
+            try:
+                job = await service.accept(
+                    GenerationParams(prompt="x"),
+                    origin(user),
+                    read=read,
+                    declared_size=2_000_000,
+                    source_url=SOURCE,
+                )
+            except InvalidInput as exc:
+                return exc
+            outcome = await service.run(job, ticket, emit=lambda _: None, started_at=time.monotonic())
+            async with service.delivering(outcome):
+                pass
+            return (outcome, time.monotonic())
+
+    data = make_png()
+
+    async def at_once() -> bytes:
+        return data
+
+    started = time.monotonic()
+    slow = [asyncio.create_task(attempt(u, stalled)) for u in range(5)]
+    await asyncio.sleep(0.05)
+    outcome, served_at = await attempt(99, at_once)
+    assert outcome.result is not None and served_at - started < 0.9  # before the stalled ones time out
+    refusals = await asyncio.gather(*slow)
+    for refusal in refusals:
+        assert (
+            isinstance(refusal, InvalidInput)
+            and "could not be downloaded from Discord in time" in refusal.reason
+        )
+    assert len(backend.called("submit")) == 1
 
 
 # --- answering first ------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from cogs.depth2img.ledger import Ledger
+from cogs.depth2img.store import Ledger
 from tests.conftest import bot_env, is_settled, slash, spawn_bot, stop_bot
 from tests.fakes.fake_api import make_png
+from tests.ledger_queries import count_by_state, event_owners
 
 
 async def test_two_shard_processes_share_one_ledger_and_take_over_a_dead_ones_jobs(
@@ -76,15 +77,15 @@ async def test_two_shard_processes_share_one_ledger_and_take_over_a_dead_ones_jo
 
     ledger = await Ledger.open(pg_url)
     try:
-        assert await ledger.count_by_state() == {"delivered": 3}
+        assert await count_by_state(ledger) == {"delivered": 3}
         jobs = {}
         for rec in (*members, record):
             jobs.update({j.params.prompt: j for j in await ledger.for_user(rec.user_id)})
-        owners = await ledger.event_owners(jobs["orphan"].id)
+        owners = await event_owners(ledger, jobs["orphan"].id)
         # the first two jobs were done start to end by the process of their server's shard
         for shard in (0, 1):
             assert {
-                o.split("/")[0] for _, o in await ledger.event_owners(jobs[f"shard {shard}"].id) if o
+                o.split("/")[0] for _, o in await event_owners(ledger, jobs[f"shard {shard}"].id) if o
             } == {f"shards-{shard}-of-2"}
     finally:
         await ledger.close()

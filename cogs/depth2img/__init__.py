@@ -1,43 +1,114 @@
-"""The /depth2img extension. ``setup`` builds the API client and the service from the bot's settings
-and its shared aiohttp session; the Discord-free modules are imported here, lazily, so that
-``cogs.depth2img.client`` and ``cogs.depth2img.service`` can be imported without discord.py.
+"""The /depth2img extension. Its public face, all that the bot that loads it uses:
+
+* ``setup(bot)`` / ``teardown(bot)``, discord.py's extension hooks: ``setup`` builds the pieces in
+  order (settings → ledger → backend → service → cogs) and registers the extension's error wording and
+  its drain with the bot; ``teardown`` takes them back;
+* ``settings_problems(env)`` and ``secret_values(env)``: so that the bot reports every problem with
+  its settings at once, before it starts, and redacts this extension's secrets from its logs.
+
+Everything else is imported here lazily: ``core``, ``store`` and ``backends`` can be imported without
+discord.py, and ``core`` and ``store`` without aiohttp.
+
+Package layout: ``backends/`` (the image services; the only aiohttp users), ``core/`` (the job logic
+behind one facade, ``core/service.py``), ``store/`` (the job ledger), ``ui/`` (the only package that
+imports discord.py).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 if TYPE_CHECKING:
     from discord.ext import commands
 
+log = logging.getLogger(__name__)
+
+
+class Host(Protocol):
+    """What this extension needs from the bot that loads it (``bot.py``)."""
+
+    env: Mapping[str, str]  # the settings the bot was started with
+    data_dir: Path
+    http_session: Any  # the bot's aiohttp.ClientSession, borrowed
+    metrics_registry: Any  # a prometheus_client.CollectorRegistry the bot serves
+    instance_group: str  # what this process shares with the one it replaces (its shards)
+
+    def add_error_formatter(self, name: str, formatter: Callable[[BaseException], str | None]) -> None: ...
+
+    def remove_error_formatter(self, name: str) -> None: ...
+
+    def add_drain(
+        self, name: str, drain: Callable[[float], Awaitable[bool]], busy: Callable[[], bool]
+    ) -> None: ...
+
+    def remove_drain(self, name: str) -> None: ...
+
+
+def settings_problems(env: Mapping[str, str]) -> list[str]:
+    from .config import ConfigError, load_settings
+
+    try:
+        load_settings(env)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def secret_values(env: Mapping[str, str]) -> list[str]:
+    from .config import secret_values as secrets_of
+
+    return secrets_of(env)
+
 
 async def setup(bot: commands.Bot) -> None:
-    from .client import Depth2ImgClient
-    from .cog import Depth2ImgCog
-    from .service import Depth2ImgService
+    from .backends.modelslab import ModelsLabBackend
+    from .config import load_settings
+    from .core.service import Depth2ImgService
+    from .metrics import Metrics
+    from .store import Ledger
+    from .ui.cog import Depth2ImgCog
+    from .ui.settings_cmds import SettingsCog
+    from .ui.text import format_error
+    from .ui.translator import CatalogueTranslator
 
-    settings = bot.settings.depth2img  # type: ignore[attr-defined]
-    client = Depth2ImgClient(
-        bot.http_session,  # type: ignore[attr-defined]
-        base_url=settings.api_base_url,
-        api_key=settings.api_key,
-        request_timeout_s=settings.request_timeout_s,
-        max_retries=settings.max_retries,
-        rate_limit_max_wait_s=settings.rate_limit_max_wait_s,
-        max_download_bytes=settings.max_output_bytes,
+    host = cast(Host, bot)
+    settings = load_settings(host.env)
+    ledger = await Ledger.open(
+        settings.database_url or host.data_dir / "jobs.sqlite3",
+        group=host.instance_group,
+        lease_s=settings.job_lease_s,
     )
-    service = Depth2ImgService(
-        client,
-        settings,
-        bot.ledger,  # type: ignore[attr-defined]
-        data_dir=bot.settings.data_dir,  # type: ignore[attr-defined]
-        metrics=bot.metrics,  # type: ignore[attr-defined]
+    log.info(
+        "job ledger open",
+        extra={"backend": ledger.backend, "owner": ledger.owner, "schema_version": ledger.schema_version},
     )
-    acks = None
-    if bot.settings.fast_acks:  # type: ignore[attr-defined]
-        import discord
+    try:
+        backend = ModelsLabBackend(
+            host.http_session,
+            base_url=settings.api_base_url,
+            api_key=settings.api_key,
+            request_timeout_s=settings.request_timeout_s,
+            max_retries=settings.max_retries,
+            rate_limit_max_wait_s=settings.rate_limit_max_wait_s,
+            max_download_bytes=settings.max_output_bytes,
+        )
+        service = Depth2ImgService(
+            backend, settings, ledger, data_dir=host.data_dir, metrics=Metrics(host.metrics_registry)
+        )
+        await bot.tree.set_translator(CatalogueTranslator())
+        await bot.add_cog(Depth2ImgCog(bot, service))  # from here on, the cog closes the ledger
+    except BaseException:
+        await ledger.close()
+        raise
+    await bot.add_cog(SettingsCog(service))
+    host.add_error_formatter(__name__, format_error)
+    host.add_drain(__name__, service.drain, lambda: service.busy)
 
-        from .acks import InteractionAcks
 
-        acks = InteractionAcks(discord.http.Route.BASE, user_agent=bot.http.user_agent)
-    await bot.add_cog(Depth2ImgCog(bot, service, acks=acks))  # type: ignore[arg-type]
+async def teardown(bot: commands.Bot) -> None:
+    host = cast(Host, bot)
+    host.remove_error_formatter(__name__)
+    host.remove_drain(__name__)

@@ -17,6 +17,8 @@ class Depth2ImgError(Exception):
 class RequestRejected(Depth2ImgError):
     """The bot refuses the request; no API call was made."""
 
+    job_id: str | None = None  # the job it would have been, once it had an id (for the log)
+
 
 class InvalidInput(RequestRejected):
     """The member's input is unusable. ``reason`` is safe to show: we wrote it."""

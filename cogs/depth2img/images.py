@@ -8,43 +8,20 @@ import contextlib
 import io
 import struct
 import warnings
-import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInput, OutputUnavailable
-from .models import GeneratedImage
+from .models import GeneratedImage, ImageInfo, SourceImage
+from .pngs import MIN_SIDE, write_atomically
 
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
 OUTPUT_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
 
 
-@dataclass(frozen=True, slots=True)
-class ImageInfo:
-    format: str
-    width: int
-    height: int
-    mode: str
-
-
-@dataclass(frozen=True, slots=True)
-class SourceImage:
-    """The member's picture as the API will get it: upright, 8-bit RGB, no metadata, within the
-    API's size limit. ``changed`` says whether it differs from the attachment as uploaded (then
-    the API must be sent these bytes rather than the attachment's URL)."""
-
-    data: bytes
-    mime: str
-    width: int
-    height: int
-    changed: bool
-    original: ImageInfo
-
-
-MIN_SIDE = 64
 COMPARISON_HEIGHT = 512
 UPLOAD_MAX = 5 * 1024 * 1024  # the API's base64 upload limit
 
@@ -53,19 +30,12 @@ def _human(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB" if n >= 1024 * 1024 else f"{max(1, n // 1024)} KB"
 
 
-def inspect_input(data: bytes, *, max_pixels: int, max_side: int = 16384) -> ImageInfo:
-    """Check, by its bytes, that ``data`` is a still PNG, JPEG or WebP we can use.
-
-    Raises :class:`InvalidInput` with a member-facing reason otherwise. Never trusts the file
-    name or the declared content type.
-    """
-    return _decode_checked(data, max_pixels=max_pixels, max_side=max_side)[1]
-
-
 def _decode_checked(
     data: bytes, *, max_pixels: int, max_side: int = 16384, decode: bool = True
 ) -> tuple[Image.Image, ImageInfo]:
-    """Open ``data`` with every check of :func:`inspect_input`. With ``decode`` every pixel is decoded
+    """Check, by its bytes, that ``data`` is a still PNG, JPEG or WebP we can use (never trusting the file
+    name or the declared content type), and open it; raises :class:`InvalidInput` with a member-facing
+    reason otherwise. With ``decode`` every pixel is decoded
     (catching truncated and corrupt files); without it only the header is read, for a caller that will
     :func:`_verify_or_load` it."""
     if not data:
@@ -115,15 +85,6 @@ def _input_errors() -> Iterator[None]:
         raise InvalidInput("The picture is damaged or incomplete. Save it again and re-attach it.") from None
 
 
-def prepare_output(data: bytes, *, limit_bytes: int, stem: str) -> GeneratedImage:
-    """Check that a downloaded output is an image, and make it fit ``limit_bytes``.
-
-    Small enough PNG/JPEG/WebP files are passed through untouched; anything else is re-encoded
-    (PNG, then JPEG at falling quality, then downscaled) until it fits.
-    """
-    return finish_output(data, limit_bytes=limit_bytes, stem=stem)
-
-
 def _fit(frame: Image.Image, *, limit_bytes: int, stem: str) -> GeneratedImage:
     buf = io.BytesIO()
     frame.save(buf, format="PNG", optimize=True)
@@ -150,7 +111,7 @@ def _fit(frame: Image.Image, *, limit_bytes: int, stem: str) -> GeneratedImage:
 
 
 def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> SourceImage:
-    """Check the attachment (see :func:`inspect_input`) and normalise it for the API: apply the EXIF
+    """Check the attachment (see :func:`_decode_checked`) and normalise it for the API: apply the EXIF
     rotation, drop all metadata, convert CMYK, 16-bit, palette and alpha images to 8-bit RGB, and
     downscale so the long side is at most ``max_side`` with both sides multiples of 8."""
     img, info = _decode_checked(data, max_pixels=max_pixels, decode=False)
@@ -199,101 +160,6 @@ def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> Sou
     return SourceImage(buf.getvalue(), mime, rgb.width, rgb.height, True, info)
 
 
-# --- plain PNGs, without Pillow: for a thread, with the file write --------------------------------------
-# Most pictures are PNGs that need nothing done: for those, checking every chunk's CRC (what Pillow's
-# verify() does) is all the work, and zlib.crc32 runs without the GIL. Anything else goes to a worker.
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Chunks a picture may have and still be sent as it is (the rest is metadata, animation or palette).
-_PLAIN_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"pHYs", b"gAMA", b"sRGB", b"cHRM"})
-
-
-@dataclass(frozen=True, slots=True)
-class PngFacts:
-    width: int
-    height: int
-    bit_depth: int
-    color_type: int
-    plain: bool  # only the chunks of _PLAIN_CHUNKS
-
-
-def png_facts(data: bytes) -> PngFacts | None:
-    """The header of a PNG whose every chunk is whole and has a correct CRC, ending with IEND; None
-    for anything else (not a PNG, truncated, corrupt: let Pillow say what is wrong)."""
-    if not data.startswith(PNG_SIGNATURE):
-        return None
-    view = memoryview(data)
-    pos, end = 8, len(data)
-    header: tuple[int, int, int, int] | None = None
-    plain = True
-    while pos + 12 <= end:
-        (length,) = struct.unpack_from(">I", view, pos)
-        body_end = pos + 8 + length
-        if body_end + 4 > end:
-            return None
-        kind = bytes(view[pos + 4 : pos + 8])
-        (crc,) = struct.unpack_from(">I", view, body_end)
-        if zlib.crc32(view[pos + 4 : body_end]) != crc:
-            return None
-        if kind == b"IHDR" and length == 13:
-            width, height, depth, color = struct.unpack_from(">IIBB", view, pos + 8)
-            header = (width, height, depth, color)
-        plain = plain and kind in _PLAIN_CHUNKS
-        if kind == b"IEND":
-            if header is None:
-                return None
-            return PngFacts(*header, plain=plain)
-        pos = body_end + 4
-    return None
-
-
-def save_plain_source(
-    data: bytes, path: str, *, max_pixels: int, max_side: int = 1024
-) -> tuple[str, SourceImage] | None:
-    """For a thread: a PNG that can go to the API as it is (8-bit RGB, sides multiples of 8, at most
-    ``max_side``, no metadata, every chunk whole) is saved at ``path`` and described; None when the
-    picture needs :func:`prepare_source_file` (a worker) to check or convert it."""
-    facts = png_facts(data)
-    if (
-        facts is None
-        or not facts.plain
-        or (facts.bit_depth, facts.color_type) != (8, 2)
-        or facts.width % 8
-        or facts.height % 8
-        or min(facts.width, facts.height) < MIN_SIDE
-        or max(facts.width, facts.height) > max_side
-        or facts.width * facts.height > max_pixels
-    ):
-        return None
-    write_atomically(Path(path), data)
-    info = ImageInfo(format="PNG", width=facts.width, height=facts.height, mode="RGB")
-    return path, SourceImage(b"", "image/png", facts.width, facts.height, False, info)
-
-
-def joined(pieces: Sequence[bytes]) -> bytes:
-    """A download's pieces as one ``bytes`` (for a thread: joining megabytes on the event loop, many
-    downloads at a time, stalled it for tens of milliseconds)."""
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-
-def save_fitting_png(
-    pieces: Sequence[bytes], *, limit_bytes: int, stem: str, keep_as: str | None
-) -> tuple[bytes, GeneratedImage | None]:
-    """For a thread: a downloaded output, as received in ``pieces``, joined. An output PNG that fits
-    ``limit_bytes`` and is whole is delivered as it is (kept at ``keep_as``.png if asked), and comes
-    back as an image that carries no bytes (they are the first item); None: the picture needs
-    :func:`finish_output_file` (a worker)."""
-    data = joined(pieces)
-    if len(data) > limit_bytes:
-        return data, None
-    facts = png_facts(data)
-    if facts is None:
-        return data, None
-    if keep_as is not None:
-        write_atomically(Path(f"{keep_as}.png"), data)
-    return data, GeneratedImage(b"", f"{stem}.png", facts.width, facts.height)
-
-
 # --- the same, for image worker processes: pictures travel as files, not through the process pipe ---
 # (Copying a 1.5 MB picture to a worker process and back through the pool's pipe cost the bot ~7 ms of
 # CPU per picture; writing a file it keeps anyway and passing its path costs ~0.5 ms.)
@@ -338,14 +204,6 @@ def finish_output_file(path: str, *, limit_bytes: int, stem: str, keep_as: str |
             write_atomically(dest, image.data)
     src.unlink(missing_ok=True)
     return replace(image, data=b"") if as_is else image
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -1,15 +1,14 @@
 """Prometheus metrics: what a server owner graphs and alerts on. Discord-free.
 
-One :class:`Metrics` per bot, on its own registry (no global state); ``bot.py`` serves it at
-``/metrics`` when ``METRICS_PORT`` is set. The names::
+One :class:`Metrics` per bot, on the registry the bot hands in (no global state); ``bot.py`` serves
+that registry at ``/metrics`` when ``METRICS_PORT`` is set. The names::
 
     depth2img_jobs_total{outcome}              jobs by final state: delivered, failed, cancelled
     depth2img_requests_rejected_total{reason}  refused before any API call (bad input, limits, …)
     depth2img_api_errors_total{kind}           jobs that ended on an API-side error, by its kind
     depth2img_ack_seconds                      command received → acknowledged (Discord's limit: 3 s)
-    depth2img_acks_total{path}                 acknowledgements by path: fast (acks.py), discord_py
-                                               (FAST_ACKS=off, or the fast path could not confirm),
-                                               expired (Discord no longer knew the interaction)
+    depth2img_acks_total{outcome}              acknowledgements: acknowledged, or expired (Discord no
+                                               longer knew the interaction when the bot answered)
     depth2img_job_seconds                      command received → member told (image or message)
     depth2img_api_seconds                      submission → images ready at the API
     depth2img_jobs_in_flight                   jobs admitted and not finished
@@ -21,12 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import errors
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _ACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
 _JOB_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)
@@ -59,8 +55,8 @@ def api_error_kind(exc: BaseException) -> str | None:
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.jobs = Counter("depth2img_jobs", "Jobs by final state.", ["outcome"], registry=r)
         self.rejected = Counter(
@@ -72,9 +68,9 @@ class Metrics:
         self.resumed = Counter(
             "depth2img_jobs_resumed", "Jobs resumed after a restart or taken over.", registry=r
         )
-        self.acks = Counter("depth2img_acks", "Acknowledgements by path.", ["path"], registry=r)
-        for path in ("fast", "discord_py", "expired"):
-            self.acks.labels(path=path)
+        self.acks = Counter("depth2img_acks", "Acknowledgements by outcome.", ["outcome"], registry=r)
+        for outcome in ("acknowledged", "expired"):
+            self.acks.labels(outcome=outcome)
         self.ack_seconds = Histogram(
             "depth2img_ack_seconds", "Command received to acknowledged.", buckets=_ACK_BUCKETS, registry=r
         )
@@ -102,6 +98,3 @@ class Metrics:
         kind = api_error_kind(error) if error is not None else None
         if kind is not None:
             self.api_errors.labels(kind=kind).inc()
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)

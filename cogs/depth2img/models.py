@@ -1,31 +1,68 @@
-"""Plain data for the depth2img flow, and the tolerant parser of the API's JSON.
-
-The API is inconsistent (see ``shared/docs/api-contract.md`` §2): ``output`` is a string or a list or
-``""``, ids are ints or strings, the error text lives in ``message``, ``messege``, a field-to-list
-object, ``error`` or ``tip``, and errors arrive with HTTP 200 as well as 4xx/5xx. Everything is
-normalised here, and :func:`parse_response` raises nothing but :class:`MalformedResponseError`.
+"""Plain data shared by every layer of /depth2img: what a member asked for, what came back, how a job
+is going, and the typed names (job kinds, button actions, progress stages). Nothing here imports
+discord.py or aiohttp, or does any work.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
-
-from .errors import MalformedResponseError
 
 
-class Status(StrEnum):
-    SUCCESS = "success"
-    PROCESSING = "processing"
-    ERROR = "error"
-    FAILED = "failed"
+class JobKind(StrEnum):
+    """How a job came to be: the command, the context menu, or a button on an earlier result."""
+
+    COMMAND = "command"
+    MENU = "menu"
+    SEED = "seed"
+    EDIT = "edit"
+    CLOSER = "closer"
+    MORE = "more"
+    REUSE = "reuse"
+
+
+class Action(StrEnum):
+    """The buttons on a result (and on a job in progress). Their values are part of the buttons'
+    custom ids (``d2i:<action>:<job id>``), so buttons of old messages keep working: never rename one."""
+
+    SEED = "seed"
+    EDIT = "edit"
+    CLOSER = "closer"
+    MORE = "more"
+    REUSE = "reuse"
+    COMPARE = "compare"
+    DELETE = "delete"
+    CANCEL = "cancel"
+
+    @property
+    def kind(self) -> JobKind:
+        """The kind of job this button makes (only for the five that make one)."""
+        return JobKind(self.value)
+
+
+# The buttons that make a new job from an earlier one.
+DERIVING = (Action.SEED, Action.EDIT, Action.CLOSER, Action.MORE, Action.REUSE)
+
+
+class Stage(StrEnum):
+    """Where a job is, for the member's progress line."""
+
+    WAITING_FOR_SLOT = "waiting_for_slot"  # in the bot's own queue
+    QUEUED_AT_API = "queued_at_api"  # accepted by the image service, not finished yet
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """A step worth showing to the member while they wait. Flows one way: from the job to the UI."""
+
+    stage: Stage
+    position: int | None = None  # place in the bot's queue (1: next)
+    eta_s: float | None = None  # expected seconds from now until the picture is ready
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationParams:
-    """What the member asked for. ``None`` means 'let the API decide'."""
+    """What the member asked for. ``None`` means 'let the image service decide'."""
 
     prompt: str
     negative_prompt: str | None = None
@@ -34,41 +71,7 @@ class GenerationParams:
     guidance: float | None = None
     seed: int | None = None
     samples: int = 1
-    safety_checker: bool = True  # the API replaces unsafe images with a blank one
-
-    def to_payload(self) -> dict[str, Any]:
-        """The optional fields in the API's names (only those that are set)."""
-        payload: dict[str, Any] = {
-            "prompt": self.prompt,
-            "samples": self.samples,
-            "safety_checker": "yes" if self.safety_checker else "no",
-        }
-        if self.negative_prompt:
-            payload["negative_prompt"] = self.negative_prompt
-        if self.strength is not None:
-            payload["strength"] = self.strength
-        if self.steps is not None:
-            payload["num_inference_steps"] = self.steps
-        if self.guidance is not None:
-            payload["guidance_scale"] = self.guidance
-        if self.seed is not None:
-            payload["seed"] = self.seed
-        return payload
-
-
-@dataclass(frozen=True, slots=True)
-class APIResponse:
-    """One parsed API answer, whatever endpoint it came from."""
-
-    status: Status
-    job_id: str | None = None
-    output_urls: tuple[str, ...] = ()
-    eta_s: float | None = None
-    fetch_url: str | None = None
-    generation_time_s: float | None = None
-    seed: int | None = None
-    message: str | None = None
-    retry_after_s: float | None = None
+    safety_checker: bool = True  # the service replaces unsafe images with a blank one
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,166 +89,29 @@ class GenerationResult:
     images: tuple[GeneratedImage, ...]
     job_id: str | None
     seed: int | None
-    generation_time_s: float | None  # the API's own figure (generationTime), when it gave one
-    api_queue_s: float | None  # time the job spent queued at the API, when we can tell
+    generation_time_s: float | None  # the service's own figure (generationTime), when it gave one
+    api_queue_s: float | None  # time the job spent queued at the service, when we can tell
     local_wait_s: float  # time spent waiting for one of our own generation slots
     total_s: float  # from the command to the images being ready to send
 
 
-# --- parsing ------------------------------------------------------------------------------------
-
-_MAX_MESSAGE = 300
-
-
-def _as_str(value: object) -> str | None:
-    if isinstance(value, str):
-        text = value.strip()
-        return text or None
-    return None
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+    mode: str
 
 
-def _as_float(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    if not math.isfinite(number):
-        return None
-    return number
+@dataclass(frozen=True, slots=True)
+class SourceImage:
+    """The member's picture as the API will get it: upright, 8-bit RGB, no metadata, within the
+    API's size limit. ``changed`` says whether it differs from the attachment as uploaded (then
+    the API must be sent these bytes rather than the attachment's URL)."""
 
-
-def _as_id(value: object) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, str):
-        text = value.strip()
-        if text and len(text) <= 128 and text.isprintable():
-            return text
-    return None
-
-
-def _urls(value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        return ()
-    urls: list[str] = []
-    for item in value:
-        if isinstance(item, str):
-            text = item.strip()
-            if text.lower().startswith(("http://", "https://")) and len(text) <= 2048:
-                urls.append(text)
-    return tuple(urls)
-
-
-def extract_message(body: dict[str, Any]) -> str | None:
-    """The API's error text, from whichever field carries it (contract §2.3)."""
-    raw = body.get("message")
-    text: str | None = None
-    if isinstance(raw, dict):
-        parts: list[str] = []
-        for field_name, problems in raw.items():
-            if isinstance(problems, list):
-                parts.extend(p.strip() for p in problems if isinstance(p, str) and p.strip())
-            elif isinstance(problems, str) and problems.strip():
-                parts.append(problems.strip())
-            elif isinstance(field_name, str):
-                parts.append(f"{field_name} is invalid")
-        text = " ".join(parts) or None
-    elif isinstance(raw, list):
-        text = " ".join(p.strip() for p in raw if isinstance(p, str) and p.strip()) or None
-    else:
-        text = _as_str(raw)
-    for fallback in ("messege", "error", "tip", "tip_1"):
-        if text:
-            break
-        text = _as_str(body.get(fallback))
-    if text is None:
-        return None
-    text = " ".join(text.split())
-    return text[:_MAX_MESSAGE]
-
-
-def _seed(body: dict[str, Any]) -> int | None:
-    meta = body.get("meta")
-    candidates = [meta.get("seed")] if isinstance(meta, dict) else []
-    candidates.append(body.get("seed"))
-    for candidate in candidates:
-        if isinstance(candidate, int) and not isinstance(candidate, bool) and 0 <= candidate < 2**63:
-            return candidate
-        if isinstance(candidate, str) and candidate.strip().isdigit() and len(candidate.strip()) < 19:
-            return int(candidate.strip())
-    return None
-
-
-def parse_response(body: object, *, http_status: int | None = None) -> APIResponse:
-    """Turn one decoded JSON body into an :class:`APIResponse`.
-
-    Raises :class:`MalformedResponseError` for anything that is not a recognisable answer. It never
-    raises anything else, whatever the input (a property-based test checks this).
-    """
-    if not isinstance(body, dict):
-        raise MalformedResponseError("response body is not a JSON object", status=http_status)
-    raw_status = body.get("status")
-    status_text = raw_status.strip().lower() if isinstance(raw_status, str) else None
-    message = extract_message(body)
-    retry_after = _as_float(body.get("retry_after"))
-    if retry_after is not None:
-        retry_after = min(max(retry_after, 0.0), 3600.0)
-    job_id = _as_id(body.get("id"))
-    if job_id is None:
-        job_id = _as_id(body.get("request_id"))
-
-    if status_text in {"error", "failed", "failure"}:
-        return APIResponse(
-            status=Status.FAILED if status_text != "error" else Status.ERROR,
-            job_id=job_id,
-            message=message,
-            retry_after_s=retry_after,
-        )
-    if status_text in {"processing", "queued", "pending", "starting"}:
-        eta = _as_float(body.get("eta"))
-        if eta is not None:
-            eta = min(max(eta, 0.0), 3600.0)
-        fetch_url = _as_str(body.get("fetch_result"))
-        if fetch_url is not None and not fetch_url.lower().startswith(("http://", "https://")):
-            fetch_url = None
-        return APIResponse(
-            status=Status.PROCESSING,
-            job_id=job_id,
-            eta_s=eta,
-            fetch_url=fetch_url,
-            message=message,
-            retry_after_s=retry_after,
-        )
-    if status_text == "success":
-        urls = _urls(body.get("output"))
-        if not urls:
-            urls = _urls(body.get("proxy_links"))
-        if not urls:
-            urls = _urls(body.get("link"))
-        if not urls:
-            raise MalformedResponseError("success without any output URL", status=http_status)
-        gen_time = _as_float(body.get("generationTime"))
-        if gen_time is not None and not 0 <= gen_time < 86400:
-            gen_time = None
-        return APIResponse(
-            status=Status.SUCCESS,
-            job_id=job_id,
-            output_urls=urls,
-            generation_time_s=gen_time,
-            seed=_seed(body),
-            message=message,
-        )
-    raise MalformedResponseError("unknown response status", status=http_status)
+    data: bytes
+    mime: str
+    width: int
+    height: int
+    changed: bool
+    original: ImageInfo

@@ -136,6 +136,7 @@ class FakeModelsLab(LocalServer):
     uploads: list[Submission] = field(default_factory=list)
     max_in_flight: int = 0
     legacy_uploads_only: bool = False  # scenario 21: only the v3 base64_crop route exists
+    fetch_body: bytes | None = None  # when set, every fetch answers 200 with these bytes as its JSON
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(13481504)
@@ -373,6 +374,8 @@ class FakeModelsLab(LocalServer):
         body = await self._body(request) or {}
         job = request.match_info["id"]
         self.fetches.append(Submission(request.path, body))
+        if self.fetch_body is not None:
+            return web.Response(body=self.fetch_body, content_type="application/json")
         if body.get("key") != self.api_key:
             return self._json({"status": "error", "message": "Invalid API key"}, 401)
         state = self._jobs.get(job)

@@ -215,6 +215,7 @@ class FakeDiscord(LocalServer):
         self.deleted_by_bot: list[int] = []
         self.fail_next_edits = 0  # answer this many message edits with 403 Missing Permissions
         self.cdn_fetches: list[tuple[float, str]] = []  # (monotonic time, path) of every attachment download
+        self.cdn_stalled: set[str] = set()  # attachment paths whose download starts, then never ends
         # awaited before an interaction callback is answered (after it is recorded): lets a test
         # hold one member's acknowledgement in flight while others go through
         self.callback_gate: Callable[[InteractionRecord], Awaitable[None]] | None = None
@@ -722,6 +723,13 @@ class FakeDiscord(LocalServer):
         if found is None:
             return web.Response(status=404, text="Not Found")
         data, ctype = found
+        if path in self.cdn_stalled:
+            resp = web.StreamResponse(headers={"Content-Type": ctype, "Content-Length": str(len(data))})
+            await resp.prepare(request)
+            await resp.write(data[:100])
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.05)  # until the bot gives up on it
+            return resp
         return web.Response(body=data, headers={"Content-Type": ctype})
 
     def _authorised(self, request: web.Request) -> bool:

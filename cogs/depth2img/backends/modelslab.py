@@ -1,8 +1,8 @@
-"""The ModelsLab / stablediffusionapi.com v5 depth2img client: aiohttp only, no Discord.
+"""The ModelsLab / stablediffusionapi.com backend (v5 depth2img): aiohttp only, no Discord.
 
 It borrows one ``aiohttp.ClientSession`` from the composition root. One pure function,
-:func:`error_from_response`, maps an HTTP answer to our error tree; the client retries only what is
-safe to retry:
+:func:`.modelslab_answers.error_from_response`, maps an HTTP answer to our error tree; the client
+retries only what is safe to retry:
 
 * submitting a job (which costs credits) is retried only when the API clearly did not take it:
   a refused connection, a 429 whose ``retry_after`` is short, or an explicit 500/503 answer;
@@ -18,7 +18,6 @@ import ipaddress
 import json
 import logging
 import random
-import re
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,90 +25,28 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from .errors import (
+from cogs.depth2img.errors import (
     APIConnectionError,
     APIError,
     APIStatusError,
     APITimeoutError,
-    AuthenticationError,
     BadRequestError,
-    InsufficientCreditsError,
     JobFailed,
     MalformedResponseError,
     OutputUnavailable,
     RateLimitError,
     ServerError,
-    SourceImageUnreachable,
 )
-from .models import APIResponse, GenerationParams, Status, parse_response
+from cogs.depth2img.models import GenerationParams
+
+from .base import Answer, LoadSource
+from .modelslab_answers import APIResponse, Status, error_from_response
 
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 
 _MAX_BODY = 1 * 1024 * 1024  # JSON answers are small; refuse to buffer more than this
-_AUTH_RE = re.compile(
-    r"(invalid|wrong|missing|required|expired|revoked).{0,20}\bkey\b|\bapi key\b|unauthori[sz]ed"
-)
-_CREDITS_RE = re.compile(
-    r"credit|balance|insufficient|subscription (has )?expired|plan (has )?expired|payment"
-)
-_RATE_RE = re.compile(r"rate limit|too many requests|queued requests|queue limit")
-_FETCH_IMAGE_RE = re.compile(r"(unable|failed|could not|cannot).{0,20}(fetch|download|load|read).{0,30}image")
-_RETRY_RE = re.compile(r"try again|temporar|unavailable|overload|maintenance")
-
-
-def error_from_response(http_status: int, body: object, *, text_is_json: bool) -> APIResponse:
-    """Classify one HTTP answer. Returns the parsed success/processing answer, or raises.
-
-    ``body`` is the decoded JSON when ``text_is_json``; otherwise it is ignored.
-    """
-    if not text_is_json:
-        if http_status == 429:
-            raise RateLimitError("rate limited", status=http_status)
-        if http_status in (401, 403):
-            raise AuthenticationError("unauthorised", status=http_status)
-        if http_status == 402:
-            raise InsufficientCreditsError("payment required", status=http_status)
-        if http_status >= 500:
-            raise ServerError(f"HTTP {http_status} without a JSON body", status=http_status)
-        raise MalformedResponseError("response is not JSON", status=http_status)
-
-    try:
-        parsed = parse_response(body, http_status=http_status)
-    except MalformedResponseError:
-        if http_status >= 500:
-            raise ServerError(f"HTTP {http_status}", status=http_status) from None
-        if http_status == 429:
-            raise RateLimitError("rate limited", status=http_status) from None
-        raise
-
-    message = parsed.message or ""
-    lowered = message.lower()
-    if http_status == 429 or (parsed.status in (Status.ERROR, Status.FAILED) and _RATE_RE.search(lowered)):
-        retry_after = parsed.retry_after_s if parsed.retry_after_s is not None else 30.0
-        raise RateLimitError(message or "rate limited", status=http_status, retry_after_s=retry_after)
-    if parsed.status in (Status.SUCCESS, Status.PROCESSING):
-        if http_status >= 400:
-            raise MalformedResponseError(f"{parsed.status} with HTTP {http_status}", status=http_status)
-        return parsed
-
-    # error / failed
-    if http_status in (401, 403) and (http_status == 401 or _AUTH_RE.search(lowered)):
-        raise AuthenticationError(message or "API key rejected", status=http_status)
-    if _AUTH_RE.search(lowered):
-        raise AuthenticationError(message, status=http_status)
-    if http_status == 402 or _CREDITS_RE.search(lowered):
-        raise InsufficientCreditsError(message or "out of credits", status=http_status)
-    if http_status >= 500:
-        raise ServerError(message or f"HTTP {http_status}", status=http_status)
-    if _FETCH_IMAGE_RE.search(lowered):
-        raise SourceImageUnreachable(message, status=http_status)
-    if parsed.status is Status.ERROR and _RETRY_RE.search(lowered) and "processing failed" not in lowered:
-        raise ServerError(message, status=http_status)
-    if parsed.status is Status.FAILED:
-        raise JobFailed(message or "the API reported the job as failed", job_id=parsed.job_id)
-    raise BadRequestError(message or "the API refused the request", status=http_status)
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> list[bytes] | None:
@@ -152,8 +89,40 @@ def _is_private_host(host: str) -> bool:
         return False
 
 
-class Depth2ImgClient:
-    """Talks to the depth2img API. Satisfies :class:`cogs.depth2img.service.Depth2ImgAPI`."""
+def _payload(params: GenerationParams) -> dict[str, Any]:
+    """The member's options in the API's names (only those that are set)."""
+    payload: dict[str, Any] = {
+        "prompt": params.prompt,
+        "samples": params.samples,
+        "safety_checker": "yes" if params.safety_checker else "no",
+    }
+    if params.negative_prompt:
+        payload["negative_prompt"] = params.negative_prompt
+    if params.strength is not None:
+        payload["strength"] = params.strength
+    if params.steps is not None:
+        payload["num_inference_steps"] = params.steps
+    if params.guidance is not None:
+        payload["guidance_scale"] = params.guidance
+    if params.seed is not None:
+        payload["seed"] = params.seed
+    return payload
+
+
+def _answer(response: APIResponse) -> Answer:
+    return Answer(
+        done=response.status is Status.SUCCESS,
+        remote_id=response.job_id,
+        poll_url=response.fetch_url,
+        eta_s=response.eta_s,
+        output_urls=response.output_urls,
+        generation_time_s=response.generation_time_s,
+        seed=response.seed,
+    )
+
+
+class ModelsLabBackend:
+    """Talks to the ModelsLab API. Satisfies :class:`.base.Backend`."""
 
     def __init__(
         self,
@@ -182,15 +151,38 @@ class Depth2ImgClient:
         # lives at such an address (a self-hosted or test API).
         self._allow_private = _is_private_host(self._base_host)
 
-    # --- public API ------------------------------------------------------------------------
+    # --- the Backend protocol --------------------------------------------------------------------
 
-    async def submit(self, params: GenerationParams, init_image_url: str) -> APIResponse:
+    async def stage_source(self, url: str | None, load: LoadSource) -> str:
+        """The picture's public URL when there is a fresh one; otherwise its bytes are uploaded with
+        ``base64_to_url`` (free; the link lasts 24 h)."""
+        if url is not None:
+            return url
+        data, mime = await load()
+        return await self.upload_image(data, mime)
+
+    async def submit(self, params: GenerationParams, source: str) -> Answer:
         """POST the job. Costs credits: retried only when the API clearly did not take it."""
-        body: dict[str, Any] = {"key": self._key, "init_image": init_image_url, **params.to_payload()}
-        return await self._call(f"{self._base}/v5/depth2img", body, idempotent=False)
+        body: dict[str, Any] = {"key": self._key, "init_image": source, **_payload(params)}
+        return _answer(await self._call(f"{self._base}/v5/depth2img", body, idempotent=False))
+
+    async def poll(self, remote_id: str, poll_url: str | None) -> Answer:
+        """Poll a queued job. Uses the API's ``fetch_result`` URL when it is on the API's own host.
+        An error while polling means the job will not produce images (:class:`JobFailed`)."""
+        response = await self.fetch(remote_id, poll_url)
+        if response.status not in (Status.SUCCESS, Status.PROCESSING):
+            raise JobFailed(response.message or "the job failed", job_id=remote_id)
+        return _answer(response)
+
+    async def download(self, url: str) -> list[bytes]:
+        return await self.download_pieces(url)
+
+    async def cancel(self, remote_id: str) -> None:
+        """ModelsLab has no way to stop a queued job: nothing to do (the credits are spent)."""
+
+    # --- the API's own calls -----------------------------------------------------------------------
 
     async def fetch(self, job_id: str, fetch_url: str | None = None) -> APIResponse:
-        """Poll a queued job. Uses the API's ``fetch_result`` URL when it is on the API's own host."""
         urls = [fetch_url] if fetch_url and self._same_site(fetch_url) else []
         urls += [f"{self._base}/v6/image_editing/fetch/{job_id}", f"{self._base}/v3/fetch/{job_id}"]
         last: APIError | None = None

@@ -1,5 +1,6 @@
-"""What the member reads. One pure function maps every error to wording; nothing here shows
-``str(exc)`` of an unexpected exception, a traceback or a secret.
+"""Every member-facing string: what a member reads, built from plain data. One pure function maps every
+error to wording; nothing here shows ``str(exc)`` of an unexpected exception, a traceback or a secret.
+Discord markup (mentions, timestamps, code blocks) is plain text here: nothing imports discord.py.
 """
 
 from __future__ import annotations
@@ -7,7 +8,8 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import (
+from cogs.depth2img.core.policy import GuildSettings
+from cogs.depth2img.errors import (
     AlreadyRunning,
     APIConnectionError,
     APIError,
@@ -32,7 +34,8 @@ from .errors import (
     ShuttingDown,
     SourceImageUnreachable,
 )
-from .models import GenerationParams, GenerationResult
+from cogs.depth2img.models import GenerationParams, GenerationResult, ProgressEvent, Stage
+from cogs.depth2img.store import Job
 
 _MENTION_RE = re.compile(r"@(everyone|here)|<@[!&]?\d+>|<#\d+>")
 
@@ -173,3 +176,131 @@ _MD_RE = re.compile(r"([\\*_`~|>#\[\]()-])")
 def _escape(text: str) -> str:
     """Escape Markdown and neutralise mentions so a prompt shows literally and pings no one."""
     return neutralise(_MD_RE.sub(r"\\\1", text))
+
+
+def settings_summary(rules: GuildSettings, default_cooldown_s: float) -> str:
+    """What the server's members get, in plain words (Discord markup for channels and roles)."""
+    channels = ", ".join(f"<#{c}>" for c in rules.channels) or "every channel"
+    roles = ", ".join(f"<@&{r}>" for r in rules.roles) or "everyone"
+    quota = f"{rules.member_daily_quota} per member per day" if rules.member_daily_quota else "no daily limit"
+    cooldown = rules.cooldown_s if rules.cooldown_s is not None else default_cooldown_s
+    content = (
+        "off in age-restricted channels, on everywhere else"
+        if rules.nsfw_in_age_restricted
+        else "always on (unsafe images come back blank)"
+    )
+    return "\n".join(
+        [
+            "**/depth2img settings for this server**",
+            f"• Channels: {channels}",
+            f"• Who may use it: {roles} (people with Manage Server always may)",
+            f"• Pictures: {quota}; {cooldown:g} s between two requests of a member",
+            f"• At most {rules.max_samples} picture(s) per request and {rules.max_steps} steps",
+            f"• Safety checker: {content}",
+        ]
+    )
+
+
+# --- progress ---------------------------------------------------------------------------------------
+
+
+def progress_text(event: ProgressEvent, received_at: float, now: float) -> str | None:
+    """The member's progress line for ``event`` (heard at unix time ``received_at``; it is ``now``)."""
+    eta = received_at + event.eta_s if event.eta_s is not None else None
+    if event.stage is Stage.WAITING_FOR_SLOT:
+        if not event.position:
+            return None
+        when = f" — expected <t:{math.ceil(eta)}:R>" if eta is not None else ""
+        return f"⏳ Waiting for a free slot (position {event.position}){when}."
+    if eta is not None and eta > now:
+        return f"⏳ Queued at the image API — expected <t:{math.ceil(eta)}:R>."
+    return "⏳ Queued at the image API…"
+
+
+PROGRESS_PREFIXES = ("⏳ Queued at the image API", "⏳ Waiting for a free slot")
+
+
+# --- results, history ----------------------------------------------------------------------------
+
+
+def params_block(job: Job, seed: int | None = None) -> str:
+    """The options as one line that is easy to copy on a phone (a code block, no Markdown inside)."""
+    p = job.params
+    parts = [f"prompt:{p.prompt}"]
+    if p.negative_prompt:
+        parts.append(f"negative_prompt:{p.negative_prompt}")
+    for name, value in (("strength", p.strength), ("steps", p.steps), ("guidance", p.guidance)):
+        if value is not None:
+            parts.append(f"{name}:{value:g}" if isinstance(value, float) else f"{name}:{value}")
+    if (seed if seed is not None else p.seed) is not None:
+        parts.append(f"seed:{seed if seed is not None else p.seed}")
+    if p.samples != 1:
+        parts.append(f"samples:{p.samples}")
+    line = neutralise(" ".join(parts).replace("`", "'"))
+    if len(line) > 600:
+        line = line[:599] + "…"
+    return f"job `{job.id}` · copy:\n```\n/depth2img {line}\n```"
+
+
+def result_message(job: Job, result: GenerationResult) -> str:
+    """The whole message that comes with a job's images."""
+    text = result_text(job.params, result, user_mention=f"<@{job.user_id}>")
+    extra = params_block(job, seed=result.seed)
+    if job.parent_id:
+        extra = f"↪️ from `{job.parent_id}` · " + extra
+    return f"{text}\n{extra}" if len(text) + len(extra) + 1 <= 2000 else text
+
+
+def failure_message(job: Job, error: Depth2ImgError) -> str:
+    """The message that replaces the "thinking…" one when a job ends without images."""
+    text = describe(error)
+    if job.resumes:
+        text = f"<@{job.user_id}> {text}"
+    return f"{text}\n-# ref `{job.id}`"
+
+
+def shown_text(job: Job) -> str:
+    return f"🖼️ Job `{job.id}` by <@{job.user_id}>\n" + params_block(job)
+
+
+def history_text(jobs: list[Job]) -> str:
+    if not jobs:
+        return "You have no pictures yet. Try /depth2img!"
+    lines = ["**Your recent pictures** (newest first; bring one back with /depth2img-show):"]
+    for job in jobs:
+        prompt = neutralise(job.params.prompt.replace("`", "'"))
+        if len(prompt) > 60:
+            prompt = prompt[:59] + "…"
+        lines.append(f"`{job.id}` · {job.state} · <t:{int(job.created_at)}:R> · {prompt}")
+    return "\n".join(lines)[:2000]
+
+
+def forgotten_text(count: int) -> str:
+    return (
+        f"🧹 Done: deleted {count} job(s) with their stored pictures. Messages already posted in channels stay; "
+        "use their Delete button to remove them."
+    )
+
+
+# Fixed replies.
+NO_PICTURE_ON_MESSAGE = "❌ That message has no picture attached. Pick a message with an image."
+FORM_EXPIRED = "⌛ This form has expired. Use Apps → Depth to image on the message again."
+JOB_GONE = "🗑️ That picture is no longer stored (it was deleted). Start again with /depth2img."
+JOB_GONE_SHORT = "🗑️ That picture is no longer stored."
+ONLY_REQUESTER_OR_MODERATOR_DELETES = (
+    "🚫 Only the member who asked for this picture, or someone with Manage Messages, can delete it."
+)
+ONLY_REQUESTER_CANCELS = "🚫 Only the member who asked can cancel this."
+ALREADY_FINISHED = "This job has already finished."
+NOT_FOUND_FOR_SHOW = "🔎 No delivered picture has that id. See /depth2img-history for yours."
+OTHER_SERVER = "🔎 That picture was made in another server."
+SETTINGS_MANAGERS_ONLY = "🚫 Only members with the Manage Server permission can change these settings."
+
+
+def comparison_caption(job_id: str) -> str:
+    return f"🪞 Before | after for job `{job_id}`"
+
+
+def format_error(error: BaseException) -> str | None:
+    """For the bot's global error handler: the words for an error of this extension, else None."""
+    return describe(error) if isinstance(error, Depth2ImgError) else None

@@ -1,5 +1,5 @@
 """Per-server rules set with /depth2img-settings, and the check that applies them. Discord-free: the
-cog hands in plain ids and flags."""
+UI hands in plain ids and flags."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .errors import InvalidInput, NotAllowed
-from .models import GenerationParams
+from cogs.depth2img.errors import InvalidInput, NotAllowed
+from cogs.depth2img.models import GenerationParams
 
 MAX_LISTED = 25  # channels or roles one server may list
 
@@ -45,30 +45,6 @@ class GuildSettings:
         if kind == "channels":
             return replace(self, channels=tuple(current))
         return replace(self, roles=tuple(current))
-
-    def summary(self, default_cooldown_s: float) -> str:
-        """What the server's members get, in plain words (Discord markup for channels and roles)."""
-        channels = ", ".join(f"<#{c}>" for c in self.channels) or "every channel"
-        roles = ", ".join(f"<@&{r}>" for r in self.roles) or "everyone"
-        quota = (
-            f"{self.member_daily_quota} per member per day" if self.member_daily_quota else "no daily limit"
-        )
-        cooldown = self.cooldown_s if self.cooldown_s is not None else default_cooldown_s
-        content = (
-            "off in age-restricted channels, on everywhere else"
-            if self.nsfw_in_age_restricted
-            else "always on (unsafe images come back blank)"
-        )
-        return "\n".join(
-            [
-                "**/depth2img settings for this server**",
-                f"• Channels: {channels}",
-                f"• Who may use it: {roles} (people with Manage Server always may)",
-                f"• Pictures: {quota}; {cooldown:g} s between two requests of a member",
-                f"• At most {self.max_samples} picture(s) per request and {self.max_steps} steps",
-                f"• Safety checker: {content}",
-            ]
-        )
 
 
 def check_request(

@@ -6,7 +6,7 @@ translation). ``en-US.json`` is complete and is checked by the test suite; to ad
 to e.g. ``fr.json``, translate the values (names must stay lowercase, without spaces, at most 32
 characters), and restart the bot: the changed definitions are synced once.
 
-``python -m cogs.depth2img.translator`` rewrites ``en-US.json`` from the commands' source text.
+``python -m cogs.depth2img.ui.translator`` rewrites ``en-US.json`` from the commands' source text.
 """
 
 from __future__ import annotations
@@ -66,14 +66,17 @@ if __name__ == "__main__":  # pragma: no cover - a maintenance helper
     import asyncio
 
     async def _write() -> None:
-        from .cog import Depth2ImgCog
+        from .cog import MENU_NAME, Depth2ImgCog
+        from .settings_cmds import SettingsCog
 
         client = discord.Client(intents=discord.Intents.none())
         tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(client)
-        cog = Depth2ImgCog.__new__(Depth2ImgCog)
-        for cmd in Depth2ImgCog.__cog_app_commands__:
+        for cmd in (*Depth2ImgCog.__cog_app_commands__, *SettingsCog.__cog_app_commands__):
             tree.add_command(cmd)
-        tree.add_command(app_commands.ContextMenu(name="Depth to image", callback=cog.depth_to_image_menu))
+
+        async def menu(interaction: discord.Interaction, message: discord.Message) -> None: ...
+
+        tree.add_command(app_commands.ContextMenu(name=MENU_NAME, callback=menu))
         strings = await source_strings(tree)
         (LOCALES_DIR / "en-US.json").write_text(
             json.dumps(strings, indent=2, ensure_ascii=False) + "\n", "utf-8"

@@ -1,0 +1,69 @@
+"""The command tree: one global error handler (bot-core's model). Each extension registers a formatter
+that words its own errors, so a reloaded extension's classes still match; anything else unexpected
+becomes a short message with a reference, and a log line."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import discord
+from discord import app_commands
+
+log = logging.getLogger(__name__)
+
+ErrorFormatter = Callable[[BaseException], str | None]
+
+
+class AppCommandTree(app_commands.CommandTree[Any]):
+    """Its ``error_formatters`` are asked first, in order (extensions add theirs at setup and take them
+    back at teardown); then cooldowns and failed checks get a short sentence, and anything else a
+    reference that finds its log line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.error_formatters: dict[str, ErrorFormatter] = {}
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(original, discord.NotFound) and original.code == 10062:
+            # Discord gave up on this interaction (answered too late): nothing can be sent on it.
+            log.warning(
+                "interaction expired before the bot could answer", extra={"interaction_id": interaction.id}
+            )
+            return
+        worded = (formatter(original) for formatter in self.error_formatters.values())
+        text = next((t for t in worded if t is not None), None)
+        if text is not None:
+            await send_final(interaction, text)
+            return
+        if isinstance(error, app_commands.CommandOnCooldown):
+            text = f"⏳ Slow down: try again <t:{int(discord.utils.utcnow().timestamp() + error.retry_after) + 1}:R>."
+        elif isinstance(error, app_commands.CheckFailure):
+            text = "🚫 You can't use this command here."
+        else:
+            ref = secrets.token_hex(4)
+            log.error(
+                "unhandled command error",
+                exc_info=(type(original), original, original.__traceback__),
+                extra={"ref": ref, "command": interaction.command.name if interaction.command else None},
+            )
+            text = f"⚠️ Something went wrong (ref `{ref}`). Try again; if it keeps happening, give the bot's owner this ref."
+        await send_final(interaction, text)
+
+
+async def send_final(interaction: discord.Interaction, text: str) -> None:
+    """Tell the member, whatever state the interaction is in; never raise."""
+    none = discord.AllowedMentions.none()
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=none)
+            return
+        try:
+            await interaction.edit_original_response(content=text, attachments=[], allowed_mentions=none)
+        except discord.NotFound:
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=none)
+    except discord.HTTPException as exc:
+        log.warning("could not deliver an error message", extra={"status": exc.status})

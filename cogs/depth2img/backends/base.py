@@ -1,0 +1,56 @@
+"""What the job logic needs from an image service, and what it gets back: plain data, no HTTP.
+
+A backend turns the member's options into the service's request, and the service's answers into
+:class:`Answer`; every failure is raised as one of :mod:`..errors` (the service's own text stays in
+the exception, for the log). The job logic decides when to call what, records each step in the ledger
+and never retries a paid submission that may have reached the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cogs.depth2img.models import GenerationParams
+
+# Reads the kept source picture: its bytes and MIME type.
+LoadSource = Callable[[], Awaitable[tuple[bytes, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Where a job stands at the service: finished with ``output_urls``, or still queued (``done`` is
+    False) under ``remote_id``, to be polled (at ``poll_url`` when the service named one)."""
+
+    done: bool
+    remote_id: str | None = None
+    poll_url: str | None = None
+    eta_s: float | None = None
+    output_urls: tuple[str, ...] = ()
+    generation_time_s: float | None = None
+    seed: int | None = None
+
+
+class Backend(Protocol):
+    async def stage_source(self, url: str | None, load: LoadSource) -> str:
+        """Make the source picture available to the service (free, and safe to repeat): returns what
+        :meth:`submit` takes as its source. ``url``: a fresh public link to the picture, if any."""
+        ...
+
+    async def submit(self, params: GenerationParams, source: str) -> Answer:
+        """Start a generation (this is what costs). Retried only when the service clearly did not
+        take it; an ambiguous failure is raised, never sent twice."""
+        ...
+
+    async def poll(self, remote_id: str, poll_url: str | None) -> Answer:
+        """Ask how a queued job is doing (idempotent)."""
+        ...
+
+    async def download(self, url: str) -> list[bytes]:
+        """One output picture, in the pieces it arrived in (joining megabytes is left to a thread)."""
+        ...
+
+    async def cancel(self, remote_id: str) -> None:
+        """Ask the service to stop a queued job, where it can (best effort; never raises)."""
+        ...

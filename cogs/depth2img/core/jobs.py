@@ -1,0 +1,195 @@
+"""One job's run, from whatever state the ledger has it in to its images: within the job's deadline,
+wait for a generation slot, hand the source to the image service, submit, poll, download and check the
+outputs. Every step is recorded in the ledger before the next one. Progress goes out as data
+(:class:`ProgressEvent`) through a plain callable; nothing here reads anything back from the UI.
+
+Never submits a job twice: ``received`` is submitted once, ``submitting`` (interrupted while sending)
+fails, ``submitted``/``processing`` are polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from cogs.depth2img.backends.base import Answer, Backend
+from cogs.depth2img.config import Depth2ImgSettings
+from cogs.depth2img.errors import (
+    Depth2ImgError,
+    InvalidInput,
+    JobInterrupted,
+    JobTimedOut,
+    MalformedResponseError,
+)
+from cogs.depth2img.models import GeneratedImage, GenerationResult, ProgressEvent, Stage
+from cogs.depth2img.store import Job, JobState, Ledger
+
+from .admission import Admission, AnswerFirst
+from .pictures import Pictures
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[ProgressEvent], None]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended: images to deliver, or an error to explain. Nothing is marked finished in
+    the ledger until the member has been told."""
+
+    job: Job
+    result: GenerationResult | None = None
+    error: Depth2ImgError | None = None
+    api_s: float | None = None  # submission to images ready at the service, when this run saw both
+
+
+class JobRunner:
+    def __init__(
+        self,
+        backend: Backend,
+        ledger: Ledger,
+        pictures: Pictures,
+        admission: Admission,
+        answer_first: AnswerFirst,
+        settings: Depth2ImgSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.backend = backend
+        self.ledger = ledger
+        self.pictures = pictures
+        self.admission = admission
+        self.answer_first = answer_first
+        self.settings = settings
+        self._clock = clock
+        self._sleep = sleep
+        self.typical_job_s = 10.0  # moving average of the service's time, for waiting-time estimates
+
+    async def run(self, job: Job, *, started_at: float, emit: Emit) -> Outcome:
+        deadline_s = self.settings.job_timeout_s
+        local_wait = 0.0
+        api_s: float | None = None
+
+        def on_position(position: int) -> None:
+            per_slot = self.typical_job_s / max(1, self.admission.max_concurrent)
+            eta = position * per_slot + self.typical_job_s
+            emit(ProgressEvent(Stage.WAITING_FOR_SLOT, position=position, eta_s=eta))
+
+        try:
+            async with asyncio.timeout(deadline_s):
+                wait_started = self._clock()
+                async with self.admission.slot(on_position):
+                    local_wait = self._clock() - wait_started
+                    api_started = self._clock()
+                    if job.state is JobState.SUBMITTING:
+                        raise JobInterrupted("interrupted while submitting", job_id=job.api_job_id)
+                    first: Answer | None = None
+                    if job.state is JobState.RECEIVED:
+                        job, first = await self._submit(job)
+                    if not job.output_urls:
+                        job = await self._poll(job, first, emit)
+                    api_s = self._clock() - api_started
+                images = await self._download(job)
+                # where the first image was kept; recorded with the final state
+                job = replace(job, result_path=self.pictures.result_path(job.id, images[0]))
+        except TimeoutError:
+            return Outcome(job, error=JobTimedOut(deadline_s, job_id=job.api_job_id))
+        except Depth2ImgError as exc:
+            log.warning(
+                "job error", extra={"job": job.id, "state": str(job.state), "error": type(exc).__name__}
+            )
+            return Outcome(job, error=exc)
+        gen = job.generation_time_s
+        queue_s: float | None = None
+        if api_s is not None:
+            self.typical_job_s = 0.8 * self.typical_job_s + 0.2 * api_s
+            if gen is not None:
+                queue_s = max(0.0, api_s - gen)
+            elif job.state is JobState.PROCESSING:
+                queue_s = api_s
+        result = GenerationResult(
+            images=images,
+            job_id=job.api_job_id,
+            seed=job.api_seed if job.api_seed is not None else job.params.seed,
+            generation_time_s=gen,
+            api_queue_s=queue_s,
+            local_wait_s=local_wait,
+            total_s=self._clock() - started_at,
+        )
+        return Outcome(job, result=result, api_s=api_s)
+
+    async def _load_source(self, job: Job) -> tuple[bytes, str]:
+        if job.source_path is None:
+            raise InvalidInput("The stored picture for this job is missing.")
+        data = await self.pictures.read(job.source_path)
+        return data, "image/png" if job.source_path.endswith(".png") else "image/jpeg"
+
+    async def _submit(self, job: Job) -> tuple[Job, Answer]:
+        # A resumed job's attachment link may be stale; a normalised picture was never at a link.
+        fresh_url = job.source_url if job.resumes == 0 else None
+        source = await self.backend.stage_source(fresh_url, lambda: self._load_source(job))
+        if source != job.source_url:
+            job = await self.ledger.update(job, source_url=source)
+        job = await self.ledger.update(job, state=JobState.SUBMITTING, submitted_at=time.time())
+        log.info("job submit", extra={"job": job.id})
+        answer = await self.backend.submit(job.params, source)
+        if answer.done:
+            job = await self.ledger.update(
+                job,
+                state=JobState.SUBMITTED,
+                api_job_id=answer.remote_id,
+                output_urls=answer.output_urls,
+                generation_time_s=answer.generation_time_s,
+                api_seed=answer.seed,
+            )
+        elif answer.remote_id is None:
+            # Never poll without an id (contract §2.2, pitfall 4).
+            await self.ledger.update(job, state=JobState.SUBMITTED)
+            raise MalformedResponseError("the image service queued the job but gave no job id")
+        else:
+            job = await self.ledger.update(
+                job, state=JobState.PROCESSING, api_job_id=answer.remote_id, fetch_url=answer.poll_url
+            )
+        log.info(
+            "job submitted", extra={"job": job.id, "api_job_id": job.api_job_id, "state": str(job.state)}
+        )
+        return job, answer
+
+    async def _poll(self, job: Job, first: Answer | None, emit: Emit) -> Job:
+        if job.api_job_id is None:
+            raise MalformedResponseError("no job id to poll")
+        s = self.settings
+        eta = first.eta_s if first is not None else None
+        emit(ProgressEvent(Stage.QUEUED_AT_API, eta_s=eta))
+        if first is not None:
+            first_wait = eta if eta is not None else s.poll_initial_s
+            await self._sleep(min(max(first_wait, s.poll_initial_s), 30.0))
+        delay = s.poll_initial_s
+        polls = 0
+        while True:
+            answer = await self.backend.poll(job.api_job_id, job.fetch_url)
+            polls += 1
+            if answer.done:
+                job = await self.ledger.update(
+                    job,
+                    output_urls=answer.output_urls,
+                    generation_time_s=answer.generation_time_s,
+                    api_seed=answer.seed if answer.seed is not None else job.api_seed,
+                )
+                log.info("job ready", extra={"job": job.id, "polls": polls})
+                return job
+            emit(ProgressEvent(Stage.QUEUED_AT_API, eta_s=answer.eta_s))
+            await self._sleep(delay)
+            delay = min(delay * 1.6, s.poll_max_s)
+
+    async def _download(self, job: Job) -> tuple[GeneratedImage, ...]:
+        """Download every output at once; check and fit each off the event loop."""
+        urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
+        await self.answer_first.wait_turn()
+        downloads = await asyncio.gather(*(self.backend.download(u) for u in urls))
+        return await self.pictures.finish_outputs(job.id, list(downloads), limit_bytes=job.upload_limit_bytes)

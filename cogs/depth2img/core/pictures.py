@@ -1,0 +1,155 @@
+"""Where pictures are checked, kept and read back: the members' sources, the first image of each
+result, and the before | after view. All of the work runs off the event loop, in two pools:
+
+* image worker processes (``IMAGE_WORKERS``) for Pillow: decoding, normalising and re-encoding
+  compete with the event loop for neither the GIL nor, beyond their number, the CPU (0: threads);
+* picture threads (``PICTURE_THREADS``) for checksums and file writes, which leave the GIL free.
+
+Pictures reach the workers as files (kept anyway), not through the pool's pipe: copying a 1.5 MB
+picture to a worker and back cost the bot ~7 ms of CPU; writing a file and passing its path ~0.5 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cogs.depth2img import images, pngs
+from cogs.depth2img.errors import InvalidInput, OutputUnavailable
+from cogs.depth2img.models import GeneratedImage, SourceImage
+
+T = TypeVar("T")
+NO_LONGER_STORED = "The picture for that job is no longer stored. Start again with /depth2img."
+
+
+class Pictures:
+    def __init__(self, data_dir: Path, *, image_workers: int, picture_threads: int) -> None:
+        self.sources_dir = data_dir / "sources"
+        self.results_dir = data_dir / "results"
+        self._workers = image_workers
+        self._pool: ProcessPoolExecutor | None = None
+        if image_workers > 0:
+            self._pool = ProcessPoolExecutor(
+                max_workers=image_workers, mp_context=multiprocessing.get_context("forkserver")
+            )
+        # One fewer thread than the cores by default: the event loop keeps a core. With asyncio's
+        # default pool (6 threads on 2 cores), a 200-burst's picture work ran beside the loop's thread
+        # and left it waiting for a CPU: stalls >= 50 ms in 7 of 15 runs against 0 of 15 with 2 threads
+        # and 0 of 10 (8-22 ms) with 1 (`make bench`).
+        self._threads = ThreadPoolExecutor(picture_threads, thread_name_prefix="d2i-picture")
+
+    async def start(self) -> None:
+        """Start the image workers now, so that the first member does not wait for them."""
+        self.sources_dir.mkdir(parents=True, exist_ok=True)
+        if self._pool is not None:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(
+                *(loop.run_in_executor(self._pool, images.warm_up) for _ in range(self._workers))
+            )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def cpu(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Pillow work, in an image worker process."""
+        if self._pool is None:
+            return await self.thread(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(fn, *args, **kwargs)
+        )
+
+    async def thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """File and checksum work (which mostly leaves the GIL free), in a picture thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, functools.partial(fn, *args, **kwargs)
+        )
+
+    # --- sources ---
+
+    async def keep_source(
+        self, job_id: str, data: bytes, *, max_pixels: int, max_side: int
+    ) -> tuple[str, SourceImage]:
+        """Check the member's picture by its bytes and keep it, normalised for the image service.
+        Returns where it is kept. Raises :class:`InvalidInput` with a member-facing reason."""
+        limits = {"max_pixels": max_pixels, "max_side": max_side}
+        # A plain PNG is checked (chunk CRCs, no decoding) and kept in one thread call; anything else
+        # goes to an image worker, as a file.
+        kept = await self.thread(
+            pngs.save_plain_source, data, str(self.sources_dir / f"{job_id}.png"), **limits
+        )
+        if kept is None:
+            raw = self.sources_dir / f"{job_id}.upload"
+            await self.thread(pngs.write_atomically, raw, data)
+            kept = await self.cpu(images.prepare_source_file, str(raw), **limits)
+        return kept
+
+    async def read(self, path: str | None) -> bytes:
+        """A kept picture's bytes. Raises :class:`InvalidInput` when it is no longer stored."""
+        if not path:
+            raise InvalidInput(NO_LONGER_STORED)
+        try:
+            return await self.thread(Path(path).read_bytes)
+        except OSError:
+            raise InvalidInput(NO_LONGER_STORED) from None
+
+    # --- results ---
+
+    def result_path(self, job_id: str, first: GeneratedImage) -> str:
+        """Where the first image of a result is kept (for "Use as source" and /depth2img-show)."""
+        return str(self.results_dir / f"{job_id}.{first.filename.rsplit('.', 1)[-1]}")
+
+    async def finish_outputs(
+        self, job_id: str, downloads: list[list[bytes]], *, limit_bytes: int
+    ) -> tuple[GeneratedImage, ...]:
+        """Check each downloaded output and make it fit ``limit_bytes``; the first is kept."""
+        prepared = []
+        for index, pieces in enumerate(downloads):
+            fit: dict[str, Any] = {
+                "limit_bytes": limit_bytes,
+                "stem": f"depth2img-{job_id}-{index}",
+                "keep_as": str(self.results_dir / job_id) if index == 0 else None,
+            }
+            # joined, and if a whole PNG that fits, checked and kept, in one thread call; else to a worker
+            blob, image = await self.thread(pngs.save_fitting_png, pieces, **fit)
+            if image is None:
+                download = self.results_dir / f"{job_id}-{index}.download"
+                await self.thread(pngs.write_atomically, download, blob)
+                image = await self.cpu(images.finish_output_file, str(download), **fit)
+            prepared.append(image if image.data else replace(image, data=blob))
+        if not prepared:
+            raise OutputUnavailable("no output images")
+        return tuple(prepared)
+
+    async def comparison(
+        self, job_id: str, source: str | None, result: str | None, *, limit_bytes: int
+    ) -> GeneratedImage:
+        """The source and the result side by side (made when a member asks for it)."""
+        if not source or not result:
+            raise InvalidInput("The pictures for that job are no longer stored.")
+        before = await self.read(source)
+        after = await self.read(result)
+        try:
+            return await self.cpu(
+                images.before_after, before, after, limit_bytes=limit_bytes, stem=f"before-after-{job_id}"
+            )
+        except (OSError, ValueError):
+            raise OutputUnavailable("the comparison could not be made") from None
+
+    async def remove(self, *paths: str | None) -> None:
+        for path in paths:
+            if path:
+                await self.thread(_remove_file, path)
+
+
+def _remove_file(path: str) -> None:
+    with contextlib.suppress(OSError):
+        Path(path).unlink()

@@ -1,0 +1,379 @@
+"""The one facade the UI holds: check a request, admit it, accept it (its picture, checked and kept, and
+its row in the ledger), run it, and deliver it (claim, then record the final state); resume what a
+restart left; server settings, history, forget-me, and the drain at shutdown. Every metric is counted
+here. Discord-free and HTTP-free: the UI hands in plain values and callables, and gets plain data back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cogs.depth2img.backends.base import Backend
+from cogs.depth2img.config import Depth2ImgSettings
+from cogs.depth2img.diagnostics import loop_monitor
+from cogs.depth2img.errors import DeliveryFailed, InvalidInput, JobCancelled, RequestRejected
+from cogs.depth2img.metrics import Metrics
+from cogs.depth2img.models import Action, GeneratedImage, GenerationParams, JobKind
+from cogs.depth2img.store import Job, JobState, JobTakenOver, Ledger
+
+from . import params as params_
+from . import upkeep
+from .admission import Admission, AnswerFirst, Ticket, day_start
+from .intake import Intake, Origin, Reader
+from .jobs import Emit, JobRunner, Outcome, Sleep
+from .pictures import NO_LONGER_STORED, Pictures
+from .policy import GuildSettings, check_request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Where a request was made, for the server's rules. The look-ups are called only if a rule needs them."""
+
+    guild_id: int | None
+    channel_id: int | None
+    roles: Callable[[], tuple[int, ...]]
+    is_manager: Callable[[], bool]
+    age_restricted: Callable[[], bool]
+
+
+class Depth2ImgService:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: Depth2ImgSettings,
+        ledger: Ledger,
+        *,
+        data_dir: Path,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.metrics = metrics
+        self._sleep = sleep
+        self.admission = Admission(
+            max_concurrent=settings.max_concurrent_jobs,
+            max_queued=settings.max_queued_jobs,
+            per_user=settings.max_jobs_per_user,
+            cooldown_s=settings.user_cooldown_s,
+            guild_daily_quota=settings.guild_daily_quota,
+            clock=clock,
+        )
+        metrics.watch(lambda: self.admission.in_flight, lambda: self.admission.waiting)
+        self.pictures = Pictures(
+            data_dir, image_workers=settings.image_workers, picture_threads=settings.picture_threads
+        )
+        # ... and none of that picture work runs while new requests are being answered.
+        self.answer_first = AnswerFirst()
+        self.runner = JobRunner(
+            backend,
+            ledger,
+            self.pictures,
+            self.admission,
+            self.answer_first,
+            settings,
+            clock=clock,
+            sleep=sleep,
+        )
+        self.intake = Intake(settings, ledger, self.pictures, self.answer_first)
+        self._cancels: dict[str, asyncio.Event] = {}
+        self._guild_settings: dict[int, GuildSettings] = {}
+
+    # --- start and stop ---
+
+    async def start(self) -> list[Job]:
+        """Load what the ledger knows (today's quota counts, the servers' settings) and start the
+        image workers. Returns the jobs to resume."""
+        await self.pictures.start()
+        today = day_start(time.time())
+        self.admission.seed_counts(
+            await self.ledger.guild_counts_since(today), await self.ledger.member_counts_since(today)
+        )
+        self._guild_settings = {
+            guild: GuildSettings.from_json(data)
+            for guild, data in (await self.ledger.all_guild_settings()).items()
+        }
+        return await self.ledger.claim_orphans(at_start=True)
+
+    def background(self, on_claimed: Callable[[Job], None]) -> dict[str, Coroutine[Any, Any, None]]:
+        """The service's upkeep, to run as tasks for as long as it lives: lease renewal and takeover
+        (``on_claimed`` gets each job taken over from a stopped process), the pruning of old pictures,
+        and the event-loop monitor when ``LOOP_MONITOR_FILE`` is set."""
+        work: dict[str, Coroutine[Any, Any, None]] = {
+            "leases": upkeep.keep_leases(self.ledger, on_claimed, sleep=self._sleep)
+        }
+        if (keep_days := self.settings.keep_pictures_days) > 0:
+            work["pruning"] = upkeep.prune_now_and_then(
+                self.ledger, self.pictures, keep_days, sleep=self._sleep
+            )
+        if self.settings.loop_monitor_file is not None:
+            work["loop-monitor"] = loop_monitor(self.settings.loop_monitor_file)
+        return work
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop taking new work and let jobs in flight finish for at most ``grace_s`` seconds.
+        Returns whether everything finished; what did not stays in the ledger and resumes later."""
+        self.admission.draining = True
+        log.info("draining", extra={"in_flight": self.admission.in_flight, "grace_s": grace_s})
+        try:
+            async with asyncio.timeout(grace_s):
+                await self.admission.idle.wait()
+        except TimeoutError:
+            log.info(
+                "grace period over; unfinished jobs will resume at the next start",
+                extra={"in_flight": self.admission.in_flight},
+            )
+            return False
+        return True
+
+    @property
+    def busy(self) -> bool:
+        return self.admission.in_flight > 0
+
+    async def close(self) -> None:
+        """After every job and task has stopped: the image workers and the ledger."""
+        self.pictures.close()
+        await self.ledger.close()
+
+    # --- before the acknowledgement (synchronous, cheap) ---
+
+    def answering(self) -> contextlib.AbstractContextManager[None]:
+        """Around everything from a request's arrival to its acknowledgement: picture work that can
+        wait holds off meanwhile (:class:`AnswerFirst`)."""
+        return self.answer_first.answering()
+
+    def check(
+        self, make_params: Callable[[], GenerationParams], where: Where, *, declared_size: int
+    ) -> GenerationParams:
+        """The member's options, checked and with the server's rules applied. Raises :class:`RequestRejected`."""
+        try:
+            rules = self.settings_for(where.guild_id)
+            restricted = bool(rules.channels or rules.roles)  # look up only what the rules need
+            checked = check_request(
+                rules,
+                make_params(),
+                channel_id=where.channel_id,
+                role_ids=where.roles() if rules.roles else (),
+                is_manager=restricted and where.is_manager(),
+                age_restricted=rules.nsfw_in_age_restricted and where.age_restricted(),
+            )
+            self._check_declared_size(declared_size)
+        except RequestRejected as exc:
+            self.rejected(exc)
+            raise
+        return checked
+
+    def admit(self, user_id: int, guild_id: int | None) -> Ticket:
+        """A ticket for one job, or :class:`RequestRejected` (limits, cooldown, quota, queue, draining)."""
+        rules = self.settings_for(guild_id)
+        try:
+            return self.admission.admit(
+                user_id, guild_id, cooldown_s=rules.cooldown_s, member_daily_quota=rules.member_daily_quota
+            )
+        except RequestRejected as exc:
+            self.rejected(exc)
+            raise
+
+    def rejected(self, exc: RequestRejected) -> None:
+        log.info("job rejected", extra={"job": exc.job_id, "reason": type(exc).__name__})
+        self.metrics.rejected.labels(reason=type(exc).__name__).inc()
+
+    def acknowledged(self, started: float) -> None:
+        self.metrics.ack_seconds.observe(time.monotonic() - started)
+        self.metrics.acks.labels(outcome="acknowledged").inc()
+
+    def too_late(self, interaction_id: int) -> None:
+        """Discord no longer knew the interaction when the bot answered (its 3 s were over)."""
+        log.warning(
+            "interaction expired before the bot could answer", extra={"interaction_id": interaction_id}
+        )
+        self.metrics.acks.labels(outcome="expired").inc()
+
+    def _check_declared_size(self, size: int) -> None:
+        limit = self.settings.max_input_bytes
+        if size > limit:
+            raise InvalidInput(
+                f"The attachment is {size / 1048576:.1f} MB; the limit is {limit / 1048576:.1f} MB. "
+                "Attach a smaller picture."
+            )
+        if size <= 0:
+            raise InvalidInput("The attachment is empty (0 bytes). Attach a PNG, JPEG or WebP picture.")
+
+    # --- after the acknowledgement ---
+
+    async def accept(
+        self,
+        params: GenerationParams,
+        origin: Origin,
+        *,
+        read: Reader,
+        declared_size: int,
+        source_url: str | None,
+        parent_id: str | None = None,
+        kind: JobKind = JobKind.COMMAND,
+    ) -> Job:
+        """Read the picture, check it by its bytes, keep it, and record the job (:class:`Intake`).
+        Raises :class:`InvalidInput`; no API call is made."""
+        try:
+            return await self.intake.accept(
+                params,
+                origin,
+                read=read,
+                declared_size=declared_size,
+                source_url=source_url,
+                parent_id=parent_id,
+                kind=kind,
+            )
+        except InvalidInput as exc:
+            self.rejected(exc)
+            raise
+
+    async def run(self, job: Job, ticket: Ticket, *, emit: Emit, started_at: float) -> Outcome:
+        """Drive ``job`` to its images within the job deadline (:class:`JobRunner`). A member's
+        :meth:`cancel` ends it with :class:`JobCancelled`. Cancellation of this coroutine (shutdown)
+        leaves the job as it is in the ledger, to be resumed at the next start. When it returns, the
+        member may ask again."""
+        cancel = self._cancels.setdefault(job.id, asyncio.Event())
+        work = asyncio.create_task(
+            self.runner.run(job, started_at=started_at, emit=emit), name=f"job-{job.id}"
+        )
+        stop = asyncio.create_task(cancel.wait(), name=f"job-{job.id}-cancel")
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+                await asyncio.wait({work})
+            self._cancels.pop(job.id, None)
+        ticket.release_member()
+        if not work.cancelled():
+            outcome = work.result()
+            if outcome.api_s is not None:
+                self.metrics.api_seconds.observe(outcome.api_s)
+            return outcome
+        latest = await self.ledger.get(job.id) or job
+        log.info("job cancelled", extra={"job": job.id, "state": str(latest.state)})
+        return Outcome(latest, error=JobCancelled(after_submit=latest.state is not JobState.RECEIVED))
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask a running job to stop. Returns whether it was running."""
+        event = self._cancels.get(job_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    @contextlib.asynccontextmanager
+    async def delivering(self, outcome: Outcome, *, started_at: float | None = None) -> AsyncIterator[bool]:
+        """Around telling the member: yields whether this process may (several may share the ledger;
+        one that lost the job stays silent). Once told, the final state is recorded; if telling them
+        raised, the job is recorded as failed (:class:`DeliveryFailed`, never sent again)."""
+        job = outcome.job
+        mine = not isinstance(outcome.error, JobTakenOver) and await self.ledger.claim_delivery(job)
+        if not mine:
+            log.info("job owned by another process now; not delivering", extra={"job": job.id})
+            yield False
+            return
+        try:
+            yield True
+        except Exception:
+            await self._finish(Outcome(job, error=DeliveryFailed("discord refused")))
+            raise
+        if started_at is not None:
+            self.metrics.job_seconds.observe(time.monotonic() - started_at)
+        await self._finish(outcome)
+
+    async def _finish(self, outcome: Outcome) -> None:
+        """Record the final state, once the member has been told. The source picture and the first
+        result stay on disk while the job exists (buttons and /depth2img-show use them)."""
+        job, exc = outcome.job, outcome.error
+        try:
+            if exc is None:
+                assert outcome.result is not None
+                new = await self.ledger.update(job, state=JobState.DELIVERED, result_path=job.result_path)
+                log.info("job delivered", extra={"job": job.id, "images": len(outcome.result.images)})
+            else:
+                state = JobState.CANCELLED if isinstance(exc, JobCancelled) else JobState.FAILED
+                kind = type(exc).__name__
+                new = await self.ledger.update(job, state=state, error_kind=kind, detail=kind)
+                log.info(
+                    "job finished without images", extra={"job": job.id, "state": str(state), "error": kind}
+                )
+        except JobTakenOver:
+            log.warning("job taken over while finishing", extra={"job": job.id})
+            return
+        self.metrics.job_finished(str(new.state), exc)
+
+    @contextlib.contextmanager
+    def resumed(self, job: Job) -> Iterator[Ticket]:
+        """A ticket for a job left unfinished by a restart (or taken over from a stopped process)."""
+        with self.admission.admit_resumed(job.user_id) as ticket:
+            log.info("job resumed", extra={"job": job.id, "state": str(job.state), "resumes": job.resumes})
+            self.metrics.resumed.inc()
+            yield ticket
+
+    # --- results, iterating on them, and members' data ---
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self.ledger.get(job_id)
+
+    def derive(
+        self, parent: Job, action: Action, *, prompt: str | None = None, negative_prompt: str | None = None
+    ) -> GenerationParams:
+        """The options of a job made from ``parent`` by a button (or the edit form)."""
+        return params_.derive(parent.params, action, prompt=prompt, negative_prompt=negative_prompt)
+
+    def source_for(self, parent: Job, action: Action) -> str:
+        """The file a derived job starts from: the parent's result for "Use as source", else its source."""
+        path = parent.result_path if action is Action.REUSE else parent.source_path
+        if not path:
+            raise InvalidInput(NO_LONGER_STORED)
+        return path
+
+    async def read_stored(self, path: str | None) -> bytes:
+        return await self.pictures.read(path)
+
+    async def comparison(self, job: Job) -> GeneratedImage:
+        return await self.pictures.comparison(
+            job.id, job.source_path, job.result_path, limit_bytes=job.upload_limit_bytes
+        )
+
+    async def history(self, user_id: int, limit: int = 10) -> list[Job]:
+        return await self.ledger.for_user(user_id, limit)
+
+    async def forget(self, user_id: int) -> int:
+        """Delete a member's finished jobs, their stored pictures and their history."""
+        jobs = await self.ledger.forget_user(user_id)
+        for job in jobs:
+            await self.pictures.remove(job.source_path, job.result_path)
+        log.info("member data deleted", extra={"user_id": user_id, "jobs": len(jobs)})
+        return len(jobs)
+
+    # --- server settings ---
+
+    @property
+    def default_cooldown_s(self) -> float:
+        return self.settings.user_cooldown_s
+
+    def settings_for(self, guild_id: int | None) -> GuildSettings:
+        return (
+            self._guild_settings.get(guild_id, GuildSettings()) if guild_id is not None else GuildSettings()
+        )
+
+    async def save_settings(self, guild_id: int, new: GuildSettings, *, by: int) -> GuildSettings:
+        """Store and apply at once."""
+        await self.ledger.save_guild_settings(guild_id, new.to_json(), by)
+        self._guild_settings[guild_id] = new
+        log.info("server settings changed", extra={"guild_id": guild_id, "by": by})
+        return new

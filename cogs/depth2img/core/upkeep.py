@@ -1,0 +1,57 @@
+"""The service's upkeep, each a coroutine that runs for as long as the service lives: lease renewal
+and the takeover of stopped processes' jobs, and the removal of old pictures."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from cogs.depth2img.store import Job, Ledger
+
+from .jobs import Sleep
+from .pictures import Pictures
+
+log = logging.getLogger(__name__)
+
+
+async def keep_leases(ledger: Ledger, on_claimed: Callable[[Job], None], *, sleep: Sleep) -> None:
+    """Renew the leases of this process's jobs, and take over the jobs of processes that stopped
+    (their leases ran out); ``on_claimed`` gets each job taken over."""
+    interval = max(0.5, ledger.lease_s / 3)
+    while True:
+        await sleep(interval)
+        try:
+            await ledger.heartbeat()
+            for job in await ledger.claim_orphans():
+                log.info("job taken over from a stopped process", extra={"job": job.id})
+                on_claimed(job)
+        except Exception as exc:  # a database hiccup must not end the loop; try again next time
+            log.warning("lease upkeep failed", extra={"error": type(exc).__name__})
+
+
+async def prune_pictures(ledger: Ledger, pictures: Pictures, keep_days: float) -> int:
+    """Remove the stored pictures of jobs finished more than ``keep_days`` ago (their buttons then
+    say the pictures are no longer stored). Returns how many jobs were pruned."""
+    pruned = 0
+    while True:
+        jobs = await ledger.release_pictures(time.time() - keep_days * 86400)
+        for job in jobs:
+            await pictures.remove(job.source_path, job.result_path)
+        pruned += len(jobs)
+        if len(jobs) < 500:
+            break
+    if pruned:
+        log.info("old pictures removed", extra={"jobs": pruned, "keep_days": keep_days})
+    return pruned
+
+
+async def prune_now_and_then(
+    ledger: Ledger, pictures: Pictures, keep_days: float, *, sleep: Sleep, every_s: float = 3600.0
+) -> None:
+    while True:
+        try:
+            await prune_pictures(ledger, pictures, keep_days)
+        except Exception as exc:  # a disk or database hiccup: try again next time
+            log.warning("pruning old pictures failed", extra={"error": type(exc).__name__})
+        await sleep(every_s)

@@ -1,0 +1,117 @@
+"""Plain PNGs without Pillow, for a picture thread, with the file write.
+
+Most pictures are PNGs that need nothing done: for those, checking every chunk's CRC (what Pillow's
+``verify()`` does) is all the work, and ``zlib.crc32`` runs without the GIL. Anything else goes to an
+image worker (:mod:`.images`). Nothing here imports discord.py or aiohttp.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .models import GeneratedImage, ImageInfo, SourceImage
+
+MIN_SIDE = 64  # pixels, each side: the least a picture may have
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks a picture may have and still be sent as it is (the rest is metadata, animation or palette).
+_PLAIN_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"pHYs", b"gAMA", b"sRGB", b"cHRM"})
+
+
+@dataclass(frozen=True, slots=True)
+class PngFacts:
+    width: int
+    height: int
+    bit_depth: int
+    color_type: int
+    plain: bool  # only the chunks of _PLAIN_CHUNKS
+
+
+def png_facts(data: bytes) -> PngFacts | None:
+    """The header of a PNG whose every chunk is whole and has a correct CRC, ending with IEND; None
+    for anything else (not a PNG, truncated, corrupt: let Pillow say what is wrong)."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    view = memoryview(data)
+    pos, end = 8, len(data)
+    header: tuple[int, int, int, int] | None = None
+    plain = True
+    while pos + 12 <= end:
+        (length,) = struct.unpack_from(">I", view, pos)
+        body_end = pos + 8 + length
+        if body_end + 4 > end:
+            return None
+        kind = bytes(view[pos + 4 : pos + 8])
+        (crc,) = struct.unpack_from(">I", view, body_end)
+        if zlib.crc32(view[pos + 4 : body_end]) != crc:
+            return None
+        if kind == b"IHDR" and length == 13:
+            width, height, depth, color = struct.unpack_from(">IIBB", view, pos + 8)
+            header = (width, height, depth, color)
+        plain = plain and kind in _PLAIN_CHUNKS
+        if kind == b"IEND":
+            if header is None:
+                return None
+            return PngFacts(*header, plain=plain)
+        pos = body_end + 4
+    return None
+
+
+def save_plain_source(
+    data: bytes, path: str, *, max_pixels: int, max_side: int = 1024
+) -> tuple[str, SourceImage] | None:
+    """For a thread: a PNG that can go to the API as it is (8-bit RGB, sides multiples of 8, at most
+    ``max_side``, no metadata, every chunk whole) is saved at ``path`` and described; None when the
+    picture needs :func:`prepare_source_file` (a worker) to check or convert it."""
+    facts = png_facts(data)
+    if (
+        facts is None
+        or not facts.plain
+        or (facts.bit_depth, facts.color_type) != (8, 2)
+        or facts.width % 8
+        or facts.height % 8
+        or min(facts.width, facts.height) < MIN_SIDE
+        or max(facts.width, facts.height) > max_side
+        or facts.width * facts.height > max_pixels
+    ):
+        return None
+    write_atomically(Path(path), data)
+    info = ImageInfo(format="PNG", width=facts.width, height=facts.height, mode="RGB")
+    return path, SourceImage(b"", "image/png", facts.width, facts.height, False, info)
+
+
+def joined(pieces: Sequence[bytes]) -> bytes:
+    """A download's pieces as one ``bytes`` (for a thread: joining megabytes on the event loop, many
+    downloads at a time, stalled it for tens of milliseconds)."""
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def save_fitting_png(
+    pieces: Sequence[bytes], *, limit_bytes: int, stem: str, keep_as: str | None
+) -> tuple[bytes, GeneratedImage | None]:
+    """For a thread: a downloaded output, as received in ``pieces``, joined. An output PNG that fits
+    ``limit_bytes`` and is whole is delivered as it is (kept at ``keep_as``.png if asked), and comes
+    back as an image that carries no bytes (they are the first item); None: the picture needs
+    :func:`finish_output_file` (a worker)."""
+    data = joined(pieces)
+    if len(data) > limit_bytes:
+        return data, None
+    facts = png_facts(data)
+    if facts is None:
+        return data, None
+    if keep_as is not None:
+        write_atomically(Path(f"{keep_as}.png"), data)
+    return data, GeneratedImage(b"", f"{stem}.png", facts.width, facts.height)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

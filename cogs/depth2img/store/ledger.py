@@ -1,0 +1,275 @@
+"""The durable job ledger: every accepted request is a row, moving through explicit states with
+timestamps (see :mod:`.records`), so that no job is lost or submitted twice across a crash or a
+restart. Discord-free; it stores the few Discord ids a delivery needs as plain numbers.
+
+Two databases, the same tables and the same guarantees: SQLite (``BOT_DATA_DIR/jobs.sqlite3``, the
+default, for one bot process) and PostgreSQL (``DATABASE_URL``, for several processes, e.g. one per
+group of shards). Every method is one transaction: all of it happens, or none of it.
+
+Ownership: each unfinished job is owned by one bot process (``owner``) for a lease it renews while
+it runs (:meth:`Ledger.heartbeat`). Only the owner may change a job (:class:`JobTakenOver`
+otherwise). A process takes over (:meth:`Ledger.claim_orphans`) jobs whose lease ran out (their
+process died), and at start-up the jobs of its own predecessor (same ``group``, e.g. the same
+shards) at once, unless that predecessor had begun delivering them. Just before delivering, the
+owner calls :meth:`Ledger.claim_delivery`: a job is delivered by at most one process.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .base import Database, Execute, ExecuteMany, Fetch, Op
+from .postgres import PostgresDatabase
+from .records import FINISHED, Job, JobState, JobTakenOver, from_row, to_row
+from .sqlite import SqliteDatabase
+
+_FINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(FINISHED))
+_EVENT_SQL = "INSERT INTO job_events (job_id, at, state, detail, owner) VALUES (?, ?, ?, ?, ?)"
+
+
+class Ledger:
+    """The jobs, their events and the servers' settings.
+
+    ``owner`` names this process (``<group>/<random>``); ``group`` is what a restarted process shares
+    with the one it replaces (e.g. its shard ids), so that it takes over that one's jobs at once."""
+
+    def __init__(self, db: Database, *, group: str, owner: str, lease_s: float) -> None:
+        self._db = db
+        self.group = group
+        self.owner = owner
+        self.lease_s = lease_s
+
+    @classmethod
+    async def open(
+        cls, target: Path | str, *, group: str = "local", owner: str | None = None, lease_s: float = 60.0
+    ) -> Ledger:
+        """``target``: a SQLite file path, or a ``postgresql://`` URL. Brings the database's schema up
+        to date (:mod:`.schema`) or raises :class:`SchemaTooNew`."""
+        text = str(target)
+        db: Database
+        if text.startswith(("postgres://", "postgresql://")):
+            db = await PostgresDatabase.open(text)
+        else:
+            db = await SqliteDatabase.open(Path(target))
+        return cls(db, group=group, owner=owner or f"{group}/{secrets.token_hex(4)}", lease_s=lease_s)
+
+    @property
+    def backend(self) -> str:
+        return self._db.kind
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.schema_version
+
+    @property
+    def shared(self) -> bool:
+        """Whether several bot processes may use this ledger (PostgreSQL); SQLite is for one."""
+        return self._db.kind == "postgresql"
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    def _event(self, job_id: str, state: JobState, detail: str | None) -> Execute:
+        return Execute(_EVENT_SQL, (job_id, time.time(), str(state), detail, self.owner))
+
+    # --- writing ---
+
+    async def create(self, job: Job) -> Job:
+        now = time.time()
+        job = replace(
+            job,
+            created_at=job.created_at or now,
+            updated_at=now,
+            owner=self.owner,
+            lease_until=now + self.lease_s,
+        )
+        row = to_row(job)
+        insert = f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})"  # noqa: S608
+
+        def op() -> Op[Job]:
+            yield Execute(insert, tuple(row.values()))
+            yield self._event(job.id, job.state, None)
+            return job
+
+        return await self._db.run(op)
+
+    async def update(self, job: Job, *, detail: str | None = None, **changes: Any) -> Job:
+        """Write ``changes`` (and the new ``updated_at``) and return the updated job. Only the job's
+        owner may: raises :class:`JobTakenOver` if another process owns it now."""
+        now = time.time()
+        new = replace(job, **changes, updated_at=now, owner=self.owner)
+        if new.state in FINISHED and new.finished_at is None:
+            new = replace(new, finished_at=now)
+        row = to_row(new)
+        changed = {k: row[k] for k in (*changes, "updated_at", "finished_at")}
+        assignments = ", ".join(f"{k} = ?" for k in changed)
+        sql = f"UPDATE jobs SET {assignments} WHERE id = ? AND owner = ?"  # noqa: S608
+        state_changed = "state" in changes and new.state != job.state
+
+        def op() -> Op[Job]:
+            count = yield Execute(sql, (*changed.values(), job.id, self.owner))
+            if count != 1:
+                raise JobTakenOver(job.id)
+            if state_changed:
+                yield self._event(job.id, new.state, detail)
+            return new
+
+        return await self._db.run(op)
+
+    # --- ownership ---
+
+    async def heartbeat(self) -> int:
+        """Renew the lease of every unfinished job this process owns; returns how many."""
+        sql = f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND state NOT IN ({_FINISHED_SQL})"  # noqa: S608
+        args = (time.time() + self.lease_s, self.owner)
+
+        def op() -> Op[int]:
+            count: int = yield Execute(sql, args)
+            return count
+
+        return await self._db.run(op)
+
+    async def claim_orphans(self, *, at_start: bool = False) -> list[Job]:
+        """Take over the unfinished jobs no live process holds: those whose lease ran out, and, at
+        start-up, those of this process's predecessor (same group) that it had not begun to
+        deliver. Atomic: two processes never claim the same job."""
+        now = time.time()
+        condition = "owner <> ? AND lease_until < ?"  # never its own: those it is running
+        args: list[Any] = [self.owner, now]
+        if at_start:
+            condition = "owner <> ? AND (lease_until < ? OR (owner LIKE ? AND delivering = 0))"
+            args += [self.group.replace("%", "") + "/%"]
+        sql = (
+            "UPDATE jobs SET owner = ?, lease_until = ?, resumes = resumes + 1, delivering = 0 "  # noqa: S608
+            f"WHERE state NOT IN ({_FINISHED_SQL}) AND {condition} RETURNING *"
+        )
+
+        def op() -> Op[list[Job]]:
+            rows = yield Fetch(sql, (self.owner, now + self.lease_s, *args))
+            jobs = sorted((from_row(r) for r in rows), key=lambda j: j.created_at)
+            if jobs:
+                events = [(j.id, time.time(), str(j.state), "claimed", self.owner) for j in jobs]
+                yield ExecuteMany(_EVENT_SQL, events)
+            return jobs
+
+        return await self._db.run(op)
+
+    async def claim_delivery(self, job: Job) -> bool:
+        """Called just before delivering: marks the job as being delivered by this process.
+        False when another process owns it (then this one must not deliver). With a ledger only
+        this process uses (SQLite) nothing can take a job from it, and nothing is written: the
+        write would only delay every delivery."""
+        if not self.shared:
+            return True
+        sql = (
+            "UPDATE jobs SET delivering = 1, lease_until = ? "  # noqa: S608
+            f"WHERE id = ? AND owner = ? AND state NOT IN ({_FINISHED_SQL})"
+        )
+        args = (time.time() + self.lease_s, job.id, self.owner)
+
+        def op() -> Op[bool]:
+            count = yield Execute(sql, args)
+            return bool(count == 1)
+
+        return await self._db.run(op)
+
+    # --- reading ---
+
+    async def get(self, job_id: str) -> Job | None:
+        def op() -> Op[Job | None]:
+            rows = yield Fetch("SELECT * FROM jobs WHERE id = ?", (job_id,))
+            return from_row(rows[0]) if rows else None
+
+        return await self._db.run(op)
+
+    async def for_user(self, user_id: int, limit: int = 10) -> list[Job]:
+        def op() -> Op[list[Job]]:
+            rows = yield Fetch(
+                "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC LIMIT ?", (user_id, limit)
+            )
+            return [from_row(r) for r in rows]
+
+        return await self._db.run(op)
+
+    async def release_pictures(self, finished_before: float, limit: int = 500) -> list[Job]:
+        """Finished jobs older than ``finished_before`` that still point at stored pictures: their
+        paths are cleared (the caller removes the files) and the jobs returned as they were."""
+        select = (
+            f"SELECT * FROM jobs WHERE state IN ({_FINISHED_SQL}) AND finished_at < ? "  # noqa: S608
+            "AND (source_path IS NOT NULL OR result_path IS NOT NULL) ORDER BY finished_at LIMIT ?"
+        )
+
+        def op() -> Op[list[Job]]:
+            rows = yield Fetch(select, (float(finished_before), limit))
+            jobs = [from_row(r) for r in rows]
+            if jobs:
+                yield ExecuteMany(
+                    "UPDATE jobs SET source_path = NULL, result_path = NULL WHERE id = ?",
+                    [(j.id,) for j in jobs],
+                )
+            return jobs
+
+        return await self._db.run(op)
+
+    async def forget_user(self, user_id: int) -> list[Job]:
+        """Delete a member's finished jobs and their events; returns them (to remove their files)."""
+        select = f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({_FINISHED_SQL})"  # noqa: S608
+
+        def op() -> Op[list[Job]]:
+            rows = yield Fetch(select, (user_id,))
+            jobs = [from_row(r) for r in rows]
+            ids = [(j.id,) for j in jobs]
+            if ids:
+                yield ExecuteMany("DELETE FROM job_events WHERE job_id = ?", ids)
+                yield ExecuteMany("DELETE FROM jobs WHERE id = ?", ids)
+            return jobs
+
+        return await self._db.run(op)
+
+    # --- servers' settings and counts ---
+
+    async def all_guild_settings(self) -> dict[int, str]:
+        def op() -> Op[dict[int, str]]:
+            rows = yield Fetch("SELECT guild_id, data FROM guild_settings")
+            return {int(r["guild_id"]): str(r["data"]) for r in rows}
+
+        return await self._db.run(op)
+
+    async def save_guild_settings(self, guild_id: int, data: str, by: int) -> None:
+        sql = (
+            "INSERT INTO guild_settings (guild_id, data, updated_at, updated_by) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(guild_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at, "
+            "updated_by = excluded.updated_by"
+        )
+        args = (guild_id, data, time.time(), by)
+
+        def op() -> Op[None]:
+            yield Execute(sql, args)
+
+        await self._db.run(op)
+
+    async def member_counts_since(self, since: float) -> dict[tuple[int, int], int]:
+        def op() -> Op[dict[tuple[int, int], int]]:
+            rows = yield Fetch(
+                "SELECT guild_id, user_id, COUNT(*) AS n FROM jobs "
+                "WHERE created_at >= ? AND guild_id IS NOT NULL GROUP BY guild_id, user_id",
+                (float(since),),
+            )
+            return {(int(r["guild_id"]), int(r["user_id"])): int(r["n"]) for r in rows}
+
+        return await self._db.run(op)
+
+    async def guild_counts_since(self, since: float) -> dict[int, int]:
+        def op() -> Op[dict[int, int]]:
+            rows = yield Fetch(
+                "SELECT guild_id, COUNT(*) AS n FROM jobs "
+                "WHERE created_at >= ? AND guild_id IS NOT NULL GROUP BY guild_id",
+                (float(since),),
+            )
+            return {int(r["guild_id"]): int(r["n"]) for r in rows}
+
+        return await self._db.run(op)

@@ -1,0 +1,136 @@
+"""The records the ledger keeps: a job and its states, and how a job becomes a database row and back.
+
+States::
+
+    received ──► submitting ──► submitted ──► processing ──► delivered
+        │             │             │              │
+        └─────────────┴─────────────┴──────────────┴──► failed / cancelled
+
+``submitting`` is written *before* the (paid) submission goes out. A job found in ``submitting``
+after a crash may or may not exist at the image service, and is never sent again: it fails with a
+message that says so. A job in ``submitted``/``processing`` has the service's request id and is
+resumed by polling.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+from cogs.depth2img.errors import Depth2ImgError
+from cogs.depth2img.models import GenerationParams, JobKind
+
+
+class JobState(StrEnum):
+    RECEIVED = "received"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    PROCESSING = "processing"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED})
+
+
+class JobTakenOver(Depth2ImgError):
+    """Another bot process owns this job now (this one stalled past its lease, or was replaced):
+    this process must leave it alone; the owner finishes it."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is owned by another process")
+        self.job_id = job_id
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    state: JobState
+    user_id: int
+    channel_id: int
+    guild_id: int | None
+    application_id: int
+    interaction_token: str = field(repr=False)
+    interaction_created_at: float  # unix time; the token is valid for 15 minutes from here
+    message_id: int | None
+    upload_limit_bytes: int
+    params: GenerationParams
+    source_path: str | None = None
+    source_url: str | None = None
+    source_changed: bool = False
+    api_job_id: str | None = None
+    fetch_url: str | None = None
+    output_urls: tuple[str, ...] = ()
+    generation_time_s: float | None = None
+    api_seed: int | None = None
+    error_kind: str | None = None
+    error_text: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    resumes: int = 0
+    parent_id: str | None = None  # the job this one was made from (buttons, edits)
+    kind: JobKind = JobKind.COMMAND
+    result_path: str | None = None  # the first delivered image, kept for "Use as source" and /show
+    owner: str = ""  # the bot process that drives this job (``<group>/<random>``)
+    lease_until: float = 0.0  # unix time; after it, another process may take the job over
+    delivering: bool = False  # the owner has begun delivering it
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+COLUMNS = tuple(f.name for f in fields(Job))
+
+_REAL_COLUMNS = (
+    "interaction_created_at",
+    "generation_time_s",
+    "created_at",
+    "updated_at",
+    "submitted_at",
+    "finished_at",
+    "lease_until",
+)
+
+
+def to_row(job: Job) -> dict[str, Any]:
+    row: dict[str, Any] = {name: getattr(job, name) for name in COLUMNS}
+    row["state"] = str(job.state)
+    row["kind"] = str(job.kind)
+    p = job.params
+    row["params"] = json.dumps(
+        {
+            "prompt": p.prompt,
+            "negative_prompt": p.negative_prompt,
+            "strength": p.strength,
+            "steps": p.steps,
+            "guidance": p.guidance,
+            "seed": p.seed,
+            "samples": p.samples,
+            "safety_checker": p.safety_checker,
+        }
+    )
+    row["output_urls"] = json.dumps(list(job.output_urls))
+    row["source_changed"] = int(job.source_changed)
+    row["delivering"] = int(job.delivering)
+    for name in _REAL_COLUMNS:
+        if row[name] is not None:
+            row[name] = float(row[name])
+    return row
+
+
+def from_row(row: Mapping[str, Any]) -> Job:
+    data = dict(row)
+    data["state"] = JobState(data["state"])
+    data["kind"] = JobKind(data["kind"])
+    data["params"] = GenerationParams(**json.loads(data["params"]))
+    data["output_urls"] = tuple(json.loads(data["output_urls"]))
+    data["source_changed"] = bool(data["source_changed"])
+    data["delivering"] = bool(data["delivering"])
+    return Job(**data)

@@ -1,0 +1,240 @@
+"""The ledger in SQLite (WAL), on one thread of its own, with *group commit*.
+
+Operations that jobs start while the thread is busy are queued, then run together in one transaction,
+each inside a savepoint of its own: a burst of jobs costs one commit per batch rather than one per
+operation, and an operation is still all or nothing. Whatever an operation raises (a broken
+constraint, a string SQLite cannot store, an error in its own code) rolls back its savepoint and fails
+only its caller; the others in the batch commit. An error that ends the whole transaction (disk full,
+an I/O error) or a failed commit runs the batch again one operation per transaction, so that each
+caller gets its own answer.
+
+The WAL is checkpointed by a second connection on another thread, so a checkpoint never holds up the
+jobs' statements. (Few statements per batch: the thread needs the GIL for each, and waits for it while
+the event loop is busy.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from .base import Execute, ExecuteMany, Fetch, LedgerClosed, Op, OpFactory, SchemaTooNew, Statement
+from .schema import LATEST, SQLITE, VERSION_TABLE, pending, version_before_versioning
+
+T = TypeVar("T")
+_Result = tuple[bool, Any]  # (succeeded, value or exception)
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+
+
+def _execute(conn: sqlite3.Connection, statement: Statement) -> Any:
+    if statement.kind == Execute.kind:
+        return conn.execute(statement.sql, cast(Execute, statement).args).rowcount
+    if statement.kind == Fetch.kind:
+        return conn.execute(statement.sql, cast(Fetch, statement).args).fetchall()
+    conn.executemany(statement.sql, cast(ExecuteMany, statement).rows)
+    return None
+
+
+def _drive(conn: sqlite3.Connection, op: Op[Any]) -> Any:
+    """Run one operation's statements in order; its return value."""
+    try:
+        statement = next(op)
+        while True:
+            statement = op.send(_execute(conn, statement))
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        op.close()
+
+
+class SqliteDatabase:
+    kind = "sqlite"
+    event_order = "at, rowid"
+    checkpoint_interval_s = 5.0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.schema_version = 0
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self._checkpoint_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger-checkpoint")
+        self._conn: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._queue: list[tuple[OpFactory[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteDatabase:
+        db = cls(path)
+        loop = asyncio.get_running_loop()
+        try:
+            db._conn = await loop.run_in_executor(db._thread, db._connect_main)
+            db._checkpointer = await loop.run_in_executor(db._checkpoint_thread, db._connect, False)
+        except BaseException:
+            await db.close()
+            raise
+        db._checkpoints = asyncio.create_task(db._checkpoint_now_and_then(), name="ledger-checkpoints")
+        return db
+
+    def _connect(self, main: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        conn.row_factory = _dict_row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        if main:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
+        return conn
+
+    def _connect_main(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect(True)
+        try:
+            self.schema_version = self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> int:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(VERSION_TABLE.format(real="REAL"))
+            version = conn.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()["v"]
+            if version is None:
+                columns = [r["name"] for r in conn.execute("PRAGMA table_info(jobs)")]
+                version = version_before_versioning(columns or None)
+                if version:
+                    conn.execute(
+                        "INSERT INTO schema_version (version, applied_at, what) VALUES (?, ?, ?)",
+                        (version, time.time(), "found: made before schema versions were recorded"),
+                    )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if version > LATEST:
+            raise SchemaTooNew(version, LATEST)
+        for migration in pending(version):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in migration.sql(SQLITE):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version (version, applied_at, what) VALUES (?, ?, ?)",
+                    (migration.version, time.time(), migration.what),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            version = migration.version
+        return int(version)
+
+    async def run(self, op: OpFactory[T]) -> T:
+        if self._closed:
+            raise LedgerClosed("the ledger is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="ledger-flush")
+        return await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                results = await loop.run_in_executor(self._thread, self._apply, [op for op, _ in batch])
+            except Exception as exc:  # the thread itself could not run it (shut down): every caller is told
+                results = [(False, exc)] * len(batch)
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():  # its caller was cancelled; the operation ran anyway
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _apply(self, ops: list[OpFactory[Any]]) -> list[_Result]:
+        """On the ledger's thread: the batch in one transaction, one savepoint per operation."""
+        conn = self._conn
+        if conn is None:
+            return [(False, LedgerClosed("the ledger is closed"))] * len(ops)
+        out: list[_Result] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for factory in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = _drive(conn, factory())
+                except Exception as exc:
+                    if not conn.in_transaction:
+                        raise  # the transaction is gone, and with it what ran before: see below
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    out.append((False, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    out.append((True, value))
+            conn.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            return [self._alone(conn, factory) for factory in ops]
+        return out
+
+    @staticmethod
+    def _alone(conn: sqlite3.Connection, factory: OpFactory[Any]) -> _Result:
+        """One operation in a transaction of its own; never raises."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            value = _drive(conn, factory())
+            conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            return (False, exc)
+        return (True, value)
+
+    async def _checkpoint_now_and_then(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_s)
+            with contextlib.suppress(sqlite3.Error):
+                await loop.run_in_executor(self._checkpoint_thread, self._checkpoint, "PASSIVE")
+
+    def _checkpoint(self, mode: str) -> None:
+        assert self._checkpointer is not None
+        self._checkpointer.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+
+    async def close(self) -> None:
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+        if self._flusher is not None:
+            await asyncio.wait({self._flusher})
+        if self._checkpointer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await loop.run_in_executor(self._checkpoint_thread, self._checkpoint, "TRUNCATE")
+        for conn, thread in ((self._checkpointer, self._checkpoint_thread), (self._conn, self._thread)):
+            if conn is not None:
+                await loop.run_in_executor(thread, conn.close)
+            thread.shutdown(wait=False)
+        self._conn = self._checkpointer = None

@@ -1,0 +1,299 @@
+"""The Discord adapter for /depth2img: the commands and listeners, each handing off at once to the
+request flow (``flow.py``) or to the service. Every decision about jobs lives in the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Awaitable
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs.depth2img.core.params import build_params
+from cogs.depth2img.core.service import Depth2ImgService
+from cogs.depth2img.core.tasks import create_task
+from cogs.depth2img.errors import Depth2ImgError, InvalidInput
+from cogs.depth2img.models import DERIVING, Action, GenerationParams, JobKind
+from cogs.depth2img.store import Job, JobState
+
+from . import text
+from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, upload
+from .delivery import NO_MENTIONS
+from .flow import RequestFlow
+
+log = logging.getLogger(__name__)
+
+MENU_NAME = "Depth to image"
+_MODAL_RE = re.compile(rf"d2i:(edited|menu):({JOB_ID_RE})")
+
+
+class Depth2ImgCog(commands.Cog, name=COG_NAME):
+    def __init__(self, bot: commands.Bot, service: Depth2ImgService) -> None:
+        self.bot = bot
+        self.service = service
+        self.flow = RequestFlow(bot, service)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._menu_targets: dict[str, discord.Attachment] = {}
+        self.menu = app_commands.ContextMenu(name=MENU_NAME, callback=self.depth_to_image_menu)
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(JobButton)
+        self.bot.tree.add_command(self.menu)
+        pending = await self.service.start()
+        if pending:
+            log.info("resuming unfinished jobs", extra={"count": len(pending)})
+        for job in pending:
+            self._resume(job)
+        for name, work in self.service.background(self._resume).items():
+            create_task(work, name=name, keep_in=self._tasks)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+        self.bot.remove_dynamic_items(JobButton)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.service.close()
+
+    def _resume(self, job: Job) -> None:
+        create_task(self.flow.resume(job), name=f"resume-{job.id}", keep_in=self._tasks)
+
+    async def _tracked(self, work: Awaitable[None]) -> None:
+        """Run an interaction handler so that unloading (shutdown) can cancel it; the ledger keeps the job."""
+        current = asyncio.current_task()
+        if current is not None:
+            self._tasks.add(current)
+        try:
+            await work
+        finally:
+            if current is not None:
+                self._tasks.discard(current)
+
+    # --- /depth2img ----------------------------------------------------------------------------
+
+    @app_commands.command(
+        name="depth2img", description="Repaint a picture from a prompt, keeping its depth and layout."
+    )
+    @app_commands.describe(
+        image="The picture to transform (PNG, JPEG or WebP).",
+        prompt="What the picture should become (1–1000 characters).",
+        negative_prompt="What to keep out of the picture.",
+        strength="How far to move from the original, 0 (close) to 1 (free). Default: the API's.",
+        steps="Denoising steps, 1–50: more is slower and finer. Default: the API's.",
+        guidance="How closely to follow the prompt, 1–20. Default: the API's.",
+        seed="A number to make the result repeatable. Default: random.",
+        samples="How many pictures to make, 1–4. Default: 1.",
+    )
+    async def depth2img(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        prompt: app_commands.Range[str, 1, 1000],
+        negative_prompt: app_commands.Range[str, 1, 1000] | None = None,
+        strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        steps: app_commands.Range[int, 1, 50] | None = None,
+        guidance: app_commands.Range[float, 1.0, 20.0] | None = None,
+        seed: app_commands.Range[int, 0, 4294967295] | None = None,
+        samples: app_commands.Range[int, 1, 4] | None = None,
+    ) -> None:
+        def params() -> GenerationParams:
+            return build_params(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                strength=strength,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                samples=samples,
+            )
+
+        await self._tracked(
+            self.flow.request(
+                interaction, params, read=image.read, source_url=image.url, declared_size=image.size
+            )
+        )
+
+    # --- Apps → Depth to image ------------------------------------------------------------------
+
+    async def depth_to_image_menu(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        picture = next(
+            (a for a in message.attachments if (a.content_type or "").startswith("image/") or a.width), None
+        )
+        if picture is None:
+            picture = next(iter(message.attachments), None)
+        if picture is None:
+            await interaction.response.send_message(text.NO_PICTURE_ON_MESSAGE, ephemeral=True)
+            return
+        key = secrets.token_hex(6)
+        self._menu_targets[key] = picture
+        if len(self._menu_targets) > 1000:
+            self._menu_targets.pop(next(iter(self._menu_targets)))
+        await interaction.response.send_modal(PromptModal(custom_id=f"d2i:menu:{key}", title=MENU_NAME))
+
+    # --- buttons and forms ------------------------------------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction[Any], action: Action, job_id: str) -> None:
+        job = await self.service.get(job_id)
+        if job is None:
+            await interaction.response.send_message(text.JOB_GONE, ephemeral=True)
+            return
+        if action is Action.DELETE:
+            await self._delete(interaction, job)
+        elif action is Action.COMPARE:
+            await self._compare(interaction, job)
+        elif action is Action.CANCEL:
+            await self._cancel(interaction, job)
+        elif action is Action.EDIT:
+            await interaction.response.send_modal(
+                PromptModal(
+                    custom_id=f"d2i:edited:{job.id}",
+                    title="Edit prompt",
+                    prompt=job.params.prompt,
+                    negative=job.params.negative_prompt or "",
+                )
+            )
+        elif action in DERIVING:
+            await self._tracked(self._derived(interaction, job, action))
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        match = _MODAL_RE.fullmatch(str(data.get("custom_id", "")))
+        if match is None:
+            return
+        values = modal_values(interaction.data)
+        prompt, negative = values.get("prompt", ""), values.get("negative_prompt") or None
+        if match[1] == "edited":
+            parent = await self.service.get(match[2])
+            if parent is None:
+                await interaction.response.send_message(text.JOB_GONE_SHORT, ephemeral=True)
+                return
+            await self._tracked(
+                self._derived(interaction, parent, Action.EDIT, prompt=prompt, negative=negative)
+            )
+            return
+        picture = self._menu_targets.pop(match[2], None)
+        if picture is None:
+            await interaction.response.send_message(text.FORM_EXPIRED, ephemeral=True)
+            return
+        age_restricted = bool(getattr(interaction.channel, "nsfw", False))
+
+        def params() -> GenerationParams:
+            return build_params(prompt=prompt, negative_prompt=negative, safety_checker=not age_restricted)
+
+        await self._tracked(
+            self.flow.request(
+                interaction,
+                params,
+                read=picture.read,
+                source_url=picture.url,
+                declared_size=picture.size,
+                kind=JobKind.MENU,
+            )
+        )
+
+    async def _derived(
+        self,
+        interaction: discord.Interaction[Any],
+        parent: Job,
+        action: Action,
+        *,
+        prompt: str | None = None,
+        negative: str | None = None,
+    ) -> None:
+        def params() -> GenerationParams:
+            return self.service.derive(parent, action, prompt=prompt, negative_prompt=negative)
+
+        try:
+            path = self.service.source_for(parent, action)
+        except InvalidInput as exc:
+            await interaction.response.send_message(text.describe(exc), ephemeral=True)
+            return
+
+        async def read() -> bytes:
+            return await self.service.read_stored(path)
+
+        await self.flow.request(
+            interaction, params, read=read, source_url=None, declared_size=1, parent=parent, kind=action.kind
+        )
+
+    async def _delete(self, interaction: discord.Interaction[Any], job: Job) -> None:
+        allowed = interaction.user.id == job.user_id or bool(
+            interaction.permissions and interaction.permissions.manage_messages
+        )
+        if not allowed:
+            await interaction.response.send_message(text.ONLY_REQUESTER_OR_MODERATOR_DELETES, ephemeral=True)
+            return
+        await interaction.response.defer()
+        if interaction.message is not None:
+            await interaction.message.delete()
+        log.info("result deleted", extra={"job": job.id, "by": interaction.user.id})
+
+    async def _compare(self, interaction: discord.Interaction[Any], job: Job) -> None:
+        """The before | after view, made on request (it costs image work no one else should wait for)."""
+        await interaction.response.defer(thinking=True)
+        try:
+            picture = await self.service.comparison(job)
+        except Depth2ImgError as exc:
+            await interaction.edit_original_response(content=text.describe(exc))
+            return
+        await interaction.edit_original_response(
+            content=text.comparison_caption(job.id),
+            attachments=[upload(picture.data, picture.filename)],
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    async def _cancel(self, interaction: discord.Interaction[Any], job: Job) -> None:
+        if interaction.user.id != job.user_id:
+            await interaction.response.send_message(text.ONLY_REQUESTER_CANCELS, ephemeral=True)
+            return
+        if not self.service.cancel(job.id):
+            await interaction.response.send_message(text.ALREADY_FINISHED, ephemeral=True)
+            return
+        await interaction.response.defer()  # the job's own final edit shows the cancellation
+
+    # --- /depth2img-show, -history, -forget-me ----------------------------------------------------
+
+    @app_commands.command(name="depth2img-show", description="Bring back a past picture, with its buttons.")
+    @app_commands.describe(job="The job id, as shown under a result or in /depth2img-history.")
+    async def show(self, interaction: discord.Interaction, job: app_commands.Range[str, 1, 40]) -> None:
+        found = await self.service.get(job.strip().lower().strip("`"))
+        if found is None or found.state in (JobState.FAILED, JobState.CANCELLED) or not found.result_path:
+            await interaction.response.send_message(text.NOT_FOUND_FOR_SHOW, ephemeral=True)
+            return
+        if found.guild_id is not None and found.guild_id != interaction.guild_id:
+            await interaction.response.send_message(text.OTHER_SERVER, ephemeral=True)
+            return
+        try:
+            data = await self.service.read_stored(found.result_path)
+        except InvalidInput as exc:
+            await interaction.response.send_message(text.describe(exc), ephemeral=True)
+            return
+        await interaction.response.send_message(
+            text.shown_text(found),
+            file=upload(data, found.result_path.rsplit("/", 1)[-1]),
+            view=result_view(found.id),
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    @app_commands.command(name="depth2img-history", description="Your recent pictures (only you see this).")
+    async def history(self, interaction: discord.Interaction) -> None:
+        jobs = await self.service.history(interaction.user.id, limit=10)
+        await interaction.response.send_message(
+            text.history_text(jobs), ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    @app_commands.command(
+        name="depth2img-forget-me", description="Delete your stored pictures and your history with this bot."
+    )
+    async def forget_me(self, interaction: discord.Interaction) -> None:
+        count = await self.service.forget(interaction.user.id)
+        await interaction.response.send_message(text.forgotten_text(count), ephemeral=True)

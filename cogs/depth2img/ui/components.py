@@ -1,0 +1,156 @@
+"""Buttons, views and forms, and the file objects pictures are uploaded as.
+
+Buttons carry the job id in their custom id (``d2i:<action>:<job id>``) and look everything else up in
+the ledger, so they keep working after a restart for as long as the job exists. Forms (modals) are
+answered from their custom id too (see ``cog.py``), whatever happened to the object that sent them.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+import discord
+
+from cogs.depth2img.models import Action
+
+JOB_ID_RE = r"[0-9a-f]{12}"
+COG_NAME = "Depth2ImgCog"
+# What a button press is handed to: (interaction, action, job id).
+ButtonHandler = Callable[[discord.Interaction[Any], Action, str], Awaitable[None]]
+
+
+class SharedBytes(io.BytesIO):
+    """A picture to upload, as the file object discord.py wants, without copying it, and freed as
+    soon as the upload is done.
+
+    - aiohttp sizes an io.BytesIO upload with ``getbuffer()``, which makes io.BytesIO copy the bytes
+      it shares (~0.4 ms per MB on the event loop, fresh memory included); nothing here ever writes
+      to it, so the buffer can be the picture itself.
+    - discord.File keeps aiohttp from closing the file by setting ``fp.close`` on it, and afterwards
+      sets it back to ``fp``'s own bound ``close``: a reference cycle through the file, which kept
+      every uploaded picture in memory until the garbage collector's next full pass (measured: RSS
+      283 MB against 126 MB in a 200-burst with 16 jobs at a time). So ``close`` cannot be replaced
+      here (it does nothing: the picture is freed with this object, and discord.py may read it again
+      to retry an upload)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._data = data
+
+    def getbuffer(self) -> memoryview:
+        return memoryview(self._data)
+
+    def close(self) -> None:
+        """Nothing to release early (see the class)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "close":
+            super().__setattr__(name, value)
+
+
+def upload(data: bytes, filename: str) -> discord.File:
+    return discord.File(SharedBytes(data), filename=filename)
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=rf"d2i:(?P<action>{'|'.join(a.value for a in Action)}):(?P<job>{JOB_ID_RE})",
+):
+    """Every button of every result and progress message. discord.py makes these from the custom id
+    alone; a press goes to the loaded cog's ``on_button``."""
+
+    LOOK: ClassVar[dict[Action, tuple[str, str, discord.ButtonStyle]]] = {
+        Action.SEED: ("New seed", "🎲", discord.ButtonStyle.primary),
+        Action.EDIT: ("Edit prompt", "✏️", discord.ButtonStyle.secondary),
+        Action.CLOSER: ("Closer to source", "🎯", discord.ButtonStyle.secondary),
+        Action.MORE: ("More creative", "🎨", discord.ButtonStyle.secondary),
+        Action.REUSE: ("Use as source", "🔁", discord.ButtonStyle.secondary),
+        Action.COMPARE: ("Before | after", "🪞", discord.ButtonStyle.secondary),
+        Action.DELETE: ("Delete", "🗑️", discord.ButtonStyle.danger),
+        Action.CANCEL: ("Cancel", "🛑", discord.ButtonStyle.danger),
+    }
+
+    def __init__(self, action: Action, job_id: str, *, row: int | None = None) -> None:
+        label, emoji, style = self.LOOK[action]
+        super().__init__(
+            discord.ui.Button(
+                label=label, emoji=emoji, style=style, custom_id=f"d2i:{action}:{job_id}", row=row
+            )
+        )
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> JobButton:
+        return cls(Action(match["action"]), match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        handler: ButtonHandler | None = getattr(interaction.client.get_cog(COG_NAME), "on_button", None)
+        if handler is not None:
+            await handler(interaction, self.action, self.job_id)
+
+
+def result_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in (Action.SEED, Action.EDIT, Action.CLOSER, Action.MORE, Action.REUSE):
+        view.add_item(JobButton(action, job_id, row=0))
+    view.add_item(JobButton(Action.COMPARE, job_id, row=1))
+    view.add_item(JobButton(Action.DELETE, job_id, row=1))
+    return view
+
+
+def cancel_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(JobButton(Action.CANCEL, job_id))
+    return view
+
+
+class PromptModal(discord.ui.Modal):
+    """Sent to ask for a prompt. Submissions are handled from the custom id (``cog.py``), so they
+    work whatever happened to this object (a restart, say)."""
+
+    def __init__(self, *, custom_id: str, title: str, prompt: str = "", negative: str = "") -> None:
+        super().__init__(title=title, custom_id=custom_id, timeout=None)
+        self.add_item(
+            discord.ui.TextInput(
+                label="Prompt",
+                custom_id="prompt",
+                style=discord.TextStyle.paragraph,
+                default=prompt[:1000] or None,
+                max_length=1000,
+                required=True,
+            )
+        )
+        self.add_item(
+            discord.ui.TextInput(
+                label="Negative prompt (optional)",
+                custom_id="negative_prompt",
+                style=discord.TextStyle.paragraph,
+                default=negative[:1000] or None,
+                max_length=1000,
+                required=False,
+            )
+        )
+
+
+def modal_values(data: Any) -> dict[str, str]:
+    """custom_id → value for every text input of a submitted modal, whatever the nesting."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("custom_id"), str) and "value" in node:
+                found[node["custom_id"]] = str(node.get("value") or "")
+            for key in ("components", "component"):
+                walk(node.get(key))
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(data.get("components") if isinstance(data, dict) else None)
+    return found

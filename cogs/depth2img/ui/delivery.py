@@ -1,0 +1,94 @@
+"""Telling the member: an outcome rendered as a message, delivered by the one path that live and
+resumed jobs share.
+
+The "thinking…" message is edited into the result while the interaction token lives (Discord gives it
+15 minutes); when it no longer can be (the token expired, or the message is gone), the result goes to
+the channel as a normal message that mentions only the member.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import discord
+
+from cogs.depth2img.core.jobs import Outcome
+
+from . import text
+from .components import result_view, upload
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+# Interaction tokens live 15 minutes; past this age, deliver as a channel message instead.
+TOKEN_SAFE_AGE_S = 14 * 60
+INVALID_WEBHOOK_TOKEN = 401
+
+
+def render(outcome: Outcome) -> tuple[str, list[discord.File], discord.ui.View | None]:
+    """The message for an outcome: the images with their text and buttons, or one clear sentence."""
+    job = outcome.job
+    if outcome.result is not None:
+        files = [upload(img.data, img.filename) for img in outcome.result.images]
+        return text.result_message(job, outcome.result), files, result_view(job.id)
+    assert outcome.error is not None
+    return text.failure_message(job, outcome.error), [], None
+
+
+def _gone(exc: discord.HTTPException) -> bool:
+    """Whether the interaction's message can no longer be edited: the token expired, or the message
+    (or the interaction's webhook) is unknown."""
+    return isinstance(exc, discord.NotFound) or exc.status == INVALID_WEBHOOK_TOKEN
+
+
+async def deliver(
+    client: discord.Client, outcome: Outcome, *, interaction: discord.Interaction[Any] | None = None
+) -> None:
+    """Edit the job's message into the outcome (through ``interaction`` when it is at hand, else
+    through the token kept in the ledger), or fall back to the channel. Raises
+    :class:`discord.HTTPException` when Discord refuses both."""
+    job = outcome.job
+    fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
+    if fresh and (interaction is not None or job.message_id is not None):
+        content, files, view = render(outcome)
+        try:
+            if interaction is not None:
+                await interaction.edit_original_response(
+                    content=content, attachments=files, view=view, allowed_mentions=NO_MENTIONS
+                )
+            else:
+                assert job.message_id is not None
+                webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=client)
+                await webhook.edit_message(
+                    job.message_id,
+                    content=content,
+                    attachments=files,
+                    view=view,
+                    allowed_mentions=NO_MENTIONS,
+                )
+            return
+        except discord.HTTPException as exc:
+            if not _gone(exc):
+                raise
+            log.info(
+                "the job's message can no longer be edited; sending to the channel",
+                extra={"job": job.id, "status": exc.status},
+            )
+    content, files, view = render(outcome)
+    channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+    ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
+    await channel.send(
+        content=content, files=files, view=view or discord.utils.MISSING, allowed_mentions=ping
+    )
+
+
+async def reply_privately(interaction: discord.Interaction[Any], message: str) -> None:
+    """After a public "thinking…": remove it and tell only the member."""
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException:
+        await interaction.edit_original_response(content=message, allowed_mentions=NO_MENTIONS)
+        return
+    await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)

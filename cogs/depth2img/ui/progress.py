@@ -1,0 +1,85 @@
+"""The member's progress line while a job runs: its place in the bot's queue or at the image service,
+with an ETA as a live Discord timestamp and a Cancel button.
+
+Driven only by the events the job sends (:class:`ProgressEvent`, plain data); it never asks the job
+anything. Edits at most every ``PROGRESS_INTERVAL_S`` seconds, however many events arrive, and
+stops when its ``async with`` block ends, whatever ended it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from types import TracebackType
+from typing import Any
+
+import discord
+
+from cogs.depth2img.models import ProgressEvent
+
+from . import text
+from .components import cancel_view
+
+log = logging.getLogger(__name__)
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+class ProgressMessage:
+    def __init__(self, interaction: discord.Interaction[Any], job_id: str, *, interval_s: float) -> None:
+        self.interaction = interaction
+        self.job_id = job_id
+        self.interval_s = interval_s
+        self.edits = 0
+        self._event: ProgressEvent | None = None
+        self._received_at = 0.0
+        self._shown: str | None = None
+        self._shown_at = -math.inf
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._editing = False
+
+    def update(self, event: ProgressEvent) -> None:
+        """The job's latest news (called on the event loop; returns at once)."""
+        if self._closed:
+            return
+        self._event, self._received_at = event, time.time()
+        if self._task is None:
+            self._task = asyncio.create_task(self._show_now_and_then(), name=f"progress-{self.job_id}")
+
+    async def __aenter__(self) -> ProgressMessage:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._closed = True
+        if self._task is not None:
+            if not self._editing:  # an edit on its way is let through: it must not land after the result
+                self._task.cancel()
+            await asyncio.wait({self._task})
+
+    async def _show_now_and_then(self) -> None:
+        while not self._closed:
+            await self._show()
+            if not self._closed:
+                await asyncio.sleep(self.interval_s)
+
+    async def _show(self) -> None:
+        if self._event is None:
+            return
+        line = text.progress_text(self._event, self._received_at, time.time())
+        if line is None or line == self._shown or time.monotonic() - self._shown_at < self.interval_s:
+            return
+        self._shown, self._shown_at = line, time.monotonic()
+        self._editing = True
+        try:
+            await self.interaction.edit_original_response(
+                content=line, view=cancel_view(self.job_id), allowed_mentions=NO_MENTIONS
+            )
+            self.edits += 1
+        except Exception as exc:  # a progress line is not worth failing for (the result comes next)
+            log.warning("progress edit failed", extra={"job": self.job_id, "error": type(exc).__name__})
+        finally:
+            self._editing = False
