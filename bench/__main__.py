@@ -18,6 +18,8 @@ run of the largest burst (memory must not grow from run to run). Everything stay
 
 Options: ``--bursts 1,8,32,200 --runs 3 --samples 480 --max-runs 40 --latency 1.0 --bots baseline,ours``
 (``--bots baseline,baseline`` measures the bench's own noise: the two should come out at ×1.0).
+``--cold``: as a restarted bot meets a burst: before every run each bot is a fresh process that serves
+one warm-up request, then the burst (default ``--bursts 200 --runs 5``); written to ``bench-cold.json``.
 """
 
 from __future__ import annotations
@@ -283,7 +285,22 @@ class Bot:
         url = self.services.attachment_url + f"?for={self.name}"
         self.attachment |= {"size": self.picture_size, "url": url, "proxy_url": url}
 
-    async def stop(self) -> None:
+    async def restart(self) -> None:
+        """A fresh bot process (same fake Discord, same data folder), as after a deploy or a crash."""
+        await self._stop_process()
+        self.fake.identified.clear()
+        assert self.log is not None
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv(),
+            cwd=ROOT,
+            env=self.env(),
+            stdout=self.log,
+            stderr=self.log,
+            preexec_fn=pin(self.cpus),
+        )
+        await self.wait_ready()
+
+    async def _stop_process(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -291,6 +308,9 @@ class Bot:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+
+    async def stop(self) -> None:
+        await self._stop_process()
         await self.fake.stop()
         if self.log is not None:
             self.log.close()
@@ -399,7 +419,13 @@ def row(r: BurstResult) -> str:
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bursts", default="1,8,32,200")
+    parser.add_argument("--bursts", default=None, help="default 1,8,32,200 (with --cold: 200)")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="cold starts: before every run a fresh bot process and one warm-up request, then the burst "
+        "(default --bursts 200 --runs 5 --samples 0)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per burst size, at least")
     parser.add_argument(
         "--samples", type=int, default=480, help="requests per burst size, at least (up to --max-runs runs)"
@@ -417,7 +443,13 @@ async def main() -> int:
         "(ours,ours+IMAGE_WORKERS=4)",
     )
     args = parser.parse_args()
-    bursts = [int(b) for b in args.bursts.split(",")]
+    if args.cold:
+        args.bursts = args.bursts or "200"
+        if "--runs" not in sys.argv:
+            args.runs = 5
+        if "--samples" not in sys.argv:
+            args.samples = 0
+    bursts = [int(b) for b in (args.bursts or "1,8,32,200").split(",")]
 
     picture = noise_png(704)  # ~1.5 MB, sides a multiple of 8: passed to the API by URL, as the baseline does
     output = noise_png(600)  # ~1 MB output
@@ -487,16 +519,21 @@ async def main() -> int:
                 reset_peak_rss(bot.proc.pid)
             # Run 0 of each size warms up (not counted): the first burst larger than any before opens
             # new connections, a cost that a bot pays once, not at every burst.
-            for i in range(runs + 1):
+            # Cold: every run starts with a fresh process and one warm-up request (not counted).
+            for i in range(runs if args.cold else runs + 1):
                 for bot in bots if i % 2 == 0 else bots[::-1]:
                     # The fakes' own garbage collection must not pause "Discord" during a run: it
                     # collects between runs instead.
+                    if args.cold:
+                        await bot.restart()
+                        warm_ups[bot.name] = await bot.burst(1)
+                        await asyncio.sleep(args.pause)
                     gc.disable()
                     try:
                         run = await bot.burst(burst)
                     finally:
                         gc.enable()
-                    if i > 0:
+                    if i > 0 or args.cold:
                         per_bot[bot.name].append(run)
                     else:
                         warm_ups[bot.name] = run
@@ -529,10 +566,12 @@ async def main() -> int:
                 "ack_p50": ours.ack_ms["p50"] / base.ack_ms["p50"],
                 "ack_p99": ours.ack_ms["p99"] / base.ack_ms["p99"],
                 "final_p50": ours.final_s["p50"] / base.final_s["p50"],
+                "cpu_per_request": ours.cpu_ms_per_request / max(base.cpu_ms_per_request, 0.001),
             }
             q = ratios[burst]
             print(
-                f"  burst {burst:4d}: ack p50 ×{q['ack_p50']:.2f}  ack p99 ×{q['ack_p99']:.2f}   final p50 ×{q['final_p50']:.3f}"
+                f"  burst {burst:4d}: ack p50 ×{q['ack_p50']:.2f}  ack p99 ×{q['ack_p99']:.2f}   "
+                f"final p50 ×{q['final_p50']:.3f}   CPU/request ×{q['cpu_per_request']:.2f}"
             )
     largest = max(bursts)
     print(f"\nRSS at rest ({args.pause:g} s) after each run of {largest} (MB), the warm-up first:")
@@ -552,8 +591,10 @@ async def main() -> int:
         "ratios": ratios,
         "violations": violations,
     }
-    (OUT / "bench.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {OUT / 'bench.json'}; Discord rule breaches seen by the fakes: {len(violations)}")
+    name = "bench-cold.json" if args.cold else "bench.json"
+    report["cold"] = args.cold
+    (OUT / name).write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {OUT / name}; Discord rule breaches seen by the fakes: {len(violations)}")
     return 0
 
 

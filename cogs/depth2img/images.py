@@ -184,26 +184,16 @@ def prepare_source_file(path: str, *, max_pixels: int, max_side: int = 1024) -> 
     return str(final), replace(source, data=b"")
 
 
-def finish_output_file(path: str, *, limit_bytes: int, stem: str, keep_as: str | None) -> GeneratedImage:
-    """:func:`finish_output` for an output downloaded to ``path``. With ``keep_as``, the image to
-    deliver is kept at ``keep_as`` plus its extension; the download file is removed either way. An
+def finish_output_file(path: str, *, limit_bytes: int, stem: str) -> GeneratedImage:
+    """:func:`finish_output` for an output downloaded to ``path``, which is removed either way. An
     output delivered as it is comes back without its bytes (``data=b""``: the caller has them)."""
     src = Path(path)
     try:
         data = src.read_bytes()
         image = finish_output(data, limit_bytes=limit_bytes, stem=stem)
-    except BaseException:
+    finally:
         src.unlink(missing_ok=True)
-        raise
-    as_is = image.data is data
-    if keep_as is not None:
-        dest = Path(f"{keep_as}.{image.filename.rsplit('.', 1)[-1]}")
-        if as_is:
-            src.replace(dest)
-        else:
-            write_atomically(dest, image.data)
-    src.unlink(missing_ok=True)
-    return replace(image, data=b"") if as_is else image
+    return replace(image, data=b"") if image.data is data else image
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -91,21 +91,19 @@ def joined(pieces: Sequence[bytes]) -> bytes:
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
-def save_fitting_png(
-    pieces: Sequence[bytes], *, limit_bytes: int, stem: str, keep_as: str | None
+def fitting_png(
+    pieces: Sequence[bytes], *, limit_bytes: int, stem: str
 ) -> tuple[bytes, GeneratedImage | None]:
     """For a thread: a downloaded output, as received in ``pieces``, joined. An output PNG that fits
-    ``limit_bytes`` and is whole is delivered as it is (kept at ``keep_as``.png if asked), and comes
-    back as an image that carries no bytes (they are the first item); None: the picture needs
-    :func:`finish_output_file` (a worker)."""
+    ``limit_bytes`` and is whole is delivered as it is, and comes back as an image that carries no
+    bytes (they are the first item); None: the picture needs :func:`.images.finish_output_file` (a
+    worker)."""
     data = joined(pieces)
     if len(data) > limit_bytes:
         return data, None
     facts = png_facts(data)
     if facts is None:
         return data, None
-    if keep_as is not None:
-        write_atomically(Path(f"{keep_as}.png"), data)
     return data, GeneratedImage(b"", f"{stem}.png", facts.width, facts.height)
 
 

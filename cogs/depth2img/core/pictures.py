@@ -110,16 +110,13 @@ class Pictures:
     async def finish_outputs(
         self, job_id: str, downloads: list[list[bytes]], *, limit_bytes: int
     ) -> tuple[GeneratedImage, ...]:
-        """Check each downloaded output and make it fit ``limit_bytes``; the first is kept."""
+        """Check each downloaded output and make it fit ``limit_bytes``. Nothing is written: the first
+        is kept (:meth:`keep_result`) once the member has it, off the way to them."""
         prepared = []
         for index, pieces in enumerate(downloads):
-            fit: dict[str, Any] = {
-                "limit_bytes": limit_bytes,
-                "stem": f"depth2img-{job_id}-{index}",
-                "keep_as": str(self.results_dir / job_id) if index == 0 else None,
-            }
-            # joined, and if a whole PNG that fits, checked and kept, in one thread call; else to a worker
-            blob, image = await self.thread(pngs.save_fitting_png, pieces, **fit)
+            fit: dict[str, Any] = {"limit_bytes": limit_bytes, "stem": f"depth2img-{job_id}-{index}"}
+            # joined, and if a whole PNG that fits, checked, in one thread call; else to a worker
+            blob, image = await self.thread(pngs.fitting_png, pieces, **fit)
             if image is None:
                 download = self.results_dir / f"{job_id}-{index}.download"
                 await self.thread(pngs.write_atomically, download, blob)
@@ -128,6 +125,10 @@ class Pictures:
         if not prepared:
             raise OutputUnavailable("no output images")
         return tuple(prepared)
+
+    async def keep_result(self, path: str, first: GeneratedImage) -> None:
+        """Keep a delivered result's first image at ``path`` (see :meth:`result_path`)."""
+        await self.thread(pngs.write_atomically, Path(path), first.data)
 
     async def comparison(
         self, job_id: str, source: str | None, result: str | None, *, limit_bytes: int

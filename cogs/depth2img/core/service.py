@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +292,14 @@ class Depth2ImgService:
             raise
         if started_at is not None:
             self.metrics.job_seconds.observe(time.monotonic() - started_at)
+        if outcome.result is not None and job.result_path:
+            try:  # kept now, off the member's way: for "Use as source", before | after and /depth2img-show
+                await self.pictures.keep_result(job.result_path, outcome.result.images[0])
+            except OSError as exc:
+                log.warning(
+                    "the result could not be kept", extra={"job": job.id, "error": type(exc).__name__}
+                )
+                outcome = replace(outcome, job=replace(job, result_path=None))
         await self._finish(outcome)
 
     async def _finish(self, outcome: Outcome) -> None:
