@@ -286,6 +286,13 @@ async def run(settings: Settings) -> int:
         except discord.PrivilegedIntentsRequired:
             log.error("Discord refused the bot's intents; this bot needs no privileged intents.")
             return 1
+        except commands.ExtensionFailed as exc:
+            # An extension that cannot start says why in words meant for the owner, when it can.
+            message = getattr(exc.original, "owner_message", None)
+            if not isinstance(message, str):
+                raise
+            log.error(message, extra={"extension": exc.name})
+            return EXIT_CONFIG
     return 0
 
 

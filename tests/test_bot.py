@@ -504,3 +504,45 @@ async def test_loop_monitor_reports_stalls_and_what_they_were(tmp_path):
     slept = min(stalls, key=lambda r: r[1] + r[2])
     assert computed[1] + computed[2] >= 0.8 * computed[0]  # running, or ready to run
     assert slept[1] + slept[2] <= 0.2 * slept[0]  # asleep: neither
+
+
+@pytest.mark.subprocess
+async def test_a_ledger_upgraded_by_a_newer_bot_stops_the_start_with_one_clear_line(
+    fake_discord, fake_api, tmp_path
+):
+    import sqlite3
+
+    from cogs.depth2img.store.schema import LATEST
+
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = sqlite3.connect(data / "jobs.sqlite3")
+    conn.execute(
+        "CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at REAL NOT NULL, what TEXT NOT NULL)"
+    )
+    conn.execute("INSERT INTO schema_version VALUES (?, 0, 'from the future')", (LATEST + 1,))
+    conn.commit()
+    conn.close()
+    env = bot_env(fake_discord, fake_api, data)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, BOT, cwd=tmp_path, env=process_env(**env), stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(60):
+        _, err = await proc.communicate()
+    log = err.decode()
+    assert proc.returncode == 2, log
+    assert f"schema version {LATEST + 1}" in log and f"versions up to {LATEST}" in log
+    assert "Traceback" not in log
+
+
+async def test_a_reloaded_extension_words_its_own_errors(bot):
+    """The tree matches errors through the formatter each load of the extension registers, so the
+    classes of a reloaded extension (discord.py imports it afresh) are still recognised."""
+    await bot.reload_extension("cogs.depth2img")
+    assert list(bot.tree.error_formatters) == ["cogs.depth2img"]
+    (formatter,) = bot.tree.error_formatters.values()
+    fresh = sys.modules["cogs.depth2img.errors"]
+    assert formatter(fresh.InvalidInput("That is not a picture.")) == "❌ That is not a picture."
+    assert formatter(ValueError("not ours")) is None
+    await bot.unload_extension("cogs.depth2img")
+    assert bot.tree.error_formatters == {}

@@ -126,3 +126,20 @@ def _with_text(png: bytes) -> bytes:
 def _corrupt(png: bytes) -> bytes:
     at = len(png) // 2
     return png[:at] + bytes([png[at] ^ 0xFF]) + png[at + 1 :]
+
+
+@pytest.mark.parametrize("size", [10, 300_000, 1_500_001, 4 * 1024 * 1024 + 7])
+def test_pictures_are_written_whole_and_private(tmp_path, size):
+    """Large pictures bypass the page cache (O_DIRECT) where the system allows it: the file must
+    still hold exactly the bytes, readable by the bot's user only."""
+    import os
+    import stat
+
+    from cogs.depth2img.pngs import write_atomically
+
+    data = os.urandom(size)
+    for _ in range(2):  # the second write reuses the thread's aligned buffer and replaces the file
+        write_atomically(tmp_path / "p.png", data)
+        assert (tmp_path / "p.png").read_bytes() == data
+    assert stat.S_IMODE((tmp_path / "p.png").stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]

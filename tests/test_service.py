@@ -439,7 +439,6 @@ async def test_work_that_can_wait_holds_off_while_a_request_is_being_answered():
             pass
         assert await _blocked(waiter)  # the first is still being answered
     await asyncio.wait_for(waiter, 5)  # both answered, then a quiet moment: the work goes on
-    assert gate.pending == 0
 
 
 async def test_a_request_that_just_arrived_holds_work_for_the_quiet_period():
@@ -455,4 +454,3 @@ async def test_a_steady_stream_of_requests_cannot_starve_the_work():
     gate = AnswerFirst(quiet_s=0.01, max_hold_s=0.2)
     with gate.answering():  # never answered while the work waits
         await asyncio.wait_for(gate.wait_turn(), 5)
-        assert gate.pending == 1

@@ -18,6 +18,7 @@ that registry at ``/metrics`` when ``METRICS_PORT`` is set. The names::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -92,6 +93,23 @@ class Metrics:
         """The two gauges read the admission state when scraped."""
         self.in_flight.set_function(in_flight)
         self.queue_depth.set_function(queue_depth)
+
+    def close(self) -> None:
+        """Take this extension's metrics off the registry (it is the bot's: a reload registers anew)."""
+        for collector in (
+            self.jobs,
+            self.rejected,
+            self.api_errors,
+            self.resumed,
+            self.acks,
+            self.ack_seconds,
+            self.job_seconds,
+            self.api_seconds,
+            self.in_flight,
+            self.queue_depth,
+        ):
+            with contextlib.suppress(KeyError):
+                self.registry.unregister(collector)
 
     def job_finished(self, outcome: str, error: BaseException | None) -> None:
         self.jobs.labels(outcome=outcome).inc()

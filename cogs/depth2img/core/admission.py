@@ -1,5 +1,5 @@
 """Who may start a job, and when: tickets, the per-member and per-server limits, the first-come,
-first-served queue for generation slots, a process-wide byte budget, and "answer first".
+first-served queue for generation slots, and "answer first".
 
 Decided synchronously before the acknowledgement, so that a refusal stays private and costs nothing.
 """
@@ -223,53 +223,6 @@ class _Slots:
                 on_position(place)
 
 
-class ByteBudget:
-    """A process-wide budget of bytes held at once (pictures being downloaded), handed out first come,
-    first served. A request larger than the whole budget runs alone."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-
-    def _fits(self, size: int) -> bool:
-        return self.used == 0 or self.used + size <= self.limit
-
-    @contextlib.asynccontextmanager
-    async def reserve(self, size: int) -> AsyncIterator[None]:
-        size = max(0, size)
-        if self._waiters or not self._fits(size):
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            entry = (size, future)
-            self._waiters.append(entry)
-            try:
-                await future
-            except asyncio.CancelledError:
-                if future.done() and not future.cancelled():
-                    self._give_back(size)
-                elif entry in self._waiters:
-                    self._waiters.remove(entry)
-                    self._wake()
-                raise
-        else:
-            self.used += size
-        try:
-            yield
-        finally:
-            self._give_back(size)
-
-    def _give_back(self, size: int) -> None:
-        self.used -= size
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self._fits(self._waiters[0][0]):
-            size, future = self._waiters.popleft()
-            if not future.done():
-                self.used += size
-                future.set_result(None)
-
-
 class AnswerFirst:
     """Answering a new request comes before work that can wait.
 
@@ -295,10 +248,6 @@ class AnswerFirst:
         self._open = asyncio.Event()
         self._open.set()
         self._timer: asyncio.TimerHandle | None = None
-
-    @property
-    def pending(self) -> int:
-        return self._answering
 
     @contextlib.contextmanager
     def answering(self) -> Iterator[None]:

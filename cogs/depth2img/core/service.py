@@ -141,8 +141,9 @@ class Depth2ImgService:
         return self.admission.in_flight > 0
 
     async def close(self) -> None:
-        """After every job and task has stopped: the image workers and the ledger."""
+        """After every job and task has stopped: the image workers, the metrics and the ledger."""
         self.pictures.close()
+        self.metrics.close()
         await self.ledger.close()
 
     # --- before the acknowledgement (synchronous, cheap) ---

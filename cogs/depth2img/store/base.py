@@ -66,6 +66,8 @@ class Database(Protocol):
 class StoreError(Depth2ImgError):
     """The job ledger's database cannot be used as it is."""
 
+    owner_message: str | None = None  # what the bot's owner is told when it stops the start (our words)
+
 
 class SchemaTooNew(StoreError):
     """The database was upgraded by a newer version of the bot."""
@@ -78,6 +80,7 @@ class SchemaTooNew(StoreError):
         )
         self.found = found
         self.known = known
+        self.owner_message = f"depth2img-bot cannot start: {self}"
 
 
 class LedgerClosed(StoreError):
