@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from cogs.depth2img.errors import InvalidInput
 from cogs.depth2img.images import finish_output, prepare_source
-from cogs.depth2img.pngs import fitting_png, save_plain_source
+from cogs.depth2img.pngs import fitting_png, plain_source
 from tests.fakes.fake_api import make_png
 
 
@@ -69,12 +68,10 @@ def test_small_output_passes_through_untouched():
 # --- the plain-PNG fast path (no Pillow; a thread) must accept exactly what needs no work -----------
 
 
-def test_a_plain_png_is_kept_as_it_is(tmp_path):
+def test_a_plain_png_is_kept_as_it_is():
     data = encode(Image.new("RGB", (128, 64), (1, 2, 3)), "PNG")
-    kept = save_plain_source(data, str(tmp_path / "s.png"), max_pixels=10_000_000)
-    assert kept is not None
-    path, source = kept
-    assert Path(path).read_bytes() == data
+    source = plain_source(data, max_pixels=10_000_000)
+    assert source is not None
     assert (source.width, source.height, source.mime, source.changed) == (128, 64, "image/png", False)
 
 
@@ -99,9 +96,8 @@ def test_a_plain_png_is_kept_as_it_is(tmp_path):
         ),  # animated (APNG)
     ],
 )
-def test_anything_else_goes_to_the_worker(tmp_path, make):
-    assert save_plain_source(make(), str(tmp_path / "s.png"), max_pixels=10_000_000) is None
-    assert not (tmp_path / "s.png").exists()
+def test_anything_else_goes_to_the_worker(make):
+    assert plain_source(make(), max_pixels=10_000_000) is None
 
 
 def test_a_whole_png_output_that_fits_passes_untouched():

@@ -65,12 +65,10 @@ def png_facts(data: bytes) -> PngFacts | None:
     return None
 
 
-def save_plain_source(
-    data: bytes, path: str, *, max_pixels: int, max_side: int = 1024
-) -> tuple[str, SourceImage] | None:
+def plain_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> SourceImage | None:
     """For a thread: a PNG that can go to the API as it is (8-bit RGB, sides multiples of 8, at most
-    ``max_side``, no metadata, every chunk whole) is saved at ``path`` and described; None when the
-    picture needs :func:`prepare_source_file` (a worker) to check or convert it."""
+    ``max_side``, no metadata, every chunk whole) is described; None when the picture needs
+    :func:`.images.prepare_source_file` (a worker) to check or convert it."""
     facts = png_facts(data)
     if (
         facts is None
@@ -83,9 +81,8 @@ def save_plain_source(
         or facts.width * facts.height > max_pixels
     ):
         return None
-    write_atomically(Path(path), data)
     info = ImageInfo(format="PNG", width=facts.width, height=facts.height, mode="RGB")
-    return path, SourceImage(b"", "image/png", facts.width, facts.height, False, info)
+    return SourceImage(b"", "image/png", facts.width, facts.height, False, info)
 
 
 def joined(pieces: Sequence[bytes]) -> bytes:

@@ -32,6 +32,10 @@ from .pictures import Pictures
 
 log = logging.getLogger(__name__)
 
+# Outputs downloaded from the image service at once, process-wide (as for the members' pictures: on
+# loopback every ready download is read in one iteration of the event loop).
+DOWNLOADS_AT_ONCE = 8
+
 Emit = Callable[[ProgressEvent], None]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -69,6 +73,7 @@ class JobRunner:
         self._clock = clock
         self._sleep = sleep
         self.typical_job_s = 10.0  # moving average of the service's time, for waiting-time estimates
+        self._downloading = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
 
     async def run(self, job: Job, *, started_at: float, emit: Emit) -> Outcome:
         deadline_s = self.settings.job_timeout_s
@@ -191,5 +196,9 @@ class JobRunner:
         """Download every output at once; check and fit each off the event loop."""
         urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
         await self.answer_first.wait_turn()
-        downloads = await asyncio.gather(*(self.backend.download(u) for u in urls))
+        downloads = await asyncio.gather(*(self._fetch(u) for u in urls))
         return await self.pictures.finish_outputs(job.id, list(downloads), limit_bytes=job.upload_limit_bytes)
+
+    async def _fetch(self, url: str) -> list[bytes]:
+        async with self._downloading:
+            return await self.backend.download(url)

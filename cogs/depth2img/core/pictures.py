@@ -44,6 +44,11 @@ class Pictures:
         # and left it waiting for a CPU: stalls >= 50 ms in 7 of 15 runs against 0 of 15 with 2 threads
         # and 0 of 10 (8-22 ms) with 1 (`make bench`).
         self._threads = ThreadPoolExecutor(picture_threads, thread_name_prefix="d2i-picture")
+        # Writes go to the disk around the page cache (pngs.write_atomically): they wait for the device
+        # more than they use the CPU, so they have threads of their own, and the checks of the next
+        # pictures go on meanwhile (a 200-burst's sources were written one after the other, 2 ms each,
+        # on the picture thread, ahead of the next checks).
+        self._writers = ThreadPoolExecutor(2, thread_name_prefix="d2i-write")
 
     async def start(self) -> None:
         """Start the image workers now, so that the first member does not wait for them."""
@@ -58,6 +63,7 @@ class Pictures:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._threads.shutdown(wait=False, cancel_futures=True)
+        self._writers.shutdown(wait=False, cancel_futures=True)
 
     async def cpu(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Pillow work, in an image worker process."""
@@ -73,6 +79,10 @@ class Pictures:
             self._threads, functools.partial(fn, *args, **kwargs)
         )
 
+    async def write(self, path: Path, data: bytes) -> None:
+        """Keep ``data`` at ``path`` (atomically, readable by the bot only), in a writer thread."""
+        await asyncio.get_running_loop().run_in_executor(self._writers, pngs.write_atomically, path, data)
+
     # --- sources ---
 
     async def keep_source(
@@ -81,16 +91,16 @@ class Pictures:
         """Check the member's picture by its bytes and keep it, normalised for the image service.
         Returns where it is kept. Raises :class:`InvalidInput` with a member-facing reason."""
         limits = {"max_pixels": max_pixels, "max_side": max_side}
-        # A plain PNG is checked (chunk CRCs, no decoding) and kept in one thread call; anything else
-        # goes to an image worker, as a file.
-        kept = await self.thread(
-            pngs.save_plain_source, data, str(self.sources_dir / f"{job_id}.png"), **limits
-        )
-        if kept is None:
-            raw = self.sources_dir / f"{job_id}.upload"
-            await self.thread(pngs.write_atomically, raw, data)
-            kept = await self.cpu(images.prepare_source_file, str(raw), **limits)
-        return kept
+        # A plain PNG is checked (chunk CRCs, no decoding) in a thread and kept as it is; anything
+        # else goes to an image worker, as a file.
+        plain = await self.thread(pngs.plain_source, data, **limits)
+        if plain is not None:
+            path = self.sources_dir / f"{job_id}.png"
+            await self.write(path, data)
+            return str(path), plain
+        raw = self.sources_dir / f"{job_id}.upload"
+        await self.write(raw, data)
+        return await self.cpu(images.prepare_source_file, str(raw), **limits)
 
     async def read(self, path: str | None) -> bytes:
         """A kept picture's bytes. Raises :class:`InvalidInput` when it is no longer stored."""
@@ -119,7 +129,7 @@ class Pictures:
             blob, image = await self.thread(pngs.fitting_png, pieces, **fit)
             if image is None:
                 download = self.results_dir / f"{job_id}-{index}.download"
-                await self.thread(pngs.write_atomically, download, blob)
+                await self.write(download, blob)
                 image = await self.cpu(images.finish_output_file, str(download), **fit)
             prepared.append(image if image.data else replace(image, data=blob))
         if not prepared:
@@ -128,7 +138,7 @@ class Pictures:
 
     async def keep_result(self, path: str, first: GeneratedImage) -> None:
         """Keep a delivered result's first image at ``path`` (see :meth:`result_path`)."""
-        await self.thread(pngs.write_atomically, Path(path), first.data)
+        await self.write(Path(path), first.data)
 
     async def comparison(
         self, job_id: str, source: str | None, result: str | None, *, limit_bytes: int
