@@ -454,3 +454,41 @@ async def test_a_steady_stream_of_requests_cannot_starve_the_work():
     gate = AnswerFirst(quiet_s=0.01, max_hold_s=0.2)
     with gate.answering():  # never answered while the work waits
         await asyncio.wait_for(gate.wait_turn(), 5)
+
+
+# --- upkeep ---------------------------------------------------------------------------------------------
+
+
+async def test_a_background_task_that_fails_is_logged(caplog):
+    import logging
+
+    from cogs.depth2img.core.tasks import create_task
+
+    caplog.set_level(logging.INFO)
+    kept: set[asyncio.Task[None]] = set()
+
+    async def breaks() -> None:
+        raise OSError("disk full")
+
+    async def is_cancelled() -> None:
+        await asyncio.sleep(3600)
+
+    failing = create_task(breaks(), name="pruning", keep_in=kept)
+    cancelled = create_task(is_cancelled(), name="leases", keep_in=kept)
+    await asyncio.wait({failing})
+    cancelled.cancel()
+    await asyncio.wait({cancelled})
+    await asyncio.sleep(0)
+    assert kept == set()  # held until they ended
+    (record,) = [r for r in caplog.records if r.getMessage() == "background task failed"]
+    assert record.levelname == "ERROR" and record.task == "pruning" and record.exc_info[0] is OSError
+
+
+async def test_the_loop_monitor_runs_only_when_asked_for(make_service, tmp_path):
+    usual = make_service().background(lambda job: None)
+    asked = make_service(loop_monitor_file=tmp_path / "loop.txt", keep_pictures_days=0).background(
+        lambda job: None
+    )
+    assert (set(usual), set(asked)) == ({"leases", "pruning"}, {"leases", "loop-monitor"})
+    for coro in [*usual.values(), *asked.values()]:
+        coro.close()
