@@ -1,8 +1,8 @@
 """depth2img-bot: entry point and composition root.
 
 The one place that reads the bot's settings (``.env`` via python-dotenv; the real environment wins),
-configures logging, chooses the event loop, points discord.py at its endpoints, builds the shared
-aiohttp session, the metrics registry, the bot and its command tree, and loads the extensions by name:
+configures logging, chooses the event loop, points discord.py at its endpoints, builds the metrics
+registry, the bot and its command tree, and loads the extensions by name:
 ``cogs.botcore`` (the bot's own machinery: the tree, command sync, logging, the metrics port, paced
 garbage collection) and ``cogs.depth2img`` (the feature). Of an extension it uses only the public face
 (``setup``, ``settings_problems``, ``secret_values``); an extension registers what it wants from the
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiohttp
 import discord
 import yarl
 from discord.ext import commands
@@ -178,10 +177,10 @@ class Depth2ImgBot(commands.AutoShardedBot):
 
     """discord.py's sharded bot: ``SHARD_COUNT``/``SHARD_IDS`` choose the shards this process runs
     (unset: one shard, the same as an unsharded connection). What extensions use of it: ``env``,
-    ``data_dir``, ``http_session``, ``metrics_registry``, ``instance_group``, and the registries of
+    ``data_dir``, ``metrics_registry``, ``instance_group``, and the registries of
     error formatters and drains."""
 
-    def __init__(self, *, settings: Settings, http_session: aiohttp.ClientSession) -> None:
+    def __init__(self, *, settings: Settings) -> None:
         # This bot never joins voice: don't warn at every start that voice libraries are missing.
         discord.VoiceClient.warn_nacl = False
         discord.VoiceClient.warn_dave = False
@@ -206,7 +205,6 @@ class Depth2ImgBot(commands.AutoShardedBot):
         self.env = settings.env
         self.data_dir = settings.data_dir
         self.instance_group = settings.instance_group
-        self.http_session = http_session
         self.metrics_registry = CollectorRegistry(auto_describe=True)
         self._drains: dict[str, tuple[Drain, Callable[[], bool]]] = {}
 
@@ -252,19 +250,24 @@ def configure_discord_endpoints(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
+def private_folder(path: Path) -> None:
+    """``BOT_DATA_DIR``: created readable by the bot's user only (it holds the job ledger, members'
+    pictures and prompts); an existing one is made so if the bot owns it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except OSError:
+            log.warning(
+                "BOT_DATA_DIR is readable by other users, and the bot cannot change that",
+                extra={"path": str(path)},
+            )
+
+
 async def run(settings: Settings) -> int:
     configure_discord_endpoints(settings)
-    # Room for every job at once (aiohttp's default of 100 connections made a 200-burst queue inside
-    # aiohttp, after the extension's own fair queue, which is what bounds the work).
-    connector = aiohttp.TCPConnector(limit=1024)
-    async with (
-        aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=15),
-            headers={"User-Agent": "depth2img-bot/0.1"},
-            connector=connector,
-        ) as session,
-        Depth2ImgBot(settings=settings, http_session=session) as bot,
-    ):
+    private_folder(settings.data_dir)
+    async with Depth2ImgBot(settings=settings) as bot:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -102,13 +102,15 @@ def tree_cpu_s(root: int) -> float:
 
 
 def read_stall(path: Path, start: float, end: float) -> tuple[float, float, float]:
-    """The loop monitor's worst late wake-up in [start, end], with the part of it during which the
-    loop's thread was running and the part it waited for a CPU (cogs/depth2img/diagnostics.py)."""
+    """The loop monitor's worst late wake-up while the burst was in flight (its 50 ms windows that end
+    from the first request to just after the last result: a pause after that, such as our paced
+    garbage collection once the bot is idle, keeps no member waiting), with the part of it during
+    which the loop's thread was running and the part it waited for a CPU (cogs/depth2img/diagnostics.py)."""
     worst = (0.0, 0.0, 0.0)
     try:
         for line in path.read_text().splitlines():
             at, *values = line.split()
-            if start - 0.3 <= float(at) <= end + 0.3 and float(values[0]) > worst[0]:
+            if start <= float(at) <= end + 0.06 and float(values[0]) > worst[0]:
                 worst = (float(values[0]), float(values[1]), float(values[2]))
     except (OSError, ValueError, IndexError):
         pass

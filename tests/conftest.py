@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import discord
 import discord.gateway
 import discord.http
@@ -150,16 +149,15 @@ async def start_bot(
 ) -> AsyncIterator[StartBot]:
     """Start the real bot in this event loop, connected to the fakes; settings only through env."""
     saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
-    started: list[tuple[Depth2ImgBot, asyncio.Task[None], aiohttp.ClientSession]] = []
+    started: list[tuple[Depth2ImgBot, asyncio.Task[None]]] = []
 
     async def start(**extra: str) -> Depth2ImgBot:
         settings, problems = read_settings(bot_env(fake_discord, fake_api, tmp_path / "data", **extra))
         assert problems == []
         configure_discord_endpoints(settings)
-        session = aiohttp.ClientSession()
-        bot = Depth2ImgBot(settings=settings, http_session=session)
+        bot = Depth2ImgBot(settings=settings)
         task = asyncio.create_task(bot.start(settings.discord_token))
-        started.append((bot, task, session))
+        started.append((bot, task))
         async with asyncio.timeout(15):
             while not (fake_discord.identified.is_set() and fake_discord.commands):
                 if task.done():
@@ -168,11 +166,10 @@ async def start_bot(
         return bot
 
     yield start
-    for bot, task, session in started:
+    for bot, task in started:
         await bot.close()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
-        await session.close()
     discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
 
 

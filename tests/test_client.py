@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-import aiohttp
 import pytest
 
+from cogs.depth2img.backends.guard import Guard
+from cogs.depth2img.backends.http import open_session
 from cogs.depth2img.backends.modelslab import ModelsLabBackend
 from cogs.depth2img.errors import (
     APIConnectionError,
@@ -45,18 +47,33 @@ def sleeps() -> Sleeps:
     return Sleeps()
 
 
+@asynccontextmanager
+async def modelslab(*, base_url: str, resolver=None, **kw) -> AsyncIterator[ModelsLabBackend]:
+    """The backend as the extension builds it: its own session, every connection guarded."""
+    guard = Guard([base_url])
+    backend = ModelsLabBackend(
+        open_session(guard, connections=10, user_agent="test", resolver=resolver),
+        guard=guard,
+        base_url=base_url,
+        **kw,
+    )
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
 @pytest.fixture
 async def client(fake_api: FakeModelsLab, sleeps: Sleeps) -> AsyncIterator[ModelsLabBackend]:
-    async with aiohttp.ClientSession() as session:
-        yield ModelsLabBackend(
-            session,
-            base_url=fake_api.base_url,
-            api_key=fake_api.api_key,
-            request_timeout_s=2,
-            max_retries=2,
-            rate_limit_max_wait_s=10,
-            sleep=sleeps,
-        )
+    async with modelslab(
+        base_url=fake_api.base_url,
+        api_key=fake_api.api_key,
+        request_timeout_s=2,
+        max_retries=2,
+        rate_limit_max_wait_s=10,
+        sleep=sleeps,
+    ) as backend:
+        yield backend
 
 
 async def test_request_body_carries_key_image_prompt_and_typed_options(client, fake_api):
@@ -142,8 +159,7 @@ async def test_7_8_invalid_key_both_styles(client, fake_api, scenario):
 
 
 async def test_wrong_key_is_rejected_and_never_echoed(fake_api, sleeps):
-    async with aiohttp.ClientSession() as session:
-        c = ModelsLabBackend(session, base_url=fake_api.base_url, api_key="wrong-key-abcdef", sleep=sleeps)
+    async with modelslab(base_url=fake_api.base_url, api_key="wrong-key-abcdef", sleep=sleeps) as c:
         with pytest.raises(AuthenticationError) as info:
             await c.submit(PARAMS, SOURCE)
     assert "wrong-key-abcdef" not in str(info.value)
@@ -168,15 +184,13 @@ async def test_10_rate_limit_reports_retry_after_and_does_not_wait_30s(client, f
 
 async def test_10_short_rate_limit_is_waited_out_and_retried(fake_api, sleeps):
     fake_api.scenario = "rate_limited"
-    async with aiohttp.ClientSession() as session:
-        c = ModelsLabBackend(
-            session,
-            base_url=fake_api.base_url,
-            api_key=fake_api.api_key,
-            max_retries=2,
-            rate_limit_max_wait_s=60,
-            sleep=sleeps,
-        )
+    async with modelslab(
+        base_url=fake_api.base_url,
+        api_key=fake_api.api_key,
+        max_retries=2,
+        rate_limit_max_wait_s=60,
+        sleep=sleeps,
+    ) as c:
         with pytest.raises(RateLimitError):
             await c.submit(PARAMS, SOURCE)
     assert len(fake_api.submissions) == 3
@@ -275,20 +289,18 @@ async def test_21_base64_crop_fallback_when_v6_is_missing(client, fake_api):
 async def test_22_slow_response_times_out_and_is_not_resubmitted(fake_api, sleeps):
     fake_api.scenario = "slow"
     fake_api.slow_s = 5
-    async with aiohttp.ClientSession() as session:
-        c = ModelsLabBackend(
-            session, base_url=fake_api.base_url, api_key=fake_api.api_key, request_timeout_s=1, sleep=sleeps
-        )
+    async with modelslab(
+        base_url=fake_api.base_url, api_key=fake_api.api_key, request_timeout_s=1, sleep=sleeps
+    ) as c:
         with pytest.raises(APITimeoutError):
             await c.submit(PARAMS, SOURCE)
     assert len(fake_api.submissions) == 1  # the job may exist already: never submit twice
 
 
 async def test_unreachable_api_is_retried_then_reported(sleeps):
-    async with aiohttp.ClientSession() as session:
-        c = ModelsLabBackend(
-            session, base_url="http://127.0.0.1:9/api", api_key="k" * 10, max_retries=2, sleep=sleeps
-        )
+    async with modelslab(
+        base_url="http://127.0.0.1:9/api", api_key="k" * 10, max_retries=2, sleep=sleeps
+    ) as c:
         with pytest.raises(APIConnectionError):
             await c.submit(PARAMS, SOURCE)
     assert len(sleeps.calls) == 2  # connection refused: the job never reached the API, safe to retry
@@ -303,13 +315,11 @@ async def test_fetch_result_on_a_foreign_host_is_not_sent_the_key(client, fake_a
 
 async def test_download_size_cap(fake_api, sleeps):
     url = fake_api.add_file("big.png", b"x" * 200_000)
-    async with aiohttp.ClientSession() as session:
-        c = ModelsLabBackend(
-            session,
-            base_url=fake_api.base_url,
-            api_key=fake_api.api_key,
-            max_download_bytes=100_000,
-            sleep=sleeps,
-        )
+    async with modelslab(
+        base_url=fake_api.base_url,
+        api_key=fake_api.api_key,
+        max_download_bytes=100_000,
+        sleep=sleeps,
+    ) as c:
         with pytest.raises(OutputUnavailable):
             await c.download_pieces(url)

@@ -239,28 +239,6 @@ async def test_api_fault_ends_in_one_clear_message(
     assert_clean(fake_discord, fake_api)
 
 
-async def test_output_on_a_private_address_is_not_downloaded(fake_discord, fake_api, tmp_path):
-    import aiohttp
-
-    from cogs.depth2img.backends.modelslab import ModelsLabBackend
-    from cogs.depth2img.errors import OutputUnavailable
-
-    async with aiohttp.ClientSession() as session:
-        public = ModelsLabBackend(session, base_url="https://stablediffusionapi.com/api", api_key="k" * 12)
-        for url in (
-            fake_api.file_url("a-0.png"),
-            "http://localhost/x.png",
-            "http://169.254.169.254/latest/meta-data",
-            "http://10.0.0.1/a.png",
-            "http://[::1]/a.png",
-            "file:///etc/passwd",
-            "ftp://example.com/a.png",
-        ):
-            with pytest.raises(OutputUnavailable):
-                await public.download_pieces(url)
-    assert fake_api.downloads == []
-
-
 async def test_fifty_concurrent_requests_with_faults_all_end_once(start_bot, fake_discord, fake_api):
     bot = await start_bot(SD_MAX_CONCURRENT="8", SD_MAX_QUEUED="60", SD_MAX_RETRIES="1")
     fake_api.scenario = "mixed"

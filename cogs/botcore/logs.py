@@ -1,5 +1,6 @@
 """The bot's log lines: one line per event with ``key=value`` extras, tracebacks only at DEBUG, and
-secrets redacted as a last line of defence."""
+secrets redacted from the whole line, extras and tracebacks included, in any disguise, as a last line
+of defence."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import json
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+
+from .redact import Redactor
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -19,9 +23,10 @@ class KeyValueFormatter(logging.Formatter):
     happened, never its text (which may quote user input or a server's answer).
     """
 
-    def __init__(self, *, show_tracebacks: bool) -> None:
+    def __init__(self, *, show_tracebacks: bool, redact: Callable[[str], str] | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.show_tracebacks = show_tracebacks
+        self._redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
         exc_info, record.exc_info, record.exc_text = record.exc_info, None, None
@@ -37,7 +42,7 @@ class KeyValueFormatter(logging.Formatter):
             if self.show_tracebacks:
                 line += "\n" + "".join(traceback.format_exception(*exc_info)).rstrip()
         record.exc_info = exc_info
-        return line
+        return self._redact(line) if self._redact is not None else line
 
 
 def _kv(value: object) -> str:
@@ -45,29 +50,9 @@ def _kv(value: object) -> str:
     return json.dumps(text) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
 
 
-class RedactSecrets(logging.Filter):
-    """Last line of defence: a secret that slipped into a log line is replaced."""
-
-    def __init__(self, secrets_: list[str]) -> None:
-        super().__init__()
-        self._secrets = [s for s in secrets_ if len(s) >= 6]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
-        message = record.getMessage()
-        redacted = message
-        for s in self._secrets:
-            redacted = redacted.replace(s, "[redacted]")
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
-
 def configure_logging(level: str, secrets_: list[str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter(show_tracebacks=level == "DEBUG"))
-    handler.addFilter(RedactSecrets(secrets_))
+    handler.setFormatter(KeyValueFormatter(show_tracebacks=level == "DEBUG", redact=Redactor(secrets_)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

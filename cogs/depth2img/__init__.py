@@ -32,7 +32,6 @@ class Host(Protocol):
 
     env: Mapping[str, str]  # the settings the bot was started with
     data_dir: Path
-    http_session: Any  # the bot's aiohttp.ClientSession, borrowed
     metrics_registry: Any  # a prometheus_client.CollectorRegistry the bot serves
     instance_group: str  # what this process shares with the one it replaces (its shards)
 
@@ -64,6 +63,8 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
 
 
 async def setup(bot: commands.Bot) -> None:
+    from .backends.guard import Guard
+    from .backends.http import open_session
     from .backends.modelslab import ModelsLabBackend
     from .config import load_settings
     from .core.service import Depth2ImgService
@@ -85,9 +86,16 @@ async def setup(bot: commands.Bot) -> None:
         "job ledger open",
         extra={"backend": ledger.backend, "owner": ledger.owner, "schema_version": ledger.schema_version},
     )
+    closing: list[Callable[[], Awaitable[None]]] = [ledger.close]
     try:
+        # The extension's own HTTP session: every connection guarded (no private address but the
+        # configured service's exact origin), which the bot's shared session could not be.
+        guard = Guard([settings.api_base_url])
+        session = open_session(guard, connections=1024, user_agent="depth2img-bot/0.1")
+        closing.append(session.close)
         backend = ModelsLabBackend(
-            host.http_session,
+            session,
+            guard=guard,
             base_url=settings.api_base_url,
             api_key=settings.api_key,
             request_timeout_s=settings.request_timeout_s,
@@ -99,9 +107,10 @@ async def setup(bot: commands.Bot) -> None:
             backend, settings, ledger, data_dir=host.data_dir, metrics=Metrics(host.metrics_registry)
         )
         await bot.tree.set_translator(CatalogueTranslator())
-        await bot.add_cog(Depth2ImgCog(bot, service))  # from here on, the cog closes the ledger
+        await bot.add_cog(Depth2ImgCog(bot, service))  # from here on, the cog closes what it uses
     except BaseException:
-        await ledger.close()
+        for close in reversed(closing):
+            await close()
         raise
     await bot.add_cog(SettingsCog(service))
     host.add_error_formatter(__name__, format_error)

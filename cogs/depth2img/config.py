@@ -83,7 +83,7 @@ SETTINGS_HELP: dict[str, str] = {
     "PICTURE_THREADS": "threads that checksum and store pictures (default: one fewer than the machine's cores, at least 1)",
     "IMAGE_WORKERS": "processes that check and re-encode pictures off the event loop (default 2; 0 = threads)",
     "PROGRESS_INTERVAL_S": "least seconds between two progress updates of a message (default 3)",
-    "LOOP_MONITOR_FILE": "optional: append the event loop's worst stall per 0.25 s to this file (diagnostics, benchmarks)",
+    "LOOP_MONITOR_FILE": "optional: append the event loop's worst stall per 50 ms to this file (diagnostics, benchmarks)",
     "DATABASE_URL": "optional: postgresql://user:password@host/db for the job ledger (default: SQLite in BOT_DATA_DIR); needed to run several bot processes",
     "JOB_LEASE_S": "seconds a stopped process's unfinished jobs wait before another process takes them over (default 60)",
 }

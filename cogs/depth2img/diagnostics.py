@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 async def loop_monitor(
-    path: Path | None, *, interval_s: float = 0.01, window_s: float = 0.25, warn_ms: float = 250.0
+    path: Path | None, *, interval_s: float = 0.01, window_s: float = 0.05, warn_ms: float = 250.0
 ) -> None:
     """Run forever (cancel to stop).
 
@@ -45,7 +45,7 @@ async def loop_monitor(
                     log.warning("event loop stalled", extra={"stall_ms": round(worst[0] * 1000, 1)})
                 if path is not None:
                     lines.append(f"{time.time():.3f} " + " ".join(f"{x * 1000:.2f}" for x in worst) + "\n")
-                    if len(lines) >= 4:
+                    if len(lines) >= 20:
                         await asyncio.to_thread(_append, path, "".join(lines))
                         lines.clear()
                 worst = (0.0, 0.0, 0.0)

@@ -178,3 +178,13 @@ class OutputUnavailable(Depth2ImgError):
 
 class DeliveryFailed(Depth2ImgError):
     """Discord refused the message that carried the result."""
+
+
+def said(exc: BaseException) -> str | None:
+    """What the image service itself said, when ``exc`` carries it: for the owner's log only (the
+    backend has already redacted the key from it, in any disguise); members read our words."""
+    for name in ("message", "detail"):
+        value = getattr(exc, name, None)
+        if isinstance(value, str) and value:
+            return value[:300]
+    return None

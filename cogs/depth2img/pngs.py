@@ -110,7 +110,7 @@ def fitting_png(
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (readable by its owner only) so that a crash leaves either the old
     file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     if not _write_direct(tmp, data):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

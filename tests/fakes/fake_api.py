@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import itertools
 import json
@@ -117,6 +118,7 @@ class Submission:
     path: str
     body: dict[str, Any]
     at: float = field(default_factory=time.monotonic)  # when the API received it
+    raw_path: str = ""  # as sent, percent-encoding and query included
 
 
 @dataclass
@@ -137,6 +139,14 @@ class FakeModelsLab(LocalServer):
     max_in_flight: int = 0
     legacy_uploads_only: bool = False  # scenario 21: only the v3 base64_crop route exists
     fetch_body: bytes | None = None  # when set, every fetch answers 200 with these bytes as its JSON
+    fetch_redirect: str | None = None  # when set, every fetch answers 307 to this URL
+    compress: bool = (
+        False  # answers and files sent gzip-compressed (Content-Encoding, correct Content-Length)
+    )
+    retry_after_header: str | None = (
+        None  # with rate_limited: a Retry-After header and no retry_after in the body
+    )
+    redirects: dict[str, str] = field(default_factory=dict)  # file name → where GET /files/{name} redirects
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(13481504)
@@ -178,9 +188,11 @@ class FakeModelsLab(LocalServer):
 
     # --- helpers -----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _json(data: Any, status: int = 200) -> web.Response:
-        return web.json_response(data, status=status)
+    def _json(self, data: Any, status: int = 200) -> web.Response:
+        response = web.json_response(data, status=status)
+        if self.compress:
+            response.enable_compression(web.ContentCoding.gzip)
+        return response
 
     async def _body(self, request: web.Request) -> dict[str, Any] | None:
         try:
@@ -198,7 +210,7 @@ class FakeModelsLab(LocalServer):
         body = await self._body(request)
         if body is None:
             return self._json({"status": "error", "message": "Invalid JSON"}, 400)
-        self.submissions.append(Submission(request.path, body))
+        self.submissions.append(Submission(request.path, body, raw_path=request.raw_path))
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
@@ -275,6 +287,13 @@ class FakeModelsLab(LocalServer):
                 {"status": "error", "message": "Insufficient credits. Please add more credits to continue."}
             )
         if s == "rate_limited":
+            if self.retry_after_header is not None:
+                response = self._json(
+                    {"status": "error", "message": "Rate limit exceeded. Maximum 5 queued requests allowed."},
+                    429,
+                )
+                response.headers["Retry-After"] = self.retry_after_header
+                return response
             return self._json(
                 {
                     "status": "error",
@@ -373,7 +392,9 @@ class FakeModelsLab(LocalServer):
     async def _fetch(self, request: web.Request) -> web.Response:
         body = await self._body(request) or {}
         job = request.match_info["id"]
-        self.fetches.append(Submission(request.path, body))
+        self.fetches.append(Submission(request.path, body, raw_path=request.raw_path))
+        if self.fetch_redirect is not None:  # e.g. a 307, which would re-POST the key elsewhere
+            return web.Response(status=307, headers={"Location": self.fetch_redirect})
         if self.fetch_body is not None:
             return web.Response(body=self.fetch_body, content_type="application/json")
         if body.get("key") != self.api_key:
@@ -451,7 +472,19 @@ class FakeModelsLab(LocalServer):
         self.downloads.append(name)
         if name.startswith("reset-"):
             return await self._broken(request, stall=False)
+        if name in self.redirects:
+            return web.Response(status=302, headers={"Location": self.redirects[name]})
+        if name.startswith("endless-"):  # a body without Content-Length that never ends
+            resp = web.StreamResponse(headers={"Content-Type": "image/png"})
+            await resp.prepare(request)
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100_000):
+                    await resp.write(b"\x89PNG" + b"\0" * 65532)
+            return resp
         data = self._files.get(name)
         if data is None:
             return web.Response(status=404, text="Not Found")
-        return web.Response(body=data, content_type="image/png")
+        response = web.Response(body=data, content_type="image/png")
+        if self.compress:
+            response.enable_compression(web.ContentCoding.gzip)
+        return response

@@ -110,3 +110,6 @@ class MemoryBackend:
 
     async def cancel(self, remote_id: str) -> None:
         self._check("cancel", remote_id)
+
+    async def close(self) -> None:
+        self.calls.append(Call("close", ()))

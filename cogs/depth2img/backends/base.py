@@ -54,3 +54,7 @@ class Backend(Protocol):
     async def cancel(self, remote_id: str) -> None:
         """Ask the service to stop a queued job, where it can (best effort; never raises)."""
         ...
+
+    async def close(self) -> None:
+        """Release what the backend holds (its HTTP session)."""
+        ...

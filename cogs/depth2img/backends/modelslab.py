@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import json
 import logging
 import random
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote
 
 import aiohttp
 
+from cogs.botcore.redact import Redactor
 from cogs.depth2img.errors import (
     APIConnectionError,
     APIError,
@@ -40,6 +39,8 @@ from cogs.depth2img.errors import (
 from cogs.depth2img.models import GenerationParams
 
 from .base import Answer, LoadSource
+from .guard import BlockedAddress, BlockedName, Guard, origin_of
+from .http import get_following, read_capped
 from .modelslab_answers import APIResponse, Status, error_from_response
 
 log = logging.getLogger(__name__)
@@ -47,46 +48,6 @@ log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 
 _MAX_BODY = 1 * 1024 * 1024  # JSON answers are small; refuse to buffer more than this
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> list[bytes] | None:
-    """The whole body in the pieces it came in (joining them is left to a thread), or None past
-    ``cap`` bytes. A body cut short raises ``ClientPayloadError``."""
-    if resp.content_length is not None and resp.content_length > cap:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_any():  # as received: no re-slicing into small pieces
-        size += len(chunk)
-        if size > cap:
-            return None
-        chunks.append(chunk)
-    if resp.content_length is not None and size < resp.content_length:
-        raise aiohttp.ClientPayloadError("response body cut short")
-    return chunks
-
-
-def _is_private_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
-        or not ip.is_global
-    )
-
-
-def _is_private_host(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return _is_private_ip(ipaddress.ip_address(host))
-    except ValueError:
-        return False
 
 
 def _payload(params: GenerationParams) -> dict[str, Any]:
@@ -128,6 +89,7 @@ class ModelsLabBackend:
         self,
         session: aiohttp.ClientSession,
         *,
+        guard: Guard,
         base_url: str,
         api_key: str,
         request_timeout_s: float = 60.0,
@@ -146,10 +108,9 @@ class ModelsLabBackend:
         self._rate_limit_max_wait = rate_limit_max_wait_s
         self._max_download = max_download_bytes
         self._sleep = sleep
-        self._base_host = (urlsplit(self._base).hostname or "").lower()
-        # Downloads never go to private, loopback or link-local addresses, unless the API itself
-        # lives at such an address (a self-hosted or test API).
-        self._allow_private = _is_private_host(self._base_host)
+        self._guard = guard  # the session's connections are guarded by the same
+        self._origin = origin_of(self._base)
+        self.redact = Redactor([api_key])
 
     # --- the Backend protocol --------------------------------------------------------------------
 
@@ -180,11 +141,16 @@ class ModelsLabBackend:
     async def cancel(self, remote_id: str) -> None:
         """ModelsLab has no way to stop a queued job: nothing to do (the credits are spent)."""
 
+    async def close(self) -> None:
+        await self._session.close()
+
     # --- the API's own calls -----------------------------------------------------------------------
 
     async def fetch(self, job_id: str, fetch_url: str | None = None) -> APIResponse:
-        urls = [fetch_url] if fetch_url and self._same_site(fetch_url) else []
-        urls += [f"{self._base}/v6/image_editing/fetch/{job_id}", f"{self._base}/v3/fetch/{job_id}"]
+        # ``fetch_result`` carries the key: used only on the API's own origin (scheme, host and port).
+        urls = [fetch_url] if fetch_url and origin_of(fetch_url) == self._origin else []
+        remote = quote(job_id, safe="")
+        urls += [f"{self._base}/v6/image_editing/fetch/{remote}", f"{self._base}/v3/fetch/{remote}"]
         last: APIError | None = None
         for url in dict.fromkeys(urls):
             try:
@@ -231,7 +197,6 @@ class ModelsLabBackend:
     async def download_pieces(self, url: str) -> list[bytes]:
         """Download one output image, with a size cap; retried on transient failures. Returned in
         the pieces it came in: joining megabytes is left to the caller, off the event loop."""
-        await self._check_download_target(url)
         attempt = 0
         while True:
             try:
@@ -243,42 +208,6 @@ class ModelsLabBackend:
                 attempt += 1
 
     # --- internals ---------------------------------------------------------------------------
-
-    async def _check_download_target(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise OutputUnavailable("output URL is not http(s)")
-        if self._allow_private:
-            return
-        host = parts.hostname
-        try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
-            literal = None
-        if literal is not None:
-            addresses = [literal]
-        else:
-            if host.lower() == "localhost" or host.lower().endswith(".localhost"):
-                raise OutputUnavailable("output URL points at a private address")
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
-                )
-            except OSError as exc:
-                raise APIConnectionError("could not resolve the output host") from exc
-            addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-        if not addresses or any(_is_private_ip(a) for a in addresses):
-            raise OutputUnavailable("output URL points at a private address")
-
-    def _same_site(self, url: str) -> bool:
-        host = (urlsplit(url).hostname or "").lower()
-        if not host:
-            return False
-        known = {"stablediffusionapi.com", "modelslab.com"}
-        return host == self._base_host or any(host == k or host.endswith("." + k) for k in known)
-
-    def redact(self, text: str) -> str:
-        return text.replace(self._key, "[redacted]") if self._key else text
 
     def _backoff(self, attempt: int) -> float:
         return float(min(8.0, 0.5 * 2**attempt) * (0.75 + random.random() / 2))  # noqa: S311
@@ -309,23 +238,33 @@ class ModelsLabBackend:
             await self._sleep(delay)
 
     async def _post_once(self, url: str, body: dict[str, Any]) -> APIResponse:
+        """One POST that carries the key: to the API's own origin only, and never redirected."""
+        if origin_of(url) != self._origin:
+            raise MalformedResponseError("a request with the key to another origin")
         try:
-            async with self._session.post(url, json=body, timeout=self._timeout) as resp:
+            async with self._session.post(
+                url, json=body, timeout=self._timeout, allow_redirects=False
+            ) as resp:
                 status = resp.status
-                raw = await _read_capped(resp, _MAX_BODY)
+                retry_after = resp.headers.get("Retry-After")
+                raw = await read_capped(resp, _MAX_BODY)
         except TimeoutError as exc:
             raise APITimeoutError("the API did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise APIConnectionError(f"connection problem: {type(exc).__name__}") from exc
         if raw is None:
             raise MalformedResponseError("response body too large", status=status)
+        if 300 <= status < 400:
+            raise MalformedResponseError(
+                f"the API answered a redirect (HTTP {status}); not followed", status=status
+            )
         try:
             decoded: object = json.loads(b"".join(raw).decode("utf-8"))  # small: an API answer
             is_json = True
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             decoded, is_json = None, False
         try:
-            return error_from_response(status, decoded, text_is_json=is_json)
+            return error_from_response(status, decoded, text_is_json=is_json, retry_after=retry_after)
         except APIStatusError as exc:
             exc.message = self.redact(exc.message)
             exc.args = (exc.message,)
@@ -337,18 +276,24 @@ class ModelsLabBackend:
 
     async def _download_once(self, url: str) -> list[bytes]:
         try:
-            async with self._session.get(url, timeout=self._timeout) as resp:
+            async with get_following(self._session, self._guard, url, timeout=self._timeout) as resp:
                 if resp.status >= 500 or resp.status == 429:
                     raise ServerError(f"HTTP {resp.status}", status=resp.status)
                 if resp.status != 200:
                     raise OutputUnavailable(f"HTTP {resp.status} for the output image")
                 if resp.content_length is not None and resp.content_length > self._max_download:
                     raise OutputUnavailable("output image larger than the download cap")
-                data = await _read_capped(resp, self._max_download)
+                data = await read_capped(resp, self._max_download)
                 if data is None:
                     raise OutputUnavailable("output image larger than the download cap")
                 return data
+        except BlockedAddress as exc:
+            raise OutputUnavailable(f"output URL refused: {exc}") from None
         except TimeoutError as exc:
             raise APITimeoutError("download timed out") from exc
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, BlockedName):
+                raise OutputUnavailable("output URL refused: a host name with no public address") from None
+            raise APIConnectionError(f"download problem: {type(exc).__name__}") from exc
         except aiohttp.ClientError as exc:
             raise APIConnectionError(f"download problem: {type(exc).__name__}") from exc

@@ -220,14 +220,24 @@ _FETCH_IMAGE_RE = re.compile(r"(unable|failed|could not|cannot).{0,20}(fetch|dow
 _RETRY_RE = re.compile(r"try again|temporar|unavailable|overload|maintenance")
 
 
-def error_from_response(http_status: int, body: object, *, text_is_json: bool) -> APIResponse:
+def retry_after_header(value: str | None) -> float | None:
+    """A ``Retry-After`` header's seconds (a number; an HTTP date is read as no hint), within an hour."""
+    seconds = _as_float(value)
+    return None if seconds is None else min(max(seconds, 0.0), 3600.0)
+
+
+def error_from_response(
+    http_status: int, body: object, *, text_is_json: bool, retry_after: str | None = None
+) -> APIResponse:
     """Classify one HTTP answer. Returns the parsed success/processing answer, or raises.
 
-    ``body`` is the decoded JSON when ``text_is_json``; otherwise it is ignored.
+    ``body`` is the decoded JSON when ``text_is_json``; otherwise it is ignored. ``retry_after``: the
+    answer's ``Retry-After`` header, used when the body gives no ``retry_after``.
     """
+    header_wait = retry_after_header(retry_after)
     if not text_is_json:
         if http_status == 429:
-            raise RateLimitError("rate limited", status=http_status)
+            raise RateLimitError("rate limited", status=http_status, retry_after_s=header_wait or 30.0)
         if http_status in (401, 403):
             raise AuthenticationError("unauthorised", status=http_status)
         if http_status == 402:
@@ -242,14 +252,16 @@ def error_from_response(http_status: int, body: object, *, text_is_json: bool) -
         if http_status >= 500:
             raise ServerError(f"HTTP {http_status}", status=http_status) from None
         if http_status == 429:
-            raise RateLimitError("rate limited", status=http_status) from None
+            raise RateLimitError(
+                "rate limited", status=http_status, retry_after_s=header_wait or 30.0
+            ) from None
         raise
 
     message = parsed.message or ""
     lowered = message.lower()
     if http_status == 429 or (parsed.status in (Status.ERROR, Status.FAILED) and _RATE_RE.search(lowered)):
-        retry_after = parsed.retry_after_s if parsed.retry_after_s is not None else 30.0
-        raise RateLimitError(message or "rate limited", status=http_status, retry_after_s=retry_after)
+        wait = next(w for w in (parsed.retry_after_s, header_wait, 30.0) if w is not None)
+        raise RateLimitError(message or "rate limited", status=http_status, retry_after_s=wait)
     if parsed.status in (Status.SUCCESS, Status.PROCESSING):
         if http_status >= 400:
             raise MalformedResponseError(f"{parsed.status} with HTTP {http_status}", status=http_status)

@@ -23,6 +23,7 @@ from cogs.depth2img.errors import (
     JobInterrupted,
     JobTimedOut,
     MalformedResponseError,
+    said,
 )
 from cogs.depth2img.models import GeneratedImage, GenerationResult, ProgressEvent, Stage
 from cogs.depth2img.store import Job, JobState, Ledger
@@ -106,7 +107,13 @@ class JobRunner:
             return Outcome(job, error=JobTimedOut(deadline_s, job_id=job.api_job_id))
         except Depth2ImgError as exc:
             log.warning(
-                "job error", extra={"job": job.id, "state": str(job.state), "error": type(exc).__name__}
+                "job error",
+                extra={
+                    "job": job.id,
+                    "state": str(job.state),
+                    "error": type(exc).__name__,
+                    "said": said(exc),
+                },
             )
             return Outcome(job, error=exc)
         gen = job.generation_time_s

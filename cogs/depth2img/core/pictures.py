@@ -52,7 +52,8 @@ class Pictures:
 
     async def start(self) -> None:
         """Start the image workers now, so that the first member does not wait for them."""
-        self.sources_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.sources_dir, self.results_dir):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self._pool is not None:
             loop = asyncio.get_running_loop()
             await asyncio.gather(

@@ -58,6 +58,7 @@ class Depth2ImgService:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.settings = settings
+        self.backend = backend
         self.ledger = ledger
         self.metrics = metrics
         self._sleep = sleep
@@ -141,8 +142,9 @@ class Depth2ImgService:
         return self.admission.in_flight > 0
 
     async def close(self) -> None:
-        """After every job and task has stopped: the image workers, the metrics and the ledger."""
+        """After every job and task has stopped: the image workers, the backend, the metrics and the ledger."""
         self.pictures.close()
+        await self.backend.close()
         self.metrics.close()
         await self.ledger.close()
 
@@ -310,12 +312,17 @@ class Depth2ImgService:
         try:
             if exc is None:
                 assert outcome.result is not None
-                new = await self.ledger.update(job, state=JobState.DELIVERED, result_path=job.result_path)
+                # (the interaction's token is cleared with the final state: nothing needs it any more)
+                new = await self.ledger.update(
+                    job, state=JobState.DELIVERED, result_path=job.result_path, interaction_token=""
+                )
                 log.info("job delivered", extra={"job": job.id, "images": len(outcome.result.images)})
             else:
                 state = JobState.CANCELLED if isinstance(exc, JobCancelled) else JobState.FAILED
                 kind = type(exc).__name__
-                new = await self.ledger.update(job, state=state, error_kind=kind, detail=kind)
+                new = await self.ledger.update(
+                    job, state=state, error_kind=kind, detail=kind, interaction_token=""
+                )
                 log.info(
                     "job finished without images", extra={"job": job.id, "state": str(state), "error": kind}
                 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -95,7 +96,9 @@ class SqliteDatabase:
         return conn
 
     def _connect_main(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Readable by the bot's user only (SQLite gives its -wal and -shm files the database's mode).
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         conn = self._connect(True)
         try:
             self.schema_version = self._migrate(conn)

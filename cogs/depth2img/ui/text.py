@@ -45,13 +45,6 @@ def neutralise(text: str) -> str:
     return _MENTION_RE.sub(lambda m: m.group(0).replace("@", "@\u200b").replace("<#", "<#\u200b"), text)
 
 
-def quote_api(message: str | None) -> str:
-    if not message:
-        return ""
-    text = neutralise(" ".join(message.split()))[:200].replace("`", "'")
-    return f" The API said: `{text}`"
-
-
 def _seconds(value: float) -> str:
     return f"{math.ceil(value)} s" if value < 90 else f"{math.ceil(value / 60)} min"
 
@@ -95,19 +88,14 @@ def describe(exc: Depth2ImgError) -> str:
     if isinstance(exc, SourceImageUnreachable):
         return "🖼️ The image API could not fetch your picture. Upload it again and retry."
     if isinstance(exc, BadRequestError):
-        return "❌ The image API refused this request. Check your options and try again." + quote_api(
-            exc.message
-        )
+        return "❌ The image API refused this request. Check your options, or try another picture."
     if isinstance(exc, JobTimedOut):
         return (
             f"⌛ The image API did not finish within {_seconds(exc.after_s)}. "
             "It may be overloaded; try again in a few minutes."
         )
     if isinstance(exc, JobFailed):
-        return (
-            "⚠️ The image API could not make this picture. Try again, perhaps with other options."
-            + quote_api(exc.detail)
-        )
+        return "⚠️ The image API could not make this picture. Try again, perhaps with other options."
     if isinstance(exc, APITimeoutError):
         return "⌛ The image API did not answer in time. Try again in a minute."
     if isinstance(exc, APIConnectionError):
