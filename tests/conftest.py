@@ -18,6 +18,7 @@ import pytest
 
 from bot import Depth2ImgBot, configure_discord_endpoints, read_settings
 from cogs.botcore.logs import KeyValueFormatter
+from cogs.botcore.redact import Redactor
 from tests.fakes.fake_api import FakeModelsLab, make_png
 from tests.fakes.fake_discord import FakeDiscord, FakeMessage, InteractionRecord
 from tests.postgres import PostgresUnavailable, TempPostgres
@@ -34,8 +35,10 @@ FAST_ENV = {
 
 @pytest.fixture(autouse=True)
 def _no_secret_in_any_log(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Every test, every path: the API key and the bot token never appear in a log line, as the
-    bot formats it (tracebacks included, as at DEBUG level)."""
+    """Every test, every path: the API key and the bot token never appear in a log line, in any
+    disguise, as the bot formats it (``extra=`` fields and tracebacks included, as at DEBUG level),
+    whether logged while the test ran or while its fixtures stopped the bot (shutdown, drain). The
+    lines are checked before the bot's own redaction, which is only the last line of defence."""
     caplog.set_level(logging.DEBUG)
     yield
     values = getattr(request.node, "funcargs", {})
@@ -47,10 +50,10 @@ def _no_secret_in_any_log(request: pytest.FixtureRequest, caplog: pytest.LogCapt
     if not secrets_:
         return
     formatter = KeyValueFormatter(show_tracebacks=True)
-    for record in caplog.get_records("setup") + caplog.get_records("call"):
+    disguised = Redactor(secrets_)
+    for record in caplog.get_records("setup") + caplog.get_records("call") + caplog.get_records("teardown"):
         line = formatter.format(record)
-        for secret in secrets_:
-            assert secret not in line, f"a secret reached the log: {record.name} {record.msg!r}"
+        assert disguised(line) == line, f"a secret reached the log: {record.name} {record.msg!r}"
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------------

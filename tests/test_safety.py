@@ -30,3 +30,89 @@ async def test_the_data_folder_and_everything_in_it_are_private(bot, fake_discor
 
 def final_user_of(fake_discord, message) -> int:
     return fake_discord.interactions[message.interaction_id].user_id
+
+
+def test_the_key_is_redacted_in_any_disguise():
+    from cogs.botcore.redact import Redactor
+
+    key = "sk-Live_9fA3kQ7zX2"
+    redact = Redactor([key])
+    disguises = [
+        key,
+        key.upper(),
+        key.lower(),
+        "".join(f"%{ord(c):02X}" for c in key),
+        "".join(f"%{ord(c):02x}" if i % 2 else c for i, c in enumerate(key)),
+        " ".join(key),
+        "-".join(key),
+        "\u200b".join(key),
+    ]
+    for disguise in disguises:
+        assert "[redacted]" in redact(f"error: invalid key {disguise} (check it)"), disguise
+        assert key.lower() not in redact(f"x{disguise}x").lower()
+    assert redact("an ordinary message about keys") == "an ordinary message about keys"
+
+
+async def test_what_the_api_writes_never_reaches_a_member(bot, fake_discord, fake_api, caplog):
+    """The API's error text, hostile: mentions, Markdown, backticks, a link, and the key in
+    disguise. The member reads the bot's words; the owner's log has the API's text, redacted."""
+    import logging
+
+    from tests.test_e2e import assert_clean, log_text
+
+    caplog.set_level(logging.INFO)
+    key = fake_api.api_key
+    fake_api.scenario = "error_message"
+    fake_api.error_message = (
+        f"@everyone <@123456789012345678> **urgent** ``` see https://evil.example ``` "
+        f"bad value {key.upper()} / {' '.join(key)} / {''.join(f'%{ord(c):02x}' for c in key)}"
+    )
+    _, final = await slash(fake_discord, {"prompt": "castle"})
+    assert "refused this request" in final.content
+    for hostile in ("@everyone", "<@123456789012345678>", "urgent", "evil.example", "```", key.upper()):
+        assert hostile not in final.content
+    logs = log_text(caplog)
+    assert "said=" in logs and "[redacted]" in logs and "evil.example" in logs
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+# --- direct messages -----------------------------------------------------------------------------------
+
+
+async def test_commands_that_spend_credits_are_offered_in_servers_only(bot, fake_discord, fake_api):
+    contexts = {name: fake_discord.command(name).get("contexts") for name in fake_discord.command_names()}
+    assert (
+        contexts["depth2img"] == [0]
+        and contexts["Depth to image"] == [0]
+        and contexts["depth2img-show"] == [0]
+    )
+    assert contexts["depth2img-settings"] == [0]
+    assert sorted(contexts["depth2img-history"]) == sorted(contexts["depth2img-forget-me"]) == [0, 1]
+    assert {tuple(fake_discord.command(n).get("integration_types")) for n in contexts} == {(0,)}
+    # an old or hostile client that sends it from a DM anyway is refused, privately, at no cost
+    record, final = await slash(fake_discord, {"prompt": "free credits?"}, dm=True, check_options=False)
+    assert record.ack_type == 4 and final.ephemeral
+    assert "servers only" in final.content
+    assert fake_api.submissions == []
+
+
+def test_allowing_dms_needs_a_member_quota():
+    from cogs.depth2img import settings_problems
+
+    base = {"SD_API_KEY": "k" * 12}
+    (problem,) = settings_problems(base | {"ALLOW_DMS": "on"})
+    assert "ALLOW_DMS=on needs SD_MEMBER_DAILY_QUOTA" in problem
+    assert settings_problems(base | {"ALLOW_DMS": "on", "SD_MEMBER_DAILY_QUOTA": "3"}) == []
+
+
+async def test_with_dms_allowed_the_member_quota_applies_there(start_bot, fake_discord, fake_api):
+    await start_bot(ALLOW_DMS="on", SD_MEMBER_DAILY_QUOTA="2")
+    assert sorted(fake_discord.command("depth2img")["contexts"]) == [0, 1]
+    member = 838383838383838383
+    for prompt in ("one", "two"):
+        _, final = await slash(fake_discord, {"prompt": prompt}, dm=True, user_id=member)
+        assert final.results, final.content
+        assert final.channel_id == fake_discord.dm_channel_id(member)
+    _, refused = await slash(fake_discord, {"prompt": "three"}, dm=True, user_id=member)
+    assert refused.ephemeral and "your 2 pictures for today" in refused.content
+    assert len(fake_api.submissions) == 2

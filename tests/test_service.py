@@ -106,6 +106,12 @@ def origin(user: int = 1, limit: int = 10 * 1024 * 1024) -> Origin:
     )
 
 
+async def take_in(service, params, where_from, read):
+    """As the flow does once the member is answered: the job recorded, then its picture taken in."""
+    job = await service.record(params, where_from, source_url=SOURCE)
+    return await service.accept(job, read=read)
+
+
 async def run(service, user: int = 1, limit: int = 10 * 1024 * 1024, params=None, events=None, image=None):
     """admit → accept → run → delivered, as the UI's flow does; returns the result (or raises the error)."""
     data = image if image is not None else make_png()
@@ -114,12 +120,8 @@ async def run(service, user: int = 1, limit: int = 10 * 1024 * 1024, params=None
         return data
 
     with service.admit(user, 20) as ticket:
-        job = await service.accept(
-            params or GenerationParams(prompt="cabin", seed=7),
-            origin(user, limit),
-            read=read,
-            declared_size=len(data),
-            source_url=SOURCE,
+        job = await take_in(
+            service, params or GenerationParams(prompt="cabin", seed=7), origin(user, limit), read
         )
         emit = events.append if events is not None else (lambda _: None)
         outcome = await service.run(job, ticket, emit=emit, started_at=time.monotonic())
@@ -242,7 +244,13 @@ async def test_ledger_records_every_state_of_a_delivered_job(make_service, backe
     await run(make_service())
     assert await count_by_state(ledger) == {"delivered": 1}
     (job,) = await ledger.for_user(1)
-    assert await events(ledger, job.id) == ["received", "submitting", "processing", "delivered"]
+    assert await events(ledger, job.id) == [
+        "acknowledged",
+        "received",
+        "submitting",
+        "processing",
+        "delivered",
+    ]
     assert job.api_job_id == "1000"
     assert job.finished_at is not None
     assert Path(job.source_path).exists()  # kept while the job exists: buttons start from it
@@ -257,9 +265,7 @@ async def start_job_and_crash(service, *, until: JobState) -> str:
     async def read() -> bytes:
         return data
 
-    job = await service.accept(
-        GenerationParams(prompt="x"), origin(), read=read, declared_size=len(data), source_url=SOURCE
-    )
+    job = await take_in(service, GenerationParams(prompt="x"), origin(), read)
     task = asyncio.create_task(service.run(job, ticket, emit=lambda _: None, started_at=time.monotonic()))
     async with asyncio.timeout(5):
         while (await service.get(job.id)).state is not until:
@@ -315,9 +321,7 @@ async def test_received_job_resumed_uploads_the_kept_picture(make_service, backe
     async def read() -> bytes:
         return data
 
-    await service.accept(
-        GenerationParams(prompt="x"), origin(), read=read, declared_size=len(data), source_url=SOURCE
-    )
+    await take_in(service, GenerationParams(prompt="x"), origin(), read)
     restarted = await make_service.restarted()
     (job,) = await restarted.start()
     assert job.resumes == 1
@@ -387,13 +391,7 @@ async def test_a_picture_that_never_arrives_ends_with_a_clear_refusal_and_blocks
     async def attempt(user: int, read) -> object:
         with service.admit(user, 20) as ticket:
             try:
-                job = await service.accept(
-                    GenerationParams(prompt="x"),
-                    origin(user),
-                    read=read,
-                    declared_size=2_000_000,
-                    source_url=SOURCE,
-                )
+                job = await take_in(service, GenerationParams(prompt="x"), origin(user), read)
             except InvalidInput as exc:
                 return exc
             outcome = await service.run(job, ticket, emit=lambda _: None, started_at=time.monotonic())

@@ -90,6 +90,6 @@ async def test_two_shard_processes_share_one_ledger_and_take_over_a_dead_ones_jo
     finally:
         await ledger.close()
     groups = [(state, (owner or "").split("/")[0]) for state, owner in owners]
-    assert groups[0] == ("received", "shards-0-of-2")
+    assert groups[0] == ("acknowledged", "shards-0-of-2")
     assert ("processing/claimed", "shards-1-of-2") in groups
     assert groups[-1] == ("delivered", "shards-1-of-2")

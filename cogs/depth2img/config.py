@@ -50,6 +50,8 @@ class Depth2ImgSettings:
     input_read_timeout_s: float = 30.0
     user_cooldown_s: float = 3.0
     guild_daily_quota: int = 0  # 0 = no quota
+    member_daily_quota: int = 0  # per member per day, in each server and in DMs; 0 = no quota
+    allow_dms: bool = False  # /depth2img in direct messages with the bot
     source_max_side: int = 1024  # the API's generation limit
     progress_interval_s: float = 3.0
     image_workers: int = 2
@@ -79,6 +81,8 @@ SETTINGS_HELP: dict[str, str] = {
     "INPUT_READ_TIMEOUT_S": "seconds to download a member's picture from Discord before giving up (default 30)",
     "SD_USER_COOLDOWN_S": "seconds a member waits between two requests (default 3; 0 = none)",
     "SD_GUILD_DAILY_QUOTA": "requests one server may make per UTC day (default 0 = no quota)",
+    "SD_MEMBER_DAILY_QUOTA": "pictures one member may make per UTC day, in each server and in DMs (default 0 = no quota; servers may set a lower one)",
+    "ALLOW_DMS": "on: /depth2img also works in direct messages with the bot, where no server's rules apply (default off; needs SD_MEMBER_DAILY_QUOTA)",
     "KEEP_PICTURES_DAYS": "days to keep the pictures of finished jobs, for their buttons and /depth2img-show (default 30; 0 = forever)",
     "PICTURE_THREADS": "threads that checksum and store pictures (default: one fewer than the machine's cores, at least 1)",
     "IMAGE_WORKERS": "processes that check and re-encode pictures off the event loop (default 2; 0 = threads)",
@@ -126,6 +130,17 @@ class _Reader:
             return default
         return parsed
 
+    def switch(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "on", "yes", "true"):
+            return True
+        if value.lower() in ("0", "off", "no", "false"):
+            return False
+        self.problems.append(f"{name}={value!r} is not on or off.")
+        return default
+
     def url(self, name: str, schemes: tuple[str, ...], default: str | None) -> str | None:
         value = self.raw(name)
         if value is None:
@@ -169,6 +184,8 @@ def load_settings(env: Mapping[str, str]) -> Depth2ImgSettings:
         input_read_timeout_s=r.number("INPUT_READ_TIMEOUT_S", 30.0, float, 0.1, 600),
         user_cooldown_s=r.number("SD_USER_COOLDOWN_S", 3.0, float, 0, 3600),
         guild_daily_quota=r.number("SD_GUILD_DAILY_QUOTA", 0, int, 0, 1_000_000),
+        member_daily_quota=r.number("SD_MEMBER_DAILY_QUOTA", 0, int, 0, 1_000_000),
+        allow_dms=r.switch("ALLOW_DMS", False),
         progress_interval_s=r.number("PROGRESS_INTERVAL_S", 3.0, float, 0.1, 60),
         image_workers=r.number("IMAGE_WORKERS", 2, int, 0, 64),
         picture_threads=r.number("PICTURE_THREADS", max(1, (os.cpu_count() or 2) - 1), int, 1, 64),
@@ -177,6 +194,11 @@ def load_settings(env: Mapping[str, str]) -> Depth2ImgSettings:
         job_lease_s=r.number("JOB_LEASE_S", 60.0, float, 1, 3600),
         loop_monitor_file=Path(monitor) if (monitor := r.raw("LOOP_MONITOR_FILE")) else None,
     )
+    if settings.allow_dms and not settings.member_daily_quota:
+        r.problems.append(
+            "ALLOW_DMS=on needs SD_MEMBER_DAILY_QUOTA (pictures one member may make per day): in direct "
+            "messages no server's rules apply, and nothing else would limit what a member can spend."
+        )
     if r.problems:
         raise ConfigError(r.problems)
     return settings

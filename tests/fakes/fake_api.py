@@ -147,6 +147,7 @@ class FakeModelsLab(LocalServer):
         None  # with rate_limited: a Retry-After header and no retry_after in the body
     )
     redirects: dict[str, str] = field(default_factory=dict)  # file name → where GET /files/{name} redirects
+    error_message: str = "Something is wrong with this request."  # what the error_message scenario says
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(13481504)
@@ -306,6 +307,8 @@ class FakeModelsLab(LocalServer):
             return self._json(
                 {"status": "error", "message": {"init_image": ["The init image field is required."]}}
             )
+        if s == "error_message":  # a validation error whose text the API writes itself
+            return self._json({"status": "error", "message": self.error_message}, 400)
         if s == "legacy_messege":
             return self._json({"status": "error", "messege": "prompt is required"})
         if s == "unfetchable_image":

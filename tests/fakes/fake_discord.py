@@ -215,7 +215,8 @@ class FakeDiscord(LocalServer):
         self.deleted_by_bot: list[int] = []
         self.fail_next_edits = 0  # answer this many message edits with 403 Missing Permissions
         self.cdn_fetches: list[tuple[float, str]] = []  # (monotonic time, path) of every attachment download
-        self.cdn_stalled: set[str] = set()  # attachment paths whose download starts, then never ends
+        self.cdn_stalled: set[str] = set()
+        self._dm_channels: dict[int, int] = {}  # attachment paths whose download starts, then never ends
         # awaited before an interaction callback is answered (after it is recorded): lets a test
         # hold one member's acknowledgement in flight while others go through
         self.callback_gate: Callable[[InteractionRecord], Awaitable[None]] | None = None
@@ -295,6 +296,9 @@ class FakeDiscord(LocalServer):
             payload["content_type"] = content_type
         return payload
 
+    def command_names(self) -> list[str]:
+        return sorted({c["name"] for scope in self.commands.values() for c in scope})
+
     def command(self, name: str) -> dict[str, Any]:
         for scope in (self.guild_id, None):
             for cmd in self.commands.get(scope, []):
@@ -316,8 +320,10 @@ class FakeDiscord(LocalServer):
         roles: list[int] | None = None,
         channel_id: int | None = None,
         guild_id: int | None = None,
+        dm: bool = False,
     ) -> InteractionRecord:
-        """Send an INTERACTION_CREATE for ``/name`` (or ``/name subcommand``). Attachment options take
+        """Send an INTERACTION_CREATE for ``/name`` (or ``/name subcommand``); ``dm``: in a direct
+        message with the bot (Discord's client offers a command there only if its contexts allow it). Attachment options take
         the payload from :meth:`add_attachment`; channel and role options take an id. Options are
         checked against the synced definition as the Discord client would (``check_options=False``
         sends them anyway, like a hostile client)."""
@@ -331,6 +337,9 @@ class FakeDiscord(LocalServer):
         defs = {o["name"]: o for o in defs_list}
         if check_options:
             self._check_options(defs, options)
+            context = 1 if dm else 0
+            if context not in (cmd.get("contexts") or [0, 1, 2]):
+                raise ValueError(f"/{name} is not offered there (contexts {cmd.get('contexts')})")
         opts: list[dict[str, Any]] = []
         resolved: dict[str, Any] = {}
         for key, value in options.items():
@@ -368,7 +377,12 @@ class FakeDiscord(LocalServer):
             roles=roles,
             channel_id=channel_id,
             guild_id=guild_id,
+            dm=dm,
         )
+
+    def dm_channel_id(self, user_id: int) -> int:
+        """The direct-message channel between the bot and a user (one per user)."""
+        return self._dm_channels.setdefault(user_id, _snowflake(time.time(), self._ids))
 
     def _role(self, role_id: int, name: str) -> dict[str, Any]:
         return {
@@ -396,6 +410,7 @@ class FakeDiscord(LocalServer):
         roles: list[int] | None = None,
         channel_id: int | None = None,
         guild_id: int | None = None,
+        dm: bool = False,
     ) -> InteractionRecord:
         guild = guild_id or self.guild_id
         uid = user_id or _snowflake(time.time() - 86400 * 200, self._ids)
@@ -451,6 +466,19 @@ class FakeDiscord(LocalServer):
         }
         if message is not None:
             payload["message"] = self._message_payload(message)
+        if dm:  # a direct message with the bot: no server, the user instead of a member, a DM channel
+            for key in ("guild_id", "member", "guild_locale"):
+                payload.pop(key)
+            dm_channel = self.dm_channel_id(uid)
+            payload.update(
+                channel_id=str(dm_channel),
+                channel={"id": str(dm_channel), "type": 1, "last_message_id": None, "flags": 0},
+                user=user,
+                authorizing_integration_owners={"0": str(guild)},
+                context=1,
+                app_permissions=str(MEMBER_PERMISSIONS),
+            )
+            data.pop("guild_id", None)
         record = InteractionRecord(
             id=inter_id, token=token, user_id=uid, payload=payload, sent_at=time.monotonic() - age_s
         )
@@ -926,7 +954,7 @@ class FakeDiscord(LocalServer):
         now = time.monotonic()
         msg = FakeMessage(
             id=_snowflake(time.time(), self._ids),
-            channel_id=self.channel_id,
+            channel_id=int(record.payload.get("channel_id") or self.channel_id),
             flags=flags,
             interaction_id=record.id,
             created_at=now,
@@ -966,10 +994,15 @@ class FakeDiscord(LocalServer):
         return f"{self.base_url}{path}"
 
     def _message_payload(self, msg: FakeMessage) -> dict[str, Any]:
+        payload = self._message_fields(msg)
+        if msg.channel_id not in self._dm_channels.values():
+            payload["guild_id"] = str(self.guild_id)
+        return payload
+
+    def _message_fields(self, msg: FakeMessage) -> dict[str, Any]:
         return {
             "id": str(msg.id),
             "channel_id": str(msg.channel_id),
-            "guild_id": str(self.guild_id),
             "type": 20 if msg.author is None else 0,
             "content": msg.content,
             "author": msg.author or self._bot_user(),

@@ -42,6 +42,8 @@ class Origin:
     interaction_created_at: float
     message_id: int | None
     upload_limit_bytes: int
+    interaction_id: str | None = None
+    age_restricted: bool = False
 
 
 class Intake:
@@ -58,36 +60,22 @@ class Intake:
         # with 16).
         self._checking = asyncio.Semaphore(max(2, 2 * settings.image_workers))
 
-    async def accept(
+    async def record(
         self,
         params: GenerationParams,
         origin: Origin,
         *,
-        read: Reader,
-        declared_size: int,
         source_url: str | None,
+        source_path: str | None,
         parent_id: str | None,
         kind: JobKind,
     ) -> Job:
-        """Raises :class:`InvalidInput` (with the job id it would have had in ``job_id``)."""
-        job_id = secrets.token_hex(6)
-        s = self.settings
-        try:
-            async with self._reading:
-                await self.answer_first.wait_turn()
-                data = await self._read(read)
-                async with self._checking:
-                    await self.answer_first.wait_turn()
-                    path, source = await self.pictures.keep_source(
-                        job_id, data, max_pixels=s.max_input_pixels, max_side=s.source_max_side
-                    )
-                del data
-        except InvalidInput as exc:
-            exc.job_id = job_id
-            raise
+        """The job, recorded as ``acknowledged`` the moment the member has been answered: where its
+        picture is to be read from (``source_url``, or a kept ``source_path`` for a job made from an
+        earlier one). Raises :class:`DuplicateInteraction` for an interaction that already has one."""
         job = Job(
-            id=job_id,
-            state=JobState.RECEIVED,
+            id=secrets.token_hex(6),
+            state=JobState.ACKNOWLEDGED,
             user_id=origin.user_id,
             channel_id=origin.channel_id,
             guild_id=origin.guild_id,
@@ -97,13 +85,39 @@ class Intake:
             message_id=origin.message_id,
             upload_limit_bytes=origin.upload_limit_bytes,
             params=params,
-            source_path=path,
-            source_url=None if source.changed else source_url,
-            source_changed=source.changed,
+            source_path=source_path,
+            source_url=source_url,
             parent_id=parent_id,
             kind=kind,
+            interaction_id=origin.interaction_id,
+            age_restricted=origin.age_restricted,
         )
-        job = await self.ledger.create(job)
+        return await self.ledger.create(job)
+
+    async def accept(self, job: Job, *, read: Reader) -> Job:
+        """Read the picture, check it by its bytes (off the loop), keep it normalised, and record the
+        job as ``received``. Raises :class:`InvalidInput`."""
+        s = self.settings
+        try:
+            async with self._reading:
+                await self.answer_first.wait_turn()
+                data = await self._read(read)
+                async with self._checking:
+                    await self.answer_first.wait_turn()
+                    path, source = await self.pictures.keep_source(
+                        job.id, data, max_pixels=s.max_input_pixels, max_side=s.source_max_side
+                    )
+                del data
+        except InvalidInput as exc:
+            exc.job_id = job.id
+            raise
+        job = await self.ledger.update(
+            job,
+            state=JobState.RECEIVED,
+            source_path=path,
+            source_url=None if source.changed else job.source_url,
+            source_changed=source.changed,
+        )
         log.info(
             "job received", extra={"job": job.id, "user_id": job.user_id, "source_changed": source.changed}
         )

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +21,18 @@ from cogs.depth2img.diagnostics import loop_monitor
 from cogs.depth2img.errors import DeliveryFailed, InvalidInput, JobCancelled, RequestRejected
 from cogs.depth2img.metrics import Metrics
 from cogs.depth2img.models import Action, GeneratedImage, GenerationParams, JobKind
-from cogs.depth2img.store import Job, JobState, JobTakenOver, Ledger
+from cogs.depth2img.store import DuplicateInteraction, Job, JobState, JobTakenOver, Ledger
 
 from . import params as params_
 from . import upkeep
 from .admission import Admission, AnswerFirst, Ticket, day_start
+from .gate import Gate, Where
 from .intake import Intake, Origin, Reader
 from .jobs import Emit, JobRunner, Outcome, Sleep
 from .pictures import NO_LONGER_STORED, Pictures
-from .policy import GuildSettings, check_request
+from .policy import GuildSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Where:
-    """Where a request was made, for the server's rules. The look-ups are called only if a rule needs them."""
-
-    guild_id: int | None
-    channel_id: int | None
-    roles: Callable[[], tuple[int, ...]]
-    is_manager: Callable[[], bool]
-    age_restricted: Callable[[], bool]
 
 
 class Depth2ImgService:
@@ -88,7 +78,7 @@ class Depth2ImgService:
         )
         self.intake = Intake(settings, ledger, self.pictures, self.answer_first)
         self._cancels: dict[str, asyncio.Event] = {}
-        self._guild_settings: dict[int, GuildSettings] = {}
+        self.gate = Gate(settings, ledger, self.admission, metrics)
 
     # --- start and stop ---
 
@@ -100,10 +90,7 @@ class Depth2ImgService:
         self.admission.seed_counts(
             await self.ledger.guild_counts_since(today), await self.ledger.member_counts_since(today)
         )
-        self._guild_settings = {
-            guild: GuildSettings.from_json(data)
-            for guild, data in (await self.ledger.all_guild_settings()).items()
-        }
+        await self.gate.load_rules()
         return await self.ledger.claim_orphans(at_start=True)
 
     def background(self, on_claimed: Callable[[Job], None]) -> dict[str, Coroutine[Any, Any, None]]:
@@ -158,38 +145,20 @@ class Depth2ImgService:
     def check(
         self, make_params: Callable[[], GenerationParams], where: Where, *, declared_size: int
     ) -> GenerationParams:
-        """The member's options, checked and with the server's rules applied. Raises :class:`RequestRejected`."""
-        try:
-            rules = self.settings_for(where.guild_id)
-            restricted = bool(rules.channels or rules.roles)  # look up only what the rules need
-            checked = check_request(
-                rules,
-                make_params(),
-                channel_id=where.channel_id,
-                role_ids=where.roles() if rules.roles else (),
-                is_manager=restricted and where.is_manager(),
-                age_restricted=rules.nsfw_in_age_restricted and where.age_restricted(),
-            )
-            self._check_declared_size(declared_size)
-        except RequestRejected as exc:
-            self.rejected(exc)
-            raise
-        return checked
+        """The member's options, checked and with the server's rules applied (:class:`Gate`). Raises
+        :class:`RequestRejected`."""
+        return self.gate.check(make_params, where, declared_size=declared_size)
 
     def admit(self, user_id: int, guild_id: int | None) -> Ticket:
         """A ticket for one job, or :class:`RequestRejected` (limits, cooldown, quota, queue, draining)."""
-        rules = self.settings_for(guild_id)
-        try:
-            return self.admission.admit(
-                user_id, guild_id, cooldown_s=rules.cooldown_s, member_daily_quota=rules.member_daily_quota
-            )
-        except RequestRejected as exc:
-            self.rejected(exc)
-            raise
+        return self.gate.admit(user_id, guild_id)
+
+    def first_sight(self, interaction_id: int) -> bool:
+        """Whether this interaction is new to this process (the ledger guards it across restarts)."""
+        return self.gate.first_sight(interaction_id)
 
     def rejected(self, exc: RequestRejected) -> None:
-        log.info("job rejected", extra={"job": exc.job_id, "reason": type(exc).__name__})
-        self.metrics.rejected.labels(reason=type(exc).__name__).inc()
+        self.gate.rejected(exc)
 
     def acknowledged(self, started: float) -> None:
         self.metrics.ack_seconds.observe(time.monotonic() - started)
@@ -202,41 +171,36 @@ class Depth2ImgService:
         )
         self.metrics.acks.labels(outcome="expired").inc()
 
-    def _check_declared_size(self, size: int) -> None:
-        limit = self.settings.max_input_bytes
-        if size > limit:
-            raise InvalidInput(
-                f"The attachment is {size / 1048576:.1f} MB; the limit is {limit / 1048576:.1f} MB. "
-                "Attach a smaller picture."
-            )
-        if size <= 0:
-            raise InvalidInput("The attachment is empty (0 bytes). Attach a PNG, JPEG or WebP picture.")
-
     # --- after the acknowledgement ---
 
-    async def accept(
+    async def record(
         self,
         params: GenerationParams,
         origin: Origin,
         *,
-        read: Reader,
-        declared_size: int,
         source_url: str | None,
+        source_path: str | None = None,
         parent_id: str | None = None,
         kind: JobKind = JobKind.COMMAND,
     ) -> Job:
-        """Read the picture, check it by its bytes, keep it, and record the job (:class:`Intake`).
-        Raises :class:`InvalidInput`; no API call is made."""
+        """Record the job the moment the member has been answered, before anything can fail: after a
+        crash, a restart still ends it. Raises :class:`DuplicateInteraction` for a replayed
+        interaction (its job exists: nothing is run or paid twice)."""
         try:
-            return await self.intake.accept(
-                params,
-                origin,
-                read=read,
-                declared_size=declared_size,
-                source_url=source_url,
-                parent_id=parent_id,
-                kind=kind,
+            return await self.intake.record(
+                params, origin, source_url=source_url, source_path=source_path, parent_id=parent_id, kind=kind
             )
+        except DuplicateInteraction:
+            log.warning(
+                "interaction seen twice; its job runs once", extra={"interaction_id": origin.interaction_id}
+            )
+            raise
+
+    async def accept(self, job: Job, *, read: Reader) -> Job:
+        """Read the picture, check it by its bytes, keep it, and mark the job ``received``
+        (:class:`Intake`). Raises :class:`InvalidInput`; no API call is made."""
+        try:
+            return await self.intake.accept(job, read=read)
         except InvalidInput as exc:
             self.rejected(exc)
             raise
@@ -329,7 +293,8 @@ class Depth2ImgService:
         except JobTakenOver:
             log.warning("job taken over while finishing", extra={"job": job.id})
             return
-        self.metrics.job_finished(str(new.state), exc)
+        if not isinstance(exc, RequestRejected):  # (refusals are counted as such, when they happen)
+            self.metrics.job_finished(str(new.state), exc)
 
     @contextlib.contextmanager
     def resumed(self, job: Job) -> Iterator[Ticket]:
@@ -383,13 +348,8 @@ class Depth2ImgService:
         return self.settings.user_cooldown_s
 
     def settings_for(self, guild_id: int | None) -> GuildSettings:
-        return (
-            self._guild_settings.get(guild_id, GuildSettings()) if guild_id is not None else GuildSettings()
-        )
+        return self.gate.rules(guild_id)
 
     async def save_settings(self, guild_id: int, new: GuildSettings, *, by: int) -> GuildSettings:
         """Store and apply at once."""
-        await self.ledger.save_guild_settings(guild_id, new.to_json(), by)
-        self._guild_settings[guild_id] = new
-        log.info("server settings changed", extra={"guild_id": guild_id, "by": by})
-        return new
+        return await self.gate.save_rules(guild_id, new, by=by)

@@ -4,10 +4,11 @@ Discord-free and HTTP-free."""
 
 from .base import LedgerClosed, SchemaTooNew, StoreError
 from .ledger import Ledger
-from .records import FINISHED, Job, JobState, JobTakenOver
+from .records import FINISHED, DuplicateInteraction, Job, JobState, JobTakenOver
 
 __all__ = [
     "FINISHED",
+    "DuplicateInteraction",
     "Job",
     "JobState",
     "JobTakenOver",

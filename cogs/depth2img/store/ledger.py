@@ -24,7 +24,7 @@ from typing import Any
 
 from .base import Database, Execute, ExecuteMany, Fetch, Op
 from .postgres import PostgresDatabase
-from .records import FINISHED, Job, JobState, JobTakenOver, from_row, to_row
+from .records import FINISHED, DuplicateInteraction, Job, JobState, JobTakenOver, from_row, to_row
 from .sqlite import SqliteDatabase
 
 _FINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(FINISHED))
@@ -91,11 +91,25 @@ class Ledger:
         insert = f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})"  # noqa: S608
 
         def op() -> Op[Job]:
+            if job.interaction_id is not None:
+                seen = yield Fetch("SELECT id FROM jobs WHERE interaction_id = ?", (job.interaction_id,))
+                if seen:
+                    raise DuplicateInteraction(job.interaction_id)
             yield Execute(insert, tuple(row.values()))
             yield self._event(job.id, job.state, None)
             return job
 
         return await self._db.run(op)
+
+    async def mark_deleted(self, job_id: str) -> None:
+        """The job's result message was deleted (by whoever asked for it, or a moderator)."""
+
+        def op() -> Op[None]:
+            yield Execute(
+                "UPDATE jobs SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL", (time.time(), job_id)
+            )
+
+        await self._db.run(op)
 
     async def update(self, job: Job, *, detail: str | None = None, **changes: Any) -> Job:
         """Write ``changes`` (and the new ``updated_at``) and return the updated job. Only the job's

@@ -2,10 +2,13 @@
 
 States::
 
-    received ──► submitting ──► submitted ──► processing ──► delivered
-        │             │             │              │
-        └─────────────┴─────────────┴──────────────┴──► failed / cancelled
+    acknowledged ──► received ──► submitting ──► submitted ──► processing ──► delivered
+         │              │             │             │              │
+         └──────────────┴─────────────┴─────────────┴──────────────┴──► failed / cancelled
 
+``acknowledged`` is written as soon as the member has been answered "thinking…", before the picture is
+read: a restart then still knows the request, and ends it (running it, or telling the member).
+``received``: the picture is checked and kept.
 ``submitting`` is written *before* the (paid) submission goes out. A job found in ``submitting``
 after a crash may or may not exist at the image service, and is never sent again: it fails with a
 message that says so. A job in ``submitted``/``processing`` has the service's request id and is
@@ -25,6 +28,7 @@ from cogs.depth2img.models import GenerationParams, JobKind
 
 
 class JobState(StrEnum):
+    ACKNOWLEDGED = "acknowledged"
     RECEIVED = "received"
     SUBMITTING = "submitting"
     SUBMITTED = "submitted"
@@ -35,6 +39,14 @@ class JobState(StrEnum):
 
 
 FINISHED = frozenset({JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED})
+
+
+class DuplicateInteraction(Depth2ImgError):
+    """This interaction already has its job: Discord delivered it twice (a replayed event)."""
+
+    def __init__(self, interaction_id: str) -> None:
+        super().__init__(f"interaction {interaction_id} already has a job")
+        self.interaction_id = interaction_id
 
 
 class JobTakenOver(Depth2ImgError):
@@ -80,6 +92,9 @@ class Job:
     owner: str = ""  # the bot process that drives this job (``<group>/<random>``)
     lease_until: float = 0.0  # unix time; after it, another process may take the job over
     delivering: bool = False  # the owner has begun delivering it
+    interaction_id: str | None = None  # the interaction that asked for it: one job per interaction
+    age_restricted: bool = False  # asked for in an age-restricted channel
+    deleted_at: float | None = None  # its result was deleted (by the member who asked, or a moderator)
 
     @property
     def finished(self) -> bool:
@@ -96,6 +111,7 @@ _REAL_COLUMNS = (
     "submitted_at",
     "finished_at",
     "lease_until",
+    "deleted_at",
 )
 
 
@@ -119,6 +135,7 @@ def to_row(job: Job) -> dict[str, Any]:
     row["output_urls"] = json.dumps(list(job.output_urls))
     row["source_changed"] = int(job.source_changed)
     row["delivering"] = int(job.delivering)
+    row["age_restricted"] = int(job.age_restricted)
     for name in _REAL_COLUMNS:
         if row[name] is not None:
             row[name] = float(row[name])
@@ -133,4 +150,5 @@ def from_row(row: Mapping[str, Any]) -> Job:
     data["output_urls"] = tuple(json.loads(data["output_urls"]))
     data["source_changed"] = bool(data["source_changed"])
     data["delivering"] = bool(data["delivering"])
+    data["age_restricted"] = bool(data["age_restricted"])
     return Job(**data)

@@ -102,6 +102,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        3,
+        "one interaction runs once; jobs recorded when acknowledged; where a result came from, and its deletion",
+        (
+            "ALTER TABLE jobs ADD COLUMN interaction_id TEXT",
+            "CREATE UNIQUE INDEX jobs_interaction ON jobs(interaction_id)",
+            "ALTER TABLE jobs ADD COLUMN age_restricted INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN deleted_at {real}",
+        ),
+    ),
+)
 LATEST = MIGRATIONS[-1].version
 
 VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

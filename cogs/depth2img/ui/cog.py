@@ -40,7 +40,25 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         self.flow = RequestFlow(bot, service)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._menu_targets: dict[str, discord.Attachment] = {}
-        self.menu = app_commands.ContextMenu(name=MENU_NAME, callback=self.depth_to_image_menu)
+        # Where the commands can be used (Discord's installation and interaction contexts): in the
+        # servers the bot is in; what spends the owner's credits in direct messages too only with
+        # ALLOW_DMS (no server's rules apply there). History and forget-me cost nothing.
+        servers = app_commands.AppInstallationType(guild=True, user=False)
+        spending = app_commands.AppCommandContext(guild=True, dm_channel=service.settings.allow_dms)
+        private = app_commands.AppCommandContext(guild=True, dm_channel=True)
+        self.menu = app_commands.ContextMenu(
+            name=MENU_NAME,
+            callback=self.depth_to_image_menu,
+            allowed_contexts=spending,
+            allowed_installs=servers,
+        )
+        for command, contexts in (
+            (self.depth2img, spending),
+            (self.show, spending),
+            (self.history, private),
+            (self.forget_me, private),
+        ):
+            command.allowed_contexts, command.allowed_installs = contexts, servers
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(JobButton)
@@ -222,7 +240,14 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             return await self.service.read_stored(path)
 
         await self.flow.request(
-            interaction, params, read=read, source_url=None, declared_size=1, parent=parent, kind=action.kind
+            interaction,
+            params,
+            read=read,
+            source_url=None,
+            source_path=path,
+            declared_size=1,
+            parent=parent,
+            kind=action.kind,
         )
 
     async def _delete(self, interaction: discord.Interaction[Any], job: Job) -> None:

@@ -20,11 +20,14 @@ from typing import Any
 
 import discord
 
+from cogs.depth2img.core.admission import Ticket
+from cogs.depth2img.core.gate import Where
 from cogs.depth2img.core.intake import Origin
-from cogs.depth2img.core.service import Depth2ImgService, Where
+from cogs.depth2img.core.jobs import Outcome
+from cogs.depth2img.core.service import Depth2ImgService
 from cogs.depth2img.errors import InvalidInput, RequestRejected
 from cogs.depth2img.models import GenerationParams, JobKind, ProgressEvent
-from cogs.depth2img.store import Job
+from cogs.depth2img.store import DuplicateInteraction, Job, JobState
 
 from . import text
 from .delivery import NO_MENTIONS, deliver, reply_privately
@@ -76,11 +79,16 @@ class RequestFlow:
         read: Reader,
         source_url: str | None,
         declared_size: int,
+        source_path: str | None = None,
         parent: Job | None = None,
         kind: JobKind = JobKind.COMMAND,
     ) -> None:
+        """``source_url``: the picture on Discord; ``source_path``: a picture the bot keeps (a job made
+        from an earlier one). ``read`` reads it now."""
         started = time.monotonic()
         service = self.service
+        if not service.first_sight(interaction.id):
+            return  # Discord delivered this interaction twice: it runs once
         with service.answering():
             try:
                 params = service.check(make_params, where(interaction), declared_size=declared_size)
@@ -106,27 +114,59 @@ class RequestFlow:
                 interaction_created_at=interaction.created_at.timestamp(),
                 message_id=message_id,
                 upload_limit_bytes=max(1024, interaction.filesize_limit - UPLOAD_MARGIN),
+                interaction_id=str(interaction.id),
+                age_restricted=bool(getattr(interaction.channel, "nsfw", False)),
             )
             try:
-                job = await service.accept(
+                job = await service.record(
                     params,
                     origin,
-                    read=read,
-                    declared_size=declared_size,
                     source_url=source_url,
+                    source_path=source_path,
                     parent_id=parent.id if parent else None,
                     kind=kind,
                 )
-            except InvalidInput as exc:
-                await reply_privately(interaction, text.describe(exc))
+            except DuplicateInteraction:
                 return
-            async with ProgressMessage(
-                interaction, job.id, interval_s=service.settings.progress_interval_s
-            ) as progress:
+            await self._take_in_and_run(job, ticket, read=read, started=started, interaction=interaction)
+
+    async def _take_in_and_run(
+        self,
+        job: Job,
+        ticket: Ticket,
+        *,
+        read: Reader,
+        started: float,
+        interaction: discord.Interaction[Any] | None = None,
+    ) -> None:
+        """From ``acknowledged``: the picture read and checked, then the job run and delivered.
+        ``interaction`` is None for a job resumed after a restart (it is answered through its token)."""
+        service = self.service
+        try:
+            job = await service.accept(job, read=read)
+        except InvalidInput as exc:
+            refused = Outcome(job, error=exc)
+            async with service.delivering(refused) as mine:
+                if mine and interaction is not None:
+                    await reply_privately(interaction, text.describe(exc))
+                elif mine:
+                    await deliver(self.client, refused)
+            return
+        await self._run(job, ticket, started=started, interaction=interaction)
+
+    async def _run(
+        self, job: Job, ticket: Ticket, *, started: float, interaction: discord.Interaction[Any] | None
+    ) -> None:
+        service = self.service
+        if interaction is None:  # a resumed job: no progress line (its "thinking…" may be long gone)
+            outcome = await service.run(job, ticket, emit=_nobody_watches, started_at=started)
+        else:
+            interval = service.settings.progress_interval_s
+            async with ProgressMessage(interaction, job.id, interval_s=interval) as progress:
                 outcome = await service.run(job, ticket, emit=progress.update, started_at=started)
-            async with service.delivering(outcome, started_at=started) as mine:
-                if mine:
-                    await deliver(self.client, outcome, interaction=interaction)
+        async with service.delivering(outcome, started_at=started if interaction else None) as mine:
+            if mine:
+                await deliver(self.client, outcome, interaction=interaction)
 
     async def _acknowledge(self, interaction: discord.Interaction[Any]) -> int | None:
         """Answer "thinking…" at once. Returns the id of the message Discord made for it (None if it did
@@ -142,15 +182,33 @@ class RequestFlow:
 
     async def resume(self, job: Job) -> None:
         """A job left unfinished by a restart, or taken over from a stopped process: run from where the
-        ledger has it, and delivered through the token kept in the ledger (or to the channel)."""
+        ledger has it (an ``acknowledged`` one reads its picture again), and delivered through the
+        token kept in the ledger (or to the channel)."""
         with self.service.resumed(job) as ticket:
-            outcome = await self.service.run(job, ticket, emit=_nobody_watches, started_at=time.monotonic())
             try:
-                async with self.service.delivering(outcome) as mine:
-                    if mine:
-                        await deliver(self.client, outcome)
+                if job.state is JobState.ACKNOWLEDGED:
+                    await self._take_in_and_run(job, ticket, read=self._reader(job), started=time.monotonic())
+                else:
+                    await self._run(job, ticket, started=time.monotonic(), interaction=None)
             except discord.HTTPException as exc:
                 log.warning("resumed delivery failed", extra={"job": job.id, "status": exc.status})
+
+    def _reader(self, job: Job) -> Reader:
+        """How a resumed job reads its picture again: from Discord, or from what the bot keeps."""
+        url, path = job.source_url, job.source_path
+
+        async def read() -> bytes:
+            if url is not None:
+                try:
+                    data: bytes = await self.client.http.get_from_cdn(url)
+                except discord.HTTPException:
+                    raise InvalidInput(
+                        "The picture could not be downloaded from Discord any more. Send it again."
+                    ) from None
+                return data
+            return await self.service.read_stored(path)
+
+        return read
 
 
 def _nobody_watches(event: ProgressEvent) -> None:

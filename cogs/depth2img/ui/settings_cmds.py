@@ -29,7 +29,8 @@ class SettingsCog(commands.Cog, name="Depth2ImgSettings"):
         name="depth2img-settings",
         description="Set where and how /depth2img may be used in this server (Manage Server).",
         default_permissions=discord.Permissions(manage_guild=True),
-        guild_only=True,
+        allowed_contexts=app_commands.AppCommandContext(guild=True),
+        allowed_installs=app_commands.AppInstallationType(guild=True, user=False),
     )
 
     async def _change(self, interaction: discord.Interaction, change: Change | None) -> None:
