@@ -19,9 +19,11 @@ import pytest
 from bot import Depth2ImgBot, configure_discord_endpoints, read_settings
 from cogs.botcore.logs import KeyValueFormatter
 from cogs.botcore.redact import Redactor
+from cogs.depth2img.ui.text import PROGRESS_PREFIXES
 from tests.fakes.fake_api import FakeModelsLab, make_png
 from tests.fakes.fake_discord import FakeDiscord, FakeMessage, InteractionRecord
 from tests.postgres import PostgresUnavailable, TempPostgres
+from tests.service_kit import backend, ledger, make_service  # noqa: F401 (fixtures for every module)
 
 FAST_ENV = {
     "SD_POLL_INITIAL_S": "0.01",
@@ -121,10 +123,16 @@ async def fake_api() -> AsyncIterator[FakeModelsLab]:
 
 @pytest.fixture
 async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    """A fake Discord for the test. Every test that drives it fails if the bot broke one of Discord's
+    rules (a violation the fake recorded, unless the test said it expects it: ``expect_violation``) or
+    called a route the fake does not know, the bot's shutdown included."""
     fake = FakeDiscord()
     await fake.start()
     yield fake
     await fake.stop()
+    unexpected = [v for v in fake.violations if not v.startswith(tuple(fake.expected_violations))]
+    assert unexpected == [], f"the bot broke Discord's rules: {unexpected}"
+    assert fake.unhandled == [], f"the bot called routes the fake does not know: {fake.unhandled}"
 
 
 def bot_env(
@@ -184,12 +192,18 @@ async def bot(start_bot: StartBot) -> Depth2ImgBot:
 # --- helpers for end-to-end tests -------------------------------------------------------------------
 
 
-PROGRESS_PREFIXES = ("⏳ Queued at the image API", "⏳ Waiting for a free slot")
-
-
 def service_of(bot: Depth2ImgBot):
     """The extension's service as the bot loaded it (for the tests' look at its state)."""
     return bot.get_cog("Depth2ImgCog").service
+
+
+def busy(bot: Depth2ImgBot) -> Callable[[], Awaitable[bool]]:
+    """For ``FakeDiscord.wait_until_idle``: whether the bot (in this process) has jobs in flight."""
+
+    async def probe() -> bool:
+        return bool(service_of(bot).busy)
+
+    return probe
 
 
 def metrics_text(bot: Depth2ImgBot) -> str:
@@ -247,6 +261,30 @@ _SETTING_PREFIXES = (
     "JOB_LEASE",
     "METRICS_",
 )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bot_busy(env: dict[str, str]) -> Callable[[], Awaitable[bool]]:
+    """For ``FakeDiscord.wait_until_idle``: whether the bot started with ``env`` (which must set
+    ``METRICS_PORT``) has jobs in flight, in its own metrics."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{env['METRICS_PORT']}/metrics"
+
+    async def busy() -> bool:
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            text = await resp.text()
+        line = next(x for x in text.splitlines() if x.startswith("depth2img_jobs_in_flight "))
+        return float(line.split()[1]) > 0
+
+    return busy
 
 
 def process_env(**extra: str) -> dict[str, str]:

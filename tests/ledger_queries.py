@@ -4,7 +4,7 @@ operations of the store's own kind, on whichever database the ledger uses."""
 from __future__ import annotations
 
 from cogs.depth2img.store import Ledger
-from cogs.depth2img.store.base import Fetch, Op
+from cogs.depth2img.store.base import Execute, Fetch, Op
 
 
 async def _rows(ledger: Ledger, sql: str, *args: object) -> list[dict]:
@@ -38,3 +38,16 @@ async def event_owners(ledger: Ledger, job_id: str) -> list[tuple[str, str | Non
         job_id,
     )
     return [(str(r["state"]) + ("/claimed" if r["detail"] == "claimed" else ""), r["owner"]) for r in rows]
+
+
+async def time_passes(ledger: Ledger, seconds: float) -> None:
+    """As if ``seconds`` had passed since every job was asked for: their creation and their
+    interactions' (the fake Discord is told the same: ``FakeDiscord.age``)."""
+
+    def op() -> Op[None]:
+        yield Execute(
+            "UPDATE jobs SET created_at = created_at - ?, interaction_created_at = interaction_created_at - ?",
+            (seconds, seconds),
+        )
+
+    await ledger._db.run(op)

@@ -73,7 +73,19 @@ class TempPostgres:
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c full_page_writes=off -c synchronous_commit=off -c max_connections=200"
         )
+        self._options = options
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server as a crash or an operator would (``-m fast``: every connection is cut), stay
+        down ``down_s`` seconds, and start it again on the same port and data."""
+        import time
+
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        time.sleep(down_s)
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-o", self._options, "-l", str(self.root / "log"), "-w", "start"
+        )
 
     def stop(self) -> None:
         try:

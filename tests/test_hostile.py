@@ -219,7 +219,8 @@ async def test_control_characters_are_removed_from_the_prompt_sent(bot, fake_dis
 FAULTS = [
     ("reset", {}, "could not reach the image API"),
     ("stall", {"SD_REQUEST_TIMEOUT_S": "1"}, "did not answer in time"),
-    ("output_reset", {"SD_MAX_RETRIES": "1"}, "could not be downloaded"),
+    # (a paid output is asked for again until the job's deadline: here 2 s)
+    ("output_reset", {"SD_MAX_RETRIES": "1", "SD_JOB_TIMEOUT_S": "2"}, "could not be downloaded"),
     ("output_not_image", {}, "could not be downloaded"),
     ("queued_forever", {"SD_JOB_TIMEOUT_S": "1"}, "did not finish within"),
 ]

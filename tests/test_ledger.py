@@ -101,7 +101,7 @@ async def test_only_the_owner_may_change_a_job(open_ledger: Opener) -> None:
     first = await open_ledger(lease_s=0.2)
     second = await open_ledger(lease_s=60)
     job = await first.create(new_job("o1"))
-    assert await second.claim_orphans() == []  # the lease is alive: hands off
+    assert await second.claim_orphans(running={"x"}) == []  # the lease is alive: hands off
     await asyncio.sleep(0.3)  # the first process "stalls" past its lease
     (taken,) = await second.claim_orphans()
     assert (taken.id, taken.owner, taken.resumes) == ("o1", second.owner, 1)
@@ -126,9 +126,23 @@ async def test_heartbeat_keeps_a_live_process_jobs(open_ledger: Opener) -> None:
     await live.create(new_job("h1"))
     for _ in range(4):
         await asyncio.sleep(0.1)
-        assert await live.heartbeat() == 1
+        assert await live.heartbeat({"h1"}) == 1
         assert await other.claim_orphans() == []
-        assert await live.claim_orphans() == []  # a process never "takes over" its own jobs
+        assert await live.claim_orphans(running={"h1"}) == []  # never what it is running
+
+
+async def test_a_job_its_process_no_longer_runs_is_claimed_again_by_it(open_ledger: Opener) -> None:
+    """A run that ended in an error before its final state could be written leaves the job to its
+    lease: no heartbeat keeps it alive for ever (a zombie), and its own process resumes it."""
+    ledger = await open_ledger(lease_s=0.2)
+    await ledger.create(new_job("z1"))
+    await ledger.create(new_job("z2"))
+    for _ in range(3):
+        await asyncio.sleep(0.1)
+        assert await ledger.heartbeat({"z2"}) == 1  # z1's run ended: its lease is not renewed
+    (claimed,) = await ledger.claim_orphans(running={"z2"})
+    assert (claimed.id, claimed.owner, claimed.resumes) == ("z1", ledger.owner, 1)
+    assert await ledger.heartbeat(set()) == 0
 
 
 async def test_a_restarted_process_takes_its_predecessors_jobs_at_once(open_ledger: Opener) -> None:
@@ -195,17 +209,52 @@ async def test_pictures_of_old_finished_jobs_are_released(open_ledger: Opener) -
 
 
 async def test_an_operation_that_fails_halfway_leaves_nothing_behind(open_ledger: Opener) -> None:
-    """An update writes the job, then its event. Here the event cannot be stored (a lone surrogate,
-    which neither database can encode): the job's new state must not stay either."""
+    """An operation writes the job, then a statement of it fails (here: a table that does not exist):
+    the job's new state must not stay either."""
     ledger = await open_ledger()
     job = await ledger.create(new_job("t1"))
-    with pytest.raises(Exception) as info:
-        await asyncio.wait_for(ledger.update(job, state=JobState.SUBMITTING, detail="bad \ud800 text"), 10)
-    assert "surrogate" in str(info.value)
+
+    def writes_then_breaks() -> Op[None]:
+        yield Execute("UPDATE jobs SET state = ? WHERE id = ?", ("submitting", "t1"))
+        yield Execute("INSERT INTO no_such_table (x) VALUES (?)", (1,))
+
+    with pytest.raises(Exception, match=r"no_such_table|no such table"):
+        await asyncio.wait_for(ledger._db.run(writes_then_breaks), 10)
     stored = await ledger.get("t1")
     assert stored is not None and stored.state is JobState.RECEIVED
     assert await events(ledger, "t1") == ["received"]
     assert (await ledger.update(job, state=JobState.SUBMITTING)).state is JobState.SUBMITTING  # still usable
+
+
+async def test_strings_no_database_can_store_are_cleaned_not_fatal(open_ledger: Opener) -> None:
+    """A lone surrogate ("\\ud800" is valid JSON: an API answer or a member's option may hold one) or
+    a NUL character (PostgreSQL refuses it) in any string the ledger stores: the write succeeds, with the
+    character replaced, and the other members' writes of the same moment are unharmed."""
+    ledger = await open_ledger()
+    bad = "a\ud800b\x00c"
+    job = new_job("s1")
+    job = replace(job, params=replace(job.params, prompt=bad, negative_prompt=bad), source_url=bad)
+    others = [new_job(f"s{n}") for n in range(2, 12)]
+    created, *rest = await asyncio.wait_for(
+        asyncio.gather(ledger.create(job), *(ledger.create(j) for j in others)), 10
+    )
+    assert len(rest) == 10
+    await ledger.update(
+        created, state=JobState.PROCESSING, detail=bad, api_job_id=bad, fetch_url=bad, output_urls=(bad,)
+    )
+    await ledger.save_guild_settings(5, '{"note": "' + bad + '"}', by=1)
+    stored = await ledger.get("s1")
+    assert stored is not None
+    clean = "a\ufffdbc"
+    assert (stored.params.prompt, stored.params.negative_prompt) == (clean, clean)
+    assert (stored.source_url, stored.api_job_id, stored.fetch_url, stored.output_urls) == (
+        clean,
+        clean,
+        clean,
+        (clean,),
+    )
+    assert (await ledger.all_guild_settings())[5] == '{"note": "' + clean + '"}'
+    assert await count_by_state(ledger) == {"processing": 1, "received": 10}
 
 
 async def test_any_exception_in_an_operation_fails_only_its_caller(open_ledger: Opener) -> None:

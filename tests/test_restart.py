@@ -1,16 +1,73 @@
-"""Nothing lost: the real bot process is killed or stopped mid-job and started again."""
+"""Nothing lost: the real bot process is killed or stopped mid-job and started again, on SQLite as on
+PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
-from tests.conftest import bot_env, is_settled, spawn_bot, stop_bot
+import pytest
+
+from cogs.depth2img.store import Ledger
+from tests.conftest import (
+    bot_busy,
+    bot_env,
+    create_database,
+    drop_database,
+    free_port,
+    is_settled,
+    spawn_bot,
+    stop_bot,
+)
 from tests.fakes.fake_api import make_png
+from tests.ledger_queries import count_by_state, time_passes
 
 
-async def test_sigkill_while_queued_then_restart_delivers_exactly_once(fake_discord, fake_api, tmp_path):
-    env = bot_env(fake_discord, fake_api, tmp_path / "data", SD_POLL_INITIAL_S="0.05", SD_POLL_MAX_S="0.1")
+@dataclass
+class Database:
+    """Where the bot under test keeps its ledger, and how the test opens it too."""
+
+    env: dict[str, str]
+    target: str | Path
+
+    async def open(self) -> Ledger:
+        return await Ledger.open(self.target)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    if request.param == "sqlite":
+        yield Database({}, tmp_path / "data" / "jobs.sqlite3")
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = await create_database(server)
+    yield Database({"DATABASE_URL": url}, url)
+    await drop_database(server, url)
+
+
+async def states(database: Database) -> dict[str, int]:
+    ledger = await database.open()
+    try:
+        return await count_by_state(ledger)
+    finally:
+        await ledger.close()
+
+
+async def test_sigkill_while_queued_then_two_restarts_deliver_exactly_once(
+    fake_discord, fake_api, tmp_path, database
+):
+    env = bot_env(
+        fake_discord,
+        fake_api,
+        tmp_path / "data",
+        SD_POLL_INITIAL_S="0.05",
+        SD_POLL_MAX_S="0.1",
+        METRICS_PORT=str(free_port()),
+        **database.env,
+    )
     fake_api.scenario = "queued"
     fake_api.polls_before_done = 10**6  # queued at the API until we say so
     proc = await spawn_bot(fake_discord, env, tmp_path)
@@ -24,23 +81,46 @@ async def test_sigkill_while_queued_then_restart_delivers_exactly_once(fake_disc
     proc = await spawn_bot(fake_discord, env, tmp_path)
     try:
         await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=30)
-        await asyncio.sleep(0.5)  # a duplicate would show up here
+        async with asyncio.timeout(10):
+            while await states(database) != {"delivered": 1}:
+                await asyncio.sleep(0.02)
+    finally:
+        log = await stop_bot(proc, signal.SIGKILL)  # killed again, once it has recorded the delivery
+    assert "job resumed" in log
+    # A second restart: the job delivered once stays delivered (nothing resumed, nothing sent again).
+    fetches = len(fake_api.fetches)
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    try:
+        await fake_discord.wait_until_idle(bot_busy(env))
     finally:
         log = await stop_bot(proc, signal.SIGTERM)
+    assert "job resumed" not in log
+    assert len(fake_api.fetches) == fetches
     assert len(fake_api.submissions) == 1  # polled after the restart, never submitted again
     visible = fake_discord.visible_messages(record)
     assert len(visible) == 1  # the original message, edited into the result
     assert len(visible[0].results) == 1
     assert fake_discord.channel_messages == []
-    assert fake_discord.violations == []
-    assert "job resumed" in log
     assert fake_api.api_key not in log
+    assert await states(database) == {"delivered": 1}
 
 
-async def test_restart_after_the_token_expired_delivers_in_the_channel_with_one_ping(
-    fake_discord, fake_api, tmp_path
+async def test_a_job_resumed_after_its_interaction_expired_goes_to_the_channel_with_one_ping(
+    fake_discord, fake_api, tmp_path, database
 ):
-    env = bot_env(fake_discord, fake_api, tmp_path / "data", SD_POLL_INITIAL_S="0.05", SD_POLL_MAX_S="0.1")
+    """The bot was down for 16 minutes: the job's interaction is that old (its creation time, in the
+    ledger as at the fake Discord), so its token is dead. The result is posted in the channel, the
+    member mentioned once, and the dead token is never even tried."""
+    env = bot_env(
+        fake_discord,
+        fake_api,
+        tmp_path / "data",
+        SD_POLL_INITIAL_S="0.05",
+        SD_POLL_MAX_S="0.1",
+        SD_JOB_TIMEOUT_S="3600",  # the job's own deadline is not over
+        METRICS_PORT=str(free_port()),
+        **database.env,
+    )
     fake_api.scenario = "queued"
     fake_api.polls_before_done = 10**6
     proc = await spawn_bot(fake_discord, env, tmp_path)
@@ -53,12 +133,17 @@ async def test_restart_after_the_token_expired_delivers_in_the_channel_with_one_
     await fake_discord.wait_for(lambda: len(fake_api.fetches) >= 1, timeout=20)
     await stop_bot(proc, signal.SIGKILL)
 
-    fake_discord.limits.token_ttl_s = 0  # the 15 minutes have passed
+    fake_discord.age(record, 16 * 60)  # 16 minutes pass
+    ledger = await database.open()
+    try:
+        await time_passes(ledger, 16 * 60)
+    finally:
+        await ledger.close()
     fake_api.polls_before_done = 0
     proc = await spawn_bot(fake_discord, env, tmp_path)
     try:
         await fake_discord.wait_for(lambda: len(fake_discord.channel_messages) == 1, timeout=30)
-        await asyncio.sleep(0.5)
+        await fake_discord.wait_until_idle(bot_busy(env))
     finally:
         await stop_bot(proc, signal.SIGTERM)
     assert len(fake_api.submissions) == 1
@@ -66,8 +151,37 @@ async def test_restart_after_the_token_expired_delivers_in_the_channel_with_one_
     msg = fake_discord.messages[msg_id]
     assert len(msg.results) == 1
     assert msg.pings == [f"<@{user}>"]  # the member, once; nobody else
-    assert fake_discord.violations == ["webhook call with an expired token"]  # one attempt, then the channel
     assert not record.message_ids[1:]
+    assert await states(database) == {"delivered": 1}
+
+
+async def test_daily_quotas_survive_a_restart(fake_discord, fake_api, tmp_path, database):
+    env = bot_env(fake_discord, fake_api, tmp_path / "data", SD_MEMBER_DAILY_QUOTA="1", **database.env)
+    user = 616161616161616161
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    try:
+        first = await fake_discord.invoke_slash(
+            "depth2img",
+            {"image": fake_discord.add_attachment(make_png(), "p.png"), "prompt": "one"},
+            user_id=user,
+        )
+        await fake_discord.wait_for(lambda: is_settled(fake_discord, first), timeout=20)
+    finally:
+        await stop_bot(proc, signal.SIGTERM)
+    assert fake_discord.final_message(first).results
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    try:
+        second = await fake_discord.invoke_slash(
+            "depth2img",
+            {"image": fake_discord.add_attachment(make_png(), "p.png"), "prompt": "two"},
+            user_id=user,
+        )
+        await fake_discord.wait_for(lambda: is_settled(fake_discord, second), timeout=20)
+    finally:
+        await stop_bot(proc, signal.SIGTERM)
+    refusal = fake_discord.final_message(second)
+    assert refusal.ephemeral and "You have made your 1 pictures for today" in refusal.content
+    assert len(fake_api.submissions) == 1
 
 
 async def test_sigterm_lets_the_job_in_flight_finish(fake_discord, fake_api, tmp_path):

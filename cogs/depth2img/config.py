@@ -39,7 +39,7 @@ class Depth2ImgSettings:
     max_queued_jobs: int = 50
     max_jobs_per_user: int = 1
     request_timeout_s: float = 60.0
-    job_timeout_s: float = 600.0
+    job_timeout_s: float = 1800.0
     max_retries: int = 3
     rate_limit_max_wait_s: float = 15.0
     poll_initial_s: float = 2.0
@@ -70,9 +70,9 @@ SETTINGS_HELP: dict[str, str] = {
     "SD_MAX_QUEUED": "requests that may wait for a free slot before members are told to retry (default 50)",
     "SD_MAX_JOBS_PER_USER": "jobs one member may have in flight at once (default 1)",
     "SD_REQUEST_TIMEOUT_S": "seconds to wait for one API answer (default 60)",
-    "SD_JOB_TIMEOUT_S": "seconds before a job is given up, queueing included (default 600, at most 840)",
-    "SD_MAX_RETRIES": "retries of a failed poll or download (default 3)",
-    "SD_RATE_LIMIT_MAX_WAIT_S": "longest retry_after the bot waits out itself on a 429 (default 15)",
+    "SD_JOB_TIMEOUT_S": "seconds from a request to its job being given up, queueing and a restart included (default 1800; a job may outlive Discord's 15-minute reply window: its picture is then posted as a new message)",
+    "SD_MAX_RETRIES": "quick retries of one API request (default 3); once the API has a job, polls and downloads go on until SD_JOB_TIMEOUT_S",
+    "SD_RATE_LIMIT_MAX_WAIT_S": "longest retry_after a submission waits out on a 429 before the member is told the API is busy (default 15)",
     "SD_POLL_INITIAL_S": "first wait between polls of a queued job (default 2)",
     "SD_POLL_MAX_S": "longest wait between polls (default 10)",
     "MAX_INPUT_BYTES": "largest attachment accepted, in bytes (default 10485760 = 10 MB)",
@@ -173,7 +173,7 @@ def load_settings(env: Mapping[str, str]) -> Depth2ImgSettings:
         max_queued_jobs=r.number("SD_MAX_QUEUED", 50, int, 0, 100_000),
         max_jobs_per_user=r.number("SD_MAX_JOBS_PER_USER", 1, int, 1, 100),
         request_timeout_s=r.number("SD_REQUEST_TIMEOUT_S", 60.0, float, 1, 600),
-        job_timeout_s=r.number("SD_JOB_TIMEOUT_S", 600.0, float, 1, 840),
+        job_timeout_s=r.number("SD_JOB_TIMEOUT_S", 1800.0, float, 1, 86400),
         max_retries=r.number("SD_MAX_RETRIES", 3, int, 0, 10),
         rate_limit_max_wait_s=r.number("SD_RATE_LIMIT_MAX_WAIT_S", 15.0, float, 0, 300),
         poll_initial_s=r.number("SD_POLL_INITIAL_S", 2.0, float, 0.01, 60),

@@ -149,11 +149,13 @@ class JobFailed(JobError):
 
 
 class JobTimedOut(JobError):
-    """The job did not finish before the overall deadline."""
+    """The job did not finish before its own deadline (``SD_JOB_TIMEOUT_S`` from its creation).
+    ``at_api``: whether the image service had it (else it never left the bot's queue: nothing spent)."""
 
-    def __init__(self, after_s: float, *, job_id: str | None = None) -> None:
+    def __init__(self, after_s: float, *, job_id: str | None = None, at_api: bool = True) -> None:
         super().__init__(f"no result after {after_s:.0f}s", job_id=job_id)
         self.after_s = after_s
+        self.at_api = at_api
 
 
 class JobCancelled(JobError):
@@ -176,8 +178,26 @@ class OutputUnavailable(Depth2ImgError):
         self.detail = detail
 
 
+class InternalError(Depth2ImgError):
+    """Something the bot did not foresee (a bug, a full disk, the ledger out of reach) ended the job.
+    ``kind`` is the exception's class name, for the log; its text is never shown or logged."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
 class DeliveryFailed(Depth2ImgError):
     """Discord refused the message that carried the result."""
+
+
+# What the image service may do for a while and then stop doing: while it has a job, polling (and
+# downloading its outputs) goes on through these until the job's deadline.
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, APIConnectionError | ServerError | RateLimitError):
+        return True
+    # an unreadable answer (not JSON, cut short, too large, of no known shape), but not a missing route
+    return isinstance(exc, MalformedResponseError) and exc.status != 404
 
 
 def said(exc: BaseException) -> str | None:

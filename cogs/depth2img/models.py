@@ -49,6 +49,7 @@ class Stage(StrEnum):
 
     WAITING_FOR_SLOT = "waiting_for_slot"  # in the bot's own queue
     QUEUED_AT_API = "queued_at_api"  # accepted by the image service, not finished yet
+    SERVICE_SLOW = "service_slow"  # at the image service, which is not answering well: still trying
 
 
 @dataclass(frozen=True, slots=True)

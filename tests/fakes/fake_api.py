@@ -61,6 +61,7 @@ EXTRA_SCENARIOS = {
     "stall",  # the answer starts, then never ends
     "output_reset",  # the output download drops mid-body
     "mixed",  # each submission plays the next scenario of MIXED
+    "queued_surrogate",  # queued, its fetch_result holding a lone surrogate ("\\ud800", valid JSON)
 }
 MIXED = [
     "success",
@@ -74,6 +75,21 @@ MIXED = [
     "invalid_key_200",
     "reset",
 ]
+
+
+# What a service having a bad moment answers (backends.md §1: 5xx pages from its proxy, 429 with and
+# without retry_after, connections dropped; and what a broken one might: an answer that is no JSON).
+FAULTS = {
+    "500",  # {"status": "error", "message": "Server Error"} with HTTP 500
+    "502_html",  # the proxy's HTML error page
+    "503_empty",  # a 503 with no body
+    "429",  # a JSON 429 with a short retry_after
+    "429_long",  # a JSON 429 whose retry_after (20 s) is past what a submission waits out
+    "429_header",  # a 429 with only a Retry-After header (1 s)
+    "reset",  # the connection drops mid-answer
+    "garbage",  # HTTP 200 with text that is not JSON
+    "deep",  # HTTP 200 with JSON nested 100 000 deep
+}
 
 
 def make_png(width: int = 512, height: int = 512, *, seed: int = 0, noise: bool = False) -> bytes:
@@ -148,6 +164,9 @@ class FakeModelsLab(LocalServer):
     )
     redirects: dict[str, str] = field(default_factory=dict)  # file name → where GET /files/{name} redirects
     error_message: str = "Something is wrong with this request."  # what the error_message scenario says
+    # Bad moments of the API, played one per request before it answers normally (FAULTS):
+    fetch_faults: list[str] = field(default_factory=list)  # on polls
+    file_faults: list[str] = field(default_factory=list)  # on output downloads
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(13481504)
@@ -274,6 +293,13 @@ class FakeModelsLab(LocalServer):
                     "meta": {},
                 }
             )
+        if s == "queued_surrogate":  # a queued answer whose fetch_result holds a lone surrogate
+            self._jobs[job] = {"polls": 0, "samples": samples, "scenario": "queued"}
+            text = (
+                json.dumps({"status": "processing", "eta": self.eta_s, "id": int(job), "output": []})[:-1]
+                + f', "fetch_result": "http://127.0.0.1:{self.port}/api/v3/fetch/{job}\\ud800", "tip": "\\ud800"}}'
+            )
+            return web.Response(text=text, content_type="application/json")
         if s == "processing_without_id":
             return self._json({"status": "processing"})
         if s == "invalid_key_200":
@@ -392,10 +418,35 @@ class FakeModelsLab(LocalServer):
             }
         )
 
-    async def _fetch(self, request: web.Request) -> web.Response:
+    async def _fault(self, request: web.Request, fault: str) -> web.StreamResponse:
+        if fault == "500":
+            return self._json({"status": "error", "message": "Server Error"}, 500)
+        if fault == "502_html":
+            return web.Response(
+                status=502, text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
+            )
+        if fault == "503_empty":
+            return web.Response(status=503)
+        if fault == "429":
+            return self._json({"status": "error", "message": "Rate limit exceeded", "retry_after": 0.05}, 429)
+        if fault == "429_long":
+            return self._json({"status": "error", "message": "Rate limit exceeded", "retry_after": 20}, 429)
+        if fault == "429_header":
+            return web.Response(status=429, text="Too Many Requests", headers={"Retry-After": "1"})
+        if fault == "reset":
+            return await self._broken(request, stall=False)
+        if fault == "garbage":
+            return web.Response(text="upstream connect error or disconnect/reset before headers", status=200)
+        if fault == "deep":
+            return web.Response(body=b"[" * 100_000 + b"]" * 100_000, content_type="application/json")
+        raise ValueError(f"unknown fault {fault!r}")
+
+    async def _fetch(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request) or {}
         job = request.match_info["id"]
         self.fetches.append(Submission(request.path, body, raw_path=request.raw_path))
+        if self.fetch_faults:
+            return await self._fault(request, self.fetch_faults.pop(0))
         if self.fetch_redirect is not None:  # e.g. a 307, which would re-POST the key elsewhere
             return web.Response(status=307, headers={"Location": self.fetch_redirect})
         if self.fetch_body is not None:
@@ -473,6 +524,8 @@ class FakeModelsLab(LocalServer):
     async def _file(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         self.downloads.append(name)
+        if self.file_faults:
+            return await self._fault(request, self.file_faults.pop(0))
         if name.startswith("reset-"):
             return await self._broken(request, stall=False)
         if name in self.redirects:

@@ -98,6 +98,7 @@ class InteractionRecord:
     original_id: int | None = None
     message_ids: list[int] = field(default_factory=list)
     callback_attempts: int = 0
+    created_at: float = 0.0  # unix time, as its id says: its token lives 15 minutes from here
     modal: dict[str, Any] | None = None
     source_message_id: int | None = None  # the message whose component or menu was used
 
@@ -209,11 +210,17 @@ class FakeDiscord(LocalServer):
         self.messages: dict[int, FakeMessage] = {}
         self.cdn: dict[str, tuple[bytes, str]] = {}
         self.violations: list[str] = []
+        self.expected_violations: list[str] = []
+        self.last_request_at = (
+            time.monotonic()
+        )  # the bot's latest REST or CDN request  # prefixes of violations a test provokes on purpose
         self.unhandled: list[str] = []
         self.identifies: list[dict[str, Any]] = []
         self.channel_messages: list[int] = []
         self.deleted_by_bot: list[int] = []
-        self.fail_next_edits = 0  # answer this many message edits with 403 Missing Permissions
+        self.fail_next_edits = 0  # answer this many message edits with ``edit_failure``
+        # 403 Missing Permissions; or e.g. 503, which discord.py does not retry: a DiscordServerError
+        self.edit_failure: tuple[int, int, str] = (403, 50013, "Missing Permissions")
         self.cdn_fetches: list[tuple[float, str]] = []  # (monotonic time, path) of every attachment download
         self.cdn_stalled: set[str] = set()
         self._dm_channels: dict[int, int] = {}  # attachment paths whose download starts, then never ends
@@ -275,6 +282,23 @@ class FakeDiscord(LocalServer):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.changed.wait(), 0.02)
 
+    async def wait_until_idle(
+        self,
+        busy: Callable[[], Awaitable[bool]] | None = None,
+        *,
+        quiet_s: float = 0.3,
+        timeout: float = 20.0,
+    ) -> None:
+        """Wait until the bot is idle: ``busy()`` (when given: the bot's own word, e.g. its jobs in
+        flight) is false and no request has reached this fake for ``quiet_s``. For checks that
+        something did *not* happen: by then, it would have."""
+        async with asyncio.timeout(timeout):
+            while True:
+                quiet_for = time.monotonic() - self.last_request_at
+                if quiet_for >= quiet_s and (busy is None or not await busy()):
+                    return
+                await asyncio.sleep(max(0.02, quiet_s - quiet_for))
+
     # --- test API ----------------------------------------------------------------------------------
 
     def add_attachment(
@@ -321,6 +345,7 @@ class FakeDiscord(LocalServer):
         channel_id: int | None = None,
         guild_id: int | None = None,
         dm: bool = False,
+        created_ago_s: float = 0.0,
     ) -> InteractionRecord:
         """Send an INTERACTION_CREATE for ``/name`` (or ``/name subcommand``); ``dm``: in a direct
         message with the bot (Discord's client offers a command there only if its contexts allow it). Attachment options take
@@ -378,7 +403,17 @@ class FakeDiscord(LocalServer):
             channel_id=channel_id,
             guild_id=guild_id,
             dm=dm,
+            created_ago_s=created_ago_s,
         )
+
+    def expect_violation(self, prefix: str) -> None:
+        """The test provokes this (e.g. an interaction Discord delivers too late to be answered)."""
+        self.expected_violations.append(prefix)
+
+    def age(self, record: InteractionRecord, by_s: float) -> None:
+        """Time passes for an interaction: it was made ``by_s`` seconds earlier than it was (its token
+        expires 15 minutes from then). The bot's ledger must be told the same (see the restart tests)."""
+        record.created_at -= by_s
 
     def dm_channel_id(self, user_id: int) -> int:
         """The direct-message channel between the bot and a user (one per user)."""
@@ -411,13 +446,18 @@ class FakeDiscord(LocalServer):
         channel_id: int | None = None,
         guild_id: int | None = None,
         dm: bool = False,
+        created_ago_s: float = 0.0,
     ) -> InteractionRecord:
+        """``age_s``: how late Discord delivers it (its 3 seconds run from its creation). ``created_ago_s``:
+        how long ago its id says it was made, though delivered now: an interaction as old as a job that
+        outlives it will be by the time it ends (its token's 15 minutes run from its creation; the
+        3-second answer window, from the delivery)."""
         guild = guild_id or self.guild_id
         uid = user_id or _snowflake(time.time() - 86400 * 200, self._ids)
         created = time.time() - age_s
         if channel_id is None:
             channel_id = self.nsfw_channel_id if channel_nsfw else self.channel_id
-        inter_id = _snowflake(created, self._ids)
+        inter_id = _snowflake(created - created_ago_s, self._ids)
         token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
         user = {
             "id": str(uid),
@@ -480,7 +520,12 @@ class FakeDiscord(LocalServer):
             )
             data.pop("guild_id", None)
         record = InteractionRecord(
-            id=inter_id, token=token, user_id=uid, payload=payload, sent_at=time.monotonic() - age_s
+            id=inter_id,
+            token=token,
+            user_id=uid,
+            payload=payload,
+            sent_at=time.monotonic() - age_s,
+            created_at=created - created_ago_s,
         )
         record.source_message_id = message.id if message is not None else None
         self.interactions[inter_id] = record
@@ -747,6 +792,7 @@ class FakeDiscord(LocalServer):
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
         path = f"/attachments/{request.match_info['channel']}/{request.match_info['att']}/{request.match_info['name']}"
         self.cdn_fetches.append((time.monotonic(), path))
+        self.last_request_at = time.monotonic()
         found = self.cdn.get(path)
         if found is None:
             return web.Response(status=404, text="Not Found")
@@ -764,6 +810,13 @@ class FakeDiscord(LocalServer):
         return request.headers.get("Authorization") == f"Bot {self.token}"
 
     async def _rest(self, request: web.Request) -> web.StreamResponse:
+        self.last_request_at = time.monotonic()
+        try:
+            return await self._rest_answer(request)
+        finally:
+            self.last_request_at = time.monotonic()
+
+    async def _rest_answer(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         method = request.method
         if not path.startswith("/api/v10/"):
@@ -1137,7 +1190,7 @@ class FakeDiscord(LocalServer):
         record = self._by_token.get(token)
         if record is None or parts[1] != str(self.app_id):
             return _error(404, 10015, "Unknown Webhook")
-        if time.monotonic() - record.sent_at > self.limits.token_ttl_s:
+        if time.time() - record.created_at > self.limits.token_ttl_s:
             self.violations.append("webhook call with an expired token")
             return _error(401, 50027, "Invalid Webhook Token")
         if record.ack_type is None:
@@ -1176,7 +1229,7 @@ class FakeDiscord(LocalServer):
                 body, files = await self._read_message_body(request)
                 if self.fail_next_edits > 0:
                     self.fail_next_edits -= 1
-                    return _error(403, 50013, "Missing Permissions")
+                    return _error(*self.edit_failure)
                 problem = self._check_message(body, files, creating=False)
                 if problem is not None:
                     return problem

@@ -5,7 +5,7 @@ success, queued then success or failure, queued forever, queued without an id) a
 
 Scenarios: ``success``, ``queued``, ``queued_then_failed``, ``queued_forever``, ``processing_without_id``,
 ``slow`` (submit takes ``slow_s``), ``output_not_image``, ``output_missing``, ``raise`` (every call
-raises ``raises``, any exception at all).
+raises ``raises``, any exception at all); ``poll_raises`` makes the next polls raise what it holds.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class MemoryBackend:
     generation_time_s: float | None = 1.0
     output: bytes = field(default_factory=make_png)
     raises: BaseException | None = None
+    poll_raises: list[BaseException] = field(default_factory=list)  # raised by the next polls, in turn
     calls: list[Call] = field(default_factory=list)
     uploads: list[bytes] = field(default_factory=list)
     max_in_flight: int = 0
@@ -93,6 +94,8 @@ class MemoryBackend:
 
     async def poll(self, remote_id: str, poll_url: str | None) -> Answer:
         self._check("poll", remote_id, poll_url)
+        if self.poll_raises:
+            raise self.poll_raises.pop(0)
         polls = self._polls[remote_id] = self._polls.get(remote_id, 0) + 1
         if self.scenario == "queued_then_failed":
             raise JobFailed("Processing failed: Invalid input dimensions", job_id=remote_id)

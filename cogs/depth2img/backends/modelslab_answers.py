@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from cogs.depth2img.cleaning import clean_text, is_clean
 from cogs.depth2img.errors import (
     AuthenticationError,
     BadRequestError,
@@ -57,7 +58,7 @@ _MAX_MESSAGE = 300
 
 def _as_str(value: object) -> str | None:
     if isinstance(value, str):
-        text = value.strip()
+        text = clean_text(value).strip()
         return text or None
     return None
 
@@ -88,7 +89,7 @@ def _as_id(value: object) -> str | None:
         return str(int(value))
     if isinstance(value, str):
         text = value.strip()
-        if text and len(text) <= 128 and text.isprintable():
+        if text and len(text) <= 128 and text.isprintable() and is_clean(text):
             return text
     return None
 
@@ -102,7 +103,12 @@ def _urls(value: object) -> tuple[str, ...]:
     for item in value:
         if isinstance(item, str):
             text = item.strip()
-            if text.lower().startswith(("http://", "https://")) and len(text) <= 2048:
+            if (
+                text.lower().startswith(("http://", "https://"))
+                and len(text) <= 2048
+                and text.isprintable()
+                and is_clean(text)
+            ):
                 urls.append(text)
     return tuple(urls)
 
@@ -120,9 +126,9 @@ def extract_message(body: dict[str, Any]) -> str | None:
                 parts.append(problems.strip())
             elif isinstance(field_name, str):
                 parts.append(f"{field_name} is invalid")
-        text = " ".join(parts) or None
+        text = clean_text(" ".join(parts)) or None
     elif isinstance(raw, list):
-        text = " ".join(p.strip() for p in raw if isinstance(p, str) and p.strip()) or None
+        text = clean_text(" ".join(p.strip() for p in raw if isinstance(p, str) and p.strip())) or None
     else:
         text = _as_str(raw)
     for fallback in ("messege", "error", "tip", "tip_1"):

@@ -19,10 +19,14 @@ from cogs.depth2img.backends.base import Answer, Backend
 from cogs.depth2img.config import Depth2ImgSettings
 from cogs.depth2img.errors import (
     Depth2ImgError,
+    InternalError,
     InvalidInput,
     JobInterrupted,
     JobTimedOut,
     MalformedResponseError,
+    OutputUnavailable,
+    RateLimitError,
+    is_transient,
     said,
 )
 from cogs.depth2img.models import GeneratedImage, GenerationResult, ProgressEvent, Stage
@@ -50,6 +54,7 @@ class Outcome:
     result: GenerationResult | None = None
     error: Depth2ImgError | None = None
     api_s: float | None = None  # submission to images ready at the service, when this run saw both
+    later: bool = False  # not ended: left in the ledger for a later run (the service has the job)
 
 
 class JobRunner:
@@ -77,7 +82,10 @@ class JobRunner:
         self._downloading = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
 
     async def run(self, job: Job, *, started_at: float, emit: Emit) -> Outcome:
-        deadline_s = self.settings.job_timeout_s
+        """Never raises but for cancellation: whatever goes wrong is the returned outcome's error."""
+        timeout_s = self.settings.job_timeout_s
+        # the job's own deadline, from its creation: a resumed job does not start a new one
+        remaining = job.created_at + timeout_s - time.time() if job.created_at else timeout_s
         local_wait = 0.0
         api_s: float | None = None
 
@@ -87,7 +95,9 @@ class JobRunner:
             emit(ProgressEvent(Stage.WAITING_FOR_SLOT, position=position, eta_s=eta))
 
         try:
-            async with asyncio.timeout(deadline_s):
+            if remaining <= 0:  # (a job resumed past its deadline: not a step more)
+                raise TimeoutError
+            async with asyncio.timeout(remaining):
                 wait_started = self._clock()
                 async with self.admission.slot(on_position):
                     local_wait = self._clock() - wait_started
@@ -100,11 +110,15 @@ class JobRunner:
                     if not job.output_urls:
                         job = await self._poll(job, first, emit)
                     api_s = self._clock() - api_started
-                images = await self._download(job)
+                images = await self._download(job, emit)
                 # where the first image was kept; recorded with the final state
                 job = replace(job, result_path=self.pictures.result_path(job.id, images[0]))
         except TimeoutError:
-            return Outcome(job, error=JobTimedOut(deadline_s, job_id=job.api_job_id))
+            job = await self._latest(job)  # (it may have gone out while the deadline struck)
+            if job.output_urls:  # made, but its pictures could not be had in time
+                return Outcome(job, error=OutputUnavailable("not downloaded before the job's deadline"))
+            at_api = job.state not in (JobState.ACKNOWLEDGED, JobState.RECEIVED)
+            return Outcome(job, error=JobTimedOut(timeout_s, job_id=job.api_job_id, at_api=at_api))
         except Depth2ImgError as exc:
             log.warning(
                 "job error",
@@ -116,6 +130,21 @@ class JobRunner:
                 },
             )
             return Outcome(job, error=exc)
+        except Exception as exc:  # not foreseen (a bug, a full disk, the ledger out of reach): the job
+            # still ends (its text may hold anything: only its kind is logged). One the service has is
+            # left to be resumed by polling (see JobRunner.resumable); any other fails, and is told.
+            latest = await self._latest(job)
+            later = self.resumable(latest)
+            log.error(
+                "job failed unexpectedly",
+                extra={
+                    "job": job.id,
+                    "state": str(latest.state),
+                    "error": type(exc).__name__,
+                    "then": "resumed later" if later else "failed",
+                },
+            )
+            return Outcome(latest, error=InternalError(type(exc).__name__), later=later)
         gen = job.generation_time_s
         queue_s: float | None = None
         if api_s is not None:
@@ -134,6 +163,23 @@ class JobRunner:
             total_s=self._clock() - started_at,
         )
         return Outcome(job, result=result, api_s=api_s)
+
+    # A job at the image service whose run failed for the bot's own reasons is run again (by polling) at
+    # most this many times, and never past its deadline.
+    MAX_RESUMES = 3
+
+    def resumable(self, job: Job) -> bool:
+        at_api = job.state in (JobState.SUBMITTED, JobState.PROCESSING) and job.api_job_id is not None
+        in_time = time.time() < job.created_at + self.settings.job_timeout_s
+        return at_api and in_time and job.resumes < self.MAX_RESUMES
+
+    async def _latest(self, job: Job) -> Job:
+        """The job as the ledger has it now (the run's own copy may be a step behind); ``job`` if the
+        ledger cannot say."""
+        try:
+            return await self.ledger.get(job.id) or job
+        except Exception:  # (the ledger out of reach: what the run knew will do)
+            return job
 
     async def _load_source(self, job: Job) -> tuple[bytes, str]:
         if job.source_path is None:
@@ -182,10 +228,30 @@ class JobRunner:
             first_wait = eta if eta is not None else s.poll_initial_s
             await self._sleep(min(max(first_wait, s.poll_initial_s), 30.0))
         delay = s.poll_initial_s
-        polls = 0
+        polls = faults = 0
         while True:
-            answer = await self.backend.poll(job.api_job_id, job.fetch_url)
+            try:
+                answer = await self.backend.poll(job.api_job_id, job.fetch_url)
+            except Depth2ImgError as exc:
+                if not is_transient(exc):
+                    raise
+                # The service has the (paid) job: keep asking, until the job's own deadline.
+                faults += 1
+                wait = self._fault_wait(exc, faults)
+                log.info(
+                    "poll failed; asking again",
+                    extra={
+                        "job": job.id,
+                        "error": type(exc).__name__,
+                        "faults": faults,
+                        "wait_s": round(wait, 2),
+                    },
+                )
+                emit(ProgressEvent(Stage.SERVICE_SLOW))
+                await self._sleep(wait)
+                continue
             polls += 1
+            faults = 0
             if answer.done:
                 job = await self.ledger.update(
                     job,
@@ -199,13 +265,38 @@ class JobRunner:
             await self._sleep(delay)
             delay = min(delay * 1.6, s.poll_max_s)
 
-    async def _download(self, job: Job) -> tuple[GeneratedImage, ...]:
+    def _fault_wait(self, exc: Depth2ImgError, faults: int) -> float:
+        """How long to wait before asking again after the ``faults``-th failure in a row: what a 429
+        asks for (its ``retry_after`` or ``Retry-After``), else a growing backoff."""
+        s = self.settings
+        if isinstance(exc, RateLimitError):
+            return max(exc.retry_after_s, s.poll_initial_s)
+        growing: float = s.poll_initial_s * 2.0 ** min(faults - 1, 16)
+        return min(growing, max(s.poll_max_s * 3, s.poll_initial_s))
+
+    async def _download(self, job: Job, emit: Emit) -> tuple[GeneratedImage, ...]:
         """Download every output at once; check and fit each off the event loop."""
         urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
         await self.answer_first.wait_turn()
-        downloads = await asyncio.gather(*(self._fetch(u) for u in urls))
+        downloads = await asyncio.gather(*(self._fetch(job, u, emit) for u in urls))
         return await self.pictures.finish_outputs(job.id, list(downloads), limit_bytes=job.upload_limit_bytes)
 
-    async def _fetch(self, url: str) -> list[bytes]:
-        async with self._downloading:
-            return await self.backend.download(url)
+    async def _fetch(self, job: Job, url: str, emit: Emit) -> list[bytes]:
+        """One output, asked for again through the service's passing troubles until the job's deadline
+        (the picture is paid for)."""
+        faults = 0
+        while True:
+            try:
+                async with self._downloading:
+                    return await self.backend.download(url)
+            except Depth2ImgError as exc:
+                cause = exc.__cause__ if isinstance(exc, OutputUnavailable) else exc
+                if not isinstance(cause, Depth2ImgError) or not is_transient(cause):
+                    raise
+                faults += 1
+                log.info(
+                    "download failed; trying again",
+                    extra={"job": job.id, "error": type(cause).__name__, "faults": faults},
+                )
+                emit(ProgressEvent(Stage.SERVICE_SLOW))
+                await self._sleep(self._fault_wait(cause, faults))

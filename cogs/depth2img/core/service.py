@@ -21,7 +21,7 @@ from cogs.depth2img.diagnostics import loop_monitor
 from cogs.depth2img.errors import DeliveryFailed, InvalidInput, JobCancelled, RequestRejected
 from cogs.depth2img.metrics import Metrics
 from cogs.depth2img.models import Action, GeneratedImage, GenerationParams, JobKind
-from cogs.depth2img.store import DuplicateInteraction, Job, JobState, JobTakenOver, Ledger
+from cogs.depth2img.store import DuplicateInteraction, Job, JobState, JobTakenOver, Ledger, LedgerClosed
 
 from . import params as params_
 from . import upkeep
@@ -33,6 +33,9 @@ from .pictures import NO_LONGER_STORED, Pictures
 from .policy import GuildSettings
 
 log = logging.getLogger(__name__)
+
+# How many times a final state is tried (each try retries for a while itself: see Ledger.retry_for_s).
+FINISH_ATTEMPTS = 5
 
 
 class Depth2ImgService:
@@ -78,6 +81,7 @@ class Depth2ImgService:
         )
         self.intake = Intake(settings, ledger, self.pictures, self.answer_first)
         self._cancels: dict[str, asyncio.Event] = {}
+        self._running: set[str] = set()  # the jobs this process is driving (their leases are renewed)
         self.gate = Gate(settings, ledger, self.admission, metrics)
 
     # --- start and stop ---
@@ -98,7 +102,9 @@ class Depth2ImgService:
         (``on_claimed`` gets each job taken over from a stopped process), the pruning of old pictures,
         and the event-loop monitor when ``LOOP_MONITOR_FILE`` is set."""
         work: dict[str, Coroutine[Any, Any, None]] = {
-            "leases": upkeep.keep_leases(self.ledger, on_claimed, sleep=self._sleep)
+            "leases": upkeep.keep_leases(
+                self.ledger, on_claimed, running=lambda: frozenset(self._running), sleep=self._sleep
+            )
         }
         if (keep_days := self.settings.keep_pictures_days) > 0:
             work["pruning"] = upkeep.prune_now_and_then(
@@ -196,6 +202,17 @@ class Depth2ImgService:
             )
             raise
 
+    @contextlib.contextmanager
+    def driving(self, job_id: str) -> Iterator[None]:
+        """Around everything this process does with a job, from its record to its final state: its
+        lease is renewed meanwhile. Once the block ends, unfinished or not, the job is left to its lease
+        (and to whichever process, this one included, claims it once the lease has run out)."""
+        self._running.add(job_id)
+        try:
+            yield
+        finally:
+            self._running.discard(job_id)
+
     async def accept(self, job: Job, *, read: Reader) -> Job:
         """Read the picture, check it by its bytes, keep it, and mark the job ``received``
         (:class:`Intake`). Raises :class:`InvalidInput`; no API call is made."""
@@ -247,6 +264,10 @@ class Depth2ImgService:
         one that lost the job stays silent). Once told, the final state is recorded; if telling them
         raised, the job is recorded as failed (:class:`DeliveryFailed`, never sent again)."""
         job = outcome.job
+        if outcome.later:
+            log.info("job left to be resumed by polling", extra={"job": job.id, "state": str(job.state)})
+            yield False
+            return
         mine = not isinstance(outcome.error, JobTakenOver) and await self.ledger.claim_delivery(job)
         if not mine:
             log.info("job owned by another process now; not delivering", extra={"job": job.id})
@@ -270,8 +291,24 @@ class Depth2ImgService:
         await self._finish(outcome)
 
     async def _finish(self, outcome: Outcome) -> None:
-        """Record the final state, once the member has been told. The source picture and the first
-        result stay on disk while the job exists (buttons and /depth2img-show use them)."""
+        """Record the final state, once the member has been told (tried again for a while if the ledger
+        is out of reach: a job the member was told about must not be resumed and told again). The
+        source picture and the first result stay on disk while the job exists (buttons and
+        /depth2img-show use them)."""
+        for attempt in range(FINISH_ATTEMPTS):
+            try:
+                await self._record_final(outcome)
+                return
+            except Exception as exc:
+                log.error(
+                    "the final state could not be recorded",
+                    extra={"job": outcome.job.id, "error": type(exc).__name__, "attempt": attempt + 1},
+                )
+                if isinstance(exc, LedgerClosed):
+                    return
+                await self._sleep(min(30.0, 2.0**attempt))
+
+    async def _record_final(self, outcome: Outcome) -> None:
         job, exc = outcome.job, outcome.error
         try:
             if exc is None:
@@ -299,7 +336,7 @@ class Depth2ImgService:
     @contextlib.contextmanager
     def resumed(self, job: Job) -> Iterator[Ticket]:
         """A ticket for a job left unfinished by a restart (or taken over from a stopped process)."""
-        with self.admission.admit_resumed(job.user_id) as ticket:
+        with self.driving(job.id), self.admission.admit_resumed(job.user_id) as ticket:
             log.info("job resumed", extra={"job": job.id, "state": str(job.state), "resumes": job.resumes})
             self.metrics.resumed.inc()
             yield ticket

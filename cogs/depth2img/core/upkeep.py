@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from cogs.depth2img.store import Job, Ledger
 
@@ -15,15 +15,22 @@ from .pictures import Pictures
 log = logging.getLogger(__name__)
 
 
-async def keep_leases(ledger: Ledger, on_claimed: Callable[[Job], None], *, sleep: Sleep) -> None:
-    """Renew the leases of this process's jobs, and take over the jobs of processes that stopped
-    (their leases ran out); ``on_claimed`` gets each job taken over."""
+async def keep_leases(
+    ledger: Ledger,
+    on_claimed: Callable[[Job], None],
+    *,
+    running: Callable[[], Collection[str]],
+    sleep: Sleep,
+) -> None:
+    """Renew the leases of the jobs this process is running (``running()``), and take over the jobs
+    no process runs any more (their leases ran out: a stopped process's, or one of its own whose run
+    ended before its final state could be written); ``on_claimed`` gets each job taken over."""
     interval = max(0.5, ledger.lease_s / 3)
     while True:
         await sleep(interval)
         try:
-            await ledger.heartbeat()
-            for job in await ledger.claim_orphans():
+            await ledger.heartbeat(running())
+            for job in await ledger.claim_orphans(running=running()):
                 log.info("job taken over from a stopped process", extra={"job": job.id})
                 on_claimed(job)
         except Exception as exc:  # a database hiccup must not end the loop; try again next time

@@ -60,6 +60,11 @@ class Database(Protocol):
         """Run one operation as one transaction: all of it, or (raising) none of it."""
         ...
 
+    def transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the database is out of reach for now (locked, restarting, the
+        connection lost), so that the same operation may succeed if run again."""
+        ...
+
     async def close(self) -> None: ...
 
 

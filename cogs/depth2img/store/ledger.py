@@ -16,17 +16,24 @@ owner calls :meth:`Ledger.claim_delivery`: a job is delivered by at most one pro
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .base import Database, Execute, ExecuteMany, Fetch, Op
+from cogs.depth2img.cleaning import clean_text
+
+from .base import Database, Execute, ExecuteMany, Fetch, Op, OpFactory
 from .postgres import PostgresDatabase
 from .records import FINISHED, DuplicateInteraction, Job, JobState, JobTakenOver, from_row, to_row
 from .sqlite import SqliteDatabase
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 _FINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(FINISHED))
 _EVENT_SQL = "INSERT INTO job_events (job_id, at, state, detail, owner) VALUES (?, ?, ?, ?, ?)"
 
@@ -37,11 +44,14 @@ class Ledger:
     ``owner`` names this process (``<group>/<random>``); ``group`` is what a restarted process shares
     with the one it replaces (e.g. its shard ids), so that it takes over that one's jobs at once."""
 
-    def __init__(self, db: Database, *, group: str, owner: str, lease_s: float) -> None:
+    def __init__(
+        self, db: Database, *, group: str, owner: str, lease_s: float, retry_for_s: float = 30.0
+    ) -> None:
         self._db = db
         self.group = group
         self.owner = owner
         self.lease_s = lease_s
+        self.retry_for_s = retry_for_s  # how long an operation is tried while the database is out of reach
 
     @classmethod
     async def open(
@@ -74,7 +84,27 @@ class Ledger:
         await self._db.close()
 
     def _event(self, job_id: str, state: JobState, detail: str | None) -> Execute:
+        detail = clean_text(detail) if detail else detail
         return Execute(_EVENT_SQL, (job_id, time.time(), str(state), detail, self.owner))
+
+    async def _run(self, op: OpFactory[T]) -> T:
+        """Run one operation; while the database is briefly out of reach (a locked SQLite file, a
+        PostgreSQL restart), run it again, for up to ``retry_for_s`` seconds. Each operation is one
+        transaction, and written to be run again (see :meth:`create`)."""
+        give_up = time.monotonic() + self.retry_for_s
+        delay = 0.05
+        while True:
+            try:
+                return await self._db.run(op)
+            except Exception as exc:
+                if not self._db.transient(exc) or time.monotonic() + delay > give_up:
+                    raise
+                log.warning(
+                    "the ledger's database is out of reach; trying again",
+                    extra={"error": type(exc).__name__, "wait_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     # --- writing ---
 
@@ -93,13 +123,15 @@ class Ledger:
         def op() -> Op[Job]:
             if job.interaction_id is not None:
                 seen = yield Fetch("SELECT id FROM jobs WHERE interaction_id = ?", (job.interaction_id,))
+                if seen and seen[0]["id"] == job.id:
+                    return job  # run again after a commit whose answer was lost: it is there
                 if seen:
                     raise DuplicateInteraction(job.interaction_id)
             yield Execute(insert, tuple(row.values()))
             yield self._event(job.id, job.state, None)
             return job
 
-        return await self._db.run(op)
+        return await self._run(op)
 
     async def mark_deleted(self, job_id: str) -> None:
         """The job's result message was deleted (by whoever asked for it, or a moderator)."""
@@ -109,7 +141,7 @@ class Ledger:
                 "UPDATE jobs SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL", (time.time(), job_id)
             )
 
-        await self._db.run(op)
+        await self._run(op)
 
     async def update(self, job: Job, *, detail: str | None = None, **changes: Any) -> Job:
         """Write ``changes`` (and the new ``updated_at``) and return the updated job. Only the job's
@@ -132,31 +164,44 @@ class Ledger:
                 yield self._event(job.id, new.state, detail)
             return new
 
-        return await self._db.run(op)
+        return await self._run(op)
 
     # --- ownership ---
 
-    async def heartbeat(self) -> int:
-        """Renew the lease of every unfinished job this process owns; returns how many."""
-        sql = f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND state NOT IN ({_FINISHED_SQL})"  # noqa: S608
-        args = (time.time() + self.lease_s, self.owner)
+    async def heartbeat(self, running: Collection[str]) -> int:
+        """Renew the leases of the jobs this process is running (``running``: their ids); returns how
+        many. A job it owns but no longer runs (its run ended in an error before its final state could
+        be recorded) keeps no lease: it is claimed again, and resumed, once the lease has run out."""
+        ids = sorted(running)
+        lease_until = time.time() + self.lease_s
 
         def op() -> Op[int]:
-            count: int = yield Execute(sql, args)
+            count = 0
+            for at in range(0, len(ids), 500):
+                chunk = ids[at : at + 500]
+                sql = (
+                    f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND state NOT IN ({_FINISHED_SQL}) "  # noqa: S608
+                    f"AND id IN ({', '.join('?' for _ in chunk)})"
+                )
+                count += yield Execute(sql, (lease_until, self.owner, *chunk))
             return count
 
-        return await self._db.run(op)
+        return await self._run(op) if ids else 0
 
-    async def claim_orphans(self, *, at_start: bool = False) -> list[Job]:
-        """Take over the unfinished jobs no live process holds: those whose lease ran out, and, at
-        start-up, those of this process's predecessor (same group) that it had not begun to
-        deliver. Atomic: two processes never claim the same job."""
+    async def claim_orphans(self, *, at_start: bool = False, running: Collection[str] = ()) -> list[Job]:
+        """Take over the unfinished jobs no live process runs: those whose lease ran out (this
+        process's own included, but for those in ``running``), and, at start-up, those of this
+        process's predecessor (same group) that it had not begun to deliver. Atomic: two processes
+        never claim the same job."""
         now = time.time()
-        condition = "owner <> ? AND lease_until < ?"  # never its own: those it is running
-        args: list[Any] = [self.owner, now]
+        condition = "lease_until < ?"
+        args: list[Any] = [now]
         if at_start:
             condition = "owner <> ? AND (lease_until < ? OR (owner LIKE ? AND delivering = 0))"
-            args += [self.group.replace("%", "") + "/%"]
+            args = [self.owner, now, self.group.replace("%", "") + "/%"]
+        if running:
+            condition += f" AND id NOT IN ({', '.join('?' for _ in running)})"
+            args += sorted(running)
         sql = (
             "UPDATE jobs SET owner = ?, lease_until = ?, resumes = resumes + 1, delivering = 0 "  # noqa: S608
             f"WHERE state NOT IN ({_FINISHED_SQL}) AND {condition} RETURNING *"
@@ -170,7 +215,7 @@ class Ledger:
                 yield ExecuteMany(_EVENT_SQL, events)
             return jobs
 
-        return await self._db.run(op)
+        return await self._run(op)
 
     async def claim_delivery(self, job: Job) -> bool:
         """Called just before delivering: marks the job as being delivered by this process.
@@ -189,7 +234,7 @@ class Ledger:
             count = yield Execute(sql, args)
             return bool(count == 1)
 
-        return await self._db.run(op)
+        return await self._run(op)
 
     # --- reading ---
 
@@ -198,7 +243,7 @@ class Ledger:
             rows = yield Fetch("SELECT * FROM jobs WHERE id = ?", (job_id,))
             return from_row(rows[0]) if rows else None
 
-        return await self._db.run(op)
+        return await self._run(op)
 
     async def for_user(self, user_id: int, limit: int = 10) -> list[Job]:
         def op() -> Op[list[Job]]:
@@ -207,7 +252,7 @@ class Ledger:
             )
             return [from_row(r) for r in rows]
 
-        return await self._db.run(op)
+        return await self._run(op)
 
     async def release_pictures(self, finished_before: float, limit: int = 500) -> list[Job]:
         """Finished jobs older than ``finished_before`` that still point at stored pictures: their
@@ -227,7 +272,7 @@ class Ledger:
                 )
             return jobs
 
-        return await self._db.run(op)
+        return await self._run(op)
 
     async def forget_user(self, user_id: int) -> list[Job]:
         """Delete a member's finished jobs and their events; returns them (to remove their files)."""
@@ -242,7 +287,7 @@ class Ledger:
                 yield ExecuteMany("DELETE FROM jobs WHERE id = ?", ids)
             return jobs
 
-        return await self._db.run(op)
+        return await self._run(op)
 
     # --- servers' settings and counts ---
 
@@ -251,7 +296,7 @@ class Ledger:
             rows = yield Fetch("SELECT guild_id, data FROM guild_settings")
             return {int(r["guild_id"]): str(r["data"]) for r in rows}
 
-        return await self._db.run(op)
+        return await self._run(op)
 
     async def save_guild_settings(self, guild_id: int, data: str, by: int) -> None:
         sql = (
@@ -259,12 +304,12 @@ class Ledger:
             "ON CONFLICT(guild_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at, "
             "updated_by = excluded.updated_by"
         )
-        args = (guild_id, data, time.time(), by)
+        args = (guild_id, clean_text(data), time.time(), by)
 
         def op() -> Op[None]:
             yield Execute(sql, args)
 
-        await self._db.run(op)
+        await self._run(op)
 
     async def member_counts_since(self, since: float) -> dict[tuple[int, int], int]:
         def op() -> Op[dict[tuple[int, int], int]]:
@@ -275,7 +320,7 @@ class Ledger:
             )
             return {(int(r["guild_id"]), int(r["user_id"])): int(r["n"]) for r in rows}
 
-        return await self._db.run(op)
+        return await self._run(op)
 
     async def guild_counts_since(self, since: float) -> dict[int, int]:
         def op() -> Op[dict[int, int]]:
@@ -286,4 +331,4 @@ class Ledger:
             )
             return {int(r["guild_id"]): int(r["n"]) for r in rows}
 
-        return await self._db.run(op)
+        return await self._run(op)

@@ -92,6 +92,23 @@ class PostgresDatabase:
                 version = migration.version
         return int(version)
 
+    def transient(self, exc: BaseException) -> bool:
+        import asyncpg
+
+        return isinstance(
+            exc,
+            asyncpg.PostgresConnectionError  # class 08, the connection lost or refused
+            | asyncpg.InterfaceError  # the connection closed under the pool
+            | asyncpg.CannotConnectNowError  # the server is starting up
+            | asyncpg.AdminShutdownError  # it is stopping (a restart)
+            | asyncpg.CrashShutdownError
+            | asyncpg.TooManyConnectionsError
+            | asyncpg.SerializationError
+            | asyncpg.DeadlockDetectedError
+            | OSError  # (connection refused while it is down)
+            | TimeoutError,
+        )
+
     async def run(self, op: OpFactory[T]) -> T:
         async with self._pool.acquire() as conn, conn.transaction():
             gen = op()

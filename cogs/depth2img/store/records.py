@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
+from cogs.depth2img.cleaning import clean_text
 from cogs.depth2img.errors import Depth2ImgError
 from cogs.depth2img.models import GenerationParams, JobKind
 
@@ -116,14 +117,18 @@ _REAL_COLUMNS = (
 
 
 def to_row(job: Job) -> dict[str, Any]:
-    row: dict[str, Any] = {name: getattr(job, name) for name in COLUMNS}
+    """The job as a row. Every string is cleaned on the way (:func:`clean_text`): one bad value from a
+    member or the image service must not make a statement fail, or a job stall."""
+    row: dict[str, Any] = {
+        name: clean_text(value) if isinstance(value := getattr(job, name), str) else value for name in COLUMNS
+    }
     row["state"] = str(job.state)
     row["kind"] = str(job.kind)
     p = job.params
     row["params"] = json.dumps(
         {
-            "prompt": p.prompt,
-            "negative_prompt": p.negative_prompt,
+            "prompt": clean_text(p.prompt),
+            "negative_prompt": clean_text(p.negative_prompt) if p.negative_prompt else p.negative_prompt,
             "strength": p.strength,
             "steps": p.steps,
             "guidance": p.guidance,
@@ -132,7 +137,7 @@ def to_row(job: Job) -> dict[str, Any]:
             "safety_checker": p.safety_checker,
         }
     )
-    row["output_urls"] = json.dumps(list(job.output_urls))
+    row["output_urls"] = json.dumps([clean_text(u) for u in job.output_urls])
     row["source_changed"] = int(job.source_changed)
     row["delivering"] = int(job.delivering)
     row["age_restricted"] = int(job.age_restricted)

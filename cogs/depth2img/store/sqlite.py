@@ -145,6 +145,15 @@ class SqliteDatabase:
             version = migration.version
         return int(version)
 
+    def transient(self, exc: BaseException) -> bool:
+        # "database is locked" / "busy" (another process holds the file), an I/O error, a full disk
+        if self._closed:
+            return False
+        if isinstance(exc, sqlite3.OperationalError):
+            text = str(exc).lower()
+            return any(word in text for word in ("locked", "busy", "disk", "i/o", "unable to open"))
+        return isinstance(exc, OSError)
+
     async def run(self, op: OpFactory[T]) -> T:
         if self._closed:
             raise LedgerClosed("the ledger is closed")
@@ -178,6 +187,9 @@ class SqliteDatabase:
         out: list[_Result] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:  # (locked by another process past the busy timeout): none could run
+            return [(False, exc)] * len(ops)
+        try:
             for factory in ops:
                 conn.execute("SAVEPOINT op")
                 try:

@@ -2,8 +2,9 @@
 resumed jobs share.
 
 The "thinking…" message is edited into the result while the interaction token lives (Discord gives it
-15 minutes); when it no longer can be (the token expired, or the message is gone), the result goes to
-the channel as a normal message that mentions only the member.
+15 minutes); when it no longer can be (the token expired or is about to, the message is gone, or Discord
+kept answering 5xx through discord.py's retries), the result goes to the channel as a normal message
+that mentions only the member: a downloaded picture is never thrown away.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ def render(outcome: Outcome) -> tuple[str, list[discord.File], discord.ui.View |
 
 
 def _gone(exc: discord.HTTPException) -> bool:
-    """Whether the interaction's message can no longer be edited: the token expired, or the message
-    (or the interaction's webhook) is unknown."""
-    return isinstance(exc, discord.NotFound) or exc.status == INVALID_WEBHOOK_TOKEN
+    """Whether the interaction's message cannot be edited (now): the token expired, the message (or
+    the interaction's webhook) is unknown, or Discord failed on its side after discord.py's retries."""
+    return (
+        isinstance(exc, discord.NotFound | discord.DiscordServerError) or exc.status == INVALID_WEBHOOK_TOKEN
+    )
 
 
 async def deliver(

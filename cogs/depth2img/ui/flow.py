@@ -25,7 +25,7 @@ from cogs.depth2img.core.gate import Where
 from cogs.depth2img.core.intake import Origin
 from cogs.depth2img.core.jobs import Outcome
 from cogs.depth2img.core.service import Depth2ImgService
-from cogs.depth2img.errors import InvalidInput, RequestRejected
+from cogs.depth2img.errors import Depth2ImgError, InternalError, InvalidInput, RequestRejected
 from cogs.depth2img.models import GenerationParams, JobKind, ProgressEvent
 from cogs.depth2img.store import DuplicateInteraction, Job, JobState
 
@@ -128,7 +128,13 @@ class RequestFlow:
                 )
             except DuplicateInteraction:
                 return
-            await self._take_in_and_run(job, ticket, read=read, started=started, interaction=interaction)
+            except Exception as exc:  # the ledger out of reach for longer than its retries: nothing recorded,
+                # nothing sent; the member is told so
+                log.error("the job could not be recorded", extra={"error": type(exc).__name__})
+                await reply_privately(interaction, text.describe(InternalError(type(exc).__name__)))
+                return
+            with service.driving(job.id):
+                await self._take_in_and_run(job, ticket, read=read, started=started, interaction=interaction)
 
     async def _take_in_and_run(
         self,
@@ -144,11 +150,16 @@ class RequestFlow:
         service = self.service
         try:
             job = await service.accept(job, read=read)
-        except InvalidInput as exc:
-            refused = Outcome(job, error=exc)
+        except Exception as exc:
+            error: Depth2ImgError = (
+                exc if isinstance(exc, InvalidInput) else InternalError(type(exc).__name__)
+            )
+            if isinstance(error, InternalError):  # (a full disk, the ledger out of reach, a bug)
+                log.error("the picture could not be taken in", extra={"job": job.id, "error": error.kind})
+            refused = Outcome(job, error=error)
             async with service.delivering(refused) as mine:
                 if mine and interaction is not None:
-                    await reply_privately(interaction, text.describe(exc))
+                    await reply_privately(interaction, text.describe(error))
                 elif mine:
                     await deliver(self.client, refused)
             return

@@ -24,11 +24,17 @@ from .components import cancel_view
 
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
+# Interaction tokens live 15 minutes; the progress line's last edit comes this long after the command
+# (a minute before delivery stops trying the token: delivery.TOKEN_SAFE_AGE_S).
+LAST_EDIT_AGE_S = 13 * 60
 
 
 class ProgressMessage:
     def __init__(self, interaction: discord.Interaction[Any], job_id: str, *, interval_s: float) -> None:
         self.interaction = interaction
+        # past this (unix time) the token may not last until the result: the line says so, once, and
+        # stops (the result will be a message of its own: see delivery.deliver)
+        self.last_edit_at = interaction.created_at.timestamp() + LAST_EDIT_AGE_S
         self.job_id = job_id
         self.interval_s = interval_s
         self.edits = 0
@@ -62,15 +68,21 @@ class ProgressMessage:
 
     async def _show_now_and_then(self) -> None:
         while not self._closed:
+            if time.time() >= self.last_edit_at:
+                await self._show(text.LONG_WAIT_NOTICE)
+                return
             await self._show()
             if not self._closed:
-                await asyncio.sleep(self.interval_s)
+                await asyncio.sleep(min(self.interval_s, max(0.0, self.last_edit_at - time.time())))
 
-    async def _show(self) -> None:
+    async def _show(self, line: str | None = None) -> None:
         if self._event is None:
             return
-        line = text.progress_text(self._event, self._received_at, time.time())
-        if line is None or line == self._shown or time.monotonic() - self._shown_at < self.interval_s:
+        if line is None:
+            line = text.progress_text(self._event, self._received_at, time.time())
+        if line is None or line == self._shown:
+            return
+        if line != text.LONG_WAIT_NOTICE and time.monotonic() - self._shown_at < self.interval_s:
             return
         self._shown, self._shown_at = line, time.monotonic()
         self._editing = True

@@ -19,6 +19,7 @@ from cogs.depth2img.errors import (
     CoolingDown,
     Depth2ImgError,
     InsufficientCreditsError,
+    InternalError,
     InvalidInput,
     JobCancelled,
     JobFailed,
@@ -89,6 +90,11 @@ def describe(exc: Depth2ImgError) -> str:
         return "🖼️ The image API could not fetch your picture. Upload it again and retry."
     if isinstance(exc, BadRequestError):
         return "❌ The image API refused this request. Check your options, or try another picture."
+    if isinstance(exc, JobTimedOut) and not exc.at_api:
+        return (
+            f"⌛ The bot was too busy to start your picture within {_seconds(exc.after_s)}; nothing was "
+            "sent to the image API. Try again in a few minutes."
+        )
     if isinstance(exc, JobTimedOut):
         return (
             f"⌛ The image API did not finish within {_seconds(exc.after_s)}. "
@@ -108,6 +114,11 @@ def describe(exc: Depth2ImgError) -> str:
         return "📥 The picture was made but could not be downloaded from the image API. Try again."
     if isinstance(exc, APIError):
         return "⚠️ The image API could not be used just now. Try again in a minute."
+    if isinstance(exc, InternalError):
+        return (
+            "⚠️ The bot ran into a problem of its own with this request; its owner can find it in the "
+            "log by the reference below. Try again in a minute."
+        )
     return "⚠️ Something went wrong with this request. Try again in a minute."
 
 
@@ -200,12 +211,29 @@ def progress_text(event: ProgressEvent, received_at: float, now: float) -> str |
             return None
         when = f" — expected <t:{math.ceil(eta)}:R>" if eta is not None else ""
         return f"⏳ Waiting for a free slot (position {event.position}){when}."
+    if event.stage is Stage.SERVICE_SLOW:
+        return (
+            "⏳ The image API has your picture but is slow to answer right now; the bot keeps asking. "
+            "Nothing to do: it will appear here."
+        )
     if eta is not None and eta > now:
         return f"⏳ Queued at the image API — expected <t:{math.ceil(eta)}:R>."
     return "⏳ Queued at the image API…"
 
 
-PROGRESS_PREFIXES = ("⏳ Queued at the image API", "⏳ Waiting for a free slot")
+# The progress line's last words, when the interaction's 15 minutes are nearly over: the result will
+# come as a message of its own.
+LONG_WAIT_NOTICE = (
+    "⏳ Still working on it. This is taking long: the picture will be posted in this channel as a "
+    "new message that mentions you."
+)
+
+PROGRESS_PREFIXES = (
+    "⏳ Queued at the image API",
+    "⏳ Waiting for a free slot",
+    "⏳ The image API has your picture",
+    "⏳ Still working on it",
+)
 
 
 # --- results, history ----------------------------------------------------------------------------

@@ -1,0 +1,190 @@
+"""A bad day at the data centre, end to end (issue 12, items 8, 9, 10 and 12): the real bot against the
+fake Discord and the fake API, which plays the faults a real service and a real database have. A job
+the API accepted is never abandoned for a passing fault; whatever is raised, every job ends in one final
+state; one bad value hurts no other member; a job may outlive its interaction's token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+
+from cogs.depth2img.ui.text import LONG_WAIT_NOTICE
+from tests.conftest import busy, is_settled, service_of, slash
+from tests.fakes.fake_api import make_png
+from tests.ledger_queries import count_by_state
+
+
+def _slow_line_shown(final) -> bool:
+    return any(h.startswith("⏳ The image API has your picture but is slow") for h in final.history)
+
+
+async def test_a_queued_job_is_polled_through_every_passing_fault(start_bot, fake_discord, fake_api):
+    """5xx (JSON, an HTML proxy page, an empty 503), 429 (with a retry_after past what a submission
+    waits out, and with only a Retry-After header), a dropped connection, an answer that is no JSON,
+    JSON nested 100 000 deep: the paid job is polled through all of them, with a backoff, and the
+    member's progress line says the image service is slow. (Before: 3.5 s of 5xx, or one such 429,
+    failed the job, and the member paid again.)"""
+    bot = await start_bot(SD_MAX_RETRIES="0", PROGRESS_INTERVAL_S="0.1")
+    fake_api.scenario = "queued"
+    fake_api.polls_before_done = 1
+    faults = ["500", "502_html", "503_empty", "429", "429_header", "reset", "garbage", "deep"]
+    fake_api.fetch_faults = list(faults)
+    _record, final = await slash(fake_discord, {"prompt": "castle"}, timeout=30)
+    assert len(final.results) == 1, final.content
+    assert len(fake_api.submissions) == 1
+    assert len(fake_api.fetches) >= len(faults) + 2
+    assert _slow_line_shown(final)
+    # the Retry-After header (1 s) was waited out before the next poll
+    after_header = [f.at for f in fake_api.fetches][
+        faults.index("429_header") : faults.index("429_header") + 2
+    ]
+    assert after_header[1] - after_header[0] >= 0.9
+    await fake_discord.wait_until_idle(busy(bot))
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
+
+
+async def test_a_paid_output_is_downloaded_through_passing_faults(start_bot, fake_discord, fake_api):
+    await start_bot(SD_MAX_RETRIES="0")
+    fake_api.file_faults = ["500", "reset", "503_empty", "429"]
+    _record, final = await slash(fake_discord, {"prompt": "castle"}, timeout=30)
+    assert len(final.results) == 1, final.content
+    assert len(fake_api.downloads) == 5
+
+
+async def test_a_lone_surrogate_from_the_api_hurts_no_one(start_bot, fake_discord, fake_api):
+    """The API's queued answer holds "\\ud800" (valid JSON) in ``fetch_result``; no database can store
+    it as it is. Before, its write failed in the middle of the run: the job hung, and a member's request
+    sharing the SQLite writer was lost. Now it is cleaned: both members get their pictures."""
+    bot = await start_bot()
+    fake_api.scenario = "queued_surrogate"
+    fake_api.polls_before_done = 3
+    first = await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "one"}
+    )
+    await fake_discord.wait_for(lambda: len(fake_api.submissions) == 1, timeout=10)
+    fake_api.scenario = "success"
+    second = await fake_discord.invoke_slash(
+        "depth2img",
+        {"image": fake_discord.add_attachment(make_png(seed=2), "b.png"), "prompt": "two"},
+        user_id=727272727272727272,
+    )
+    for record in (first, second):
+        await fake_discord.wait_for(lambda r=record: is_settled(fake_discord, r), timeout=20)
+        assert len(fake_discord.final_message(record).results) == 1
+    await fake_discord.wait_until_idle(busy(bot))
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 2}
+
+
+async def test_a_locked_ledger_is_waited_out(start_bot, fake_discord, fake_api, tmp_path):
+    """Another process holds the SQLite file locked for 12 s (past SQLite's own 5 s busy wait, twice) while a
+    job runs: its writes are tried again until the lock is gone, and the job completes."""
+    bot = await start_bot()
+    fake_api.scenario = "queued"
+    fake_api.polls_before_done = 3
+    locked = threading.Event()
+
+    def hold_the_lock() -> None:
+        conn = sqlite3.connect(tmp_path / "data" / "jobs.sqlite3", isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(12)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    holder = asyncio.get_running_loop().run_in_executor(None, hold_the_lock)
+    await asyncio.get_running_loop().run_in_executor(None, locked.wait)
+    _record, final = await slash(fake_discord, {"prompt": "castle"}, timeout=40)
+    await holder
+    assert len(final.results) == 1, final.content
+    await fake_discord.wait_until_idle(busy(bot))
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
+
+
+async def test_a_job_that_outlives_its_token_is_posted_in_the_channel(start_bot, fake_discord, fake_api):
+    """The interaction is 14 minutes old when the job ends (a long queue at the API): the progress line
+    says, while the token still lives, that the picture will come as a message; the picture is then
+    posted in the channel, mentioning only the member. (Before: the token was tried, refused, and the
+    downloaded picture thrown away with "Queued" left on screen.)"""
+    await start_bot(SD_JOB_TIMEOUT_S="3600", PROGRESS_INTERVAL_S="0.1")
+    fake_api.scenario = "queued"
+    fake_api.polls_before_done = 3
+    user = 838383838383838383
+    record = await fake_discord.invoke_slash(
+        "depth2img",
+        {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "slow queue"},
+        user_id=user,
+        created_ago_s=14 * 60 + 5,
+    )
+    await fake_discord.wait_for(lambda: len(fake_discord.channel_messages) == 1, timeout=20)
+    await fake_discord.wait_until_idle()
+    (msg_id,) = fake_discord.channel_messages
+    posted = fake_discord.messages[msg_id]
+    assert len(posted.results) == 1
+    assert posted.pings == [f"<@{user}>"]
+    (progress,) = fake_discord.visible_messages(record)
+    assert progress.content == LONG_WAIT_NOTICE
+    assert len(fake_api.submissions) == 1
+
+
+async def test_a_final_edit_refused_with_5xx_is_posted_in_the_channel(start_bot, fake_discord, fake_api):
+    """Discord answers the result's edit with 503, five times: discord.py's webhook client tries each
+    5xx five times (waiting 1 + 3 + 5 + 7 + 9 s; this test takes that long), then raises
+    DiscordServerError. The downloaded picture is not thrown away but posted as a channel message for
+    the member."""
+    await start_bot()
+    fake_discord.fail_next_edits = 5
+    fake_discord.edit_failure = (503, 0, "Service Unavailable")
+    user = 848484848484848484
+    record = await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
+    )
+    await fake_discord.wait_for(lambda: len(fake_discord.channel_messages) == 1, timeout=40)
+    await fake_discord.wait_until_idle()
+    posted = fake_discord.messages[fake_discord.channel_messages[0]]
+    assert len(posted.results) == 1
+    assert posted.pings == [f"<@{user}>"]
+    assert record.ack_type == 5
+
+
+async def test_running_jobs_complete_across_a_postgresql_restart(start_bot, fake_discord, fake_api):
+    """The ledger's PostgreSQL server restarts (down for 2 s) while three jobs are queued at the API:
+    their writes wait for it, and every job completes (none a zombie, none failed for it)."""
+    from tests.conftest import create_database
+    from tests.postgres import PostgresUnavailable, TempPostgres
+
+    try:
+        server = TempPostgres()
+        await asyncio.to_thread(server.start)
+    except PostgresUnavailable as exc:
+        import os
+
+        import pytest
+
+        if os.environ.get("D2I_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required here and could not start: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    try:
+        url = await create_database(server.url)
+        bot = await start_bot(DATABASE_URL=url, SD_MAX_CONCURRENT="5", SD_MAX_JOBS_PER_USER="5")
+        fake_api.scenario = "queued"
+        fake_api.polls_before_done = 10**6
+        records = [
+            await fake_discord.invoke_slash(
+                "depth2img",
+                {"image": fake_discord.add_attachment(make_png(seed=n), f"{n}.png"), "prompt": f"job {n}"},
+            )
+            for n in range(3)
+        ]
+        await fake_discord.wait_for(lambda: len(fake_api.submissions) == 3, timeout=20)
+        fake_api.polls_before_done = 0  # they are ready, to be recorded while the server is down
+        await asyncio.to_thread(server.restart, 2.0)
+        for record in records:
+            await fake_discord.wait_for(lambda r=record: is_settled(fake_discord, r), timeout=40)
+            assert len(fake_discord.final_message(record).results) == 1
+        await fake_discord.wait_until_idle(busy(bot))
+        assert await count_by_state(service_of(bot).ledger) == {"delivered": 3}
+    finally:
+        await asyncio.to_thread(server.stop)
