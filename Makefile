@@ -42,7 +42,9 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-output
 
 ## Benchmark: our bot and a minimal baseline bot, side by side (not part of the test suite): warm
-## bots at bursts of 1, 8, 32 and 200, then cold starts (a fresh process, one request, then 200).
+## bots at bursts of 1, 8, 32 and 200, then cold starts (a fresh process, one request, then 200), then
+## the bot's memory when the API sends ten 25 MB outputs per job (bench/memory.py).
 bench: $(VENV)/.runtime
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench --cold $(BENCH_COLD_ARGS)
+	$(PY) -m bench.memory

@@ -170,7 +170,7 @@ ERROR_CASES = [
     ("processing_without_id", {}, "does not understand"),
     ("slow", {"SD_REQUEST_TIMEOUT_S": "1"}, "did not answer in time"),
     ("output_404", {}, "could not be downloaded"),
-    ("output_not_image", {}, "could not be downloaded"),
+    ("output_not_image", {}, "a picture the bot cannot use"),
 ]
 
 

@@ -16,8 +16,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from tests.conftest import is_settled, service_of, slash
-from tests.fakes.fake_api import make_png
+from tests.conftest import busy, is_settled, service_of, slash
+from tests.fakes.fake_api import bomb_png, make_png
 from tests.ledger_queries import count_by_state
 from tests.test_e2e import assert_clean
 
@@ -221,7 +221,7 @@ FAULTS = [
     ("stall", {"SD_REQUEST_TIMEOUT_S": "1"}, "did not answer in time"),
     # (a paid output is asked for again until the job's deadline: here 2 s)
     ("output_reset", {"SD_MAX_RETRIES": "1", "SD_JOB_TIMEOUT_S": "2"}, "could not be downloaded"),
-    ("output_not_image", {}, "could not be downloaded"),
+    ("output_not_image", {}, "a picture the bot cannot use"),
     ("queued_forever", {"SD_JOB_TIMEOUT_S": "1"}, "did not finish within"),
 ]
 
@@ -273,4 +273,36 @@ async def test_fifty_concurrent_requests_with_faults_all_end_once(start_bot, fak
     assert counts.get("delivered", 0) == delivered
     assert counts.get("failed", 0) == failed
     assert len(fake_api.submissions) == 50
+    assert_clean(fake_discord, fake_api)
+
+
+# --- outputs are checked like inputs (issue 12, item 14) ---------------------------------------------
+
+
+async def test_an_output_over_the_pixel_limit_is_refused_not_delivered(bot, fake_discord, fake_api):
+    """The API sends a 400-megapixel PNG of a few kilobytes: whole, valid and small, it used to be
+    delivered untouched. Refused by its header (nothing decoded), and the member told."""
+    fake_api.output_png = bomb_png()
+    _, final = await slash(fake_discord, {"prompt": "castle"})
+    assert final.files == []
+    assert "a picture the bot cannot use" in final.content
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_before_after_of_an_unusable_kept_result_ends_with_a_message(bot, fake_discord, fake_api):
+    """A result kept by an older bot that did not check outputs (here: a 400-megapixel PNG) or damaged
+    on disk: the before | after button answers with a clear message, never "thinking..." for ever."""
+    from pathlib import Path
+
+    from tests.test_iterate import job_id_of, settle
+
+    _, final = await slash(fake_discord, {"prompt": "castle"})
+    job_id = job_id_of(final)
+    await fake_discord.wait_until_idle(busy(bot))
+    job = await service_of(bot).get(job_id)
+    for kept in (bomb_png(), b"\x89PNG\r\n\x1a\n damaged"):
+        Path(job.result_path).write_bytes(kept)
+        shown = await settle(fake_discord, await fake_discord.click(final, f"d2i:compare:{job_id}"))
+        assert shown.files == []
+        assert "a picture the bot cannot use" in shown.content
     assert_clean(fake_discord, fake_api)

@@ -7,10 +7,10 @@ import io
 import pytest
 from PIL import Image
 
-from cogs.depth2img.errors import InvalidInput
-from cogs.depth2img.images import finish_output, prepare_source
+from cogs.depth2img.errors import InvalidInput, OutputUnavailable
+from cogs.depth2img.images import before_after, finish_output, prepare_source
 from cogs.depth2img.pngs import fitting_png, plain_source
-from tests.fakes.fake_api import make_png
+from tests.fakes.fake_api import bomb_png, make_png
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -61,7 +61,7 @@ def test_animated_webp_is_refused():
 
 def test_small_output_passes_through_untouched():
     png = make_png(64, 64)
-    out = finish_output(png, limit_bytes=1_000_000, stem="r")
+    out = finish_output(png, limit_bytes=1_000_000, max_pixels=40_000_000, stem="r")
     assert out.data == png and out.filename == "r.png"
 
 
@@ -103,11 +103,36 @@ def test_anything_else_goes_to_the_worker(make):
 def test_a_whole_png_output_that_fits_passes_untouched():
     data = make_png()
     pieces = [data[:100], data[100:1000], data[1000:]]  # as downloaded
-    joined, image = fitting_png(pieces, limit_bytes=len(data), stem="x")
+    limits = {"max_pixels": 40_000_000, "stem": "x"}
+    joined, image = fitting_png(pieces, limit_bytes=len(data), **limits)
     assert joined == data
     assert image is not None and image.data == b"" and image.filename == "x.png"
-    assert fitting_png([data], limit_bytes=len(data) - 1, stem="x") == (data, None)
-    assert fitting_png([data[:-30]], limit_bytes=len(data), stem="x")[1] is None
+    assert fitting_png([data], limit_bytes=len(data) - 1, **limits) == (data, None)
+    assert fitting_png([data[:-30]], limit_bytes=len(data), **limits)[1] is None
+
+
+def test_an_output_over_the_pixel_limit_is_refused_before_it_is_decoded():
+    """400 megapixels in a few kilobytes: refused by the PNG's header on the fast path (which used to
+    pass it untouched, as it is whole and small), and by Pillow's header read on the worker's path."""
+    bomb = bomb_png()
+    assert len(bomb) < 1_000_000
+    with pytest.raises(OutputUnavailable, match="20000x20000"):
+        fitting_png([bomb], limit_bytes=25 * 1024 * 1024, max_pixels=40_000_000, stem="x")
+    with pytest.raises(OutputUnavailable):
+        finish_output(bomb, limit_bytes=25 * 1024 * 1024, max_pixels=40_000_000, stem="x")
+    small = bomb_png(100, 100)
+    with pytest.raises(OutputUnavailable, match="100x100"):
+        finish_output(small, limit_bytes=25 * 1024 * 1024, max_pixels=9_999, stem="x")
+
+
+def test_before_after_refuses_a_bomb_and_anything_unreadable():
+    """Whatever is kept as a job's result (an old bot kept outputs unchecked), the comparison ends in
+    OutputUnavailable, never in another exception (which left the button "thinking..." for ever)."""
+    source = make_png()
+    for result in (bomb_png(), bomb_png(10_000, 10_000), b"not a picture", make_png()[:200]):
+        with pytest.raises(OutputUnavailable):
+            before_after(source, result, limit_bytes=8 << 20, max_pixels=40_000_000, stem="c")
+    assert before_after(source, make_png(), limit_bytes=8 << 20, max_pixels=40_000_000, stem="c").data
 
 
 def _with_text(png: bytes) -> bytes:

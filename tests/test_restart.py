@@ -222,3 +222,49 @@ async def test_sigterm_past_the_grace_period_leaves_the_job_to_resume(fake_disco
         await stop_bot(proc, signal.SIGTERM)
     assert fake_discord.final_message(record).files
     assert len(fake_api.submissions) == 1
+
+
+async def test_every_acknowledged_command_ends_after_a_crash(fake_discord, fake_api, tmp_path, database):
+    """Killed 0.3 s after acknowledging 24 commands with large pictures (before: 24 of 24 left on
+    "thinking..." for ever, their rows not yet written). After the restart each ends in a final state
+    the member sees: here all of them are run (the picture is read again from Discord)."""
+    env = bot_env(
+        fake_discord,
+        fake_api,
+        tmp_path / "data",
+        SD_MAX_QUEUED="100",
+        METRICS_PORT=str(free_port()),
+        **database.env,
+    )
+    fake_api.latency_s = 0.5  # the first jobs may reach the API before the kill; they are polled after
+    big = make_png(1400, 1400, noise=True)  # 5.9 MB each
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    records = [
+        await fake_discord.invoke_slash(
+            "depth2img",
+            {"image": fake_discord.add_attachment(big, f"big{n}.png"), "prompt": f"big {n}"},
+            user_id=900_000_000_000_000_000 + n,
+        )
+        for n in range(24)
+    ]
+    await fake_discord.wait_for(lambda: all(r.ack_type == 5 for r in records), timeout=20)
+    await asyncio.sleep(0.3)
+    await stop_bot(proc, signal.SIGKILL)
+    fake_api.latency_s = 0.0
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    try:
+        await fake_discord.wait_for(lambda: all(is_settled(fake_discord, r) for r in records), timeout=90)
+        await fake_discord.wait_until_idle(bot_busy(env))
+    finally:
+        await stop_bot(proc, signal.SIGTERM)
+    interrupted = 0
+    for record in records:
+        final = fake_discord.final_message(record)
+        assert final is not None
+        # a picture, or (sent to the API as the process died: never sent twice) the clear message
+        assert final.results or "restarted while sending your request" in final.content, final.content
+        interrupted += not final.results
+    assert len(fake_api.submissions) == 24
+    assert await states(database) == {"delivered": 24 - interrupted} | (
+        {"failed": interrupted} if interrupted else {}
+    )

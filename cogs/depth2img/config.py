@@ -47,6 +47,7 @@ class Depth2ImgSettings:
     max_input_bytes: int = 10 * 1024 * 1024
     max_input_pixels: int = 40_000_000
     max_output_bytes: int = 25 * 1024 * 1024
+    output_memory_bytes: int = 256 * 1024 * 1024  # held for outputs at once, process-wide
     input_read_timeout_s: float = 30.0
     user_cooldown_s: float = 3.0
     guild_daily_quota: int = 0  # 0 = no quota
@@ -78,6 +79,7 @@ SETTINGS_HELP: dict[str, str] = {
     "MAX_INPUT_BYTES": "largest attachment accepted, in bytes (default 10485760 = 10 MB)",
     "MAX_INPUT_PIXELS": "largest attachment accepted, in pixels (default 40000000)",
     "MAX_OUTPUT_BYTES": "largest output image downloaded from the API, in bytes (default 26214400)",
+    "OUTPUT_MEMORY_BYTES": "memory for output images at once, all jobs together, from download to delivery (default 268435456 = 256 MB; at least 5 x MAX_OUTPUT_BYTES)",
     "INPUT_READ_TIMEOUT_S": "seconds to download a member's picture from Discord before giving up (default 30)",
     "SD_USER_COOLDOWN_S": "seconds a member waits between two requests (default 3; 0 = none)",
     "SD_GUILD_DAILY_QUOTA": "requests one server may make per UTC day (default 0 = no quota)",
@@ -181,6 +183,7 @@ def load_settings(env: Mapping[str, str]) -> Depth2ImgSettings:
         max_input_bytes=r.number("MAX_INPUT_BYTES", 10 * 1024 * 1024, int, 1024, 500 * 1024 * 1024),
         max_input_pixels=r.number("MAX_INPUT_PIXELS", 40_000_000, int, 4096, 400_000_000),
         max_output_bytes=r.number("MAX_OUTPUT_BYTES", 25 * 1024 * 1024, int, 1024, 500 * 1024 * 1024),
+        output_memory_bytes=r.number("OUTPUT_MEMORY_BYTES", 256 * 1024 * 1024, int, 4096, 1 << 40),
         input_read_timeout_s=r.number("INPUT_READ_TIMEOUT_S", 30.0, float, 0.1, 600),
         user_cooldown_s=r.number("SD_USER_COOLDOWN_S", 3.0, float, 0, 3600),
         guild_daily_quota=r.number("SD_GUILD_DAILY_QUOTA", 0, int, 0, 1_000_000),
@@ -194,6 +197,11 @@ def load_settings(env: Mapping[str, str]) -> Depth2ImgSettings:
         job_lease_s=r.number("JOB_LEASE_S", 60.0, float, 1, 3600),
         loop_monitor_file=Path(monitor) if (monitor := r.raw("LOOP_MONITOR_FILE")) else None,
     )
+    if settings.output_memory_bytes < 5 * settings.max_output_bytes:
+        r.problems.append(
+            f"OUTPUT_MEMORY_BYTES={settings.output_memory_bytes} is less than 5 x MAX_OUTPUT_BYTES "
+            f"({5 * settings.max_output_bytes}): a job of 4 pictures (and the one being joined) must fit in it."
+        )
     if settings.allow_dms and not settings.member_daily_quota:
         r.problems.append(
             "ALLOW_DMS=on needs SD_MEMBER_DAILY_QUOTA (pictures one member may make per day): in direct "

@@ -171,11 +171,13 @@ class JobInterrupted(JobError):
 
 
 class OutputUnavailable(Depth2ImgError):
-    """The finished image could not be downloaded, was too large, or was not an image."""
+    """The finished image could not be downloaded, or (``unusable``) what came was no picture the bot
+    can use: not an image, damaged, or over the size or pixel limits."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, unusable: bool = False) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.unusable = unusable
 
 
 class InternalError(Depth2ImgError):

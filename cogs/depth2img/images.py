@@ -106,7 +106,9 @@ def _fit(frame: Image.Image, *, limit_bytes: int, stem: str) -> GeneratedImage:
             if buf.tell() <= limit_bytes:
                 return GeneratedImage(buf.getvalue(), f"{stem}.jpg", current.width, current.height)
         if current.width <= 64 or current.height <= 64:
-            raise OutputUnavailable(f"output cannot be made smaller than {_human(limit_bytes)}")
+            raise OutputUnavailable(
+                f"output cannot be made smaller than {_human(limit_bytes)}", unusable=True
+            )
         scale *= 0.75
 
 
@@ -184,13 +186,13 @@ def prepare_source_file(path: str, *, max_pixels: int, max_side: int = 1024) -> 
     return str(final), replace(source, data=b"")
 
 
-def finish_output_file(path: str, *, limit_bytes: int, stem: str) -> GeneratedImage:
+def finish_output_file(path: str, *, limit_bytes: int, max_pixels: int, stem: str) -> GeneratedImage:
     """:func:`finish_output` for an output downloaded to ``path``, which is removed either way. An
     output delivered as it is comes back without its bytes (``data=b""``: the caller has them)."""
     src = Path(path)
     try:
         data = src.read_bytes()
-        image = finish_output(data, limit_bytes=limit_bytes, stem=stem)
+        image = finish_output(data, limit_bytes=limit_bytes, max_pixels=max_pixels, stem=stem)
     finally:
         src.unlink(missing_ok=True)
     return replace(image, data=b"") if image.data is data else image
@@ -214,18 +216,21 @@ def _scale_to_height(img: Image.Image, height: int) -> Image.Image:
     return img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def finish_output(data: bytes, *, limit_bytes: int, stem: str) -> GeneratedImage:
-    """Check that a downloaded output is an image and make it fit ``limit_bytes``. A PNG that fits is
-    checked chunk by chunk (CRCs) and passed through untouched; anything else is decoded, and
-    re-encoded (PNG, then JPEG at falling quality, then downscaled) when it does not fit."""
+def finish_output(data: bytes, *, limit_bytes: int, max_pixels: int, stem: str) -> GeneratedImage:
+    """Check that a downloaded output is an image of at most ``max_pixels`` (by its header, before a
+    pixel is decoded) and make it fit ``limit_bytes``. A PNG that fits is checked chunk by chunk (CRCs)
+    and passed through untouched; anything else is decoded, and re-encoded (PNG, then JPEG at falling
+    quality, then downscaled) when it does not fit."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             fmt = (img.format or "").upper()
             if fmt not in OUTPUT_FORMATS:
-                raise OutputUnavailable(f"output is not an image ({fmt or 'unknown'})")
+                raise OutputUnavailable(f"output is not an image ({fmt or 'unknown'})", unusable=True)
             width, height = img.size
+            if width * height > max_pixels:
+                raise OutputUnavailable(f"output of {width}x{height} pixels, over the limit", unusable=True)
             if fmt == "PNG" and len(data) <= limit_bytes:
                 img.verify()
                 return GeneratedImage(data=data, filename=f"{stem}.png", width=width, height=height)
@@ -233,19 +238,34 @@ def finish_output(data: bytes, *, limit_bytes: int, stem: str) -> GeneratedImage
     except OutputUnavailable:
         raise
     except Exception as exc:  # Pillow raises many types for bad data; all mean "not an image"
-        raise OutputUnavailable("output is not a readable image") from exc
+        raise OutputUnavailable("output is not a readable image", unusable=True) from exc
     if len(data) <= limit_bytes and fmt in {"JPEG", "WEBP"}:
         ext = {"JPEG": "jpg", "WEBP": "webp"}[fmt]
         return GeneratedImage(data=data, filename=f"{stem}.{ext}", width=width, height=height)
     return _fit(img.convert("RGBA" if "A" in img.getbands() else "RGB"), limit_bytes=limit_bytes, stem=stem)
 
 
-def before_after(source: bytes, result: bytes, *, limit_bytes: int, stem: str) -> GeneratedImage:
-    """The source and the result side by side, labelled, as one JPEG that fits ``limit_bytes``."""
-    with Image.open(io.BytesIO(source)) as a, Image.open(io.BytesIO(result)) as b:
-        a.draft("RGB", (a.width * COMPARISON_HEIGHT // max(1, a.height), COMPARISON_HEIGHT))
-        left = _scale_to_height(_to_rgb(ImageOps.exif_transpose(a)), COMPARISON_HEIGHT)
-        right = _scale_to_height(_to_rgb(b), COMPARISON_HEIGHT)
+def before_after(
+    source: bytes, result: bytes, *, limit_bytes: int, max_pixels: int, stem: str
+) -> GeneratedImage:
+    """The source and the result side by side, labelled, as one JPEG that fits ``limit_bytes``. Either
+    picture over ``max_pixels`` (by its header: a result kept before outputs were checked may be one),
+    or unreadable, raises :class:`OutputUnavailable` (before anything is decoded)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source)) as a, Image.open(io.BytesIO(result)) as b:
+                if a.width * a.height > max_pixels or b.width * b.height > max_pixels:
+                    raise OutputUnavailable(
+                        "a picture of the comparison is over the pixel limit", unusable=True
+                    )
+                a.draft("RGB", (a.width * COMPARISON_HEIGHT // max(1, a.height), COMPARISON_HEIGHT))
+                left = _scale_to_height(_to_rgb(ImageOps.exif_transpose(a)), COMPARISON_HEIGHT)
+                right = _scale_to_height(_to_rgb(b), COMPARISON_HEIGHT)
+    except OutputUnavailable:
+        raise
+    except Exception as exc:  # Pillow raises many types for bad data (a bomb, a truncated file, ...)
+        raise OutputUnavailable("the comparison could not be made", unusable=True) from exc
     return _side_by_side(left, right, limit_bytes=limit_bytes, stem=stem)
 
 
@@ -262,7 +282,7 @@ def _side_by_side(left: Image.Image, right: Image.Image, *, limit_bytes: int, st
         canvas.save(buf, format="JPEG", quality=quality)
         if buf.tell() <= limit_bytes:
             return GeneratedImage(buf.getvalue(), f"{stem}.jpg", canvas.width, canvas.height)
-    raise OutputUnavailable("comparison image too large")
+    raise OutputUnavailable("comparison image too large", unusable=True)
 
 
 def warm_up() -> None:

@@ -86,28 +86,28 @@ class Metrics:
         )
         self.in_flight = Gauge("depth2img_jobs_in_flight", "Jobs admitted and not finished.", registry=r)
         self.queue_depth = Gauge("depth2img_queue_depth", "Jobs waiting for a free API slot.", registry=r)
+        self.output_bytes = Gauge(
+            "depth2img_output_bytes_held",
+            "Bytes of output images held (downloading, or waiting for delivery): at most OUTPUT_MEMORY_BYTES.",
+            registry=r,
+        )
         for outcome in ("delivered", "failed", "cancelled"):
             self.jobs.labels(outcome=outcome)  # present from the start, at 0
 
-    def watch(self, in_flight: Callable[[], float], queue_depth: Callable[[], float]) -> None:
-        """The two gauges read the admission state when scraped."""
+    def watch(
+        self,
+        in_flight: Callable[[], float],
+        queue_depth: Callable[[], float],
+        output_bytes: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        """The gauges read the admission state and the output budget when scraped."""
         self.in_flight.set_function(in_flight)
         self.queue_depth.set_function(queue_depth)
+        self.output_bytes.set_function(output_bytes)
 
     def close(self) -> None:
         """Take this extension's metrics off the registry (it is the bot's: a reload registers anew)."""
-        for collector in (
-            self.jobs,
-            self.rejected,
-            self.api_errors,
-            self.resumed,
-            self.acks,
-            self.ack_seconds,
-            self.job_seconds,
-            self.api_seconds,
-            self.in_flight,
-            self.queue_depth,
-        ):
+        for collector in [c for c in vars(self).values() if isinstance(c, Counter | Gauge | Histogram)]:
             with contextlib.suppress(KeyError):
                 self.registry.unregister(collector)
 

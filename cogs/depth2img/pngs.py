@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import OutputUnavailable
 from .models import GeneratedImage, ImageInfo, SourceImage
 
 MIN_SIDE = 64  # pixels, each side: the least a picture may have
@@ -92,17 +93,22 @@ def joined(pieces: Sequence[bytes]) -> bytes:
 
 
 def fitting_png(
-    pieces: Sequence[bytes], *, limit_bytes: int, stem: str
+    pieces: list[bytes], *, limit_bytes: int, max_pixels: int, stem: str
 ) -> tuple[bytes, GeneratedImage | None]:
-    """For a thread: a downloaded output, as received in ``pieces``, joined. An output PNG that fits
+    """For a thread: a downloaded output, as received in ``pieces``, joined (``pieces`` is emptied: a
+    picture is held once, not twice, from here on). An output PNG that fits
     ``limit_bytes`` and is whole is delivered as it is, and comes back as an image that carries no
     bytes (they are the first item); None: the picture needs :func:`.images.finish_output_file` (a
-    worker)."""
+    worker). Raises :class:`OutputUnavailable` for a PNG of more than ``max_pixels`` (read from its
+    header: nothing is decoded), which may be a few kilobytes that would decode to gigabytes."""
     data = joined(pieces)
-    if len(data) > limit_bytes:
-        return data, None
+    pieces.clear()
     facts = png_facts(data)
-    if facts is None:
+    if facts is not None and facts.width * facts.height > max_pixels:
+        raise OutputUnavailable(
+            f"output of {facts.width}x{facts.height} pixels, over the limit", unusable=True
+        )
+    if len(data) > limit_bytes or facts is None:
         return data, None
     return data, GeneratedImage(b"", f"{stem}.png", facts.width, facts.height)
 
@@ -127,6 +133,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _BLOCK = 4096
 _DIRECT_MIN, _DIRECT_MAX = 256 * 1024, 64 * 1024 * 1024
+_KEPT_BUFFER = 4 * 1024 * 1024
 _buffers = threading.local()
 
 
@@ -136,9 +143,16 @@ def _write_direct(path: Path, data: bytes) -> bool:
         return False
     size = -(-len(data) // _BLOCK) * _BLOCK
     buffer: mmap.mmap | None = getattr(_buffers, "buffer", None)
-    if buffer is None or len(buffer) < size:  # page-aligned, kept per thread and reused
-        buffer = mmap.mmap(-1, max(size, 4 * 1024 * 1024))
-        _buffers.buffer = buffer
+    if size > _KEPT_BUFFER:  # (a rare large picture: a buffer of its own, unmapped after the write;
+        # keeping it would hold its size for as long as the thread lives, per thread)
+        with mmap.mmap(-1, size) as own:
+            return _write_from(own, path, data, size)
+    if buffer is None:  # page-aligned, kept per thread and reused
+        buffer = _buffers.buffer = mmap.mmap(-1, _KEPT_BUFFER)
+    return _write_from(buffer, path, data, size)
+
+
+def _write_from(buffer: mmap.mmap, path: Path, data: bytes, size: int) -> bool:
     buffer[: len(data)] = data
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o600)

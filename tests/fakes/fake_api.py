@@ -111,6 +111,22 @@ def make_png(width: int = 512, height: int = 512, *, seed: int = 0, noise: bool 
     return buf.getvalue()
 
 
+def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A valid PNG of ``width`` x ``height`` black pixels (1 bit each) that weighs a few kilobytes and
+    decodes to gigabytes: 400 megapixels by default. Written chunk by chunk, never decoded here."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte 0, then the row's bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def simulate_depth2img(data: bytes, prompt: str) -> bytes:
     """The demo's stand-in for the model: posterise + tint + label, so the change is obvious."""
     with Image.open(io.BytesIO(data)) as src:
@@ -164,6 +180,7 @@ class FakeModelsLab(LocalServer):
     )
     redirects: dict[str, str] = field(default_factory=dict)  # file name → where GET /files/{name} redirects
     error_message: str = "Something is wrong with this request."  # what the error_message scenario says
+    output_count: int | None = None  # when set, every finished job has this many outputs (e.g. 10)
     # Bad moments of the API, played one per request before it answers normally (FAULTS):
     fetch_faults: list[str] = field(default_factory=list)  # on polls
     file_faults: list[str] = field(default_factory=list)  # on output downloads
@@ -222,6 +239,7 @@ class FakeModelsLab(LocalServer):
         return body if isinstance(body, dict) else None
 
     def _outputs(self, prefix: str, count: int) -> list[str]:
+        count = self.output_count or count
         return [self.add_file(f"{prefix}-{i}.png", self.output_png) for i in range(count)]
 
     # --- routes ------------------------------------------------------------------------------------

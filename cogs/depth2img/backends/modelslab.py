@@ -282,10 +282,10 @@ class ModelsLabBackend:
                 if resp.status != 200:
                     raise OutputUnavailable(f"HTTP {resp.status} for the output image")
                 if resp.content_length is not None and resp.content_length > self._max_download:
-                    raise OutputUnavailable("output image larger than the download cap")
+                    raise OutputUnavailable("output image larger than the download cap", unusable=True)
                 data = await read_capped(resp, self._max_download)
                 if data is None:
-                    raise OutputUnavailable("output image larger than the download cap")
+                    raise OutputUnavailable("output image larger than the download cap", unusable=True)
                 return data
         except BlockedAddress as exc:
             raise OutputUnavailable(f"output URL refused: {exc}") from None

@@ -33,6 +33,7 @@ from cogs.depth2img.models import GeneratedImage, GenerationResult, ProgressEven
 from cogs.depth2img.store import Job, JobState, Ledger
 
 from .admission import Admission, AnswerFirst
+from .budget import ByteBudget, Hold
 from .pictures import Pictures
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ class Outcome:
     error: Depth2ImgError | None = None
     api_s: float | None = None  # submission to images ready at the service, when this run saw both
     later: bool = False  # not ended: left in the ledger for a later run (the service has the job)
+    hold: Hold | None = None  # the output budget the result's images hold until they are delivered
+
+    def release(self) -> None:
+        if self.hold is not None:
+            self.hold.release()
 
 
 class JobRunner:
@@ -69,6 +75,7 @@ class JobRunner:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.backend = backend
         self.ledger = ledger
@@ -80,6 +87,7 @@ class JobRunner:
         self._sleep = sleep
         self.typical_job_s = 10.0  # moving average of the service's time, for waiting-time estimates
         self._downloading = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
+        self.budget = budget or ByteBudget(settings.output_memory_bytes)
 
     async def run(self, job: Job, *, started_at: float, emit: Emit) -> Outcome:
         """Never raises but for cancellation: whatever goes wrong is the returned outcome's error."""
@@ -110,7 +118,7 @@ class JobRunner:
                     if not job.output_urls:
                         job = await self._poll(job, first, emit)
                     api_s = self._clock() - api_started
-                images = await self._download(job, emit)
+                images, hold = await self._download(job, emit)
                 # where the first image was kept; recorded with the final state
                 job = replace(job, result_path=self.pictures.result_path(job.id, images[0]))
         except TimeoutError:
@@ -162,7 +170,7 @@ class JobRunner:
             local_wait_s=local_wait,
             total_s=self._clock() - started_at,
         )
-        return Outcome(job, result=result, api_s=api_s)
+        return Outcome(job, result=result, api_s=api_s, hold=hold)
 
     # A job at the image service whose run failed for the bot's own reasons is run again (by polling) at
     # most this many times, and never past its deadline.
@@ -274,12 +282,29 @@ class JobRunner:
         growing: float = s.poll_initial_s * 2.0 ** min(faults - 1, 16)
         return min(growing, max(s.poll_max_s * 3, s.poll_initial_s))
 
-    async def _download(self, job: Job, emit: Emit) -> tuple[GeneratedImage, ...]:
-        """Download every output at once; check and fit each off the event loop."""
-        urls = job.output_urls[:10]  # Discord allows 10 files a message; the API allows 4 samples anyway
-        await self.answer_first.wait_turn()
-        downloads = await asyncio.gather(*(self._fetch(job, u, emit) for u in urls))
-        return await self.pictures.finish_outputs(job.id, list(downloads), limit_bytes=job.upload_limit_bytes)
+    async def _download(self, job: Job, emit: Emit) -> tuple[tuple[GeneratedImage, ...], Hold]:
+        """Download the outputs the member asked for (a service that sends more is not followed: ten
+        URLs of 25 MB for one picture), all at once, within the process's output budget; check and fit
+        each off the event loop. Returns the images and the budget they hold until delivered."""
+        urls = job.output_urls[: max(1, job.params.samples)]
+        # each output at its largest, and one more: the one being joined from its pieces
+        hold = await self.budget.take((len(urls) + 1) * self.settings.max_output_bytes)
+        try:
+            await self.answer_first.wait_turn()
+            downloads = await asyncio.gather(*(self._fetch(job, u, emit) for u in urls))
+            sizes = [sum(map(len, pieces)) for pieces in downloads]
+            hold.keep(sum(sizes) + max(sizes, default=0))
+            images = await self.pictures.finish_outputs(
+                job.id,
+                downloads,  # (emptied as they are joined)
+                limit_bytes=job.upload_limit_bytes,
+                max_pixels=self.settings.max_input_pixels,  # outputs are held to the inputs' limit
+            )
+            hold.keep(sum(len(image.data) for image in images))
+        except BaseException:
+            hold.release()
+            raise
+        return images, hold
 
     async def _fetch(self, job: Job, url: str, emit: Emit) -> list[bytes]:
         """One output, asked for again through the service's passing troubles until the job's deadline

@@ -119,20 +119,28 @@ class Pictures:
         return str(self.results_dir / f"{job_id}.{first.filename.rsplit('.', 1)[-1]}")
 
     async def finish_outputs(
-        self, job_id: str, downloads: list[list[bytes]], *, limit_bytes: int
+        self, job_id: str, downloads: list[list[bytes]], *, limit_bytes: int, max_pixels: int
     ) -> tuple[GeneratedImage, ...]:
-        """Check each downloaded output and make it fit ``limit_bytes``. Nothing is written: the first
-        is kept (:meth:`keep_result`) once the member has it, off the way to them."""
+        """Check each downloaded output (at most ``max_pixels``, by its header) and make it fit
+        ``limit_bytes``. Each download's pieces are let go as they are joined, and a picture that goes
+        to a worker as soon as it is written: an output is in memory once at a time. Nothing is kept on
+        disk: the first is kept (:meth:`keep_result`) once the member has it, off the way to them."""
         prepared = []
         for index, pieces in enumerate(downloads):
-            fit: dict[str, Any] = {"limit_bytes": limit_bytes, "stem": f"depth2img-{job_id}-{index}"}
+            fit: dict[str, Any] = {
+                "limit_bytes": limit_bytes,
+                "max_pixels": max_pixels,
+                "stem": f"depth2img-{job_id}-{index}",
+            }
             # joined, and if a whole PNG that fits, checked, in one thread call; else to a worker
             blob, image = await self.thread(pngs.fitting_png, pieces, **fit)
-            if image is None:
-                download = self.results_dir / f"{job_id}-{index}.download"
-                await self.write(download, blob)
-                image = await self.cpu(images.finish_output_file, str(download), **fit)
-            prepared.append(image if image.data else replace(image, data=blob))
+            if image is not None:
+                prepared.append(image if image.data else replace(image, data=blob))
+                continue
+            download = self.results_dir / f"{job_id}-{index}.download"
+            await self.write(download, blob)
+            del blob
+            prepared.append(await self.cpu(images.finish_output_file, str(download), **fit))
         if not prepared:
             raise OutputUnavailable("no output images")
         return tuple(prepared)
@@ -142,18 +150,26 @@ class Pictures:
         await self.write(Path(path), first.data)
 
     async def comparison(
-        self, job_id: str, source: str | None, result: str | None, *, limit_bytes: int
+        self, job_id: str, source: str | None, result: str | None, *, limit_bytes: int, max_pixels: int
     ) -> GeneratedImage:
-        """The source and the result side by side (made when a member asks for it)."""
+        """The source and the result side by side (made when a member asks for it). Raises
+        :class:`InvalidInput` or :class:`OutputUnavailable`, whatever went wrong."""
         if not source or not result:
             raise InvalidInput("The pictures for that job are no longer stored.")
         before = await self.read(source)
         after = await self.read(result)
         try:
             return await self.cpu(
-                images.before_after, before, after, limit_bytes=limit_bytes, stem=f"before-after-{job_id}"
+                images.before_after,
+                before,
+                after,
+                limit_bytes=limit_bytes,
+                max_pixels=max_pixels,
+                stem=f"before-after-{job_id}",
             )
-        except (OSError, ValueError):
+        except OutputUnavailable:
+            raise
+        except Exception:  # (a worker that died: BrokenProcessPool, ...)
             raise OutputUnavailable("the comparison could not be made") from None
 
     async def remove(self, *paths: str | None) -> None:

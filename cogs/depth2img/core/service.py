@@ -10,22 +10,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 from cogs.depth2img.backends.base import Backend
 from cogs.depth2img.config import Depth2ImgSettings
 from cogs.depth2img.diagnostics import loop_monitor
-from cogs.depth2img.errors import DeliveryFailed, InvalidInput, JobCancelled, RequestRejected
+from cogs.depth2img.errors import InvalidInput, JobCancelled, RequestRejected
 from cogs.depth2img.metrics import Metrics
 from cogs.depth2img.models import Action, GeneratedImage, GenerationParams, JobKind
-from cogs.depth2img.store import DuplicateInteraction, Job, JobState, JobTakenOver, Ledger, LedgerClosed
+from cogs.depth2img.store import DuplicateInteraction, Job, JobState, Ledger
 
 from . import params as params_
 from . import upkeep
 from .admission import Admission, AnswerFirst, Ticket, day_start
+from .endings import Endings
 from .gate import Gate, Where
 from .intake import Intake, Origin, Reader
 from .jobs import Emit, JobRunner, Outcome, Sleep
@@ -33,9 +33,6 @@ from .pictures import NO_LONGER_STORED, Pictures
 from .policy import GuildSettings
 
 log = logging.getLogger(__name__)
-
-# How many times a final state is tried (each try retries for a while itself: see Ledger.retry_for_s).
-FINISH_ATTEMPTS = 5
 
 
 class Depth2ImgService:
@@ -63,7 +60,6 @@ class Depth2ImgService:
             guild_daily_quota=settings.guild_daily_quota,
             clock=clock,
         )
-        metrics.watch(lambda: self.admission.in_flight, lambda: self.admission.waiting)
         self.pictures = Pictures(
             data_dir, image_workers=settings.image_workers, picture_threads=settings.picture_threads
         )
@@ -79,10 +75,14 @@ class Depth2ImgService:
             clock=clock,
             sleep=sleep,
         )
+        metrics.watch(
+            lambda: self.admission.in_flight, lambda: self.admission.waiting, lambda: self.runner.budget.held
+        )
         self.intake = Intake(settings, ledger, self.pictures, self.answer_first)
         self._cancels: dict[str, asyncio.Event] = {}
         self._running: set[str] = set()  # the jobs this process is driving (their leases are renewed)
         self.gate = Gate(settings, ledger, self.admission, metrics)
+        self.endings = Endings(ledger, self.pictures, metrics, sleep=sleep)
 
     # --- start and stop ---
 
@@ -258,80 +258,12 @@ class Depth2ImgService:
         event.set()
         return True
 
-    @contextlib.asynccontextmanager
-    async def delivering(self, outcome: Outcome, *, started_at: float | None = None) -> AsyncIterator[bool]:
-        """Around telling the member: yields whether this process may (several may share the ledger;
-        one that lost the job stays silent). Once told, the final state is recorded; if telling them
-        raised, the job is recorded as failed (:class:`DeliveryFailed`, never sent again)."""
-        job = outcome.job
-        if outcome.later:
-            log.info("job left to be resumed by polling", extra={"job": job.id, "state": str(job.state)})
-            yield False
-            return
-        mine = not isinstance(outcome.error, JobTakenOver) and await self.ledger.claim_delivery(job)
-        if not mine:
-            log.info("job owned by another process now; not delivering", extra={"job": job.id})
-            yield False
-            return
-        try:
-            yield True
-        except Exception:
-            await self._finish(Outcome(job, error=DeliveryFailed("discord refused")))
-            raise
-        if started_at is not None:
-            self.metrics.job_seconds.observe(time.monotonic() - started_at)
-        if outcome.result is not None and job.result_path:
-            try:  # kept now, off the member's way: for "Use as source", before | after and /depth2img-show
-                await self.pictures.keep_result(job.result_path, outcome.result.images[0])
-            except OSError as exc:
-                log.warning(
-                    "the result could not be kept", extra={"job": job.id, "error": type(exc).__name__}
-                )
-                outcome = replace(outcome, job=replace(job, result_path=None))
-        await self._finish(outcome)
-
-    async def _finish(self, outcome: Outcome) -> None:
-        """Record the final state, once the member has been told (tried again for a while if the ledger
-        is out of reach: a job the member was told about must not be resumed and told again). The
-        source picture and the first result stay on disk while the job exists (buttons and
-        /depth2img-show use them)."""
-        for attempt in range(FINISH_ATTEMPTS):
-            try:
-                await self._record_final(outcome)
-                return
-            except Exception as exc:
-                log.error(
-                    "the final state could not be recorded",
-                    extra={"job": outcome.job.id, "error": type(exc).__name__, "attempt": attempt + 1},
-                )
-                if isinstance(exc, LedgerClosed):
-                    return
-                await self._sleep(min(30.0, 2.0**attempt))
-
-    async def _record_final(self, outcome: Outcome) -> None:
-        job, exc = outcome.job, outcome.error
-        try:
-            if exc is None:
-                assert outcome.result is not None
-                # (the interaction's token is cleared with the final state: nothing needs it any more)
-                new = await self.ledger.update(
-                    job, state=JobState.DELIVERED, result_path=job.result_path, interaction_token=""
-                )
-                log.info("job delivered", extra={"job": job.id, "images": len(outcome.result.images)})
-            else:
-                state = JobState.CANCELLED if isinstance(exc, JobCancelled) else JobState.FAILED
-                kind = type(exc).__name__
-                new = await self.ledger.update(
-                    job, state=state, error_kind=kind, detail=kind, interaction_token=""
-                )
-                log.info(
-                    "job finished without images", extra={"job": job.id, "state": str(state), "error": kind}
-                )
-        except JobTakenOver:
-            log.warning("job taken over while finishing", extra={"job": job.id})
-            return
-        if not isinstance(exc, RequestRejected):  # (refusals are counted as such, when they happen)
-            self.metrics.job_finished(str(new.state), exc)
+    def delivering(
+        self, outcome: Outcome, *, started_at: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Around telling the member: yields whether this process may; once told, the final state is
+        recorded (:class:`.endings.Endings`)."""
+        return self.endings.delivering(outcome, started_at=started_at)
 
     @contextlib.contextmanager
     def resumed(self, job: Job) -> Iterator[Ticket]:
@@ -364,7 +296,11 @@ class Depth2ImgService:
 
     async def comparison(self, job: Job) -> GeneratedImage:
         return await self.pictures.comparison(
-            job.id, job.source_path, job.result_path, limit_bytes=job.upload_limit_bytes
+            job.id,
+            job.source_path,
+            job.result_path,
+            limit_bytes=job.upload_limit_bytes,
+            max_pixels=self.settings.max_input_pixels,
         )
 
     async def history(self, user_id: int, limit: int = 10) -> list[Job]:

@@ -18,13 +18,13 @@ from discord.ext import commands
 from cogs.depth2img.core.params import build_params
 from cogs.depth2img.core.service import Depth2ImgService
 from cogs.depth2img.core.tasks import create_task
-from cogs.depth2img.errors import Depth2ImgError, InvalidInput
+from cogs.depth2img.errors import Depth2ImgError, InternalError, InvalidInput
 from cogs.depth2img.models import DERIVING, Action, GenerationParams, JobKind
 from cogs.depth2img.store import Job, JobState
 
 from . import text
 from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, upload
-from .delivery import NO_MENTIONS
+from .delivery import NO_MENTIONS, answer_anyway
 from .flow import RequestFlow
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,18 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
     # --- buttons and forms ------------------------------------------------------------------------
 
     async def on_button(self, interaction: discord.Interaction[Any], action: Action, job_id: str) -> None:
+        """A press of any result's or progress line's button. Whatever goes wrong, the member hears."""
+        try:
+            await self._on_button(interaction, action, job_id)
+        except Exception as exc:
+            await self._failed(interaction, exc, f"button {action}")
+
+    async def _failed(self, interaction: discord.Interaction[Any], exc: Exception, what: str) -> None:
+        error = exc if isinstance(exc, Depth2ImgError) else InternalError(type(exc).__name__)
+        log.error("interaction failed", extra={"what": what, "error": type(exc).__name__})
+        await answer_anyway(interaction, text.describe(error))
+
+    async def _on_button(self, interaction: discord.Interaction[Any], action: Action, job_id: str) -> None:
         job = await self.service.get(job_id)
         if job is None:
             await interaction.response.send_message(text.JOB_GONE, ephemeral=True)
@@ -187,6 +199,12 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         match = _MODAL_RE.fullmatch(str(data.get("custom_id", "")))
         if match is None:
             return
+        try:
+            await self._on_form(interaction, match)
+        except Exception as exc:
+            await self._failed(interaction, exc, f"form {match[1]}")
+
+    async def _on_form(self, interaction: discord.Interaction, match: re.Match[str]) -> None:
         values = modal_values(interaction.data)
         prompt, negative = values.get("prompt", ""), values.get("negative_prompt") or None
         if match[1] == "edited":

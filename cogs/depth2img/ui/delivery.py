@@ -95,3 +95,16 @@ async def reply_privately(interaction: discord.Interaction[Any], message: str) -
         await interaction.edit_original_response(content=message, allowed_mentions=NO_MENTIONS)
         return
     await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+async def answer_anyway(interaction: discord.Interaction[Any], message: str) -> None:
+    """The member's last word from a button or form handler that failed, whatever had been answered:
+    privately if nothing was yet, else as a follow-up (never an edit: after a button's deferred update
+    the "original response" is the result message itself). Never raises."""
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        else:
+            await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    except discord.HTTPException as exc:
+        log.warning("could not tell the member", extra={"status": exc.status})

@@ -110,6 +110,11 @@ def describe(exc: Depth2ImgError) -> str:
         return "⚠️ The image API had an internal problem. Try again in a minute."
     if isinstance(exc, MalformedResponseError):
         return "⚠️ The image API sent an answer the bot does not understand. Try again later."
+    if isinstance(exc, OutputUnavailable) and exc.unusable:
+        return (
+            "📥 The image API sent back a picture the bot cannot use (damaged, or far too large). "
+            "Try again, perhaps with other options."
+        )
     if isinstance(exc, OutputUnavailable):
         return "📥 The picture was made but could not be downloaded from the image API. Try again."
     if isinstance(exc, APIError):

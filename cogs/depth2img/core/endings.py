@@ -1,0 +1,109 @@
+"""How a job ends: the member told (by the UI, inside :meth:`Endings.delivering`), then its final state
+recorded in the ledger, once, whatever went wrong in between; the result's first picture kept; the
+output budget given back; the metrics counted. Discord-free and HTTP-free."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from cogs.depth2img.errors import DeliveryFailed, JobCancelled, RequestRejected
+from cogs.depth2img.metrics import Metrics
+from cogs.depth2img.store import JobState, JobTakenOver, Ledger, LedgerClosed
+
+from .jobs import Outcome, Sleep
+from .pictures import Pictures
+
+log = logging.getLogger(__name__)
+
+# How many times a final state is tried (each try retries for a while itself: see Ledger.retry_for_s).
+FINISH_ATTEMPTS = 5
+
+
+class Endings:
+    def __init__(self, ledger: Ledger, pictures: Pictures, metrics: Metrics, *, sleep: Sleep) -> None:
+        self.ledger = ledger
+        self.pictures = pictures
+        self.metrics = metrics
+        self._sleep = sleep
+
+    @contextlib.asynccontextmanager
+    async def delivering(self, outcome: Outcome, *, started_at: float | None = None) -> AsyncIterator[bool]:
+        """Around telling the member: yields whether this process may (several may share the ledger;
+        one that lost the job stays silent). Once told, the final state is recorded; if telling them
+        raised, the job is recorded as failed (:class:`DeliveryFailed`, never sent again)."""
+        job = outcome.job
+        if outcome.later:
+            log.info("job left to be resumed by polling", extra={"job": job.id, "state": str(job.state)})
+            yield False
+            return
+        mine = not isinstance(outcome.error, JobTakenOver) and await self.ledger.claim_delivery(job)
+        if not mine:
+            log.info("job owned by another process now; not delivering", extra={"job": job.id})
+            outcome.release()
+            yield False
+            return
+        try:
+            yield True
+        except Exception:
+            outcome.release()
+            await self.finish(Outcome(job, error=DeliveryFailed("discord refused")))
+            raise
+        if started_at is not None:
+            self.metrics.job_seconds.observe(time.monotonic() - started_at)
+        if outcome.result is not None and job.result_path:
+            try:  # kept now, off the member's way: for "Use as source", before | after and /depth2img-show
+                await self.pictures.keep_result(job.result_path, outcome.result.images[0])
+            except OSError as exc:
+                log.warning(
+                    "the result could not be kept", extra={"job": job.id, "error": type(exc).__name__}
+                )
+                outcome = replace(outcome, job=replace(job, result_path=None))
+        outcome.release()  # the member has the images, and the first is kept: their bytes may go
+        await self.finish(outcome)
+
+    async def finish(self, outcome: Outcome) -> None:
+        """Record the final state, once the member has been told (tried again for a while if the ledger
+        is out of reach: a job the member was told about must not be resumed and told again). The
+        source picture and the first result stay on disk while the job exists (buttons and
+        /depth2img-show use them)."""
+        for attempt in range(FINISH_ATTEMPTS):
+            try:
+                await self._record_final(outcome)
+                return
+            except Exception as exc:
+                log.error(
+                    "the final state could not be recorded",
+                    extra={"job": outcome.job.id, "error": type(exc).__name__, "attempt": attempt + 1},
+                )
+                if isinstance(exc, LedgerClosed):
+                    return
+                await self._sleep(min(30.0, 2.0**attempt))
+
+    async def _record_final(self, outcome: Outcome) -> None:
+        job, exc = outcome.job, outcome.error
+        try:
+            if exc is None:
+                assert outcome.result is not None
+                # (the interaction's token is cleared with the final state: nothing needs it any more)
+                new = await self.ledger.update(
+                    job, state=JobState.DELIVERED, result_path=job.result_path, interaction_token=""
+                )
+                log.info("job delivered", extra={"job": job.id, "images": len(outcome.result.images)})
+            else:
+                state = JobState.CANCELLED if isinstance(exc, JobCancelled) else JobState.FAILED
+                kind = type(exc).__name__
+                new = await self.ledger.update(
+                    job, state=state, error_kind=kind, detail=kind, interaction_token=""
+                )
+                log.info(
+                    "job finished without images", extra={"job": job.id, "state": str(state), "error": kind}
+                )
+        except JobTakenOver:
+            log.warning("job taken over while finishing", extra={"job": job.id})
+            return
+        if not isinstance(exc, RequestRejected):  # (refusals are counted as such, when they happen)
+            self.metrics.job_finished(str(new.state), exc)
