@@ -232,3 +232,50 @@ async def test_show_history_and_forget_me(bot, fake_discord, fake_api):
     assert button.ephemeral and "no longer stored" in button.content
     assert len(fake_api.submissions) == 1
     assert_clean(fake_discord, fake_api)
+
+
+def _buttons(msg: FakeMessage) -> list[str]:
+    return [c["custom_id"] for row in msg.components for c in row["components"]]
+
+
+async def _show(fake_discord: FakeDiscord, job: str, user: int, **where) -> FakeMessage:
+    return await settle(
+        fake_discord, await fake_discord.invoke_slash("depth2img-show", {"job": job}, user_id=user, **where)
+    )
+
+
+async def test_a_deleted_result_comes_back_only_to_its_requester_privately(bot, fake_discord, fake_api):
+    """Deleted with its Delete button (by its requester, or a moderator), or from Discord's own menu by
+    a moderator: /depth2img-show then refuses anyone else, and shows it to its requester privately,
+    with no Delete button (there is nothing in the channel to delete)."""
+    for how in ("button", "moderator outside the bot"):
+        final = await first_result(fake_discord)
+        job = job_id_of(final)
+        if how == "button":
+            await fake_discord.click(final, f"d2i:delete:{job}", user_id=OTHER, permissions=MANAGE_MESSAGES)
+            await fake_discord.wait_for(lambda f=final: f.deleted)
+        else:
+            final.deleted = True  # a moderator deleted it in Discord's own menu: the bot was not told
+        refused = await _show(fake_discord, job, OTHER)
+        assert refused.ephemeral and refused.results == []
+        assert "deleted" in refused.content
+        private = await _show(fake_discord, job, MEMBER)
+        assert private.ephemeral and len(private.results) == 1, how
+        assert f"d2i:delete:{job}" not in _buttons(private)
+        assert f"d2i:seed:{job}" in _buttons(private)
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_an_age_restricted_result_is_shown_only_in_an_age_restricted_channel(
+    bot, fake_discord, fake_api
+):
+    _, final = await slash(fake_discord, {"prompt": "night scene"}, user_id=MEMBER, channel_nsfw=True)
+    job = job_id_of(final)
+    refused = await _show(fake_discord, job, OTHER)  # in an ordinary channel
+    assert refused.ephemeral and refused.results == []
+    assert "age-restricted channel" in refused.content
+    refused_too = await _show(fake_discord, job, MEMBER)  # its requester included
+    assert refused_too.ephemeral and refused_too.results == []
+    shown = await _show(fake_discord, job, OTHER, channel_nsfw=True)
+    assert not shown.ephemeral and len(shown.results) == 1
+    assert_clean(fake_discord, fake_api)

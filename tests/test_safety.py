@@ -5,7 +5,10 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from tests.conftest import service_of, slash
+import pytest
+
+from tests.conftest import bot_busy, bot_env, busy, free_port, service_of, slash, spawn_bot, stop_bot
+from tests.ledger_queries import count_by_state
 
 
 def mode(path: Path) -> int:
@@ -116,3 +119,63 @@ async def test_with_dms_allowed_the_member_quota_applies_there(start_bot, fake_d
     _, refused = await slash(fake_discord, {"prompt": "three"}, dm=True, user_id=member)
     assert refused.ephemeral and "your 2 pictures for today" in refused.content
     assert len(fake_api.submissions) == 2
+
+
+# --- one interaction runs once (item 5) -------------------------------------------------------------
+
+
+async def test_a_replayed_interaction_runs_once(bot, fake_discord, fake_api):
+    """Discord delivers the same INTERACTION_CREATE again after the first finished (a gateway replay):
+    nothing is answered, submitted or paid again, and the first result stays as it was."""
+    record, final = await slash(fake_discord, {"prompt": "a lighthouse"})
+    edits = final.edits
+    await fake_discord.replay(record)
+    await fake_discord.wait_until_idle(busy(bot))
+    assert record.callback_attempts == 1
+    assert len(fake_api.submissions) == 1
+    assert final.edits == edits and len(final.results) == 1
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
+
+
+async def test_a_replay_reaching_a_restarted_bot_is_not_run_again(fake_discord, fake_api, tmp_path):
+    """The bot restarted (it no longer remembers the interaction) and Discord replays it: the bot's
+    answer gets 40060 ("already acknowledged"), which ends it quietly; the ledger's record of the
+    interaction would refuse a second job anyway."""
+    import signal
+
+    env = bot_env(fake_discord, fake_api, tmp_path / "data", METRICS_PORT=str(free_port()))
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    try:
+        record, _ = await slash(fake_discord, {"prompt": "a lighthouse"})
+    finally:
+        await stop_bot(proc, signal.SIGTERM)
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    fake_discord.expect_violation("interaction acknowledged twice")  # (the fake records the attempt)
+    try:
+        await fake_discord.replay(record, answerable=True)
+        await fake_discord.wait_for(lambda: record.callback_attempts == 2)
+        await fake_discord.wait_until_idle(bot_busy(env))
+    finally:
+        log = await stop_bot(proc, signal.SIGTERM)
+    assert "interaction already answered; not run again" in log
+    assert "Traceback" not in log and "unhandled" not in log
+    assert len(fake_api.submissions) == 1
+    assert len(fake_discord.visible_messages(record)) == 1
+
+
+async def test_the_ledger_refuses_a_second_job_for_one_interaction(tmp_path):
+    from dataclasses import replace
+
+    from cogs.depth2img.store import DuplicateInteraction, Ledger
+    from tests.test_ledger import new_job
+
+    ledger = await Ledger.open(tmp_path / "jobs.sqlite3")
+    other = await Ledger.open(tmp_path / "jobs.sqlite3")  # another process, on the same file
+    try:
+        first = await ledger.create(replace(new_job("i1"), interaction_id="555"))
+        assert (await ledger.create(first)).id == "i1"  # the same job again (a retried write): no harm
+        with pytest.raises(DuplicateInteraction):
+            await other.create(replace(new_job("i2"), interaction_id="555"))
+    finally:
+        await ledger.close()
+        await other.close()

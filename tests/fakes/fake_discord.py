@@ -406,6 +406,14 @@ class FakeDiscord(LocalServer):
             created_ago_s=created_ago_s,
         )
 
+    async def replay(self, record: InteractionRecord, *, answerable: bool = False) -> None:
+        """Discord delivers the same INTERACTION_CREATE again (a gateway replay: same id, same token).
+        Its 3 seconds ran from its first delivery; ``answerable`` starts them again, so that an answer
+        reaches the "already acknowledged" check (40060) rather than the expired one (10062)."""
+        if answerable:
+            record.sent_at = time.monotonic()
+        await self.dispatch("INTERACTION_CREATE", record.payload)
+
     def expect_violation(self, prefix: str) -> None:
         """The test provokes this (e.g. an interaction Discord delivers too late to be answered)."""
         self.expected_violations.append(prefix)

@@ -291,6 +291,10 @@ class Depth2ImgService:
             raise InvalidInput(NO_LONGER_STORED)
         return path
 
+    async def mark_deleted(self, job_id: str) -> None:
+        """Its result was deleted (by its requester or a moderator): shown again only to its requester."""
+        await self.ledger.mark_deleted(job_id)
+
     async def read_stored(self, path: str | None) -> bytes:
         return await self.pictures.read(path)
 

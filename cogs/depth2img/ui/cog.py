@@ -278,6 +278,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         await interaction.response.defer()
         if interaction.message is not None:
             await interaction.message.delete()
+        await self.service.mark_deleted(job.id)  # /depth2img-show brings it back to its requester only
         log.info("result deleted", extra={"job": job.id, "by": interaction.user.id})
 
     async def _compare(self, interaction: discord.Interaction[Any], job: Job) -> None:
@@ -315,17 +316,43 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         if found.guild_id is not None and found.guild_id != interaction.guild_id:
             await interaction.response.send_message(text.OTHER_SERVER, ephemeral=True)
             return
+        # what the channel decided: an age-restricted channel's picture only in such a channel
+        # (jobs recorded before the channel was: asked for without the safety checker, as only there)
+        from_restricted = found.age_restricted or not found.params.safety_checker
+        if from_restricted and not getattr(interaction.channel, "nsfw", False):
+            await interaction.response.send_message(text.AGE_RESTRICTED_ONLY, ephemeral=True)
+            return
+        # what its requester or a moderator decided: a deleted picture, to its requester, privately
+        deleted = found.deleted_at is not None or await self._result_message_gone(found)
+        if deleted and interaction.user.id != found.user_id:
+            await interaction.response.send_message(text.DELETED_FOR_OTHERS, ephemeral=True)
+            return
         try:
             data = await self.service.read_stored(found.result_path)
         except InvalidInput as exc:
             await interaction.response.send_message(text.describe(exc), ephemeral=True)
             return
         await interaction.response.send_message(
-            text.shown_text(found),
+            text.shown_text(found, deleted=deleted),
             file=upload(data, found.result_path.rsplit("/", 1)[-1]),
-            view=result_view(found.id),
+            view=result_view(found.id, deletable=not deleted),
+            ephemeral=deleted,
             allowed_mentions=NO_MENTIONS,
         )
+
+    async def _result_message_gone(self, job: Job) -> bool:
+        """Whether the job's result message was deleted outside the bot (a moderator, in Discord's own
+        menu): asked of Discord, and remembered. A message the bot may not read counts as there."""
+        if job.message_id is None:
+            return False
+        try:
+            await self.bot.get_partial_messageable(job.channel_id).fetch_message(job.message_id)
+        except discord.NotFound:
+            await self.service.mark_deleted(job.id)
+            return True
+        except discord.HTTPException:
+            return False
+        return False
 
     @app_commands.command(name="depth2img-history", description="Your recent pictures (only you see this).")
     async def history(self, interaction: discord.Interaction) -> None:

@@ -95,12 +95,14 @@ class JobButton(
             await handler(interaction, self.action, self.job_id)
 
 
-def result_view(job_id: str) -> discord.ui.View:
+def result_view(job_id: str, *, deletable: bool = True) -> discord.ui.View:
+    """A result's buttons (``deletable``: with Delete; a private copy has nothing to delete)."""
     view = discord.ui.View(timeout=None)
     for action in (Action.SEED, Action.EDIT, Action.CLOSER, Action.MORE, Action.REUSE):
         view.add_item(JobButton(action, job_id, row=0))
     view.add_item(JobButton(Action.COMPARE, job_id, row=1))
-    view.add_item(JobButton(Action.DELETE, job_id, row=1))
+    if deletable:
+        view.add_item(JobButton(Action.DELETE, job_id, row=1))
     return view
 
 

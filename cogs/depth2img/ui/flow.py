@@ -36,6 +36,7 @@ from .progress import ProgressMessage
 log = logging.getLogger(__name__)
 
 UNKNOWN_INTERACTION = 10062  # Discord's error code: the interaction's 3 s were over
+ALREADY_ACKNOWLEDGED = 40060  # ... it was answered already
 # Discord counts the whole multipart request; leave room for the JSON part.
 UPLOAD_MARGIN = 64 * 1024
 
@@ -43,7 +44,8 @@ Reader = Callable[[], Awaitable[bytes]]
 
 
 class InteractionExpired(Exception):
-    """Discord no longer knows the interaction: its 3 seconds were over before the bot answered."""
+    """The interaction cannot be answered: its 3 seconds were over before the bot answered, or it was
+    answered already (a replayed delivery)."""
 
 
 def where(interaction: discord.Interaction[Any]) -> Where:
@@ -188,6 +190,13 @@ class RequestFlow:
             if exc.code != UNKNOWN_INTERACTION:
                 raise
             self.service.too_late(interaction.id)
+            raise InteractionExpired() from None
+        except discord.HTTPException as exc:
+            if exc.code != ALREADY_ACKNOWLEDGED:
+                raise
+            # delivered twice (a replay), and answered the first time, here or by a process before
+            # this one: the first delivery's job is the one
+            log.info("interaction already answered; not run again", extra={"interaction_id": interaction.id})
             raise InteractionExpired() from None
         return callback.message_id if callback is not None else None
 

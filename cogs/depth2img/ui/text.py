@@ -280,8 +280,9 @@ def failure_message(job: Job, error: Depth2ImgError) -> str:
     return f"{text}\n-# ref `{job.id}`"
 
 
-def shown_text(job: Job) -> str:
-    return f"🖼️ Job `{job.id}` by <@{job.user_id}>\n" + params_block(job)
+def shown_text(job: Job, *, deleted: bool = False) -> str:
+    note = " (deleted from the channel: shown only to you)" if deleted else ""
+    return f"🖼️ Job `{job.id}` by <@{job.user_id}>{note}\n" + params_block(job)
 
 
 def history_text(jobs: list[Job]) -> str:
@@ -315,6 +316,10 @@ ONLY_REQUESTER_CANCELS = "🚫 Only the member who asked can cancel this."
 ALREADY_FINISHED = "This job has already finished."
 NOT_FOUND_FOR_SHOW = "🔎 No delivered picture has that id. See /depth2img-history for yours."
 OTHER_SERVER = "🔎 That picture was made in another server."
+DELETED_FOR_OTHERS = (
+    "🗑️ That picture was deleted. Only the member who asked for it can bring it back, and only for themselves."
+)
+AGE_RESTRICTED_ONLY = "🔞 That picture was made in an age-restricted channel: it can only be shown in one."
 SETTINGS_MANAGERS_ONLY = "🚫 Only members with the Manage Server permission can change these settings."
 
 
