@@ -234,6 +234,9 @@ async def test_every_acknowledged_command_ends_after_a_crash(fake_discord, fake_
         tmp_path / "data",
         SD_MAX_QUEUED="100",
         METRICS_PORT=str(free_port()),
+        # a job killed while its picture was being sent waits for its lease (the process that was
+        # sending it might still be alive): 60 s by default, made short here
+        JOB_LEASE_S="6",
         **database.env,
     )
     fake_api.latency_s = 0.5  # the first jobs may reach the API before the kill; they are polled after
@@ -253,7 +256,11 @@ async def test_every_acknowledged_command_ends_after_a_crash(fake_discord, fake_
     fake_api.latency_s = 0.0
     proc = await spawn_bot(fake_discord, env, tmp_path)
     try:
-        await fake_discord.wait_for(lambda: all(is_settled(fake_discord, r) for r in records), timeout=90)
+        try:
+            await fake_discord.wait_for(lambda: all(is_settled(fake_discord, r) for r in records), timeout=90)
+        except TimeoutError:
+            log = await stop_bot(proc, signal.SIGTERM)
+            pytest.fail(f"not all ended; ledger: {await states(database)}; the bot said:\n{log[-6000:]}")
         await fake_discord.wait_until_idle(bot_busy(env))
     finally:
         await stop_bot(proc, signal.SIGTERM)
