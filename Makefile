@@ -25,10 +25,13 @@ $(VENV)/.dev: requirements-dev.lock requirements.lock $(VENV)/.runtime
 run: $(VENV)/.runtime
 	$(PY) bot.py
 
-## The whole test suite: lint, format check, type check, then pytest (no network needed; installs
-## Debian's PostgreSQL for the PostgreSQL tests when it is missing and this runs as root).
+## The whole test suite: lint, format check, type check, then pytest (no network needed but for the
+## package registries; installs Debian's PostgreSQL for the PostgreSQL tests when it is missing and
+## this runs as root, and the pinned copy of Discord's OpenAPI description the fake Discord checks
+## requests against, with npm).
 test: $(VENV)/.dev
 	@bash scripts/ensure-postgres.sh
+	@bash scripts/ensure-discord-spec.sh
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

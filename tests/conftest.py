@@ -174,6 +174,7 @@ async def start_bot(
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)
+        fake_discord.busy_probe = busy(bot)
         return bot
 
     yield start
@@ -239,7 +240,7 @@ async def slash(
         )
     record = await fake.invoke_slash("depth2img", opts, **kwargs)
     await fake.wait_for(lambda: is_settled(fake, record), timeout=timeout)
-    await asyncio.sleep(0.05)  # anything after the final state would be a bug; give it a moment to show
+    await fake.wait_until_idle(quiet_s=0.1)  # anything after the final state would be a bug
     final = fake.visible_messages(record)[-1]
     return record, final
 

@@ -220,7 +220,7 @@ async def test_one_job_per_member_second_is_told_to_wait(bot, fake_discord, fake
         {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "one"},
         user_id=user,
     )
-    await asyncio.sleep(0.1)
+    await fake_discord.wait_for(lambda: len(fake_api.submissions) == 1)  # the first is under way
     _second, final2 = await slash(fake_discord, {"prompt": "two"}, user_id=user)
     assert final2.ephemeral and "already have a picture in progress" in final2.content
     await fake_discord.wait_for(lambda: is_settled(fake_discord, first))
@@ -267,7 +267,8 @@ async def test_late_interaction_is_not_answered_twice(bot, fake_discord, fake_ap
     record = await fake_discord.invoke_slash(
         "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, age_s=3.5
     )
-    await asyncio.sleep(0.5)
+    await fake_discord.wait_for(lambda: record.callback_attempts == 1)
+    await fake_discord.wait_until_idle()
     assert record.callback_attempts == 1
     assert record.ack_type is None
     assert fake_api.submissions == []
@@ -427,10 +428,10 @@ async def test_the_progress_line_stops_when_a_job_ends_at_its_deadline_in_unread
             if "Progress" in getattr(t.get_coro(), "__qualname__", "") and not t.done()
         ]
 
-    await asyncio.sleep(0.3)
+    await fake_discord.wait_until_idle()
     assert progress_tasks() == []
     edits = final.edits
-    await asyncio.sleep(0.3)
+    await fake_discord.wait_until_idle(quiet_s=0.5)  # (more than the progress interval of 0.1 s)
     assert final.edits == edits
 
 

@@ -11,6 +11,8 @@ import sqlite3
 import threading
 import time
 
+import pytest
+
 from cogs.depth2img.ui.text import LONG_WAIT_NOTICE
 from tests.conftest import busy, is_settled, service_of, slash
 from tests.fakes.fake_api import make_png
@@ -188,3 +190,70 @@ async def test_running_jobs_complete_across_a_postgresql_restart(start_bot, fake
         assert await count_by_state(service_of(bot).ledger) == {"delivered": 3}
     finally:
         await asyncio.to_thread(server.stop)
+
+
+# --- Discord's own refusals: permissions, rate limits, intents ---------------------------------------
+
+
+async def test_a_channel_the_bot_may_not_post_in_ends_the_job_recorded_and_logged(
+    start_bot, fake_discord, fake_api, caplog
+):
+    """The token has run out and the bot lacks Send Messages in the channel: Discord answers 403
+    (50013). The job ends failed (DeliveryFailed) in the ledger, with a warning that tells the owner
+    what to fix, and nothing else breaks."""
+    from tests.fakes.fake_discord import SEND_MESSAGES
+
+    bot = await start_bot(SD_JOB_TIMEOUT_S="3600")
+    fake_discord.deny(fake_discord.channel_id, SEND_MESSAGES)
+    await fake_discord.invoke_slash(
+        "depth2img",
+        {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"},
+        created_ago_s=14 * 60 + 5,
+    )
+    await fake_discord.wait_for(lambda: fake_discord.refusals, timeout=20)
+    await fake_discord.wait_until_idle(busy(bot))
+    assert fake_discord.refusals == [f"channel message in {fake_discord.channel_id}: Missing Permissions"]
+    assert fake_discord.channel_messages == []
+    assert await count_by_state(service_of(bot).ledger) == {"failed": 1}
+    (job,) = await service_of(bot).history(next(iter(fake_discord.interactions.values())).user_id)
+    assert job.error_kind == "DeliveryFailed"
+    assert "lacks View Channel, Send Messages or Attach Files" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+async def test_discord_rate_limits_are_waited_out(start_bot, fake_discord, fake_api):
+    """Discord answers the result's edit with 429 twice (its real headers and body): discord.py waits
+    ``retry_after`` each time (a request before the reset would be a violation) and the member gets
+    the picture."""
+    await start_bot()
+    fake_discord.rate_limit("webhook", times=2, retry_after=0.4)
+    _, final = await slash(fake_discord, {"prompt": "castle"})
+    assert len(final.results) == 1
+
+
+async def test_delete_needs_no_channel_permission(start_bot, fake_discord, fake_api):
+    """The bot may not even see the channel (no View Channel: a member-only channel where its commands
+    still work): its Delete button deletes through the interaction, as Discord allows."""
+    from tests.fakes.fake_discord import VIEW_CHANNEL
+    from tests.test_iterate import job_id_of
+
+    await start_bot()
+    record, final = await slash(fake_discord, {"prompt": "castle"})
+    fake_discord.deny(fake_discord.channel_id, VIEW_CHANNEL)
+    await fake_discord.click(final, f"d2i:delete:{job_id_of(final)}", user_id=record.user_id)
+    await fake_discord.wait_for(lambda: final.deleted, timeout=10)
+    assert fake_discord.refusals == []
+
+
+async def test_the_bot_asks_for_no_privileged_intent_which_discord_would_refuse(bot, fake_discord, fake_api):
+    """The fake closes with 4014 a connection asking for a privileged intent the application was not
+    granted (members, presences, message content), as Discord does; the bot asks for none."""
+    import discord
+
+    from tests.fakes.fake_discord import PRIVILEGED_INTENTS
+
+    assert all(int(d["intents"]) & PRIVILEGED_INTENTS == 0 for d in fake_discord.identifies)
+    greedy = discord.Client(intents=discord.Intents.default() | discord.Intents(message_content=True))
+    with pytest.raises(discord.PrivilegedIntentsRequired):
+        await asyncio.wait_for(greedy.start(fake_discord.token), 15)
+    await greedy.close()

@@ -254,7 +254,7 @@ async def test_fifty_concurrent_requests_with_faults_all_end_once(start_bot, fak
         )
     )
     await fake_discord.wait_for(lambda: all(is_settled(fake_discord, r) for r in records), timeout=60)
-    await asyncio.sleep(0.3)
+    await fake_discord.wait_until_idle()
     delivered = failed = 0
     for r in records:
         assert r.acked_at is not None

@@ -24,9 +24,15 @@ def job_id_of(msg: FakeMessage) -> str:
 
 
 async def settle(fake: FakeDiscord, record: InteractionRecord) -> FakeMessage:
-    await fake.wait_for(lambda: is_settled(fake, record), timeout=20)
-    await asyncio.sleep(0.05)
-    return fake.visible_messages(record)[-1]
+    """The interaction's last message once the bot has answered it and is idle. A refusal is an
+    ephemeral answer at once, so a broken check fails the test's assertions here, not a timeout."""
+    await fake.wait_for(lambda: record.ack_type is not None, timeout=10)
+    if record.ack_type == 5:  # "thinking…": the answer follows
+        await fake.wait_for(lambda: is_settled(fake, record), timeout=20)
+    await fake.wait_until_idle(quiet_s=0.1, jobs_may_run=True)  # (other jobs may be running)
+    visible = fake.visible_messages(record)
+    assert visible, f"the interaction was answered with type {record.ack_type} and no message"
+    return visible[-1]
 
 
 async def first_result(fake_discord: FakeDiscord, **options) -> FakeMessage:
@@ -172,11 +178,11 @@ async def test_progress_is_throttled_and_cancel_works_for_the_requester_only(
     assert refused.ephemeral
     await fake_discord.click(progress, cancel, user_id=MEMBER)
     await fake_discord.wait_for(lambda: progress.content.startswith("🛑 Cancelled"))
-    await asyncio.sleep(0.3)
+    await fake_discord.wait_until_idle()
     assert progress.components == []
     assert "credits may have been spent" in progress.content  # it had reached the API
     stopped_at = len(fake_api.fetches)
-    await asyncio.sleep(0.3)
+    await fake_discord.wait_until_idle()
     assert len(fake_api.fetches) == stopped_at  # polling stopped
     assert_clean(fake_discord, fake_api)
 

@@ -5,7 +5,6 @@ another one and delivered once."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 
 from cogs.depth2img.store import Ledger
@@ -57,12 +56,12 @@ async def test_two_shard_processes_share_one_ledger_and_take_over_a_dead_ones_jo
         fake_api.polls_before_done = 0
         # ... and the second one, still running, takes the job over when its lease runs out.
         await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=30)
-        await asyncio.sleep(0.5)
+        await fake_discord.wait_until_idle()
 
         # 3. the first process comes back: nothing is delivered again.
         first = await spawn_bot(fake_discord, {**env, "SHARD_IDS": "0"}, tmp_path, shard=0)
         procs[0] = first
-        await asyncio.sleep(1.0)
+        await fake_discord.wait_until_idle(quiet_s=1.0)  # (its start, and a delivery if it made one)
     finally:
         logs["first-again"] = await stop_bot(procs[0], signal.SIGTERM)
         logs["second"] = await stop_bot(procs[1], signal.SIGTERM)

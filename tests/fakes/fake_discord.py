@@ -25,6 +25,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiohttp.multipart import parse_content_disposition
 
+from tests.fakes.discord_rules import request_problems
+from tests.fakes.discord_spec import SpecChecker
 from tests.fakes.server import LocalServer
 
 DISCORD_EPOCH_MS = 1420070400000
@@ -32,6 +34,17 @@ FLAG_EPHEMERAL = 1 << 6
 FLAG_LOADING = 1 << 7
 MANAGE_MESSAGES = 1 << 13
 MANAGE_GUILD = 1 << 5
+VIEW_CHANNEL, SEND_MESSAGES, EMBED_LINKS, ATTACH_FILES, READ_MESSAGE_HISTORY = (
+    1 << 10,
+    1 << 11,
+    1 << 14,
+    1 << 15,
+    1 << 16,
+)
+# What the bot's role has in every channel unless a test takes some away (``FakeDiscord.deny``).
+BOT_PERMISSIONS = VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES | READ_MESSAGE_HISTORY
+# GUILD_MEMBERS, GUILD_PRESENCES, MESSAGE_CONTENT: granted to an application in the Developer Portal
+PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)
 MEMBER_PERMISSIONS = (1 << 11) | (1 << 15) | (1 << 14) | (1 << 31) | (1 << 10)
 OPTION_TYPES = {"string": 3, "integer": 4, "boolean": 5, "number": 10, "attachment": 11}
 
@@ -187,9 +200,14 @@ def pings_for(content: str, allowed: dict[str, Any] | None) -> list[str]:
 class FakeDiscord(LocalServer):
     """Start with ``await fake.start()``; point discord.py at :attr:`api_base` and :attr:`gateway_url`."""
 
-    def __init__(self, *, token: str = "fake-bot-token", limits: Limits | None = None) -> None:
+    def __init__(
+        self, *, token: str = "fake-bot-token", limits: Limits | None = None, check_spec: bool = True
+    ) -> None:
+        """``check_spec``: check every request against Discord's OpenAPI description and documented
+        rules (the benchmark turns it off: its timings are taken in this process)."""
         super().__init__()
         self.token = token
+        self.spec = SpecChecker.shared() if check_spec else None
         self.limits = limits or Limits()
         self._ids = itertools.count(1)
         now = time.time()
@@ -210,10 +228,14 @@ class FakeDiscord(LocalServer):
         self.messages: dict[int, FakeMessage] = {}
         self.cdn: dict[str, tuple[bytes, str]] = {}
         self.violations: list[str] = []
-        self.expected_violations: list[str] = []
-        self.last_request_at = (
-            time.monotonic()
-        )  # the bot's latest REST or CDN request  # prefixes of violations a test provokes on purpose
+        self.expected_violations: list[str] = []  # prefixes of violations a test provokes on purpose
+        self.granted_intents = 0  # privileged intents the application was granted (none)
+        self._denied: dict[int, int] = {}  # channel id -> permissions the bot lacks there
+        self.refusals: list[str] = []  # 403s Discord gave the bot (not rule breaches: Discord's answer)
+        self._limits_next: dict[str, tuple[int, float]] = {}  # route kind -> (times, retry_after)
+        self._limited_until: dict[str, float] = {}
+        self.last_request_at = time.monotonic()  # the bot's latest REST or CDN request
+        self.busy_probe: Callable[[], Awaitable[bool]] | None = None  # (see wait_until_idle)
         self.unhandled: list[str] = []
         self.identifies: list[dict[str, Any]] = []
         self.channel_messages: list[int] = []
@@ -288,10 +310,13 @@ class FakeDiscord(LocalServer):
         *,
         quiet_s: float = 0.3,
         timeout: float = 20.0,
+        jobs_may_run: bool = False,
     ) -> None:
-        """Wait until the bot is idle: ``busy()`` (when given: the bot's own word, e.g. its jobs in
-        flight) is false and no request has reached this fake for ``quiet_s``. For checks that
-        something did *not* happen: by then, it would have."""
+        """Wait until the bot is idle: ``busy()`` (the bot's own word, e.g. its jobs in flight; by
+        default ``busy_probe``, which the test fixtures set for the bot they start) is false and no
+        request has reached this fake for ``quiet_s``. For checks that something did *not* happen: by
+        then, it would have. ``jobs_may_run``: only the quiet period (a test keeps a job running)."""
+        busy = None if jobs_may_run else busy or self.busy_probe
         async with asyncio.timeout(timeout):
             while True:
                 quiet_for = time.monotonic() - self.last_request_at
@@ -414,6 +439,42 @@ class FakeDiscord(LocalServer):
             record.sent_at = time.monotonic()
         await self.dispatch("INTERACTION_CREATE", record.payload)
 
+    def deny(self, channel_id: int, permissions: int) -> None:
+        """Take ``permissions`` away from the bot in a channel (as a server's channel overwrite does)."""
+        self._denied[channel_id] = self._denied.get(channel_id, 0) | permissions
+
+    def bot_permissions(self, channel_id: int) -> int:
+        return BOT_PERMISSIONS & ~self._denied.get(channel_id, 0)
+
+    def rate_limit(self, kind: str, *, times: int = 1, retry_after: float = 0.3) -> None:
+        """Answer the next ``times`` requests of ``kind`` ("webhook", "channel message", "callback")
+        with 429, as Discord does (topics/rate-limits): a JSON body with ``retry_after`` and
+        ``global``, and the X-RateLimit-* headers, Retry-After and Via. A request of that kind before
+        the limit resets is a violation (Discord would answer 429 again and count it toward a ban)."""
+        self._limits_next[kind] = (times, retry_after)
+
+    def _limited(self, kind: str) -> web.Response | None:
+        now = time.monotonic()
+        if now < self._limited_until.get(kind, 0.0):
+            self.violations.append(f"{kind} request during its rate limit")
+        times, retry_after = self._limits_next.get(kind, (0, 0.0))
+        if times <= 0:
+            return None
+        self._limits_next[kind] = (times - 1, retry_after)
+        self._limited_until[kind] = now + retry_after
+        headers = {
+            "X-RateLimit-Limit": "5",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
+            "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+            "X-RateLimit-Bucket": "fake" + secrets.token_hex(8),
+            "X-RateLimit-Scope": "user",
+            "Retry-After": str(max(1, round(retry_after))),
+            "Via": "1.1 google",
+        }
+        body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
+        return _json(body, 429, headers)
+
     def expect_violation(self, prefix: str) -> None:
         """The test provokes this (e.g. an interaction Discord delivers too late to be answered)."""
         self.expected_violations.append(prefix)
@@ -504,7 +565,7 @@ class FakeDiscord(LocalServer):
                 "deaf": False,
                 "mute": False,
             },
-            "app_permissions": str(MEMBER_PERMISSIONS),
+            "app_permissions": str(self.bot_permissions(channel_id)),
             "locale": "en-US",
             "guild_locale": "en-US",
             "entitlements": [],
@@ -689,6 +750,11 @@ class FakeDiscord(LocalServer):
                     await ws.close(code=4004, message=b"Authentication failed.")
                     break
                 self.identifies.append(d)
+                # Privileged intents the application was not granted in the Developer Portal: Discord
+                # closes with 4014 (topics/opcodes-and-status-codes#gateway-close-event-codes).
+                if int(d.get("intents", 0)) & PRIVILEGED_INTENTS & ~self.granted_intents:
+                    await ws.close(code=4014, message=b"Disallowed intent(s).")
+                    break
                 shard, count = d.get("shard") or [0, 1]
                 if self.connected_shards and count != self.shard_count:
                     await ws.close(code=4011, message=b"Sharding required / shard count mismatch.")
@@ -829,11 +895,37 @@ class FakeDiscord(LocalServer):
         method = request.method
         if not path.startswith("/api/v10/"):
             return self._unhandled(request)
+        if self.spec is not None:
+            refused = await self._against_spec(request, method, path[len("/api/v10") :])
+            if refused is not None:
+                return refused
         parts = path[len("/api/v10/") :].split("/")
         try:
             return await self._route(request, method, parts)
         finally:
             await self._notify()
+
+    async def _against_spec(self, request: web.Request, method: str, path: str) -> web.Response | None:
+        """Refuse, as Discord would (400, 50035), a request its OpenAPI description or its documented
+        rules (discord_rules.py) do not allow; the refusal is recorded as a violation."""
+        assert self.spec is not None
+        body: Any = None
+        raw = await request.read()  # (aiohttp keeps it: the route's handler reads it again)
+        if raw:
+            ctype = request.headers.get("Content-Type", "")
+            try:
+                body = _parse_multipart(raw, ctype)[0] if ctype.startswith("multipart/") else json.loads(raw)
+            except (ValueError, web.HTTPBadRequest):
+                self.violations.append(f"{method} {path}: a body that is not JSON")
+                return _error(400, 50109, "The request body contains invalid JSON.")
+        route, problems = await self.spec.acheck(method, path, sorted(request.query), body)
+        problems += request_problems(method, route, body)
+        if not problems:
+            return None
+        self.violations.append(f"refused by Discord's API description: {method} {route or path}: {problems}")
+        if route is None:
+            return _error(404, 0, "404: Not Found")
+        return _error(400, 50035, "Invalid Form Body", {"_errors": [{"message": p} for p in problems]})
 
     def _unhandled(self, request: web.Request) -> web.Response:
         self.unhandled.append(f"{request.method} {request.path}")
@@ -876,10 +968,17 @@ class FakeDiscord(LocalServer):
         ):
             if not self._authorised(request):
                 return _error(401, 0, "401: Unauthorized")
+            channel = int(parts[1])
+            if not self.bot_permissions(channel) & VIEW_CHANNEL:
+                self.refusals.append(f"{method} message: Missing Access")
+                return _error(403, 50001, "Missing Access")
             msg = self.messages.get(int(parts[3]))
-            if msg is None or msg.deleted or msg.channel_id != int(parts[1]):
+            if msg is None or msg.deleted or msg.channel_id != channel:
                 return _error(404, 10008, "Unknown Message")
             if method == "GET":
+                if not self.bot_permissions(channel) & READ_MESSAGE_HISTORY:
+                    self.refusals.append("GET message: Missing Permissions")
+                    return _error(403, 50013, "Missing Permissions")
                 return _json(self._message_payload(msg))
             if msg.author is not None:
                 self.violations.append("the bot deleted a member's message")
@@ -890,6 +989,9 @@ class FakeDiscord(LocalServer):
         if parts[0] == "channels" and len(parts) == 3 and parts[2] == "messages" and method == "POST":
             if not self._authorised(request):
                 return _error(401, 0, "401: Unauthorized")
+            limited = self._limited("channel message")
+            if limited is not None:
+                return limited
             return await self._channel_message(request, int(parts[1]))
         if parts[0] == "interactions" and len(parts) == 4 and parts[3] == "callback" and method == "POST":
             return await self._callback(request, int(parts[1]), parts[2])
@@ -1093,8 +1195,13 @@ class FakeDiscord(LocalServer):
         }
 
     async def _channel_message(self, request: web.Request, channel_id: int) -> web.Response:
-        """A normal bot message in a channel (used when an interaction token has expired)."""
+        """A normal bot message in a channel (used when an interaction token has expired). Needs the
+        bot's View Channel and Send Messages there, and Attach Files for files: else 403, 50013."""
         body, files = await self._read_message_body(request)
+        needed = VIEW_CHANNEL | SEND_MESSAGES | (ATTACH_FILES if files else 0)
+        if needed & ~self.bot_permissions(channel_id):
+            self.refusals.append(f"channel message in {channel_id}: Missing Permissions")
+            return _error(403, 50013, "Missing Permissions")
         problem = self._check_message(body, files, creating=True)
         if problem is not None:
             return problem
@@ -1194,6 +1301,9 @@ class FakeDiscord(LocalServer):
 
     async def _webhook(self, request: web.Request, method: str, parts: list[str]) -> web.StreamResponse:
         # /webhooks/{app}/{token}[/messages/{id}]
+        limited = self._limited("webhook")
+        if limited is not None:
+            return limited
         token = parts[2]
         record = self._by_token.get(token)
         if record is None or parts[1] != str(self.app_id):
@@ -1232,6 +1342,7 @@ class FakeDiscord(LocalServer):
                 return _json(self._message_payload(msg))
             if method == "DELETE":
                 msg.deleted = True
+                self.deleted_by_bot.append(msg.id)
                 return web.Response(status=204)
             if method == "PATCH":
                 body, files = await self._read_message_body(request)

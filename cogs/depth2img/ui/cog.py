@@ -276,8 +276,9 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             await interaction.response.send_message(text.ONLY_REQUESTER_OR_MODERATOR_DELETES, ephemeral=True)
             return
         await interaction.response.defer()
-        if interaction.message is not None:
-            await interaction.message.delete()
+        # through the interaction (its "original response" is the button's message): no channel
+        # permission needed, as a channel delete would be
+        await interaction.delete_original_response()
         await self.service.mark_deleted(job.id)  # /depth2img-show brings it back to its requester only
         log.info("result deleted", extra={"job": job.id, "by": interaction.user.id})
 

@@ -82,9 +82,18 @@ async def deliver(
     content, files, view = render(outcome)
     channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
     ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
-    await channel.send(
-        content=content, files=files, view=view or discord.utils.MISSING, allowed_mentions=ping
-    )
+    try:
+        await channel.send(
+            content=content, files=files, view=view or discord.utils.MISSING, allowed_mentions=ping
+        )
+    except discord.Forbidden:
+        log.warning(
+            "the job's result cannot be posted in its channel: the bot lacks View Channel, Send Messages "
+            "or Attach Files there (give its role those, or use /depth2img-settings to keep it to "
+            "channels where it has them)",
+            extra={"job": job.id, "channel_id": job.channel_id},
+        )
+        raise
 
 
 async def reply_privately(interaction: discord.Interaction[Any], message: str) -> None:

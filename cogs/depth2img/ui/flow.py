@@ -13,7 +13,9 @@ Order of events, to meet Discord's 3-second window and keep refusals private:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -177,9 +179,24 @@ class RequestFlow:
             interval = service.settings.progress_interval_s
             async with ProgressMessage(interaction, job.id, interval_s=interval) as progress:
                 outcome = await service.run(job, ticket, emit=progress.update, started_at=started)
-        async with service.delivering(outcome, started_at=started if interaction else None) as mine:
-            if mine:
-                await deliver(self.client, outcome, interaction=interaction)
+        try:
+            async with service.delivering(outcome, started_at=started if interaction else None) as mine:
+                if mine:
+                    await deliver(self.client, outcome, interaction=interaction)
+        except discord.HTTPException as exc:  # (recorded as DeliveryFailed by delivering())
+            ref = secrets.token_hex(4)
+            log.warning(
+                "delivery failed",
+                extra={"job": job.id, "ref": ref, "error": type(exc).__name__, "status": exc.status},
+            )
+            if interaction is not None:  # the member still hears, if Discord lets anything through
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.edit_original_response(
+                        content=text.delivery_failed(ref),
+                        attachments=[],
+                        view=None,
+                        allowed_mentions=NO_MENTIONS,
+                    )
 
     async def _acknowledge(self, interaction: discord.Interaction[Any]) -> int | None:
         """Answer "thinking…" at once. Returns the id of the message Discord made for it (None if it did

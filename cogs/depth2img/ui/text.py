@@ -323,6 +323,13 @@ AGE_RESTRICTED_ONLY = "🔞 That picture was made in an age-restricted channel: 
 SETTINGS_MANAGERS_ONLY = "🚫 Only members with the Manage Server permission can change these settings."
 
 
+def delivery_failed(ref: str) -> str:
+    return (
+        f"⚠️ Something went wrong (ref `{ref}`): Discord refused the bot's message with your picture. "
+        "Try again; if it keeps happening, give the bot's owner this ref."
+    )
+
+
 def comparison_caption(job_id: str) -> str:
     return f"🪞 Before | after for job `{job_id}`"
 
