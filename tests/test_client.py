@@ -310,7 +310,7 @@ async def test_fetch_result_on_a_foreign_host_is_not_sent_the_key(client, fake_a
     fake_api.scenario = "queued"
     first = await client.submit(PARAMS, SOURCE)
     await client.poll(first.remote_id, "http://evil.invalid/steal")
-    assert fake_api.fetches[0].path == "/api/v6/image_editing/fetch/13481504"
+    assert fake_api.fetches[0].path == "/api/v6/images/fetch/13481504"
 
 
 async def test_download_size_cap(fake_api, sleeps):

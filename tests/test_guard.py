@@ -223,7 +223,7 @@ async def test_fetch_result_is_used_only_on_the_apis_own_origin(fake_api, intern
         first = await backend.submit(PARAMS, "https://cdn.example/in.png")
         url = fetch_result.format(api=fake_api.port, internal=internal.port)
         await backend.poll(first.remote_id, url)
-    assert [f.path for f in fake_api.fetches] == [f"/api/v6/image_editing/fetch/{first.remote_id}"]
+    assert [f.path for f in fake_api.fetches] == [f"/api/v6/images/fetch/{first.remote_id}"]
     assert internal.requests == []
 
 

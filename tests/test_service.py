@@ -389,6 +389,9 @@ async def test_the_loop_monitor_runs_only_when_asked_for(make_service, tmp_path)
     asked = make_service(loop_monitor_file=tmp_path / "loop.txt", keep_pictures_days=0).background(
         lambda job: None
     )
-    assert (set(usual), set(asked)) == ({"leases", "pruning"}, {"leases", "loop-monitor"})
+    assert (set(usual), set(asked)) == (
+        {"leases", "pruning", "backend"},
+        {"leases", "loop-monitor", "backend"},
+    )
     for coro in [*usual.values(), *asked.values()]:
         coro.close()

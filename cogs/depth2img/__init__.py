@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ROUTE_KEY = "modelslab.route"  # the ModelsLab route SD_ENDPOINT=auto learnt (in the ledger)
+
 
 class Host(Protocol):
     """What this extension needs from the bot that loads it (``bot.py``)."""
@@ -93,6 +95,11 @@ async def setup(bot: commands.Bot) -> None:
         guard = Guard([settings.api_base_url])
         session = open_session(guard, connections=1024, user_agent="depth2img-bot/0.1")
         closing.append(session.close)
+        known_route = await ledger.recall(ROUTE_KEY)
+
+        async def remember_route(route: str) -> None:
+            await ledger.remember(ROUTE_KEY, route)
+
         backend = ModelsLabBackend(
             session,
             guard=guard,
@@ -102,7 +109,13 @@ async def setup(bot: commands.Bot) -> None:
             max_retries=settings.max_retries,
             rate_limit_max_wait_s=settings.rate_limit_max_wait_s,
             max_download_bytes=settings.max_output_bytes,
+            endpoint=settings.endpoint,
+            known_route=known_route,
+            remember=remember_route,
+            model_id=settings.model_id,
+            low_balance=settings.low_balance,
         )
+        log.info("image service", extra={"backend": "modelslab", "route": str(backend.route)})
         service = Depth2ImgService(
             backend, settings, ledger, data_dir=host.data_dir, metrics=Metrics(host.metrics_registry)
         )

@@ -61,6 +61,10 @@ class Depth2ImgSettings:
     database_url: str | None = field(default=None, repr=False)  # None: SQLite in BOT_DATA_DIR
     job_lease_s: float = 60.0
     loop_monitor_file: Path | None = None
+    endpoint: str = "auto"  # the ModelsLab route: auto | depth2img | controlnet
+    model_id: str = "realistic-vision-51"  # the ControlNet route's model (the docs' depth example)
+    low_balance: float = 1.00  # the owner is warned once when the account's balance falls below this
+    bot_daily_quota: int = 0  # pictures per UTC day across every server and DM; 0 = none
 
 
 # (variable, meaning) for every setting of the extension: used by the README, .env.example and errors.
@@ -92,7 +96,13 @@ SETTINGS_HELP: dict[str, str] = {
     "LOOP_MONITOR_FILE": "optional: append the event loop's worst stall per 50 ms to this file (diagnostics, benchmarks)",
     "DATABASE_URL": "optional: postgresql://user:password@host/db for the job ledger (default: SQLite in BOT_DATA_DIR); needed to run several bot processes",
     "JOB_LEASE_S": "seconds a stopped process's unfinished jobs wait before another process takes them over (default 60)",
+    "SD_ENDPOINT": "the ModelsLab route: auto (default: v5/depth2img first, and v5/controlnet with depth from the first time depth2img answers as a dead endpoint, remembered), depth2img or controlnet",
+    "SD_MODEL_ID": "the model of the ControlNet route (default realistic-vision-51, the docs' depth example; fluxdev for Flux)",
+    "SD_LOW_BALANCE": "the owner is warned once in the log when the ModelsLab balance falls below this many dollars (default 1.00)",
+    "SD_BOT_DAILY_QUOTA": "pictures the bot makes per UTC day across every server and DM together (default 0 = no cap)",
 }
+
+ENDPOINTS = ("auto", "depth2img", "controlnet")
 
 
 class _Reader:
@@ -142,6 +152,24 @@ class _Reader:
             return False
         self.problems.append(f"{name}={value!r} is not on or off.")
         return default
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() not in choices:
+            self.problems.append(f"{name}={value!r} is not one of: {', '.join(choices)}.")
+            return default
+        return value.lower()
+
+    def text(self, name: str, default: str, max_len: int = 200) -> str:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if len(value) > max_len or not value.isprintable():
+            self.problems.append(f"{name} is longer than {max_len} characters or holds control characters.")
+            return default
+        return value
 
     def url(self, name: str, schemes: tuple[str, ...], default: str | None) -> str | None:
         value = self.raw(name)
@@ -196,6 +224,10 @@ def load_settings(env: Mapping[str, str]) -> Depth2ImgSettings:
         database_url=database_url,
         job_lease_s=r.number("JOB_LEASE_S", 60.0, float, 1, 3600),
         loop_monitor_file=Path(monitor) if (monitor := r.raw("LOOP_MONITOR_FILE")) else None,
+        endpoint=r.choice("SD_ENDPOINT", ENDPOINTS, "auto"),
+        model_id=r.text("SD_MODEL_ID", "realistic-vision-51"),
+        low_balance=r.number("SD_LOW_BALANCE", 1.00, float, 0, 1_000_000),
+        bot_daily_quota=r.number("SD_BOT_DAILY_QUOTA", 0, int, 0, 10_000_000),
     )
     if settings.output_memory_bytes < 5 * settings.max_output_bytes:
         r.problems.append(

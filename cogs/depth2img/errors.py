@@ -45,13 +45,17 @@ class CoolingDown(RequestRejected):
 
 
 class QuotaExceeded(RequestRejected):
-    """The server used its daily quota."""
+    """A daily quota is used: the server's, the member's (``per_member``) or the bot's own across every
+    server (``bot_wide``, ``SD_BOT_DAILY_QUOTA``)."""
 
-    def __init__(self, quota: int, resets_at: float, *, per_member: bool = False) -> None:
+    def __init__(
+        self, quota: int, resets_at: float, *, per_member: bool = False, bot_wide: bool = False
+    ) -> None:
         super().__init__(f"daily quota of {quota} used")
         self.quota = quota
         self.resets_at = resets_at
         self.per_member = per_member
+        self.bot_wide = bot_wide
 
 
 class NotAllowed(RequestRejected):

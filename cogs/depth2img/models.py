@@ -73,6 +73,8 @@ class GenerationParams:
     seed: int | None = None
     samples: int = 1
     safety_checker: bool = True  # the service replaces unsafe images with a blank one
+    width: int | None = None  # the source picture's size, once it is kept (routes that need a size)
+    height: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

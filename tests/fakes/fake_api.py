@@ -5,7 +5,15 @@ chosen per test with :attr:`FakeModelsLab.scenario`; every request is recorded.
 Routes: ``POST /api/v5/depth2img``, ``POST /api/v5/controlnet``, ``POST /api/v3/fetch/{id}``,
 ``POST /api/v6/image_editing/fetch/{id}``, ``POST /api/v6/images/fetch/{id}``,
 ``POST /api/v6/base64_to_url``, ``POST /api/v6/image_editing/base64_to_url``,
-``POST /api/v3/base64_crop`` and ``GET /files/{name}``.
+``POST /api/v3/base64_crop``, ``POST /api/wallet_balance`` and ``GET /files/{name}``.
+
+What ModelsLab serves today (``shared/docs/backends.md``): ``depth2img_dead`` plays the retired
+``v5/depth2img`` (§1.1: HTTP 200 ``{"status": "failed", "id": "", "messege": "Failed, Try Again",
+"output": ""}`` in about a second; or, with ``"404"``/``"405"``, the route gone); ``v5/controlnet``
+refuses a request without what the docs' depth example sends (§1.3, §2.1: ``model_id``,
+``controlnet_model``, ``controlnet_type``, ``init_image``, ``prompt``; the numbers may be strings);
+``base64_outputs`` serves each output as a URL ending in ``.base64`` whose body is the picture in
+base64 without its padding (§1.4); ``wallet_balance`` answers as documented in §1.5.
 
 The ``transform`` scenario is the demo's stand-in for the real model: it downloads ``init_image``
 and returns a visibly transformed copy, labelled SIMULATED.
@@ -182,6 +190,10 @@ class FakeModelsLab(LocalServer):
     error_message: str = "Something is wrong with this request."  # what the error_message scenario says
     output_count: int | None = None  # when set, every finished job has this many outputs (e.g. 10)
     # Bad moments of the API, played one per request before it answers normally (FAULTS):
+    depth2img_dead: str | None = None  # "failed" (the signature), "404" or "405": v5/depth2img is retired
+    base64_outputs: bool = False  # outputs as .base64 URLs of unpadded base64 text
+    balance: float = 43.6  # what wallet_balance answers, in USD
+    balance_checks: int = 0
     fetch_faults: list[str] = field(default_factory=list)  # on polls
     file_faults: list[str] = field(default_factory=list)  # on output downloads
 
@@ -202,6 +214,7 @@ class FakeModelsLab(LocalServer):
         r.add_post("/api/v6/base64_to_url", self._b64)
         r.add_post("/api/v6/image_editing/base64_to_url", self._b64)
         r.add_post("/api/v3/base64_crop", self._b64_crop)
+        r.add_post("/api/wallet_balance", self._wallet)
         r.add_get("/files/{name}", self._file)
         self._session: aiohttp.ClientSession | None = None
 
@@ -240,7 +253,37 @@ class FakeModelsLab(LocalServer):
 
     def _outputs(self, prefix: str, count: int) -> list[str]:
         count = self.output_count or count
+        if self.base64_outputs:
+            text = base64.b64encode(self.output_png).rstrip(b"=")
+            return [self.add_file(f"{prefix}-{i}.base64", text) for i in range(count)]
         return [self.add_file(f"{prefix}-{i}.png", self.output_png) for i in range(count)]
+
+    @staticmethod
+    def _controlnet_refusal(body: dict[str, Any]) -> str | None:
+        """What v5/controlnet's validation says about a request (its openapi.json: numbers as numbers or
+        numeric strings; width and height within 1024 and multiples of 8; a ControlNet type it knows)."""
+        for name in ("width", "height", "samples", "num_inference_steps"):
+            value = body.get(name)
+            if value is None:
+                continue
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                return f"The {name} must be an integer."
+            if name in ("width", "height") and (number > 1024 or number % 8 or number < 64):
+                return f"The {name} must be a multiple of 8 from 64 to 1024."
+        if body.get("controlnet_type") not in (None, "depth", "canny", "openpose", "normal", "seg", "mlsd"):
+            return "The selected controlnet type is invalid."
+        if body.get("auto_hint") not in (None, "yes", "no"):
+            return "The auto hint must be yes or no."
+        return None
+
+    async def _wallet(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        self.balance_checks += 1
+        if body is None or body.get("key") != self.api_key:
+            return self._json({"status": "error", "message": "Invalid API key"}, 401)
+        return self._json({"status": "success", "data": {"balance": self.balance, "currency": "USD"}})
 
     # --- routes ------------------------------------------------------------------------------------
 
@@ -263,7 +306,18 @@ class FakeModelsLab(LocalServer):
             self._mixed += 1
         if body.get("key") != self.api_key or s == "invalid_key_401":
             return self._json({"status": "error", "message": "Invalid API key"}, 401)
-        missing = [f for f in ("init_image", "prompt") if not body.get(f)]
+        if request.path.endswith("/v5/depth2img") and self.depth2img_dead:
+            if self.depth2img_dead in ("404", "405"):
+                return web.Response(status=int(self.depth2img_dead), text="Not Found")
+            await asyncio.sleep(0.05)
+            return self._json({"status": "failed", "id": "", "messege": "Failed, Try Again", "output": ""})
+        required = ("init_image", "prompt")
+        if request.path.endswith("/v5/controlnet"):
+            required += ("model_id", "controlnet_model", "controlnet_type")
+            refused = self._controlnet_refusal(body)
+            if refused:
+                return self._json({"status": "error", "messege": refused})
+        missing = [f for f in required if not body.get(f)]
         if missing:
             return self._json(
                 {"status": "error", "message": {f: [f"The {f} field is required."] for f in missing}}
@@ -558,7 +612,8 @@ class FakeModelsLab(LocalServer):
         data = self._files.get(name)
         if data is None:
             return web.Response(status=404, text="Not Found")
-        response = web.Response(body=data, content_type="image/png")
+        kind = "text/plain" if name.endswith(".base64") else "image/png"
+        response = web.Response(body=data, content_type=kind)
         if self.compress:
             response.enable_compression(web.ContentCoding.gzip)
         return response

@@ -114,5 +114,8 @@ class MemoryBackend:
     async def cancel(self, remote_id: str) -> None:
         self._check("cancel", remote_id)
 
+    async def upkeep(self) -> None:
+        """Nothing to look after."""
+
     async def close(self) -> None:
         self.calls.append(Call("close", ()))

@@ -55,6 +55,11 @@ class Backend(Protocol):
         """Ask the service to stop a queued job, where it can (best effort; never raises)."""
         ...
 
+    async def upkeep(self) -> None:
+        """The backend's own background work for as long as the bot runs (the account's balance, for
+        one); may return at once when it has none. Never raises for the service's troubles."""
+        ...
+
     async def close(self) -> None:
         """Release what the backend holds (its HTTP session)."""
         ...

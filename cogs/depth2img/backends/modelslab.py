@@ -1,4 +1,10 @@
-"""The ModelsLab / stablediffusionapi.com backend (v5 depth2img): aiohttp only, no Discord.
+"""The ModelsLab / stablediffusionapi.com backend (v5 depth2img, or v5 controlnet with depth: see
+:mod:`.modelslab_routes`): aiohttp only, no Discord.
+
+``SD_ENDPOINT=auto`` starts on ``v5/depth2img``; the first time it answers with the dead endpoint's
+signature, the *same* request goes at once to ``v5/controlnet`` (the first never started: nothing is
+charged twice), the owner's log says so once, and the route is remembered (``remember``, in the ledger,
+across restarts) and used from then on, with no re-probing.
 
 It borrows one ``aiohttp.ClientSession`` from the composition root. One pure function,
 :func:`.modelslab_answers.error_from_response`, maps an HTTP answer to our error tree; the client
@@ -30,6 +36,8 @@ from cogs.depth2img.errors import (
     APIStatusError,
     APITimeoutError,
     BadRequestError,
+    Depth2ImgError,
+    InsufficientCreditsError,
     JobFailed,
     MalformedResponseError,
     OutputUnavailable,
@@ -39,35 +47,19 @@ from cogs.depth2img.errors import (
 from cogs.depth2img.models import GenerationParams
 
 from .base import Answer, LoadSource
-from .guard import BlockedAddress, BlockedName, Guard, origin_of
-from .http import get_following, read_capped
+from .downloads import download
+from .guard import Guard, origin_of
+from .http import read_capped
+from .modelslab_account import CHECK_EVERY_S, Account
 from .modelslab_answers import APIResponse, Status, error_from_response
+from .modelslab_routes import Route, body, is_dead_endpoint
 
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
+Remember = Callable[[str], Awaitable[None]]
 
 _MAX_BODY = 1 * 1024 * 1024  # JSON answers are small; refuse to buffer more than this
-
-
-def _payload(params: GenerationParams) -> dict[str, Any]:
-    """The member's options in the API's names (only those that are set)."""
-    payload: dict[str, Any] = {
-        "prompt": params.prompt,
-        "samples": params.samples,
-        "safety_checker": "yes" if params.safety_checker else "no",
-    }
-    if params.negative_prompt:
-        payload["negative_prompt"] = params.negative_prompt
-    if params.strength is not None:
-        payload["strength"] = params.strength
-    if params.steps is not None:
-        payload["num_inference_steps"] = params.steps
-    if params.guidance is not None:
-        payload["guidance_scale"] = params.guidance
-    if params.seed is not None:
-        payload["seed"] = params.seed
-    return payload
 
 
 def _answer(response: APIResponse) -> Answer:
@@ -96,8 +88,15 @@ class ModelsLabBackend:
         max_retries: int = 3,
         rate_limit_max_wait_s: float = 15.0,
         max_download_bytes: int = 25 * 1024 * 1024,
+        endpoint: str = "auto",
+        known_route: str | None = None,
+        remember: Remember | None = None,
+        model_id: str = "realistic-vision-51",
+        low_balance: float = 1.0,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
+        """``endpoint``: auto, depth2img or controlnet (``SD_ENDPOINT``); ``known_route``: the route
+        ``auto`` learnt before (from the ledger); ``remember`` stores a newly learnt one."""
         self._session = session
         self._base = base_url.rstrip("/")
         self._key = api_key
@@ -111,6 +110,11 @@ class ModelsLabBackend:
         self._guard = guard  # the session's connections are guarded by the same
         self._origin = origin_of(self._base)
         self.redact = Redactor([api_key])
+        self._auto = endpoint == "auto"
+        self.route = Route(endpoint if not self._auto else (known_route or Route.DEPTH2IMG))
+        self._remember = remember
+        self._model_id = model_id
+        self.account = Account(self._wallet_balance, low=low_balance)
 
     # --- the Backend protocol --------------------------------------------------------------------
 
@@ -123,9 +127,46 @@ class ModelsLabBackend:
         return await self.upload_image(data, mime)
 
     async def submit(self, params: GenerationParams, source: str) -> Answer:
-        """POST the job. Costs credits: retried only when the API clearly did not take it."""
-        body: dict[str, Any] = {"key": self._key, "init_image": source, **_payload(params)}
-        return _answer(await self._call(f"{self._base}/v5/depth2img", body, idempotent=False))
+        """POST the job on the route in use. Costs credits: retried only when the API clearly did not
+        take it. With ``auto``, a dead ``depth2img`` answer sends the same request to ``controlnet``."""
+        route = self.route
+        try:
+            return await self._submit(route, params, source)
+        except Depth2ImgError as exc:
+            if not (self._auto and route is Route.DEPTH2IMG and is_dead_endpoint(exc)):
+                raise
+        await self._switch_to(Route.CONTROLNET)
+        return await self._submit(Route.CONTROLNET, params, source)
+
+    async def _submit(self, route: Route, params: GenerationParams, source: str) -> Answer:
+        payload = body(route, params, source, key=self._key, model_id=self._model_id)
+        try:
+            return _answer(await self._call(self._base + route.path, payload, idempotent=False))
+        except InsufficientCreditsError:
+            await self.account.out_of_credit()
+            raise
+
+    async def _switch_to(self, route: Route) -> None:
+        if self.route is route:
+            return
+        self.route = route
+        log.warning(
+            "v5/depth2img answered as a retired endpoint (failed at once, no job id): every request goes "
+            "to v5/controlnet with a depth ControlNet from now on (remembered; set SD_ENDPOINT to choose)",
+            extra={"route": str(route)},
+        )
+        if self._remember is not None:
+            try:
+                await self._remember(str(route))
+            except Exception as exc:  # (the ledger out of reach: learnt again after a restart)
+                log.warning("the route could not be remembered", extra={"error": type(exc).__name__})
+
+    async def upkeep(self) -> None:
+        """The account's balance: at start-up, then hourly (runs for as long as the bot)."""
+        await self.account.check(why="start")
+        while True:
+            await self._sleep(CHECK_EVERY_S)
+            await self.account.check(why="hourly")
 
     async def poll(self, remote_id: str, poll_url: str | None) -> Answer:
         """Poll a queued job. Uses the API's ``fetch_result`` URL when it is on the API's own host.
@@ -137,6 +178,18 @@ class ModelsLabBackend:
 
     async def download(self, url: str) -> list[bytes]:
         return await self.download_pieces(url)
+
+    async def _wallet_balance(self) -> Any:
+        url = f"{self._base}/wallet_balance"
+        if origin_of(url) != self._origin:
+            raise MalformedResponseError("a request with the key to another origin")
+        async with self._session.post(
+            url, json={"key": self._key}, timeout=self._timeout, allow_redirects=False
+        ) as resp:
+            raw = await read_capped(resp, _MAX_BODY)
+            if resp.status != 200 or raw is None:
+                raise MalformedResponseError(f"HTTP {resp.status}", status=resp.status)
+        return json.loads(b"".join(raw).decode("utf-8"))
 
     async def cancel(self, remote_id: str) -> None:
         """ModelsLab has no way to stop a queued job: nothing to do (the credits are spent)."""
@@ -150,7 +203,9 @@ class ModelsLabBackend:
         # ``fetch_result`` carries the key: used only on the API's own origin (scheme, host and port).
         urls = [fetch_url] if fetch_url and origin_of(fetch_url) == self._origin else []
         remote = quote(job_id, safe="")
-        urls += [f"{self._base}/v6/image_editing/fetch/{remote}", f"{self._base}/v3/fetch/{remote}"]
+        # else the documented fetch route, then the older ones (a 404 moves on to the next)
+        urls += [f"{self._base}/v6/images/fetch/{remote}", f"{self._base}/v6/image_editing/fetch/{remote}"]
+        urls += [f"{self._base}/v3/fetch/{remote}"]
         last: APIError | None = None
         for url in dict.fromkeys(urls):
             try:
@@ -275,25 +330,6 @@ class ModelsLabBackend:
             raise
 
     async def _download_once(self, url: str) -> list[bytes]:
-        try:
-            async with get_following(self._session, self._guard, url, timeout=self._timeout) as resp:
-                if resp.status >= 500 or resp.status == 429:
-                    raise ServerError(f"HTTP {resp.status}", status=resp.status)
-                if resp.status != 200:
-                    raise OutputUnavailable(f"HTTP {resp.status} for the output image")
-                if resp.content_length is not None and resp.content_length > self._max_download:
-                    raise OutputUnavailable("output image larger than the download cap", unusable=True)
-                data = await read_capped(resp, self._max_download)
-                if data is None:
-                    raise OutputUnavailable("output image larger than the download cap", unusable=True)
-                return data
-        except BlockedAddress as exc:
-            raise OutputUnavailable(f"output URL refused: {exc}") from None
-        except TimeoutError as exc:
-            raise APITimeoutError("download timed out") from exc
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, BlockedName):
-                raise OutputUnavailable("output URL refused: a host name with no public address") from None
-            raise APIConnectionError(f"download problem: {type(exc).__name__}") from exc
-        except aiohttp.ClientError as exc:
-            raise APIConnectionError(f"download problem: {type(exc).__name__}") from exc
+        return await download(
+            self._session, self._guard, url, timeout=self._timeout, max_bytes=self._max_download
+        )

@@ -72,6 +72,7 @@ class Admission:
         per_user: int,
         cooldown_s: float = 0.0,
         guild_daily_quota: int = 0,
+        bot_daily_quota: int = 0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -80,6 +81,8 @@ class Admission:
         self.per_user = per_user
         self.cooldown_s = cooldown_s
         self.guild_daily_quota = guild_daily_quota
+        self.bot_daily_quota = bot_daily_quota  # pictures, across every server and DM
+        self._bot_pictures = 0
         self.draining = False
         self._clock = clock
         self._wall = wall_clock
@@ -101,10 +104,14 @@ class Admission:
     def waiting(self) -> int:
         return self._slots.waiting
 
-    def seed_counts(self, guilds: dict[int, int], members: dict[tuple[int, int], int]) -> None:
-        """Today's counts per server and per member, from the ledger, so a restart resets no quota."""
+    def seed_counts(
+        self, guilds: dict[int, int], members: dict[tuple[int, int], int], pictures: int = 0
+    ) -> None:
+        """Today's counts per server and per member, and the pictures asked for bot-wide, from the
+        ledger, so a restart resets no quota."""
         self._guild_counts = dict(guilds)
         self._member_counts = dict(members)
+        self._bot_pictures = pictures
 
     def admit(
         self,
@@ -113,6 +120,7 @@ class Admission:
         *,
         cooldown_s: float | None = None,
         member_daily_quota: int = 0,
+        pictures: int = 1,
     ) -> Ticket:
         """Raises a :class:`RequestRejected` when the request must not run now. ``cooldown_s`` and
         ``member_daily_quota`` are the server's own rules, when it set them."""
@@ -130,6 +138,9 @@ class Admission:
         day = day_start(self._wall())
         if day != self._guild_day:
             self._guild_day, self._guild_counts, self._member_counts = day, {}, {}
+            self._bot_pictures = 0
+        if 0 < self.bot_daily_quota < self._bot_pictures + pictures:
+            raise QuotaExceeded(self.bot_daily_quota, resets_at=day + 86400, bot_wide=True)
         guild_used = self._guild_counts.get(guild_id, 0) if guild_id is not None else 0
         if guild_id is not None and 0 < self.guild_daily_quota <= guild_used:
             raise QuotaExceeded(self.guild_daily_quota, resets_at=day + 86400)
@@ -139,6 +150,7 @@ class Admission:
         if guild_id is not None:
             self._guild_counts[guild_id] = self._guild_counts.get(guild_id, 0) + 1
         self._member_counts[member_key] = self._member_counts.get(member_key, 0) + 1
+        self._bot_pictures += pictures
         self._last_request[user_id] = now
         if len(self._last_request) > 10_000:  # forget old cooldowns
             cutoff = now - max(self.cooldown_s, 1.0)

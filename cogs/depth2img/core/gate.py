@@ -91,13 +91,17 @@ class Gate:
             raise
         return checked
 
-    def admit(self, user_id: int, guild_id: int | None) -> Ticket:
+    def admit(self, user_id: int, guild_id: int | None, *, pictures: int = 1) -> Ticket:
         rules = self.rules(guild_id)
         # the stricter of the server's own quota per member and the owner's (which alone applies in DMs)
         quotas = [q for q in (rules.member_daily_quota, self.settings.member_daily_quota) if q > 0]
         try:
             return self.admission.admit(
-                user_id, guild_id, cooldown_s=rules.cooldown_s, member_daily_quota=min(quotas, default=0)
+                user_id,
+                guild_id,
+                cooldown_s=rules.cooldown_s,
+                member_daily_quota=min(quotas, default=0),
+                pictures=pictures,
             )
         except RequestRejected as exc:
             self.rejected(exc)

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cogs.depth2img.config import Depth2ImgSettings
 from cogs.depth2img.errors import InvalidInput
@@ -117,6 +117,7 @@ class Intake:
             source_path=path,
             source_url=None if source.changed else job.source_url,
             source_changed=source.changed,
+            params=replace(job.params, width=source.width, height=source.height),
         )
         log.info(
             "job received", extra={"job": job.id, "user_id": job.user_id, "source_changed": source.changed}

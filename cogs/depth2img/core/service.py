@@ -58,6 +58,7 @@ class Depth2ImgService:
             per_user=settings.max_jobs_per_user,
             cooldown_s=settings.user_cooldown_s,
             guild_daily_quota=settings.guild_daily_quota,
+            bot_daily_quota=settings.bot_daily_quota,
             clock=clock,
         )
         self.pictures = Pictures(
@@ -92,7 +93,9 @@ class Depth2ImgService:
         await self.pictures.start()
         today = day_start(time.time())
         self.admission.seed_counts(
-            await self.ledger.guild_counts_since(today), await self.ledger.member_counts_since(today)
+            await self.ledger.guild_counts_since(today),
+            await self.ledger.member_counts_since(today),
+            await self.ledger.pictures_since(today) if self.settings.bot_daily_quota else 0,
         )
         await self.gate.load_rules()
         return await self.ledger.claim_orphans(at_start=True)
@@ -104,7 +107,8 @@ class Depth2ImgService:
         work: dict[str, Coroutine[Any, Any, None]] = {
             "leases": upkeep.keep_leases(
                 self.ledger, on_claimed, running=lambda: frozenset(self._running), sleep=self._sleep
-            )
+            ),
+            "backend": self.backend.upkeep(),
         }
         if (keep_days := self.settings.keep_pictures_days) > 0:
             work["pruning"] = upkeep.prune_now_and_then(
@@ -155,9 +159,10 @@ class Depth2ImgService:
         :class:`RequestRejected`."""
         return self.gate.check(make_params, where, declared_size=declared_size)
 
-    def admit(self, user_id: int, guild_id: int | None) -> Ticket:
-        """A ticket for one job, or :class:`RequestRejected` (limits, cooldown, quota, queue, draining)."""
-        return self.gate.admit(user_id, guild_id)
+    def admit(self, user_id: int, guild_id: int | None, *, pictures: int = 1) -> Ticket:
+        """A ticket for one job of ``pictures`` pictures, or :class:`RequestRejected` (limits, cooldown,
+        quotas, queue, draining)."""
+        return self.gate.admit(user_id, guild_id, pictures=pictures)
 
     def first_sight(self, interaction_id: int) -> bool:
         """Whether this interaction is new to this process (the ledger guards it across restarts)."""

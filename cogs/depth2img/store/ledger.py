@@ -17,6 +17,8 @@ owner calls :meth:`Ledger.claim_delivery`: a job is delivered by at most one pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import secrets
 import time
@@ -286,6 +288,40 @@ class Ledger:
                 yield ExecuteMany("DELETE FROM job_events WHERE job_id = ?", ids)
                 yield ExecuteMany("DELETE FROM jobs WHERE id = ?", ids)
             return jobs
+
+        return await self._run(op)
+
+    # --- what the bot learnt (a few named values) ---
+
+    async def recall(self, name: str) -> str | None:
+        def op() -> Op[str | None]:
+            rows = yield Fetch("SELECT value FROM bot_state WHERE name = ?", (name,))
+            return str(rows[0]["value"]) if rows else None
+
+        return await self._run(op)
+
+    async def remember(self, name: str, value: str) -> None:
+        sql = (
+            "INSERT INTO bot_state (name, value, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+        )
+        args = (name, clean_text(value), time.time())
+
+        def op() -> Op[None]:
+            yield Execute(sql, args)
+
+        await self._run(op)
+
+    async def pictures_since(self, since: float) -> int:
+        """Pictures asked for (each job's ``samples``) since ``since``, across every server."""
+
+        def op() -> Op[int]:
+            rows = yield Fetch("SELECT params FROM jobs WHERE created_at >= ?", (float(since),))
+            total = 0
+            for r in rows:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    total += max(1, int(json.loads(r["params"]).get("samples", 1)))
+            return total
 
         return await self._run(op)
 

@@ -135,6 +135,8 @@ def to_row(job: Job) -> dict[str, Any]:
             "seed": p.seed,
             "samples": p.samples,
             "safety_checker": p.safety_checker,
+            "width": p.width,
+            "height": p.height,
         }
     )
     row["output_urls"] = json.dumps([clean_text(u) for u in job.output_urls])

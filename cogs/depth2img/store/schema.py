@@ -114,6 +114,19 @@ MIGRATIONS += (
         ),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        4,
+        "what the bot learnt and keeps across restarts (the image service's working route)",
+        (
+            """CREATE TABLE bot_state (
+                name TEXT PRIMARY KEY,
+                value TEXT NOT NULL,
+                updated_at {real} NOT NULL
+            )""",
+        ),
+    ),
+)
 LATEST = MIGRATIONS[-1].version
 
 VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

@@ -96,7 +96,7 @@ class RequestFlow:
         with service.answering():
             try:
                 params = service.check(make_params, where(interaction), declared_size=declared_size)
-                ticket = service.admit(interaction.user.id, interaction.guild_id)
+                ticket = service.admit(interaction.user.id, interaction.guild_id, pictures=params.samples)
             except RequestRejected as exc:
                 await interaction.response.send_message(
                     text.describe(exc), ephemeral=True, allowed_mentions=NO_MENTIONS

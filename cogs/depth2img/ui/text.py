@@ -60,6 +60,11 @@ def describe(exc: Depth2ImgError) -> str:
         return "🕒 You already have a picture in progress. Wait for it to finish, then try again."
     if isinstance(exc, CoolingDown):
         return f"🕒 Easy there: you can ask again in {_seconds(exc.retry_after_s)}."
+    if isinstance(exc, QuotaExceeded) and exc.bot_wide:
+        return (
+            "📅 The bot has made all the pictures its owner allows for one day, across every server. "
+            f"It makes pictures again <t:{int(exc.resets_at)}:R>."
+        )
     if isinstance(exc, QuotaExceeded) and exc.per_member:
         return f"📅 You have made your {exc.quota} pictures for today here. Your quota resets <t:{int(exc.resets_at)}:R>."
     if isinstance(exc, QuotaExceeded):

@@ -1,0 +1,98 @@
+"""The ModelsLab account's balance, for the owner's log (``shared/docs/backends.md`` §1.5):
+``POST {host}/api/wallet_balance`` with ``{key}`` answers
+``{"status": "success", "data": {"balance": 43.6, "currency": "USD"}}`` (docs-v2
+``general-api/wallet-balance.mdx``).
+
+Logged at start-up; the owner is warned once when it falls below ``SD_LOW_BALANCE`` (again only after it
+went back above); after the API said the account is out of credit (402) it is asked again, and the owner
+gets one ERROR line. Never raises: the balance is news for the owner, never a reason to fail a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    amount: float
+    currency: str
+
+
+def parse_balance(body: object) -> Balance | None:
+    if not isinstance(body, dict) or body.get("status") != "success":
+        return None
+    data = body.get("data")
+    if not isinstance(data, dict):
+        return None
+    amount = data.get("balance")
+    if isinstance(amount, str):
+        try:
+            amount = float(amount)
+        except ValueError:
+            return None
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount):
+        return None
+    currency = data.get("currency")
+    currency = currency if isinstance(currency, str) and currency.isalpha() and len(currency) <= 8 else "USD"
+    return Balance(float(amount), currency.upper())
+
+
+class Account:
+    def __init__(self, ask: Callable[[], Awaitable[Any]], *, low: float) -> None:
+        """``ask``: one ``wallet_balance`` call, returning the decoded JSON answer (or raising)."""
+        self._ask = ask
+        self.low = low
+        self.last: Balance | None = None
+        self._warned_low = False
+        self._said_empty = False
+
+    async def check(self, *, why: str) -> Balance | None:
+        try:
+            balance = parse_balance(await self._ask())
+        except Exception as exc:  # the API's troubles: said in the log, never raised
+            log.warning(
+                "the account's balance could not be read", extra={"why": why, "error": type(exc).__name__}
+            )
+            return None
+        if balance is None:
+            log.warning(
+                "the account's balance could not be read", extra={"why": why, "error": "unexpected answer"}
+            )
+            return None
+        self.last = balance
+        amount = f"{balance.amount:.2f} {balance.currency}"
+        if why == "start":
+            log.info("ModelsLab account balance", extra={"balance": amount})
+        if balance.amount < self.low:
+            if not self._warned_low:
+                self._warned_low = True
+                log.warning(
+                    f"the ModelsLab balance is {amount}, below SD_LOW_BALANCE ({self.low:.2f}): top up the "
+                    "account at modelslab.com before members' requests start to fail",
+                    extra={"balance": amount},
+                )
+        else:
+            self._warned_low = self._said_empty = False
+        return balance
+
+    async def out_of_credit(self) -> None:
+        """The API answered 402 (or said so): ask again, and tell the owner once."""
+        balance = await self.check(why="402")
+        if self._said_empty:
+            return
+        self._said_empty = True
+        amount = f"{balance.amount:.2f} {balance.currency}" if balance else "unknown"
+        log.error(
+            f"the ModelsLab account is out of credit (balance {amount}): members' requests fail until it is "
+            "topped up at modelslab.com",
+            extra={"balance": amount},
+        )
