@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from cogs.depth2img.backends.modelslab_routes import fit_size
-from cogs.depth2img.errors import InsufficientCreditsError, JobFailed
+from cogs.depth2img.errors import InsufficientCreditsError, JobFailed, OutputUnavailable
 from cogs.depth2img.models import GenerationParams
 from tests.conftest import bot_env, free_port, is_settled, spawn_bot, stop_bot
 from tests.fakes.fake_api import FakeModelsLab, make_png
@@ -115,8 +115,6 @@ async def test_base64_outputs_are_decoded_padding_or_not(fake_api):
 async def test_base64_text_that_is_not_a_picture_is_refused(fake_api):
     url = fake_api.add_file("bad.base64", b"this is not base64 at all!")
     async with modelslab(base_url=fake_api.base_url, api_key=fake_api.api_key) as backend:
-        from cogs.depth2img.errors import OutputUnavailable
-
         with pytest.raises(OutputUnavailable) as caught:
             await backend.download(url)
     assert caught.value.unusable

@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ROUTE_KEY = "modelslab.route"  # the ModelsLab route SD_ENDPOINT=auto learnt (in the ledger)
-
 
 class Host(Protocol):
     """What this extension needs from the bot that loads it (``bot.py``)."""
@@ -65,9 +63,9 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
 
 
 async def setup(bot: commands.Bot) -> None:
+    from .backends.choose import build_backend
     from .backends.guard import Guard
     from .backends.http import open_session
-    from .backends.modelslab import ModelsLabBackend
     from .config import load_settings
     from .core.service import Depth2ImgService
     from .metrics import Metrics
@@ -92,30 +90,12 @@ async def setup(bot: commands.Bot) -> None:
     try:
         # The extension's own HTTP session: every connection guarded (no private address but the
         # configured service's exact origin), which the bot's shared session could not be.
-        guard = Guard([settings.api_base_url])
+        guard = Guard([settings.service_url])
         session = open_session(guard, connections=1024, user_agent="depth2img-bot/0.1")
         closing.append(session.close)
-        known_route = await ledger.recall(ROUTE_KEY)
-
-        async def remember_route(route: str) -> None:
-            await ledger.remember(ROUTE_KEY, route)
-
-        backend = ModelsLabBackend(
-            session,
-            guard=guard,
-            base_url=settings.api_base_url,
-            api_key=settings.api_key,
-            request_timeout_s=settings.request_timeout_s,
-            max_retries=settings.max_retries,
-            rate_limit_max_wait_s=settings.rate_limit_max_wait_s,
-            max_download_bytes=settings.max_output_bytes,
-            endpoint=settings.endpoint,
-            known_route=known_route,
-            remember=remember_route,
-            model_id=settings.model_id,
-            low_balance=settings.low_balance,
+        backend = await build_backend(
+            settings, session, guard, recall=ledger.recall, remember=ledger.remember
         )
-        log.info("image service", extra={"backend": "modelslab", "route": str(backend.route)})
         service = Depth2ImgService(
             backend, settings, ledger, data_dir=host.data_dir, metrics=Metrics(host.metrics_registry)
         )

@@ -65,11 +65,36 @@ class Depth2ImgSettings:
     model_id: str = "realistic-vision-51"  # the ControlNet route's model (the docs' depth example)
     low_balance: float = 1.00  # the owner is warned once when the account's balance falls below this
     bot_daily_quota: int = 0  # pictures per UTC day across every server and DM; 0 = none
+    image_backend: str = "modelslab"  # modelslab | comfyui | a1111
+    comfyui_url: str | None = None
+    comfyui_workflow: Path | None = None  # None: the depth workflow the bot ships
+    comfyui_checkpoint: str = "v1-5-pruned-emaonly.safetensors"
+    comfyui_controlnet: str = "control_v11f1p_sd15_depth.pth"
+    a1111_url: str | None = None
+    a1111_controlnet_module: str = "depth_midas"
+    a1111_controlnet_model: str = "control_v11f1p_sd15_depth [cfd03158]"
+
+    @property
+    def service_url(self) -> str:
+        """The origin the chosen image service lives at (the only private one the bot may reach)."""
+        if self.image_backend == "comfyui" and self.comfyui_url:
+            return self.comfyui_url
+        if self.image_backend == "a1111" and self.a1111_url:
+            return self.a1111_url
+        return self.api_base_url
 
 
 # (variable, meaning) for every setting of the extension: used by the README, .env.example and errors.
 SETTINGS_HELP: dict[str, str] = {
-    "SD_API_KEY": "your stablediffusionapi.com / ModelsLab API key",
+    "SD_API_KEY": "your stablediffusionapi.com / ModelsLab API key (needed with IMAGE_BACKEND=modelslab only)",
+    "IMAGE_BACKEND": "the image service: modelslab (default, the hosted API), comfyui or a1111 (your own GPU)",
+    "COMFYUI_URL": "with IMAGE_BACKEND=comfyui: your ComfyUI server, e.g. http://127.0.0.1:8188",
+    "COMFYUI_WORKFLOW": "with IMAGE_BACKEND=comfyui: your own API-format workflow file with the bot's placeholders (default: the depth workflow the bot ships)",
+    "COMFYUI_CHECKPOINT": "with IMAGE_BACKEND=comfyui: the checkpoint the workflow loads (default v1-5-pruned-emaonly.safetensors)",
+    "COMFYUI_CONTROLNET": "with IMAGE_BACKEND=comfyui: the depth ControlNet model (default control_v11f1p_sd15_depth.pth)",
+    "A1111_URL": "with IMAGE_BACKEND=a1111: your AUTOMATIC1111 or Forge server started with --api, e.g. http://127.0.0.1:7860",
+    "A1111_CONTROLNET_MODULE": "with IMAGE_BACKEND=a1111: the ControlNet preprocessor (default depth_midas)",
+    "A1111_CONTROLNET_MODEL": "with IMAGE_BACKEND=a1111: the ControlNet model as /controlnet/model_list names it (default control_v11f1p_sd15_depth [cfd03158])",
     "SD_API_BASE_URL": f"the image API's base URL (default {DEFAULT_API_BASE_URL})",
     "SD_MAX_CONCURRENT": "generations at the API at once (default 5; plans allow 5 to 15 queued)",
     "SD_MAX_QUEUED": "requests that may wait for a free slot before members are told to retry (default 50)",
@@ -103,6 +128,7 @@ SETTINGS_HELP: dict[str, str] = {
 }
 
 ENDPOINTS = ("auto", "depth2img", "controlnet")
+BACKENDS = ("modelslab", "comfyui", "a1111")
 
 
 class _Reader:
@@ -185,7 +211,19 @@ class _Reader:
 def load_settings(env: Mapping[str, str]) -> Depth2ImgSettings:
     """Build :class:`Depth2ImgSettings` from ``env``, or raise :class:`ConfigError` listing every problem."""
     r = _Reader(env)
-    api_key = r.required_secret("SD_API_KEY")
+    image_backend = r.choice("IMAGE_BACKEND", BACKENDS, "modelslab")
+    api_key = r.required_secret("SD_API_KEY") if image_backend == "modelslab" else (r.raw("SD_API_KEY") or "")
+    comfyui_url = r.url("COMFYUI_URL", ("http", "https"), None)
+    a1111_url = r.url("A1111_URL", ("http", "https"), None)
+    for name, needed, value in (
+        ("COMFYUI_URL", "comfyui", comfyui_url),
+        ("A1111_URL", "a1111", a1111_url),
+    ):
+        if image_backend == needed and value is None:
+            r.problems.append(
+                f"{name} is missing: IMAGE_BACKEND={needed} needs {SETTINGS_HELP[name].split(': ', 1)[1]}."
+            )
+    workflow = r.raw("COMFYUI_WORKFLOW")
     api_base = r.url("SD_API_BASE_URL", ("http", "https"), DEFAULT_API_BASE_URL) or DEFAULT_API_BASE_URL
     database_url = r.raw("DATABASE_URL")
     if database_url is not None:
@@ -228,6 +266,14 @@ def load_settings(env: Mapping[str, str]) -> Depth2ImgSettings:
         model_id=r.text("SD_MODEL_ID", "realistic-vision-51"),
         low_balance=r.number("SD_LOW_BALANCE", 1.00, float, 0, 1_000_000),
         bot_daily_quota=r.number("SD_BOT_DAILY_QUOTA", 0, int, 0, 10_000_000),
+        image_backend=image_backend,
+        comfyui_url=comfyui_url,
+        comfyui_workflow=Path(workflow) if workflow else None,
+        comfyui_checkpoint=r.text("COMFYUI_CHECKPOINT", "v1-5-pruned-emaonly.safetensors"),
+        comfyui_controlnet=r.text("COMFYUI_CONTROLNET", "control_v11f1p_sd15_depth.pth"),
+        a1111_url=a1111_url,
+        a1111_controlnet_module=r.text("A1111_CONTROLNET_MODULE", "depth_midas"),
+        a1111_controlnet_model=r.text("A1111_CONTROLNET_MODEL", "control_v11f1p_sd15_depth [cfd03158]"),
     )
     if settings.output_memory_bytes < 5 * settings.max_output_bytes:
         r.problems.append(

@@ -123,6 +123,11 @@ class BadRequestError(APIStatusError):
     """The API refused the request's content (400/422, validation errors)."""
 
 
+class ServiceMisconfigured(APIStatusError):
+    """The owner's own image service cannot run the bot's request as set up (a workflow it refuses, a
+    node or model it lacks, ControlNet not applied): for the owner to fix; the log says what."""
+
+
 class SourceImageUnreachable(BadRequestError):
     """The API could not fetch the source image from its URL."""
 
@@ -150,6 +155,10 @@ class JobError(Depth2ImgError):
 
 class JobFailed(JobError):
     """The API reported the job as failed (``status: failed`` or ``error`` while polling)."""
+
+
+class JobLost(JobError):
+    """The image service no longer knows the job (it was restarted, or keeps jobs in memory only)."""
 
 
 class JobTimedOut(JobError):

@@ -50,6 +50,7 @@ class Stage(StrEnum):
     WAITING_FOR_SLOT = "waiting_for_slot"  # in the bot's own queue
     QUEUED_AT_API = "queued_at_api"  # accepted by the image service, not finished yet
     SERVICE_SLOW = "service_slow"  # at the image service, which is not answering well: still trying
+    GENERATING = "generating"  # the image service is making it and says how far it is (``done``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ class ProgressEvent:
     stage: Stage
     position: int | None = None  # place in the bot's queue (1: next)
     eta_s: float | None = None  # expected seconds from now until the picture is ready
+    done: float | None = None  # how far the generation is, 0 to 1 (services that say so)
 
 
 @dataclass(frozen=True, slots=True)

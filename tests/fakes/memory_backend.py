@@ -29,6 +29,7 @@ class Call:
 
 @dataclass
 class MemoryBackend:
+    repeatable: bool = False  # (a self-hosted service: jobs may be run again for free)
     scenario: str = "success"
     polls_before_done: int = 2
     eta_s: float | None = 0.05

@@ -30,9 +30,15 @@ class Answer:
     output_urls: tuple[str, ...] = ()
     generation_time_s: float | None = None
     seed: int | None = None
+    progress: float | None = None  # how far the generation is, 0 to 1, when the service says
 
 
 class Backend(Protocol):
+    # Whether running a job again costs the owner nothing (a self-hosted service): then a job that a
+    # restart interrupted while it was being submitted, or that the service no longer knows
+    # (:class:`..errors.JobLost`), is run again once instead of failing.
+    repeatable: bool
+
     async def stage_source(self, url: str | None, load: LoadSource) -> str:
         """Make the source picture available to the service (free, and safe to repeat): returns what
         :meth:`submit` takes as its source. ``url``: a fresh public link to the picture, if any."""

@@ -77,6 +77,8 @@ def _answer(response: APIResponse) -> Answer:
 class ModelsLabBackend:
     """Talks to the ModelsLab API. Satisfies :class:`.base.Backend`."""
 
+    repeatable = False  # every generation is paid for
+
     def __init__(
         self,
         session: aiohttp.ClientSession,

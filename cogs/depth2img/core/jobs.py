@@ -22,6 +22,7 @@ from cogs.depth2img.errors import (
     InternalError,
     InvalidInput,
     JobInterrupted,
+    JobLost,
     JobTimedOut,
     MalformedResponseError,
     OutputUnavailable,
@@ -106,19 +107,14 @@ class JobRunner:
             if remaining <= 0:  # (a job resumed past its deadline: not a step more)
                 raise TimeoutError
             async with asyncio.timeout(remaining):
-                wait_started = self._clock()
-                async with self.admission.slot(on_position):
-                    local_wait = self._clock() - wait_started
-                    api_started = self._clock()
-                    if job.state is JobState.SUBMITTING:
-                        raise JobInterrupted("interrupted while submitting", job_id=job.api_job_id)
-                    first: Answer | None = None
-                    if job.state is JobState.RECEIVED:
-                        job, first = await self._submit(job)
-                    if not job.output_urls:
-                        job = await self._poll(job, first, emit)
-                    api_s = self._clock() - api_started
-                images, hold = await self._download(job, emit)
+                for last_try in (False, True):
+                    try:
+                        job, images, hold, local_wait, api_s = await self._make(job, emit, on_position)
+                        break
+                    except JobLost:
+                        if last_try or not self.backend.repeatable:
+                            raise
+                        job = await self._again(job, "the service no longer knows it")
                 # where the first image was kept; recorded with the final state
                 job = replace(job, result_path=self.pictures.result_path(job.id, images[0]))
         except TimeoutError:
@@ -188,6 +184,39 @@ class JobRunner:
             return await self.ledger.get(job.id) or job
         except Exception:  # (the ledger out of reach: what the run knew will do)
             return job
+
+    async def _make(
+        self, job: Job, emit: Emit, on_position: Callable[[int], None]
+    ) -> tuple[Job, tuple[GeneratedImage, ...], Hold, float, float]:
+        """One slot's work: submit (or go on with) the job, poll it to its outputs, download them."""
+        wait_started = self._clock()
+        async with self.admission.slot(on_position):
+            local_wait = self._clock() - wait_started
+            api_started = self._clock()
+            if job.state is JobState.SUBMITTING:
+                if not self.backend.repeatable:  # it may exist at the service, and cost: never twice
+                    raise JobInterrupted("interrupted while submitting", job_id=job.api_job_id)
+                job = await self._again(job, "interrupted while submitting")
+            first: Answer | None = None
+            if job.state is JobState.RECEIVED:
+                job, first = await self._submit(job)
+            if not job.output_urls:
+                job = await self._poll(job, first, emit)
+            api_s = self._clock() - api_started
+        images, hold = await self._download(job, emit)
+        return job, images, hold, local_wait, api_s
+
+    async def _again(self, job: Job, why: str) -> Job:
+        """Back to ``received``, to be submitted again: only on a service where that costs nothing."""
+        log.info("job run again (free on this image service)", extra={"job": job.id, "why": why})
+        return await self.ledger.update(
+            job,
+            state=JobState.RECEIVED,
+            api_job_id=None,
+            fetch_url=None,
+            output_urls=(),
+            detail=f"run again: {why}",
+        )
 
     async def _load_source(self, job: Job) -> tuple[bytes, str]:
         if job.source_path is None:
@@ -269,7 +298,10 @@ class JobRunner:
                 )
                 log.info("job ready", extra={"job": job.id, "polls": polls})
                 return job
-            emit(ProgressEvent(Stage.QUEUED_AT_API, eta_s=answer.eta_s))
+            if answer.progress is not None:
+                emit(ProgressEvent(Stage.GENERATING, eta_s=answer.eta_s, done=answer.progress))
+            else:
+                emit(ProgressEvent(Stage.QUEUED_AT_API, eta_s=answer.eta_s))
             await self._sleep(delay)
             delay = min(delay * 1.6, s.poll_max_s)
 

@@ -24,6 +24,7 @@ from cogs.depth2img.errors import (
     JobCancelled,
     JobFailed,
     JobInterrupted,
+    JobLost,
     JobTimedOut,
     MalformedResponseError,
     NotAllowed,
@@ -32,6 +33,7 @@ from cogs.depth2img.errors import (
     QuotaExceeded,
     RateLimitError,
     ServerError,
+    ServiceMisconfigured,
     ShuttingDown,
     SourceImageUnreachable,
 )
@@ -91,6 +93,13 @@ def describe(exc: Depth2ImgError) -> str:
             "🚦 The image API is busy with this account's other requests. "
             f"Try again in about {_seconds(exc.retry_after_s)}."
         )
+    if isinstance(exc, ServiceMisconfigured):
+        return (
+            "🛠️ The bot's image server is not set up to make this picture right now. Ask the bot's "
+            "owner: the bot's log says what to fix."
+        )
+    if isinstance(exc, JobLost):
+        return "⚠️ The image server lost your picture while making it (it may have restarted). Try again."
     if isinstance(exc, SourceImageUnreachable):
         return "🖼️ The image API could not fetch your picture. Upload it again and retry."
     if isinstance(exc, BadRequestError):
@@ -221,6 +230,9 @@ def progress_text(event: ProgressEvent, received_at: float, now: float) -> str |
             return None
         when = f" — expected <t:{math.ceil(eta)}:R>" if eta is not None else ""
         return f"⏳ Waiting for a free slot (position {event.position}){when}."
+    if event.stage is Stage.GENERATING and event.done is not None:
+        when = f" — expected <t:{math.ceil(eta)}:R>" if eta is not None and eta > now else ""
+        return f"⏳ Generating… {round(min(1.0, max(0.0, event.done)) * 100)}%{when}"
     if event.stage is Stage.SERVICE_SLOW:
         return (
             "⏳ The image API has your picture but is slow to answer right now; the bot keeps asking. "
@@ -239,6 +251,7 @@ LONG_WAIT_NOTICE = (
 )
 
 PROGRESS_PREFIXES = (
+    "⏳ Generating",
     "⏳ Queued at the image API",
     "⏳ Waiting for a free slot",
     "⏳ The image API has your picture",

@@ -1,0 +1,323 @@
+"""The community's own GPU: ComfyUI and AUTOMATIC1111 / Forge, each against its fake over 127.0.0.1,
+end to end through the real bot and the fake Discord: the picture delivered, progress shown, the
+member's options in the service's request, cancel, a restart mid-job, and the owner's clear lines."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from cogs.depth2img.backends.comfyui_workflow import DEFAULT_WORKFLOW, WorkflowError, load
+from tests.conftest import bot_env, free_port, is_settled, slash, spawn_bot, stop_bot
+from tests.fakes.fake_a1111 import FakeA1111
+from tests.fakes.fake_api import make_png
+from tests.fakes.fake_comfyui import FakeComfyUI
+
+OPTIONS = {
+    "prompt": "a castle at dusk",
+    "negative_prompt": "fog",
+    "strength": 0.45,
+    "steps": 12,
+    "guidance": 6.5,
+    "seed": 1234,
+}
+
+
+@pytest.fixture
+async def comfyui() -> AsyncIterator[FakeComfyUI]:
+    fake = FakeComfyUI()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def a1111() -> AsyncIterator[FakeA1111]:
+    fake = FakeA1111()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+def comfy_env(comfyui: FakeComfyUI, **extra: str) -> dict[str, str]:
+    return {"IMAGE_BACKEND": "comfyui", "COMFYUI_URL": comfyui.url, **extra}
+
+
+def a1111_env(a1111: FakeA1111, **extra: str) -> dict[str, str]:
+    return {"IMAGE_BACKEND": "a1111", "A1111_URL": a1111.url, **extra}
+
+
+def node(graph: dict, kind: str) -> dict:
+    return next(n["inputs"] for n in graph.values() if n["class_type"] == kind)
+
+
+# --- ComfyUI -----------------------------------------------------------------------------------------
+
+
+async def test_comfyui_makes_the_picture_with_the_members_options_and_shows_progress(
+    start_bot, fake_discord, fake_api, comfyui
+):
+    comfyui.step_s = 0.1
+    await start_bot(**comfy_env(comfyui), PROGRESS_INTERVAL_S="0.2")
+    record, final = await slash(fake_discord, OPTIONS, image=make_png(640, 480))
+    assert final.results and not final.ephemeral
+    assert final.results[0].data in comfyui.outputs.values()
+    assert any(
+        (line.startswith("⏳ Generating… ") and line.endswith("%")) or "% —" in line
+        for line in fake_discord.visible_messages(record)[0].history
+    )
+    graph = comfyui.prompts[0]["prompt"]
+    assert node(graph, "CLIPTextEncode")["text"] == "a castle at dusk"
+    assert [n["inputs"]["text"] for n in graph.values() if n["class_type"] == "CLIPTextEncode"] == [
+        "a castle at dusk",
+        "fog",
+    ]
+    sampler = node(graph, "KSampler")
+    assert (sampler["seed"], sampler["steps"], sampler["cfg"], sampler["denoise"]) == (1234, 12, 6.5, 0.45)
+    assert node(graph, "LoadImage")["image"] in comfyui.inputs  # the picture was uploaded first
+    assert node(graph, "CheckpointLoaderSimple")["ckpt_name"] == "v1-5-pruned-emaonly.safetensors"
+    assert "1234" in final.content  # the seed the picture was made with
+    assert fake_api.submissions == []  # no paid API touched
+
+
+async def test_comfyui_cancel_interrupts_the_running_prompt(start_bot, fake_discord, comfyui):
+    comfyui.step_s = 0.5
+    await start_bot(**comfy_env(comfyui))
+    record = await fake_discord.invoke_slash(
+        "depth2img",
+        {"image": fake_discord.add_attachment(make_png(), "p.png"), "prompt": "slow", "steps": 40},
+    )
+    await fake_discord.wait_for(lambda: comfyui.running is not None, timeout=10)
+    progress = fake_discord.visible_messages(record)[0]
+    await fake_discord.wait_for(lambda: progress.components, timeout=10)
+    cancel = progress.components[0]["components"][0]["custom_id"]
+    await fake_discord.click(progress, cancel, user_id=record.user_id)
+    await fake_discord.wait_for(lambda: progress.content.startswith("🛑 Cancelled"), timeout=10)
+    await fake_discord.wait_for(lambda: comfyui.interrupts == 1, timeout=5)
+
+
+async def test_comfyui_refusing_the_workflow_tells_the_owner_and_the_member(
+    start_bot, fake_discord, comfyui, caplog
+):
+    comfyui.checkpoints = ["some-other-model.safetensors"]
+    await start_bot(**comfy_env(comfyui))
+    with caplog.at_level(logging.ERROR):
+        _, final = await slash(fake_discord, {"prompt": "x"})
+    assert "image server is not set up" in final.content and "owner" in final.content
+    line = next(r.getMessage() for r in caplog.records if "ComfyUI refused" in r.getMessage())
+    assert "value_not_in_list" in line or "Value not in list" in line
+    assert "ckpt_name" in line
+
+
+async def test_comfyui_missing_custom_nodes_are_named_for_the_owner(start_bot, fake_discord, caplog):
+    fake = FakeComfyUI(custom_nodes=False)
+    await fake.start()
+    try:
+        with caplog.at_level(logging.ERROR):
+            await start_bot(**comfy_env(fake))
+            await fake_discord.wait_for(
+                lambda: any("lacks nodes" in r.getMessage() for r in caplog.records), timeout=10
+            )
+            _, final = await slash(fake_discord, {"prompt": "x"})
+    finally:
+        await fake.stop()
+    assert "DepthAnythingV2Preprocessor" in next(
+        r.getMessage() for r in caplog.records if "lacks nodes" in r.getMessage()
+    )
+    assert "image server is not set up" in final.content
+
+
+async def test_comfyui_run_time_error_ends_clearly(start_bot, fake_discord, comfyui, caplog):
+    comfyui.fail_at_run = True
+    await start_bot(**comfy_env(comfyui))
+    with caplog.at_level(logging.WARNING):
+        _, final = await slash(fake_discord, {"prompt": "x"})
+    assert final.content.startswith("⚠️") and not final.results
+    assert any("LoadImage failed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_workflow_file_is_checked_at_start(tmp_path):
+    assert load(None).node_types >= {
+        "LoadImage",
+        "DepthAnythingV2Preprocessor",
+        "ControlNetApplyAdvanced",
+        "KSampler",
+        "SaveImage",
+    }
+    graph = json.loads(DEFAULT_WORKFLOW.read_text())
+    del graph["10"]["inputs"]["seed"]
+    graph["5"]["inputs"]["text"] = "{{promt}}"
+    bad = tmp_path / "mine.json"
+    bad.write_text(json.dumps(graph))
+    with pytest.raises(WorkflowError) as caught:
+        load(bad)
+    assert "{{seed}}" in str(caught.value) and "{{promt}}" in str(caught.value)
+    (tmp_path / "ui.json").write_text(json.dumps({"nodes": [], "links": []}))
+    with pytest.raises(WorkflowError, match="API format"):
+        load(tmp_path / "ui.json")
+
+
+async def test_a_bad_workflow_file_stops_the_start_with_one_clear_line(
+    fake_discord, fake_api, comfyui, tmp_path
+):
+    (tmp_path / "wf.json").write_text("{not json")
+    env = bot_env(
+        fake_discord,
+        fake_api,
+        tmp_path / "data",
+        **comfy_env(comfyui, COMFYUI_WORKFLOW=str(tmp_path / "wf.json")),
+    )
+    from tests.conftest import BOT_SCRIPT, process_env
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        BOT_SCRIPT,
+        cwd=tmp_path,
+        env=process_env(**env),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert "COMFYUI_WORKFLOW" in err.decode() and "Traceback" not in err.decode()
+
+
+async def test_comfyui_job_survives_a_bot_restart_and_one_comfyui_forgot_is_run_again(
+    fake_discord, fake_api, comfyui, tmp_path
+):
+    comfyui.step_s = 0.3
+    env = bot_env(
+        fake_discord, fake_api, tmp_path / "data", METRICS_PORT=str(free_port()), **comfy_env(comfyui)
+    )
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    first = await fake_discord.invoke_slash(
+        "depth2img",
+        {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "kept", "steps": 10},
+    )
+    await fake_discord.wait_for(lambda: comfyui.running is not None, timeout=10)
+    await stop_bot(proc, signal.SIGKILL)
+    proc = await spawn_bot(fake_discord, env, tmp_path)  # found again by its prompt id
+    try:
+        await fake_discord.wait_for(lambda: is_settled(fake_discord, first), timeout=30)
+        assert len(comfyui.prompts) == 1
+        second = await fake_discord.invoke_slash(
+            "depth2img",
+            {"image": fake_discord.add_attachment(make_png(), "b.png"), "prompt": "lost", "steps": 10},
+        )
+        await fake_discord.wait_for(
+            lambda: len(comfyui.prompts) == 2 and comfyui.running is not None, timeout=10
+        )
+        await stop_bot(proc, signal.SIGKILL)
+        comfyui.forget()  # ComfyUI restarted too: it knows nothing of the prompt
+        proc = await spawn_bot(fake_discord, env, tmp_path)
+        await fake_discord.wait_for(lambda: is_settled(fake_discord, second), timeout=30)
+    finally:
+        await stop_bot(proc, signal.SIGTERM)
+    assert fake_discord.final_message(first).results
+    assert fake_discord.final_message(second).results
+    assert len(comfyui.prompts) == 3  # the forgotten one, run once more
+
+
+# --- AUTOMATIC1111 / Forge ---------------------------------------------------------------------------
+
+
+async def test_a1111_makes_the_picture_with_the_members_options_and_shows_progress(
+    start_bot, fake_discord, fake_api, a1111
+):
+    a1111.step_s = 0.1
+    await start_bot(**a1111_env(a1111), PROGRESS_INTERVAL_S="0.2")
+    record, final = await slash(fake_discord, {**OPTIONS, "samples": 2}, image=make_png(640, 480))
+    assert len(final.results) == 2  # the detected map is not taken for a picture
+    body = a1111.requests[0]
+    assert base64.b64decode(body["init_images"][0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (
+        body["prompt"],
+        body["negative_prompt"],
+        body["denoising_strength"],
+        body["steps"],
+        body["cfg_scale"],
+        body["seed"],
+    ) == ("a castle at dusk", "fog", 0.45, 12, 6.5, 1234)
+    assert (body["width"], body["height"], body["batch_size"]) == (640, 480, 2)
+    unit = body["alwayson_scripts"]["ControlNet"]["args"][0]
+    assert (unit["module"], unit["model"], unit["enabled"]) == (
+        "depth_midas",
+        "control_v11f1p_sd15_depth [cfd03158]",
+        True,
+    )
+    assert a1111.progress_asks > 0
+    assert any(
+        line.startswith("⏳ Generating… ") for line in fake_discord.visible_messages(record)[0].history
+    )
+    assert fake_api.submissions == []
+
+
+async def test_forge_dropping_controlnet_silently_is_caught(start_bot, fake_discord, caplog):
+    fake = FakeA1111(forge_silent=True, models=["another-model"])
+    await fake.start()
+    try:
+        with caplog.at_level(logging.ERROR):
+            await start_bot(**a1111_env(fake))
+            _, final = await slash(fake_discord, {"prompt": "x"})
+    finally:
+        await fake.stop()
+    assert not final.results and "image server is not set up" in final.content
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("WITHOUT the depth ControlNet" in m for m in messages)
+    assert any("A1111_CONTROLNET_MODEL is not among" in m for m in messages)  # said at start-up too
+
+
+async def test_a1111_cancel_interrupts(start_bot, fake_discord, a1111):
+    a1111.step_s = 0.5
+    await start_bot(**a1111_env(a1111))
+    record = await fake_discord.invoke_slash(
+        "depth2img",
+        {"image": fake_discord.add_attachment(make_png(), "p.png"), "prompt": "slow", "steps": 40},
+    )
+    await fake_discord.wait_for(lambda: a1111.requests, timeout=10)
+    progress = fake_discord.visible_messages(record)[0]
+    await fake_discord.wait_for(lambda: progress.components, timeout=10)
+    await fake_discord.click(
+        progress, progress.components[0]["components"][0]["custom_id"], user_id=record.user_id
+    )
+    await fake_discord.wait_for(lambda: progress.content.startswith("🛑 Cancelled"), timeout=10)
+    await fake_discord.wait_for(lambda: a1111.interrupts == 1, timeout=5)
+
+
+async def test_a1111_job_cut_by_a_restart_is_run_again_once(fake_discord, fake_api, a1111, tmp_path):
+    a1111.step_s = 0.3
+    env = bot_env(
+        fake_discord, fake_api, tmp_path / "data", METRICS_PORT=str(free_port()), **a1111_env(a1111)
+    )
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    record = await fake_discord.invoke_slash(
+        "depth2img",
+        {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "again", "steps": 10},
+    )
+    await fake_discord.wait_for(lambda: a1111.requests, timeout=10)
+    await stop_bot(proc, signal.SIGKILL)
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    try:
+        await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=30)
+    finally:
+        await stop_bot(proc, signal.SIGTERM)
+    assert fake_discord.final_message(record).results
+    assert len(a1111.requests) == 2
+
+
+def test_self_hosted_backends_need_their_url_not_the_api_key():
+    from cogs.depth2img.config import ConfigError, load_settings
+
+    settings = load_settings({"IMAGE_BACKEND": "a1111", "A1111_URL": "http://127.0.0.1:7860"})
+    assert settings.service_url == "http://127.0.0.1:7860"
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"IMAGE_BACKEND": "comfyui"})
+    assert any("COMFYUI_URL" in p for p in caught.value.problems)
+    assert not any("SD_API_KEY" in p for p in caught.value.problems)
