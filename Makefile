@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test demo bench clean
+.PHONY: run test demo bench clean check
 
 $(VENV)/.created:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"' \
@@ -51,3 +51,7 @@ bench: $(VENV)/.runtime
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench --cold $(BENCH_COLD_ARGS)
 	$(PY) -m bench.memory
+
+## The owner's check: settings, a Discord login, and the image service, generating nothing.
+check: $(VENV)/.runtime
+	$(PY) bot.py --check

@@ -23,8 +23,10 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import discord
 import yarl
 from discord.ext import commands
@@ -299,6 +301,49 @@ async def run(settings: Settings) -> int:
     return 0
 
 
+async def check(settings: Settings, extensions: list[Any], env: Mapping[str, str]) -> int:
+    """``python bot.py --check``: the settings (already read), a login to Discord (token and
+    application) and each extension's own checks, one line each; 0 only when every check passed."""
+    configure_discord_endpoints(settings)
+    lines: list[tuple[str, bool, str]] = [("settings", True, "every setting is valid")]
+    lines.append(await check_discord(settings))
+    for extension in extensions:
+        checker = getattr(extension, "check", None)
+        if checker is not None:
+            lines += await checker(env)
+    for name, ok, detail in lines:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")  # noqa: T201
+    failed = sum(not ok for _, ok, _ in lines)
+    print(f"{len(lines) - failed} passed, {failed} failed")  # noqa: T201
+    return 0 if not failed else 1
+
+
+async def check_discord(settings: Settings) -> tuple[str, bool, str]:
+    """Log in once over HTTP (no gateway): the token, and the application it belongs to."""
+    client = discord.Client(intents=discord.Intents.none())
+    try:
+        async with asyncio.timeout(30):
+            await client.login(settings.discord_token)
+            app = await client.application_info()
+    except discord.LoginFailure:
+        return (
+            "Discord",
+            False,
+            "Discord rejected DISCORD_TOKEN: reset it (developer portal, Bot → Reset Token) and put the new one in .env",
+        )
+    except (TimeoutError, OSError, aiohttp.ClientError) as exc:
+        return (
+            "Discord",
+            False,
+            f"Discord could not be reached ({type(exc).__name__}): check the machine's network and DNS",
+        )
+    except discord.HTTPException as exc:
+        return ("Discord", False, f"Discord answered HTTP {exc.status} to the login: try again later")
+    finally:
+        await client.close()
+    return ("Discord", True, f"logged in as {client.user} (application {app.name}, id {app.id})")
+
+
 def main() -> int:
     env_file = Path(os.environ.get("DOTENV_PATH", ".env"))
     had_env_file = env_file.is_file()
@@ -323,6 +368,8 @@ def main() -> int:
         return EXIT_CONFIG
     secrets_ = [settings.discord_token] + [s for ext in extensions for s in ext.secret_values(env)]
     configure_logging(settings.log_level, secrets_)
+    if "--check" in sys.argv[1:]:
+        return asyncio.run(check(settings, extensions, env))
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
             return runner.run(run(settings))

@@ -4,7 +4,8 @@
   order (settings → ledger → backend → service → cogs) and registers the extension's error wording and
   its drain with the bot; ``teardown`` takes them back;
 * ``settings_problems(env)`` and ``secret_values(env)``: so that the bot reports every problem with
-  its settings at once, before it starts, and redacts this extension's secrets from its logs.
+  its settings at once, before it starts, and redacts this extension's secrets from its logs;
+* ``check(env)``: the owner's check of the chosen image service (``python bot.py --check``).
 
 Everything else is imported here lazily: ``core``, ``store`` and ``backends`` can be imported without
 discord.py, and ``core`` and ``store`` without aiohttp.
@@ -60,6 +61,36 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
     from .config import secret_values as secrets_of
 
     return secrets_of(env)
+
+
+async def check(env: Mapping[str, str]) -> list[tuple[str, bool, str]]:
+    """The owner's check (``python bot.py --check``) of the chosen image service, generating nothing:
+    one (what, passed, detail) per check."""
+    from .backends.choose import build_backend
+    from .backends.comfyui_workflow import WorkflowError
+    from .backends.guard import Guard
+    from .backends.http import open_session
+    from .config import load_settings
+
+    settings = load_settings(env)
+    guard = Guard([settings.service_url])
+    session = open_session(guard, connections=4, user_agent="depth2img-bot/0.1 (check)")
+
+    async def recall(name: str) -> str | None:
+        return None
+
+    async def remember(name: str, value: str) -> None:
+        return None
+
+    try:
+        backend = await build_backend(settings, session, guard, recall=recall, remember=remember)
+    except WorkflowError as exc:
+        await session.close()
+        return [("ComfyUI workflow", False, exc.owner_message)]
+    try:
+        return await backend.check()
+    finally:
+        await backend.close()
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -115,6 +115,9 @@ class MemoryBackend:
     async def cancel(self, remote_id: str) -> None:
         self._check("cancel", remote_id)
 
+    async def check(self) -> list[tuple[str, bool, str]]:
+        return [("memory", True, "always ready")]
+
     async def upkeep(self) -> None:
         """Nothing to look after."""
 

@@ -41,7 +41,7 @@ from cogs.depth2img.errors import (
 )
 from cogs.depth2img.models import GenerationParams
 
-from .base import Answer, LoadSource
+from .base import Answer, CheckLine, LoadSource
 from .http import read_capped
 from .modelslab_routes import fit_size
 
@@ -211,35 +211,54 @@ class A1111Backend:
                 log.info("interrupt not sent", extra={"error": type(exc).__name__})
         task.cancel()
 
-    async def upkeep(self) -> None:
-        """Say in the owner's log whether the server answers and has the ControlNet model and module."""
+    async def check(self) -> list[CheckLine]:
+        """That the server answers its ControlNet API and lists the configured model and module."""
         try:
             models = await self._get_json("/controlnet/model_list")
             modules = await self._get_json("/controlnet/module_list")
         except Depth2ImgError as exc:
-            log.error(
-                "the AUTOMATIC1111 / Forge server does not answer its ControlNet API: check A1111_URL, that "
-                "it runs with --api, and that the ControlNet extension is installed",
-                extra={"error": type(exc).__name__},
-            )
-            return
+            return [
+                (
+                    "AUTOMATIC1111 / Forge",
+                    False,
+                    f"no ControlNet API at A1111_URL ({type(exc).__name__}): check the URL, that the server runs "
+                    "with --api, and that the ControlNet extension is installed",
+                )
+            ]
+        lines: list[CheckLine] = [("AUTOMATIC1111 / Forge", True, "answers, with the ControlNet extension")]
         names = models.get("model_list") if isinstance(models, dict) else None
-        if not isinstance(names, list) or self._model not in names:
-            log.error(
-                "A1111_CONTROLNET_MODEL is not among the server's ControlNet models: set it to one of "
-                "/controlnet/model_list",
-                extra={"model": self._model, "available": names[:20] if isinstance(names, list) else None},
+        if isinstance(names, list) and self._model in names:
+            lines.append(("ControlNet model", True, self._model))
+        else:
+            shown = ", ".join(map(str, names[:10])) if isinstance(names, list) else "none"
+            lines.append(
+                (
+                    "ControlNet model",
+                    False,
+                    f"A1111_CONTROLNET_MODEL is not among the server's ControlNet models: set it to one of "
+                    f"/controlnet/model_list ({shown})",
+                )
             )
         found = modules.get("module_list") if isinstance(modules, dict) else None
-        if not isinstance(found, list) or self._module not in found:
-            log.error(
-                "A1111_CONTROLNET_MODULE is not among the server's ControlNet preprocessors",
-                extra={"controlnet_module": self._module},
-            )
+        if isinstance(found, list) and self._module in found:
+            lines.append(("ControlNet preprocessor", True, self._module))
         else:
-            log.info(
-                "AUTOMATIC1111 / Forge ready", extra={"model": self._model, "controlnet_module": self._module}
+            lines.append(
+                (
+                    "ControlNet preprocessor",
+                    False,
+                    "A1111_CONTROLNET_MODULE is not among the server's ControlNet preprocessors (/controlnet/module_list)",
+                )
             )
+        return lines
+
+    async def upkeep(self) -> None:
+        """Say in the owner's log whether the server is ready (once, at start-up)."""
+        for name, ok, detail in await self.check():
+            if ok:
+                log.info(f"{name}: {detail}")
+            else:
+                log.error(detail)
 
     async def close(self) -> None:
         for task in self._tasks.values():

@@ -14,6 +14,10 @@ from typing import Protocol
 
 from cogs.depth2img.models import GenerationParams
 
+# One line of the owner's check (``python bot.py --check``): what was checked, whether it passed, and
+# what was found or what to fix.
+CheckLine = tuple[str, bool, str]
+
 # Reads the kept source picture: its bytes and MIME type.
 LoadSource = Callable[[], Awaitable[tuple[bytes, str]]]
 
@@ -59,6 +63,10 @@ class Backend(Protocol):
 
     async def cancel(self, remote_id: str) -> None:
         """Ask the service to stop a queued job, where it can (best effort; never raises)."""
+        ...
+
+    async def check(self) -> list[CheckLine]:
+        """Whether the service is ready, without generating anything (the owner's check)."""
         ...
 
     async def upkeep(self) -> None:

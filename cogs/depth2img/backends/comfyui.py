@@ -41,7 +41,7 @@ from cogs.depth2img.errors import (
 )
 from cogs.depth2img.models import GenerationParams
 
-from .base import Answer, LoadSource
+from .base import Answer, CheckLine, LoadSource
 from .comfyui_workflow import Workflow, WorkflowError, fill, load
 from .downloads import download
 from .guard import Guard
@@ -201,8 +201,13 @@ class ComfyUIBackend:
             log.info("ComfyUI cancel not sent", extra={"error": type(exc).__name__})
 
     async def upkeep(self) -> None:
-        """Check the server and the workflow's nodes once, then follow the WebSocket for progress."""
-        await self.check()
+        """Check the server and the workflow's nodes once (the owner's log), then follow the WebSocket
+        for progress."""
+        for name, ok, detail in await self.check():
+            if ok:
+                log.info(f"{name}: {detail}")
+            else:
+                log.error(detail)
         while True:
             try:
                 await self._follow()
@@ -215,33 +220,40 @@ class ComfyUIBackend:
 
     # --- the owner's checks ------------------------------------------------------------------------
 
-    async def check(self) -> list[str]:
-        """One line per problem (logged as errors); an empty list when ComfyUI is ready."""
-        problems: list[str] = []
+    async def check(self) -> list[CheckLine]:
+        """That ComfyUI answers (``/system_stats``) and has every node the workflow uses (``/object_info``)."""
         try:
             status, stats = await self._request("GET", "/system_stats")
             if status != 200 or not isinstance(stats, dict):
                 raise self._trouble(status, "no system stats")
             status, nodes = await self._request("GET", "/object_info")
         except Depth2ImgError as exc:
-            problems.append(
-                f"ComfyUI does not answer at COMFYUI_URL ({type(exc).__name__}): start it, or fix the URL"
-            )
-        else:
-            known = set(nodes) if isinstance(nodes, dict) else set()
-            missing = sorted(self.workflow.node_types - known)
-            if missing:
-                problems.append(
+            return [
+                (
+                    "ComfyUI",
+                    False,
+                    f"no answer at COMFYUI_URL ({type(exc).__name__}): start ComfyUI, or fix the URL",
+                )
+            ]
+        found = stats.get("system") if isinstance(stats, dict) else None
+        system: dict[str, Any] = found if isinstance(found, dict) else {}
+        lines: list[CheckLine] = [("ComfyUI", True, f"version {system.get('comfyui_version', '?')} answers")]
+        missing = sorted(self.workflow.node_types - (set(nodes) if isinstance(nodes, dict) else set()))
+        if missing:
+            lines.append(
+                (
+                    "ComfyUI nodes",
+                    False,
                     "ComfyUI lacks nodes the workflow uses: "
                     + ", ".join(missing)
-                    + " (DepthAnythingV2Preprocessor comes with the comfyui_controlnet_aux custom nodes; "
-                    "install them with ComfyUI-Manager, or point COMFYUI_WORKFLOW at a workflow without them)"
+                    + " (DepthAnythingV2Preprocessor "
+                    "comes with the comfyui_controlnet_aux custom nodes; install them with ComfyUI-Manager, or "
+                    "point COMFYUI_WORKFLOW at a workflow without them)",
                 )
-        for line in problems:
-            log.error(line)
-        if not problems:
-            log.info("ComfyUI ready", extra={"workflow": self.workflow.source})
-        return problems
+            )
+        else:
+            lines.append(("ComfyUI nodes", True, f"every node of {self.workflow.source} is installed"))
+        return lines
 
     # --- internals ---------------------------------------------------------------------------------
 

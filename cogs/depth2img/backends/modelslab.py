@@ -46,11 +46,11 @@ from cogs.depth2img.errors import (
 )
 from cogs.depth2img.models import GenerationParams
 
-from .base import Answer, LoadSource
+from .base import Answer, CheckLine, LoadSource
 from .downloads import download
 from .guard import Guard, origin_of
 from .http import read_capped
-from .modelslab_account import CHECK_EVERY_S, Account
+from .modelslab_account import CHECK_EVERY_S, Account, parse_balance
 from .modelslab_answers import APIResponse, Status, error_from_response
 from .modelslab_routes import Route, body, is_dead_endpoint
 
@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 Remember = Callable[[str], Awaitable[None]]
 
-_MAX_BODY = 1 * 1024 * 1024  # JSON answers are small; refuse to buffer more than this
+_MAX_BODY = 1 * 1024 * 1024
+KEY_REJECTED = "the API rejected SD_API_KEY: copy the key again from your ModelsLab dashboard into .env"  # JSON answers are small; refuse to buffer more than this
 
 
 def _answer(response: APIResponse) -> Answer:
@@ -162,6 +163,35 @@ class ModelsLabBackend:
                 await self._remember(str(route))
             except Exception as exc:  # (the ledger out of reach: learnt again after a restart)
                 log.warning("the route could not be remembered", extra={"error": type(exc).__name__})
+
+    async def check(self) -> list[CheckLine]:
+        """The key and the balance (``wallet_balance``: free, generates nothing)."""
+        try:
+            body = await self._wallet_balance()
+        except MalformedResponseError as exc:
+            if exc.status in (401, 403):
+                return [("ModelsLab API key", False, KEY_REJECTED)]
+            return [
+                (
+                    "ModelsLab API",
+                    False,
+                    f"HTTP {exc.status} from {self._base}/wallet_balance: check SD_API_BASE_URL",
+                )
+            ]
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
+            return [("ModelsLab API", False, f"SD_API_BASE_URL could not be reached ({type(exc).__name__})")]
+        balance = parse_balance(body)
+        if balance is None:
+            return [("ModelsLab API key", False, KEY_REJECTED)]
+        amount = f"{balance.amount:.2f} {balance.currency}"
+        lines: list[CheckLine] = [("ModelsLab API key", True, f"accepted; requests go to v5/{self.route}")]
+        if balance.amount <= 0:
+            lines.append(("ModelsLab balance", False, f"{amount}: top up the account at modelslab.com"))
+        elif balance.amount < self.account.low:
+            lines.append(("ModelsLab balance", True, f"{amount} (below SD_LOW_BALANCE: top up soon)"))
+        else:
+            lines.append(("ModelsLab balance", True, amount))
+        return lines
 
     async def upkeep(self) -> None:
         """The account's balance: at start-up, then hourly (runs for as long as the bot)."""
