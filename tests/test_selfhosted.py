@@ -54,6 +54,21 @@ def a1111_env(a1111: FakeA1111, **extra: str) -> dict[str, str]:
     return {"IMAGE_BACKEND": "a1111", "A1111_URL": a1111.url, **extra}
 
 
+async def depth_map_of(fake_discord, final) -> bytes:
+    """Press the result's 🗺️ Depth map button; the map comes privately."""
+    button = next(
+        c["custom_id"]
+        for row in final.components
+        for c in row["components"]
+        if c["custom_id"].startswith("d2i:depth:")
+    )
+    record = await fake_discord.click(final, button)
+    await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=10)
+    shown = fake_discord.visible_messages(record)[-1]
+    assert shown.ephemeral and shown.results, shown.content
+    return shown.results[0].data
+
+
 def node(graph: dict, kind: str) -> dict:
     return next(n["inputs"] for n in graph.values() if n["class_type"] == kind)
 
@@ -85,6 +100,9 @@ async def test_comfyui_makes_the_picture_with_the_members_options_and_shows_prog
     assert node(graph, "CheckpointLoaderSimple")["ckpt_name"] == "v1-5-pruned-emaonly.safetensors"
     assert "1234" in final.content  # the seed the picture was made with
     assert fake_api.submissions == []  # no paid API touched
+    assert len(final.results) == 1  # the depth map is not taken for a result...
+    depth = await depth_map_of(fake_discord, final)  # ...but shown on request
+    assert depth in comfyui.outputs.values() and depth != final.results[0].data
 
 
 async def test_comfyui_cancel_interrupts_the_running_prompt(start_bot, fake_discord, comfyui):
@@ -234,7 +252,7 @@ async def test_a1111_makes_the_picture_with_the_members_options_and_shows_progre
     a1111.step_s = 0.1
     await start_bot(**a1111_env(a1111), PROGRESS_INTERVAL_S="0.2")
     record, final = await slash(fake_discord, {**OPTIONS, "samples": 2}, image=make_png(640, 480))
-    assert len(final.results) == 2  # the detected map is not taken for a picture
+    assert len(final.results) == 2  # the detected map is not taken for a result
     body = a1111.requests[0]
     assert base64.b64decode(body["init_images"][0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert (
@@ -253,6 +271,9 @@ async def test_a1111_makes_the_picture_with_the_members_options_and_shows_progre
         True,
     )
     assert a1111.progress_asks > 0
+    assert unit["save_detected_map"] is True
+    depth = await depth_map_of(fake_discord, final)
+    assert depth not in (r.data for r in final.results)
     assert any(
         line.startswith("⏳ Generating… ") for line in fake_discord.visible_messages(record)[0].history
     )

@@ -33,6 +33,7 @@ class Action(StrEnum):
     COMPARE = "compare"
     DELETE = "delete"
     CANCEL = "cancel"
+    DEPTH = "depth"  # the depth map the service used (services that send it)
 
     @property
     def kind(self) -> JobKind:
@@ -98,6 +99,7 @@ class GenerationResult:
     api_queue_s: float | None  # time the job spent queued at the service, when we can tell
     local_wait_s: float  # time spent waiting for one of our own generation slots
     total_s: float  # from the command to the images being ready to send
+    depth_map: GeneratedImage | None = None  # the depth map the service used, when it sent it
 
 
 @dataclass(frozen=True, slots=True)

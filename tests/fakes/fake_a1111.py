@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.fake_api import simulate_depth2img
+from tests.fakes.fake_api import simulate_depth2img, simulate_depth_map
 from tests.fakes.server import LocalServer
 
 _NUMBERS = {
@@ -146,7 +146,8 @@ class FakeA1111(LocalServer):
         seed = random.randrange(2**32) if seed in (-1, None) else seed
         picture = base64.b64encode(simulate_depth2img(source, str(body.get("prompt", "")))).decode()
         out = [picture] * int(body.get("batch_size") or 1) * int(body.get("n_iter") or 1)
-        out += [picture for unit in applied if unit.get("save_detected_map", True)]  # the detected maps
+        depth = base64.b64encode(simulate_depth_map(source)).decode()
+        out += [depth for unit in applied if unit.get("save_detected_map", True)]  # the detected maps
         extra = {
             f"ControlNet {n}": f"Module: {u['module']}, Model: {u['model']}, Weight: {u.get('weight', 1)}"
             for n, u in enumerate(applied)

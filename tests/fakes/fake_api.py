@@ -135,6 +135,17 @@ def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def simulate_depth_map(data: bytes) -> bytes:
+    """A stand-in for a depth preprocessor's output: the picture in grey, blurred (what a self-hosted
+    service sends back as the depth map it used)."""
+    with Image.open(io.BytesIO(data)) as src:
+        img = ImageOps.grayscale(ImageOps.exif_transpose(src))
+    img.thumbnail((512, 512))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def simulate_depth2img(data: bytes, prompt: str) -> bytes:
     """The demo's stand-in for the model: posterise + tint + label, so the change is obvious."""
     with Image.open(io.BytesIO(data)) as src:

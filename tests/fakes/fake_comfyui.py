@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from tests.fakes.fake_api import simulate_depth2img
+from tests.fakes.fake_api import simulate_depth2img, simulate_depth_map
 from tests.fakes.server import LocalServer
 
 RECORDED = Path(__file__).parent / "comfyui_recorded" / "object_info_used_nodes.json"
@@ -475,7 +475,7 @@ class FakeComfyUI(LocalServer):
                         client, "progress", {"value": step, "max": steps, "prompt_id": pid, "node": node_id}
                     )
             if node["class_type"] == "SaveImage":
-                images = self._pictures(graph, str(node["inputs"].get("filename_prefix", "ComfyUI")))
+                images = self._pictures(graph, node)
                 outputs[node_id] = {"images": images}
                 await say(
                     "executed", {"node": node_id, "display_node": node_id, "output": {"images": images}}
@@ -492,7 +492,9 @@ class FakeComfyUI(LocalServer):
         await self._send(client, "status", {"status": {"exec_info": {"queue_remaining": len(self.pending)}}})
         await self._send(client, "executing", {"node": None, "prompt_id": pid})
 
-    def _pictures(self, graph: dict[str, Any], prefix: str) -> list[dict[str, str]]:
+    def _pictures(self, graph: dict[str, Any], save: dict[str, Any]) -> list[dict[str, str]]:
+        prefix = str(save["inputs"].get("filename_prefix", "ComfyUI"))
+        fed_by = graph.get(str(save["inputs"]["images"][0]), {}).get("class_type")
         load = next(n for n in graph.values() if n["class_type"] == "LoadImage")
         source = self.inputs[load["inputs"]["image"]]
         prompt = next(
@@ -501,7 +503,10 @@ class FakeComfyUI(LocalServer):
         amount = next(
             (int(n["inputs"]["amount"]) for n in graph.values() if n["class_type"] == "RepeatLatentBatch"), 1
         )
-        picture = simulate_depth2img(source, str(prompt))
+        if fed_by == "DepthAnythingV2Preprocessor":  # the depth map itself, once
+            amount, picture = 1, simulate_depth_map(source)
+        else:
+            picture = simulate_depth2img(source, str(prompt))
         with Image.open(io.BytesIO(picture)) as img:
             img.load()
         images = []

@@ -41,7 +41,7 @@ from cogs.depth2img.errors import (
 )
 from cogs.depth2img.models import GenerationParams
 
-from .base import Answer, CheckLine, LoadSource
+from .base import DEPTH_MAP, Answer, CheckLine, LoadSource
 from .http import read_capped
 from .modelslab_routes import fit_size
 
@@ -80,8 +80,8 @@ def img2img_body(params: GenerationParams, source: bytes, *, module: str, model:
                         "control_mode": "Balanced",
                         "guidance_start": 0.0,
                         "guidance_end": 1.0,
-                        # the detected map would come after the results in ``images``
-                        "save_detected_map": False,
+                        # the detected map comes after the results in ``images``: the 🗺️ button
+                        "save_detected_map": True,
                     }
                 ]
             }
@@ -147,7 +147,7 @@ class A1111Backend:
             total=request_timeout_s, sock_connect=min(10.0, request_timeout_s)
         )
         self._sources: dict[str, bytes] = {}
-        self._tasks: dict[str, asyncio.Task[tuple[list[bytes], int | None]]] = {}
+        self._tasks: dict[str, asyncio.Task[tuple[list[bytes], int | None, int]]] = {}
         self._outputs: dict[str, list[bytes]] = {}
         self._warned_no_controlnet = False
 
@@ -180,13 +180,17 @@ class A1111Backend:
             progress, eta = await self._progress() if self._alone() else (None, None)
             return Answer(done=False, remote_id=remote_id, progress=progress, eta_s=eta)
         del self._tasks[remote_id]
-        images, seed = task.result()  # (raises what the generation raised)
+        images, seed, samples = task.result()  # (raises what the generation raised)
         self._outputs[remote_id] = images
-        urls = tuple(f"{SCHEME}{remote_id}/{n}" for n in range(len(images)))
+        while len(self._outputs) > 16:  # (pictures never asked for are not held for ever)
+            del self._outputs[next(iter(self._outputs))]
+        urls = tuple(
+            f"{SCHEME}{remote_id}/{n}" + (DEPTH_MAP if n == samples else "") for n in range(len(images))
+        )
         return Answer(done=True, remote_id=remote_id, output_urls=urls, seed=seed)
 
     async def download(self, url: str) -> list[bytes]:
-        job_id, _, index = url.removeprefix(SCHEME).partition("/")
+        job_id, _, index = url.removeprefix(SCHEME).removesuffix(DEPTH_MAP).partition("/")
         images = self._outputs.get(job_id)
         if images is None or not index.isdigit() or int(index) >= len(images):
             raise JobLost("the pictures are no longer held: the bot restarted since they were made")
@@ -301,7 +305,9 @@ class A1111Backend:
         except (ValueError, RecursionError):
             raise MalformedResponseError("not JSON", status=status) from None
 
-    async def _generate(self, body: dict[str, Any], count: int) -> tuple[list[bytes], int | None]:
+    async def _generate(self, body: dict[str, Any], count: int) -> tuple[list[bytes], int | None, int]:
+        """The results (and, after them, the first unit's detected map when sent), the seed, and how
+        many of the pictures are results."""
         try:
             async with self._session.post(
                 f"{self._base}/sdapi/v1/img2img", json=body, timeout=self._long, allow_redirects=False
@@ -340,6 +346,6 @@ class A1111Backend:
                     extra={"model": self._model, "controlnet_module": self._module},
                 )
             raise ServiceMisconfigured("ControlNet was not applied")
-        pictures = await asyncio.to_thread(_decode, images, count)
+        pictures = await asyncio.to_thread(_decode, images, count + 1)  # (the map, if it came)
         seed = info.get("seed")
-        return pictures, seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+        return pictures, seed if isinstance(seed, int) and not isinstance(seed, bool) else None, count

@@ -18,6 +18,15 @@ from cogs.depth2img.models import GenerationParams
 # what was found or what to fix.
 CheckLine = tuple[str, bool, str]
 
+# An output URL that ends with this is the depth map the service used, not a result (a fragment: never
+# sent in a request).
+DEPTH_MAP = "#depth-map"
+
+
+def is_depth_map(url: str) -> bool:
+    return url.endswith(DEPTH_MAP)
+
+
 # Reads the kept source picture: its bytes and MIME type.
 LoadSource = Callable[[], Awaitable[tuple[bytes, str]]]
 

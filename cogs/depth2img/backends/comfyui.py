@@ -41,7 +41,8 @@ from cogs.depth2img.errors import (
 )
 from cogs.depth2img.models import GenerationParams
 
-from .base import Answer, CheckLine, LoadSource
+from .base import DEPTH_MAP, Answer, CheckLine, LoadSource, is_depth_map
+from .comfyui_answers import depth_map_nodes, execution_error, refusal_line
 from .comfyui_workflow import Workflow, WorkflowError, fill, load
 from .downloads import download
 from .guard import Guard
@@ -51,28 +52,6 @@ log = logging.getLogger(__name__)
 
 _MAX_ANSWER = 8 * 1024 * 1024
 DEFAULTS: dict[str, Any] = {"steps": 25, "guidance": 7.0, "strength": 0.6}
-
-
-def refusal_line(body: object) -> str:
-    """ComfyUI's 400 answer, as one line for the owner: the error, and each node's problems."""
-    if not isinstance(body, dict):
-        return "ComfyUI refused the workflow (no details)"
-    found = body.get("error")
-    error: dict[str, Any] = found if isinstance(found, dict) else {}
-    parts = [f"{error.get('type', 'error')}: {error.get('message', '')}".strip()]
-    if error.get("details"):
-        parts.append(str(error["details"]))
-    node_errors = body.get("node_errors")
-    if isinstance(node_errors, dict):
-        for node_id, info in list(node_errors.items())[:10]:
-            if not isinstance(info, dict):
-                continue
-            for item in (info.get("errors") or [])[:3]:
-                if isinstance(item, dict):
-                    parts.append(
-                        f"node {node_id} ({info.get('class_type')}): {item.get('message')} {item.get('details', '')}".strip()
-                    )
-    return "; ".join(p for p in parts if p)[:1500]
 
 
 class ComfyUIBackend:
@@ -261,10 +240,11 @@ class ComfyUIBackend:
         found = entry.get("status")
         status: dict[str, Any] = found if isinstance(found, dict) else {}
         if status.get("status_str") != "success":
-            said = _execution_error(status)
+            said = execution_error(status)
             log.warning("ComfyUI could not run the job: " + said, extra={"prompt_id": remote_id})
             raise JobFailed(said, job_id=remote_id)
         urls: list[str] = []
+        depth_nodes = depth_map_nodes(entry)
         listed = entry.get("outputs")
         outputs: dict[str, Any] = listed if isinstance(listed, dict) else {}
         for node_id in sorted(outputs, key=lambda k: (len(str(k)), str(k))):
@@ -279,8 +259,9 @@ class ComfyUIBackend:
                         "subfolder": str(image.get("subfolder") or ""),
                         "type": "output",
                     }
-                    urls.append(f"{self._base}/view?{urlencode(query)}")
-        if not urls:
+                    mark = DEPTH_MAP if str(node_id) in depth_nodes else ""
+                    urls.append(f"{self._base}/view?{urlencode(query)}{mark}")
+        if not [u for u in urls if not is_depth_map(u)]:
             raise JobFailed("the workflow saved no picture", job_id=remote_id)
         self.progress.pop(remote_id, None)
         return Answer(done=True, remote_id=remote_id, output_urls=tuple(urls), seed=self._seed_of(entry))
@@ -376,15 +357,4 @@ class ComfyUIBackend:
         return MalformedResponseError(f"HTTP {status}: {what}", status=status)
 
 
-def _execution_error(status: dict[str, Any]) -> str:
-    for item in status.get("messages") or []:
-        if isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict):
-            kind, data = item
-            if kind == "execution_error":
-                return f"{data.get('node_type')} failed: {data.get('exception_type')}: {str(data.get('exception_message'))[:300]}"
-            if kind == "execution_interrupted":
-                return "interrupted"
-    return f"status {status.get('status_str')!r}"
-
-
-__all__ = ["ComfyUIBackend", "WorkflowError", "refusal_line"]
+__all__ = ["ComfyUIBackend", "WorkflowError"]

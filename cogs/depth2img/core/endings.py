@@ -57,6 +57,10 @@ class Endings:
         if outcome.result is not None and job.result_path:
             try:  # kept now, off the member's way: for "Use as source", before | after and /depth2img-show
                 await self.pictures.keep_result(job.result_path, outcome.result.images[0])
+                if outcome.result.depth_map is not None:
+                    await self.pictures.keep_result(
+                        self.pictures.depth_map_path(job.id), outcome.result.depth_map
+                    )
             except OSError as exc:
                 log.warning(
                     "the result could not be kept", extra={"job": job.id, "error": type(exc).__name__}

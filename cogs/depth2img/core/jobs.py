@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from cogs.depth2img.backends.base import Answer, Backend
+from cogs.depth2img.backends.base import DEPTH_MAP, Answer, Backend, is_depth_map
 from cogs.depth2img.config import Depth2ImgSettings
 from cogs.depth2img.errors import (
     Depth2ImgError,
@@ -157,7 +157,9 @@ class JobRunner:
                 queue_s = max(0.0, api_s - gen)
             elif job.state is JobState.PROCESSING:
                 queue_s = api_s
+        depth_map = await self._depth_map(job)
         result = GenerationResult(
+            depth_map=depth_map,
             images=images,
             job_id=job.api_job_id,
             seed=job.api_seed if job.api_seed is not None else job.params.seed,
@@ -318,7 +320,7 @@ class JobRunner:
         """Download the outputs the member asked for (a service that sends more is not followed: ten
         URLs of 25 MB for one picture), all at once, within the process's output budget; check and fit
         each off the event loop. Returns the images and the budget they hold until delivered."""
-        urls = job.output_urls[: max(1, job.params.samples)]
+        urls = [u for u in job.output_urls if not is_depth_map(u)][: max(1, job.params.samples)]
         # each output at its largest, and one more: the one being joined from its pieces
         hold = await self.budget.take((len(urls) + 1) * self.settings.max_output_bytes)
         try:
@@ -337,6 +339,27 @@ class JobRunner:
             hold.release()
             raise
         return images, hold
+
+    async def _depth_map(self, job: Job) -> GeneratedImage | None:
+        """The depth map the service sent with the result, if any (never worth failing the job for)."""
+        url = next((u for u in job.output_urls if is_depth_map(u)), None)
+        if url is None:
+            return None
+        hold = await self.budget.take(2 * self.settings.max_output_bytes)
+        try:
+            pieces = await self.backend.download(url.removesuffix(DEPTH_MAP))
+            (picture,) = await self.pictures.finish_outputs(
+                job.id,
+                [pieces],
+                limit_bytes=job.upload_limit_bytes,
+                max_pixels=self.settings.max_input_pixels,
+            )
+        except Exception as exc:  # (an extra: whatever went wrong, the result goes on without it)
+            log.info("no depth map", extra={"job": job.id, "error": type(exc).__name__})
+            return None
+        finally:
+            hold.release()
+        return replace(picture, filename=f"depth-map-{job.id}.{picture.filename.rsplit('.', 1)[-1]}")
 
     async def _fetch(self, job: Job, url: str, emit: Emit) -> list[bytes]:
         """One output, asked for again through the service's passing troubles until the job's deadline

@@ -118,6 +118,10 @@ class Pictures:
         """Where the first image of a result is kept (for "Use as source" and /depth2img-show)."""
         return str(self.results_dir / f"{job_id}.{first.filename.rsplit('.', 1)[-1]}")
 
+    def depth_map_path(self, job_id: str) -> str:
+        """Where a result's depth map is kept (for its 🗺️ button), when the service sent one."""
+        return str(self.results_dir / f"{job_id}-depth.png")
+
     async def finish_outputs(
         self, job_id: str, downloads: list[list[bytes]], *, limit_bytes: int, max_pixels: int
     ) -> tuple[GeneratedImage, ...]:

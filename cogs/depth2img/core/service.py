@@ -314,6 +314,12 @@ class Depth2ImgService:
             max_pixels=self.settings.max_input_pixels,
         )
 
+    async def depth_map(self, job: Job) -> bytes:
+        """The depth map kept for ``job``'s result. Raises :class:`InvalidInput` when there is none."""
+        if not job.result_path:
+            raise InvalidInput("The pictures for that job are no longer stored.")
+        return await self.pictures.read(self.pictures.depth_map_path(job.id))
+
     async def history(self, user_id: int, limit: int = 10) -> list[Job]:
         return await self.ledger.for_user(user_id, limit)
 
@@ -321,7 +327,7 @@ class Depth2ImgService:
         """Delete a member's finished jobs, their stored pictures and their history."""
         jobs = await self.ledger.forget_user(user_id)
         for job in jobs:
-            await self.pictures.remove(job.source_path, job.result_path)
+            await self.pictures.remove(job.source_path, job.result_path, self.pictures.depth_map_path(job.id))
         log.info("member data deleted", extra={"user_id": user_id, "jobs": len(jobs)})
         return len(jobs)
 

@@ -44,7 +44,7 @@ async def prune_pictures(ledger: Ledger, pictures: Pictures, keep_days: float) -
     while True:
         jobs = await ledger.release_pictures(time.time() - keep_days * 86400)
         for job in jobs:
-            await pictures.remove(job.source_path, job.result_path)
+            await pictures.remove(job.source_path, job.result_path, pictures.depth_map_path(job.id))
         pruned += len(jobs)
         if len(jobs) < 500:
             break

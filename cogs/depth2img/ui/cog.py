@@ -179,6 +179,11 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             await self._compare(interaction, job)
         elif action is Action.CANCEL:
             await self._cancel(interaction, job)
+        elif action is Action.DEPTH:
+            data = await self.service.depth_map(job)  # (InvalidInput: said to the member privately)
+            await interaction.response.send_message(
+                text.depth_map_caption(job.id), file=upload(data, f"depth-map-{job.id}.png"), ephemeral=True
+            )
         elif action is Action.EDIT:
             await interaction.response.send_modal(
                 PromptModal(

@@ -33,7 +33,8 @@ def render(outcome: Outcome) -> tuple[str, list[discord.File], discord.ui.View |
     job = outcome.job
     if outcome.result is not None:
         files = [upload(img.data, img.filename) for img in outcome.result.images]
-        return text.result_message(job, outcome.result), files, result_view(job.id)
+        view = result_view(job.id, depth_map=outcome.result.depth_map is not None)
+        return text.result_message(job, outcome.result), files, view
     assert outcome.error is not None
     return text.failure_message(job, outcome.error), [], None
 

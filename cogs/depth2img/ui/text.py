@@ -348,6 +348,10 @@ def delivery_failed(ref: str) -> str:
     )
 
 
+def depth_map_caption(job_id: str) -> str:
+    return f"🗺️ The depth map the picture of job `{job_id}` was made from (near is light, far is dark)."
+
+
 def comparison_caption(job_id: str) -> str:
     return f"🪞 Before | after for job `{job_id}`"
 
