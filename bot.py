@@ -209,6 +209,7 @@ class Depth2ImgBot(commands.AutoShardedBot):
         self.instance_group = settings.instance_group
         self.metrics_registry = CollectorRegistry(auto_describe=True)
         self._drains: dict[str, tuple[Drain, Callable[[], bool]]] = {}
+        self._readiness: dict[str, Callable[[], Awaitable[bool]]] = {}
 
     def add_error_formatter(self, name: str, formatter: ErrorFormatter) -> None:
         self.tree.error_formatters[name] = formatter
@@ -221,6 +222,22 @@ class Depth2ImgBot(commands.AutoShardedBot):
 
     def remove_drain(self, name: str) -> None:
         self._drains.pop(name, None)
+
+    def add_readiness(self, name: str, check: Callable[[], Awaitable[bool]]) -> None:
+        self._readiness[name] = check
+
+    def remove_readiness(self, name: str) -> None:
+        self._readiness.pop(name, None)
+
+    async def readiness(self) -> dict[str, bool]:
+        """What ``/healthz`` reports: the gateway (every shard connected) and each extension's own."""
+        gateway = (
+            self.is_ready() and not self.is_closed() and all(not s.is_closed() for s in self.shards.values())
+        )
+        found = {"gateway": gateway}
+        for name, check in list(self._readiness.items()):
+            found[name] = await check()
+        return found
 
     async def drain(self, grace_s: float) -> bool:
         """Let every extension finish its work in flight, for at most ``grace_s`` seconds in all."""

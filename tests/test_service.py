@@ -274,6 +274,32 @@ async def test_pictures_of_old_finished_jobs_are_pruned(make_service, ledger):
     assert await prune_pictures(ledger, service.pictures, keep_days=-1) == 0
 
 
+async def test_old_finished_jobs_leave_the_ledger_with_their_pictures(make_service, ledger):
+    from cogs.depth2img.core.upkeep import prune_jobs
+
+    service = make_service()
+    await run(service)
+    (job,) = await ledger.for_user(1)
+    assert await prune_jobs(ledger, service.pictures, keep_days=1) == 0  # not old yet
+    assert await prune_jobs(ledger, service.pictures, keep_days=-1) == 1
+    assert await ledger.get(job.id) is None and await ledger.for_user(1) == []
+    assert not Path(job.source_path).exists() and not Path(job.result_path).exists()
+
+
+def test_keeping_days_take_a_number_or_forever_and_never_a_silent_zero():
+    from cogs.depth2img.config import ConfigError, load_settings
+
+    base = {"SD_API_KEY": "k" * 20}
+    assert load_settings(base).keep_jobs_days == 90 and load_settings(base).keep_pictures_days == 30
+    chosen = load_settings(base | {"KEEP_JOBS_DAYS": "forever", "KEEP_PICTURES_DAYS": "7"})
+    assert (chosen.keep_jobs_days, chosen.keep_pictures_days) == (None, 7)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(base | {"KEEP_PICTURES_DAYS": "0"})
+    assert caught.value.problems == [
+        "KEEP_PICTURES_DAYS=0 is ambiguous: write KEEP_PICTURES_DAYS=forever to keep them for ever, or a number of days."
+    ]
+
+
 # --- reading the member's picture ----------------------------------------------------------------
 
 
@@ -386,9 +412,9 @@ async def test_a_background_task_that_fails_is_logged(caplog):
 
 async def test_the_loop_monitor_runs_only_when_asked_for(make_service, tmp_path):
     usual = make_service().background(lambda job: None)
-    asked = make_service(loop_monitor_file=tmp_path / "loop.txt", keep_pictures_days=0).background(
-        lambda job: None
-    )
+    asked = make_service(
+        loop_monitor_file=tmp_path / "loop.txt", keep_pictures_days=None, keep_jobs_days=None
+    ).background(lambda job: None)
     assert (set(usual), set(asked)) == (
         {"leases", "pruning", "backend"},
         {"leases", "loop-monitor", "backend"},

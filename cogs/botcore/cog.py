@@ -38,6 +38,8 @@ class OpsCog(commands.Cog, name="Operations"):
         self.settings = settings
         self.metrics_port: int | None = None  # where the metrics are served, once they are
         self._runner: web.AppRunner | None = None
+        self._health_runner: web.AppRunner | None = None
+        self.health_port: int | None = None
         self._gc: asyncio.Task[None] | None = None
 
     async def cog_load(self) -> None:
@@ -46,6 +48,9 @@ class OpsCog(commands.Cog, name="Operations"):
             self._gc = asyncio.create_task(collect_garbage_between_bursts(busy), name="gc-pacing")
         if self.settings.metrics_port is not None:
             await self._serve_metrics(self.settings.metrics_port)
+        health = self.settings.health_port
+        if health is not None and health != self.settings.metrics_port:
+            await self._serve_health(health)
 
     async def cog_unload(self) -> None:
         if self._gc is not None:
@@ -53,6 +58,8 @@ class OpsCog(commands.Cog, name="Operations"):
             await asyncio.gather(self._gc, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._health_runner is not None:
+            await self._health_runner.cleanup()
 
     async def _serve_metrics(self, port: int) -> None:
         """``GET /metrics`` on ``METRICS_HOST:METRICS_PORT``: the registry the bot's extensions count in."""
@@ -63,6 +70,7 @@ class OpsCog(commands.Cog, name="Operations"):
 
         app = web.Application()
         app.router.add_get("/metrics", scrape)
+        app.router.add_get("/healthz", self._healthz)
         # A scraper's keep-alive connection must not hold up shutdown.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -80,6 +88,37 @@ class OpsCog(commands.Cog, name="Operations"):
         log.info(
             "metrics served",
             extra={"url": f"http://{self.settings.metrics_host}:{self.metrics_port}/metrics"},
+        )
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        """200 when the bot is ready to serve (the gateway connected, every extension's own checks:
+        the ledger answers), else 503; the body says which part is not."""
+        check: Any = getattr(self.bot, "readiness", None)
+        parts: dict[str, bool] = await check() if check is not None else {"gateway": self.bot.is_ready()}
+        ready = all(parts.values())
+        return web.json_response(
+            {"status": "ready" if ready else "not ready", **parts}, status=200 if ready else 503
+        )
+
+    async def _serve_health(self, port: int) -> None:
+        """``GET /healthz`` alone on ``HEALTH_PORT`` (a container's health check, no metrics)."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.settings.metrics_host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            log.error(
+                "the health port could not be opened: change HEALTH_PORT",
+                extra={"host": self.settings.metrics_host, "port": port, "error": type(exc).__name__},
+            )
+            return
+        self._health_runner = runner
+        self.health_port = int(runner.addresses[0][1]) if runner.addresses else port
+        log.info(
+            "health served", extra={"url": f"http://{self.settings.metrics_host}:{self.health_port}/healthz"}
         )
 
 

@@ -46,6 +46,10 @@ class Host(Protocol):
 
     def remove_drain(self, name: str) -> None: ...
 
+    def add_readiness(self, name: str, check: Callable[[], Awaitable[bool]]) -> None: ...
+
+    def remove_readiness(self, name: str) -> None: ...
+
 
 def settings_problems(env: Mapping[str, str]) -> list[str]:
     from .config import ConfigError, load_settings
@@ -139,9 +143,11 @@ async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(SettingsCog(service))
     host.add_error_formatter(__name__, format_error)
     host.add_drain(__name__, service.drain, lambda: service.busy)
+    host.add_readiness("ledger", ledger.answers)  # /healthz: ready only while the ledger answers
 
 
 async def teardown(bot: commands.Bot) -> None:
     host = cast(Host, bot)
     host.remove_error_formatter(__name__)
     host.remove_drain(__name__)
+    host.remove_readiness("ledger")

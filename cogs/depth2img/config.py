@@ -57,7 +57,8 @@ class Depth2ImgSettings:
     progress_interval_s: float = 3.0
     image_workers: int = 2
     picture_threads: int = 1  # threads that check and store pictures (see load_settings for the default)
-    keep_pictures_days: float = 30.0  # 0 = keep forever
+    keep_pictures_days: float | None = 30.0  # None: for ever (KEEP_PICTURES_DAYS=forever)
+    keep_jobs_days: float | None = 90.0  # job rows and prompts; None: for ever
     database_url: str | None = field(default=None, repr=False)  # None: SQLite in BOT_DATA_DIR
     job_lease_s: float = 60.0
     loop_monitor_file: Path | None = None
@@ -114,7 +115,8 @@ SETTINGS_HELP: dict[str, str] = {
     "SD_GUILD_DAILY_QUOTA": "requests one server may make per UTC day (default 0 = no quota)",
     "SD_MEMBER_DAILY_QUOTA": "pictures one member may make per UTC day, in each server and in DMs (default 0 = no quota; servers may set a lower one)",
     "ALLOW_DMS": "on: /depth2img also works in direct messages with the bot, where no server's rules apply (default off; needs SD_MEMBER_DAILY_QUOTA)",
-    "KEEP_PICTURES_DAYS": "days to keep the pictures of finished jobs, for their buttons and /depth2img-show (default 30; 0 = forever)",
+    "KEEP_PICTURES_DAYS": "days to keep the pictures of finished jobs, for their buttons and /depth2img-show (default 30; forever: never removed)",
+    "KEEP_JOBS_DAYS": "days to keep finished jobs in the ledger: their prompts, options and history (default 90; forever: never removed)",
     "PICTURE_THREADS": "threads that checksum and store pictures (default: one fewer than the machine's cores, at least 1)",
     "IMAGE_WORKERS": "processes that check and re-encode pictures off the event loop (default 2; 0 = threads)",
     "PROGRESS_INTERVAL_S": "least seconds between two progress updates of a message (default 3)",
@@ -178,6 +180,19 @@ class _Reader:
             return False
         self.problems.append(f"{name}={value!r} is not on or off.")
         return default
+
+    def days(self, name: str, default: float) -> float | None:
+        """A number of days to keep something, or ``forever`` (None). ``0`` is refused: it never means
+        "for ever" silently, and "keep nothing" is not what anyone wants from a ledger."""
+        value = self.raw(name)
+        if value is not None and value.lower() in ("forever", "for ever", "never"):
+            return None
+        if value is not None and value.replace(".", "", 1).isdigit() and float(value) == 0:
+            self.problems.append(
+                f"{name}=0 is ambiguous: write {name}=forever to keep them for ever, or a number of days."
+            )
+            return default
+        return self.number(name, default, float, 0.01, 36500)
 
     def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
         value = self.raw(name)
@@ -258,7 +273,8 @@ def load_settings(env: Mapping[str, str]) -> Depth2ImgSettings:
         progress_interval_s=r.number("PROGRESS_INTERVAL_S", 3.0, float, 0.1, 60),
         image_workers=r.number("IMAGE_WORKERS", 2, int, 0, 64),
         picture_threads=r.number("PICTURE_THREADS", max(1, (os.cpu_count() or 2) - 1), int, 1, 64),
-        keep_pictures_days=r.number("KEEP_PICTURES_DAYS", 30.0, float, 0, 36500),
+        keep_pictures_days=r.days("KEEP_PICTURES_DAYS", 30.0),
+        keep_jobs_days=r.days("KEEP_JOBS_DAYS", 90.0),
         database_url=database_url,
         job_lease_s=r.number("JOB_LEASE_S", 60.0, float, 1, 3600),
         loop_monitor_file=Path(monitor) if (monitor := r.raw("LOOP_MONITOR_FILE")) else None,

@@ -110,9 +110,10 @@ class Depth2ImgService:
             ),
             "backend": self.backend.upkeep(),
         }
-        if (keep_days := self.settings.keep_pictures_days) > 0:
+        pictures_days, jobs_days = self.settings.keep_pictures_days, self.settings.keep_jobs_days
+        if pictures_days is not None or jobs_days is not None:
             work["pruning"] = upkeep.prune_now_and_then(
-                self.ledger, self.pictures, keep_days, sleep=self._sleep
+                self.ledger, self.pictures, pictures_days, jobs_days, sleep=self._sleep
             )
         if self.settings.loop_monitor_file is not None:
             work["loop-monitor"] = loop_monitor(self.settings.loop_monitor_file)

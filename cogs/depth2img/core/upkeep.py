@@ -53,12 +53,38 @@ async def prune_pictures(ledger: Ledger, pictures: Pictures, keep_days: float) -
     return pruned
 
 
+async def prune_jobs(ledger: Ledger, pictures: Pictures, keep_days: float) -> int:
+    """Delete the jobs finished more than ``keep_days`` ago (rows, prompts, events) and any pictures
+    they still had. Returns how many jobs were deleted."""
+    pruned = 0
+    while True:
+        jobs = await ledger.forget_finished(time.time() - keep_days * 86400)
+        for job in jobs:
+            await pictures.remove(job.source_path, job.result_path, pictures.depth_map_path(job.id))
+        pruned += len(jobs)
+        if len(jobs) < 500:
+            break
+    if pruned:
+        log.info("old jobs removed from the ledger", extra={"jobs": pruned, "keep_days": keep_days})
+    return pruned
+
+
 async def prune_now_and_then(
-    ledger: Ledger, pictures: Pictures, keep_days: float, *, sleep: Sleep, every_s: float = 3600.0
+    ledger: Ledger,
+    pictures: Pictures,
+    pictures_days: float | None,
+    jobs_days: float | None,
+    *,
+    sleep: Sleep,
+    every_s: float = 3600.0,
 ) -> None:
+    """Hourly: pictures past ``KEEP_PICTURES_DAYS``, jobs past ``KEEP_JOBS_DAYS`` (None: kept for ever)."""
     while True:
         try:
-            await prune_pictures(ledger, pictures, keep_days)
+            if pictures_days is not None:
+                await prune_pictures(ledger, pictures, pictures_days)
+            if jobs_days is not None:
+                await prune_jobs(ledger, pictures, jobs_days)
         except Exception as exc:  # a disk or database hiccup: try again next time
-            log.warning("pruning old pictures failed", extra={"error": type(exc).__name__})
+            log.warning("pruning old pictures or jobs failed", extra={"error": type(exc).__name__})
         await sleep(every_s)

@@ -85,6 +85,19 @@ class Ledger:
     async def close(self) -> None:
         await self._db.close()
 
+    async def answers(self, timeout_s: float = 2.0) -> bool:
+        """Whether the database answers now (for ``/healthz``): one trivial query, not retried."""
+
+        def op() -> Op[bool]:
+            rows = yield Fetch("SELECT 1 AS ok")
+            return bool(rows)
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._db.run(op)
+        except Exception:  # (closed, out of reach, slow: not ready)
+            return False
+
     def _event(self, job_id: str, state: JobState, detail: str | None) -> Execute:
         detail = clean_text(detail) if detail else detail
         return Execute(_EVENT_SQL, (job_id, time.time(), str(state), detail, self.owner))
@@ -280,16 +293,17 @@ class Ledger:
         """Delete a member's finished jobs and their events; returns them (to remove their files)."""
         select = f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({_FINISHED_SQL})"  # noqa: S608
 
-        def op() -> Op[list[Job]]:
-            rows = yield Fetch(select, (user_id,))
-            jobs = [from_row(r) for r in rows]
-            ids = [(j.id,) for j in jobs]
-            if ids:
-                yield ExecuteMany("DELETE FROM job_events WHERE job_id = ?", ids)
-                yield ExecuteMany("DELETE FROM jobs WHERE id = ?", ids)
-            return jobs
+        return await self._run(lambda: _deleting(Fetch(select, (user_id,))))
 
-        return await self._run(op)
+    async def forget_finished(self, finished_before: float, limit: int = 500) -> list[Job]:
+        """Delete finished jobs older than ``finished_before`` and their events (``KEEP_JOBS_DAYS``);
+        returns them (to remove any pictures they still had)."""
+        select = (
+            f"SELECT * FROM jobs WHERE state IN ({_FINISHED_SQL}) AND finished_at < ? "  # noqa: S608
+            "ORDER BY finished_at LIMIT ?"
+        )
+
+        return await self._run(lambda: _deleting(Fetch(select, (float(finished_before), limit))))
 
     # --- what the bot learnt (a few named values) ---
 
@@ -368,3 +382,14 @@ class Ledger:
             return {int(r["guild_id"]): int(r["n"]) for r in rows}
 
         return await self._run(op)
+
+
+def _deleting(select: Fetch) -> Op[list[Job]]:
+    """Delete the jobs ``select`` finds, and their events; returns them as they were."""
+    rows = yield select
+    jobs = [from_row(r) for r in rows]
+    ids = [(j.id,) for j in jobs]
+    if ids:
+        yield ExecuteMany("DELETE FROM job_events WHERE job_id = ?", ids)
+        yield ExecuteMany("DELETE FROM jobs WHERE id = ?", ids)
+    return jobs
