@@ -23,10 +23,8 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import discord
 import yarl
 from discord.ext import commands
@@ -34,13 +32,13 @@ from dotenv import load_dotenv
 from prometheus_client import CollectorRegistry
 
 from cogs.botcore.logs import configure_logging
+from cogs.botcore.startup import EXIT_CONFIG, StartFailed, check, data_dir_problem, start
 from cogs.botcore.sync import sync_commands
 from cogs.botcore.tree import AppCommandTree, ErrorFormatter
 
 log = logging.getLogger("depth2img.bot")
 
 EXTENSIONS = ("cogs.botcore", "cogs.depth2img")
-EXIT_CONFIG = 2
 
 Drain = Callable[[float], Awaitable[bool]]
 
@@ -58,6 +56,7 @@ SETTINGS_HELP: dict[str, str] = {
     "SHARD_COUNT": "optional: total number of shards (discord.py's sharded client); unset = one connection",
     "SHARD_IDS": "optional: the shards this process runs, e.g. 0,1 (default: all of SHARD_COUNT); needs SHARD_COUNT",
     "EVENT_LOOP": "uvloop (default, where it is installed) or asyncio (Python's own event loop)",
+    "DISCORD_TIMEOUT_S": "seconds Discord has to answer the login, and then to connect the gateway, before the bot stops with a clear line (default 60)",
 }
 
 
@@ -74,6 +73,7 @@ class Settings:
     shard_count: int | None = None  # None: one unsharded connection
     shard_ids: tuple[int, ...] | None = None  # None: all of shard_count in this process
     event_loop: str = "uvloop"
+    discord_timeout_s: float = 60.0
 
     @property
     def instance_group(self) -> str:
@@ -167,6 +167,7 @@ def read_settings(env: Mapping[str, str]) -> tuple[Settings, list[str]]:
         shard_count=shard_count,
         shard_ids=shard_ids,
         event_loop=r.choice("EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
+        discord_timeout_s=r.number("DISCORD_TIMEOUT_S", 60.0, 1, 3600),
     )
     return settings, r.problems
 
@@ -235,8 +236,8 @@ class Depth2ImgBot(commands.AutoShardedBot):
             self.is_ready() and not self.is_closed() and all(not s.is_closed() for s in self.shards.values())
         )
         found = {"gateway": gateway}
-        for name, check in list(self._readiness.items()):
-            found[name] = await check()
+        for name, ready in list(self._readiness.items()):
+            found[name] = await ready()
         return found
 
     async def drain(self, grace_s: float) -> bool:
@@ -269,30 +270,20 @@ def configure_discord_endpoints(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
-def private_folder(path: Path) -> None:
-    """``BOT_DATA_DIR``: created readable by the bot's user only (it holds the job ledger, members'
-    pictures and prompts); an existing one is made so if the bot owns it."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        try:
-            path.chmod(0o700)
-        except OSError:
-            log.warning(
-                "BOT_DATA_DIR is readable by other users, and the bot cannot change that",
-                extra={"path": str(path)},
-            )
-
-
 async def run(settings: Settings) -> int:
     configure_discord_endpoints(settings)
-    private_folder(settings.data_dir)
+    if (problem := data_dir_problem(settings.data_dir)) is not None:
+        log.error(str(StartFailed(problem, EXIT_CONFIG)))
+        return EXIT_CONFIG
     async with Depth2ImgBot(settings=settings) as bot:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stopping.set)
-        runner = asyncio.create_task(bot.start(settings.discord_token), name="bot")
+        runner = asyncio.create_task(
+            start(bot, settings.discord_token, settings.discord_timeout_s), name="bot"
+        )
         stopper = asyncio.create_task(stopping.wait(), name="signals")
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done:
@@ -302,9 +293,19 @@ async def run(settings: Settings) -> int:
         stopper.cancel()
         try:
             await runner
+        except StartFailed as exc:
+            log.error(str(exc))
+            return exc.exit_code
         except discord.LoginFailure:
-            log.error("Discord rejected DISCORD_TOKEN: check the token in .env (Bot → Reset Token).")
-            return 1
+            log.error(
+                str(
+                    StartFailed(
+                        "Discord rejected DISCORD_TOKEN: reset it (developer portal, Bot → Reset Token) and put the new one in .env",
+                        EXIT_CONFIG,
+                    )
+                )
+            )
+            return EXIT_CONFIG
         except discord.PrivilegedIntentsRequired:
             log.error("Discord refused the bot's intents; this bot needs no privileged intents.")
             return 1
@@ -314,51 +315,8 @@ async def run(settings: Settings) -> int:
             if not isinstance(message, str):
                 raise
             log.error(message, extra={"extension": exc.name})
-            return EXIT_CONFIG
+            return int(getattr(exc.original, "exit_code", EXIT_CONFIG))
     return 0
-
-
-async def check(settings: Settings, extensions: list[Any], env: Mapping[str, str]) -> int:
-    """``python bot.py --check``: the settings (already read), a login to Discord (token and
-    application) and each extension's own checks, one line each; 0 only when every check passed."""
-    configure_discord_endpoints(settings)
-    lines: list[tuple[str, bool, str]] = [("settings", True, "every setting is valid")]
-    lines.append(await check_discord(settings))
-    for extension in extensions:
-        checker = getattr(extension, "check", None)
-        if checker is not None:
-            lines += await checker(env)
-    for name, ok, detail in lines:
-        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")  # noqa: T201
-    failed = sum(not ok for _, ok, _ in lines)
-    print(f"{len(lines) - failed} passed, {failed} failed")  # noqa: T201
-    return 0 if not failed else 1
-
-
-async def check_discord(settings: Settings) -> tuple[str, bool, str]:
-    """Log in once over HTTP (no gateway): the token, and the application it belongs to."""
-    client = discord.Client(intents=discord.Intents.none())
-    try:
-        async with asyncio.timeout(30):
-            await client.login(settings.discord_token)
-            app = await client.application_info()
-    except discord.LoginFailure:
-        return (
-            "Discord",
-            False,
-            "Discord rejected DISCORD_TOKEN: reset it (developer portal, Bot → Reset Token) and put the new one in .env",
-        )
-    except (TimeoutError, OSError, aiohttp.ClientError) as exc:
-        return (
-            "Discord",
-            False,
-            f"Discord could not be reached ({type(exc).__name__}): check the machine's network and DNS",
-        )
-    except discord.HTTPException as exc:
-        return ("Discord", False, f"Discord answered HTTP {exc.status} to the login: try again later")
-    finally:
-        await client.close()
-    return ("Discord", True, f"logged in as {client.user} (application {app.name}, id {app.id})")
 
 
 def main() -> int:
@@ -386,7 +344,8 @@ def main() -> int:
     secrets_ = [settings.discord_token] + [s for ext in extensions for s in ext.secret_values(env)]
     configure_logging(settings.log_level, secrets_)
     if "--check" in sys.argv[1:]:
-        return asyncio.run(check(settings, extensions, env))
+        configure_discord_endpoints(settings)
+        return asyncio.run(check(settings.discord_token, extensions, env))
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
             return runner.run(run(settings))

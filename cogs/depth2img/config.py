@@ -296,6 +296,17 @@ def load_settings(env: Mapping[str, str]) -> Depth2ImgSettings:
             f"OUTPUT_MEMORY_BYTES={settings.output_memory_bytes} is less than 5 x MAX_OUTPUT_BYTES "
             f"({5 * settings.max_output_bytes}): a job of 4 pictures (and the one being joined) must fit in it."
         )
+    if settings.poll_initial_s > settings.poll_max_s:
+        r.problems.append(
+            f"SD_POLL_INITIAL_S={settings.poll_initial_s:g} is longer than SD_POLL_MAX_S={settings.poll_max_s:g}: "
+            "the first wait between polls cannot be longer than the longest."
+        )
+    if settings.poll_initial_s >= settings.job_timeout_s:
+        r.problems.append(
+            f"SD_POLL_INITIAL_S={settings.poll_initial_s:g} is not shorter than SD_JOB_TIMEOUT_S="
+            f"{settings.job_timeout_s:g}: every queued job would reach its deadline before its first poll. "
+            "Raise SD_JOB_TIMEOUT_S or lower SD_POLL_INITIAL_S."
+        )
     if settings.allow_dms and not settings.member_daily_quota:
         r.problems.append(
             "ALLOW_DMS=on needs SD_MEMBER_DAILY_QUOTA (pictures one member may make per day): in direct "

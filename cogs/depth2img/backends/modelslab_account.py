@@ -54,25 +54,37 @@ class Account:
         self.last: Balance | None = None
         self._warned_low = False
         self._said_empty = False
+        self._said_key = False
 
     async def check(self, *, why: str) -> Balance | None:
         try:
-            balance = parse_balance(await self._ask())
+            body = await self._ask()
+            balance = parse_balance(body)
         except Exception as exc:  # the API's troubles: said in the log, never raised
-            log.warning(
-                "the account's balance could not be read", extra={"why": why, "error": type(exc).__name__}
-            )
+            if getattr(exc, "status", None) in (401, 403):
+                self._key_rejected(why)
+            else:
+                log.warning(
+                    "the account's balance could not be read", extra={"why": why, "error": type(exc).__name__}
+                )
             return None
         if balance is None:
-            log.warning(
-                "the account's balance could not be read", extra={"why": why, "error": "unexpected answer"}
-            )
+            said = body.get("message") or body.get("messege") if isinstance(body, dict) else None
+            if "key" in str(said or "").lower():
+                self._key_rejected(why)
+            else:
+                log.warning(
+                    "the account's balance could not be read",
+                    extra={"why": why, "error": "unexpected answer"},
+                )
             return None
         self.last = balance
         amount = f"{balance.amount:.2f} {balance.currency}"
         if why == "start":
             log.info("ModelsLab account balance", extra={"balance": amount})
-        if balance.amount < self.low:
+        if balance.amount <= 0:
+            self._out_of_credit(amount)
+        elif balance.amount < self.low:
             if not self._warned_low:
                 self._warned_low = True
                 log.warning(
@@ -87,12 +99,23 @@ class Account:
     async def out_of_credit(self) -> None:
         """The API answered 402 (or said so): ask again, and tell the owner once."""
         balance = await self.check(why="402")
+        self._out_of_credit(f"{balance.amount:.2f} {balance.currency}" if balance else "unknown")
+
+    def _out_of_credit(self, amount: str) -> None:
         if self._said_empty:
             return
         self._said_empty = True
-        amount = f"{balance.amount:.2f} {balance.currency}" if balance else "unknown"
         log.error(
             f"the ModelsLab account is out of credit (balance {amount}): members' requests fail until it is "
             "topped up at modelslab.com",
             extra={"balance": amount},
         )
+
+    def _key_rejected(self, why: str) -> None:
+        if not self._said_key:
+            self._said_key = True
+            log.error(
+                "the image API rejected SD_API_KEY: copy the key again from your ModelsLab dashboard into "
+                ".env and restart the bot (every member's request fails until then)",
+                extra={"why": why},
+            )

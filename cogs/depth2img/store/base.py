@@ -88,5 +88,18 @@ class SchemaTooNew(StoreError):
         self.owner_message = f"depth2img-bot cannot start: {self}"
 
 
+class LedgerUnavailable(StoreError):
+    """The ledger's database cannot be reached or refuses the bot at start-up. ``exit_code``: 2 when
+    the owner must fix a setting, 1 when it may pass by itself (a server that is down, or slow)."""
+
+    def __init__(self, message: str, *, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        fix = (
+            "fix DATABASE_URL" if exit_code == 2 else "this may pass by itself: the bot can be started again"
+        )
+        self.owner_message = f"depth2img-bot cannot start: {message} ({fix})."
+
+
 class LedgerClosed(StoreError):
     """The ledger was closed (the bot is stopping)."""

@@ -3,15 +3,19 @@ operation in a transaction of its own (whatever it raises rolls it back)."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
+import socket
 import time
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
-from .base import Execute, ExecuteMany, Fetch, OpFactory, SchemaTooNew, Statement
+from .base import Execute, ExecuteMany, Fetch, LedgerUnavailable, OpFactory, SchemaTooNew, Statement
 from .schema import LATEST, POSTGRES, VERSION_TABLE, pending, version_before_versioning
 
 T = TypeVar("T")
+CONNECT_TIMEOUT_S = 10.0
 _PLACEHOLDER = re.compile(r"\?")
 _MIGRATION_LOCK = 4242424242  # pg_advisory_xact_lock: processes that start together migrate one at a time
 
@@ -35,6 +39,36 @@ async def _execute(conn: Any, statement: Statement) -> Any:
     return None
 
 
+def _unavailable(exc: BaseException, url: str) -> LedgerUnavailable:
+    """One sentence for the owner (never the URL's password) for why PostgreSQL cannot be used."""
+    import asyncpg
+
+    parts = urlsplit(url)
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    database = parts.path.lstrip("/") or parts.username or "postgres"
+    if isinstance(exc, socket.gaierror):
+        return LedgerUnavailable(f"the PostgreSQL host {parts.hostname!r} is unknown", exit_code=2)
+    if isinstance(exc, ConnectionRefusedError):
+        return LedgerUnavailable(f"PostgreSQL refused the connection at {where}: is it running?", exit_code=1)
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return LedgerUnavailable(
+            f"PostgreSQL at {where} has no database {database!r}: create it", exit_code=2
+        )
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return LedgerUnavailable(
+            f"PostgreSQL at {where} refused user {parts.username!r}: wrong user or password", exit_code=2
+        )
+    if isinstance(exc, TimeoutError):
+        return LedgerUnavailable(
+            f"PostgreSQL at {where} did not answer within {CONNECT_TIMEOUT_S:g} s", exit_code=1
+        )
+    if isinstance(exc, OSError):
+        return LedgerUnavailable(
+            f"PostgreSQL at {where} could not be reached ({type(exc).__name__})", exit_code=1
+        )
+    return LedgerUnavailable(f"PostgreSQL at {where} refused the bot ({type(exc).__name__})", exit_code=2)
+
+
 class PostgresDatabase:
     kind = "postgresql"
     event_order = "at, seq"
@@ -47,7 +81,15 @@ class PostgresDatabase:
     async def open(cls, url: str) -> PostgresDatabase:
         import asyncpg  # only needed with DATABASE_URL
 
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=8, command_timeout=30)
+        try:
+            pool = await asyncio.wait_for(
+                asyncpg.create_pool(
+                    url, min_size=1, max_size=8, command_timeout=30, timeout=CONNECT_TIMEOUT_S
+                ),
+                CONNECT_TIMEOUT_S + 5,
+            )
+        except Exception as exc:
+            raise _unavailable(exc, url) from None
         db = cls(pool)
         try:
             db.schema_version = await db._migrate()

@@ -1,0 +1,168 @@
+"""Every start-up failure is one clear line naming the setting and the fix, with exit status 2 when the
+owner must fix a setting and 1 when it may pass by itself; never a traceback. The real ``bot.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.conftest import BOT_SCRIPT, bot_env, free_port, process_env
+
+
+async def start_and_fail(env: dict[str, str], cwd, timeout: float = 60) -> tuple[int, list[str]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        BOT_SCRIPT,
+        cwd=cwd,
+        env=process_env(**env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    text = (out + err).decode()
+    assert "Traceback" not in text, text
+    assert proc.returncode is not None
+    return proc.returncode, [
+        line for line in text.splitlines() if " ERROR " in line or "cannot start" in line
+    ]
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """Accepts connections and never answers (a firewall that swallows, a hung server)."""
+    held = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+
+
+def one_line(lines: list[str], *needles: str) -> str:
+    assert len(lines) == 1, lines
+    assert all(n in lines[0] for n in needles), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("make_url", "code", "needles"),
+    [
+        (
+            lambda server: f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+            1,
+            ("refused the connection", "may pass by itself"),
+        ),
+        (
+            lambda server: "postgresql://postgres@db.invalid:5432/x",
+            2,
+            ("'db.invalid' is unknown", "fix DATABASE_URL"),
+        ),
+        (
+            lambda server: server.rsplit("/", 1)[0] + "/no_such_db",
+            2,
+            ("no database 'no_such_db'", "fix DATABASE_URL"),
+        ),
+        (
+            lambda server: server.replace("postgres@", "nobody@").rsplit("/", 1)[0] + "/postgres",
+            2,
+            ("refused user 'nobody'", "wrong user or password"),
+        ),
+    ],
+    ids=["refused", "unknown-host", "unknown-database", "wrong-user"],
+)
+async def test_postgresql_that_cannot_be_used(
+    fake_discord, fake_api, tmp_path, postgres_server, make_url, code, needles
+):
+    env = bot_env(fake_discord, fake_api, tmp_path / "data", DATABASE_URL=make_url(postgres_server))
+    returncode, lines = await start_and_fail(env, tmp_path)
+    assert returncode == code
+    one_line(lines, "DATABASE_URL" if code == 2 else "PostgreSQL", *needles)
+
+
+async def test_postgresql_that_never_answers(fake_discord, fake_api, tmp_path):
+    async with silent_server() as port:
+        env = bot_env(
+            fake_discord,
+            fake_api,
+            tmp_path / "data",
+            DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/x",
+        )
+        returncode, lines = await start_and_fail(env, tmp_path)
+    assert returncode == 1
+    one_line(lines, "did not answer within 10 s", "may pass by itself")
+
+
+@pytest.mark.parametrize("kind", ["a-file", "unwritable"])
+async def test_a_data_folder_that_cannot_be_used(fake_discord, fake_api, tmp_path, kind):
+    target = tmp_path / "data.txt" if kind == "a-file" else "/proc/self/depth2img-data"
+    if kind == "a-file":
+        target.write_text("not a folder")
+    returncode, lines = await start_and_fail(bot_env(fake_discord, fake_api, target), tmp_path)
+    assert returncode == 2
+    one_line(
+        lines,
+        "BOT_DATA_DIR=",
+        "is a file, not a folder" if kind == "a-file" else "cannot be created or written",
+    )
+
+
+async def test_discord_out_of_reach(fake_discord, fake_api, tmp_path):
+    env = bot_env(
+        fake_discord,
+        fake_api,
+        tmp_path / "data",
+        DISCORD_API_BASE_URL=f"http://127.0.0.1:{free_port()}/api/v10",
+    )
+    returncode, lines = await start_and_fail(env, tmp_path)
+    assert returncode == 1
+    one_line(lines, "Discord could not be reached", "may pass by itself")
+
+
+async def test_discord_silent(fake_discord, fake_api, tmp_path):
+    async with silent_server() as port:
+        env = bot_env(
+            fake_discord,
+            fake_api,
+            tmp_path / "data",
+            DISCORD_API_BASE_URL=f"http://127.0.0.1:{port}/api/v10",
+            DISCORD_TIMEOUT_S="2",
+        )
+        returncode, lines = await start_and_fail(env, tmp_path, timeout=30)
+    assert returncode == 1
+    one_line(lines, "Discord did not answer the login within 2 s")
+
+
+async def test_a_rejected_token(fake_discord, fake_api, tmp_path):
+    env = bot_env(fake_discord, fake_api, tmp_path / "data", DISCORD_TOKEN="Mz.not.the-token")
+    returncode, lines = await start_and_fail(env, tmp_path)
+    assert returncode == 2
+    one_line(lines, "DISCORD_TOKEN", "fix the setting")
+
+
+async def test_impossible_settings_are_refused(fake_discord, fake_api, tmp_path):
+    env = bot_env(
+        fake_discord,
+        fake_api,
+        tmp_path / "data",
+        SD_POLL_INITIAL_S="60",
+        SD_POLL_MAX_S="60",
+        SD_JOB_TIMEOUT_S="30",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, BOT_SCRIPT, cwd=tmp_path, env=process_env(**env), stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert "SD_POLL_INITIAL_S=60 is not shorter than SD_JOB_TIMEOUT_S=30" in err.decode()
+    assert "Traceback" not in err.decode()
