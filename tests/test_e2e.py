@@ -447,3 +447,25 @@ async def test_a_picture_discord_never_finishes_sending_gets_a_clear_private_ans
     assert [m.ephemeral for m in fake_discord.visible_messages(record)] == [True]
     assert fake_api.submissions == []
     assert_clean(fake_discord, fake_api)
+
+
+async def test_a_blank_picture_is_explained(bot, fake_discord, fake_api):
+    """The service's safety checker sends a flat black picture for an unsafe one: the member is told
+    why, and what the server can do (issue 14)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (512, 512)).save(buf, format="PNG")
+    fake_api.output_png = buf.getvalue()
+    _, final = await slash(fake_discord, {"prompt": "something unsafe"})
+    assert final.results
+    assert (
+        "⬛ Your picture came back blank: the image service's safety checker judged it unsafe"
+        in final.content
+    )
+    assert "/depth2img-settings content" in final.content
+    fake_api.output_png = make_png(512, 512, noise=True)
+    _, normal = await slash(fake_discord, {"prompt": "a cabin"})
+    assert "came back blank" not in normal.content

@@ -229,7 +229,7 @@ async def test_show_history_and_forget_me(bot, fake_discord, fake_api):
     gone = await settle(
         fake_discord, await fake_discord.invoke_slash("depth2img-forget-me", {}, user_id=MEMBER)
     )
-    assert gone.ephemeral and "deleted 1 job" in gone.content
+    assert gone.ephemeral and "deleted 1 request of yours" in gone.content
     missing = await settle(
         fake_discord, await fake_discord.invoke_slash("depth2img-show", {"job": job}, user_id=MEMBER)
     )

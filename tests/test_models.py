@@ -168,3 +168,21 @@ def test_good_options_pass_through():
         0,
         4,
     )
+
+
+def test_counts_and_numbers_read_as_people_write_them():
+    from cogs.depth2img.config import ConfigError, load_settings
+    from cogs.depth2img.words import number, plural
+
+    assert [plural(n, "picture") for n in (0, 1, 2, 1000)] == [
+        "0 pictures",
+        "1 picture",
+        "2 pictures",
+        "1,000 pictures",
+    ]
+    assert (number(524288000), number(2.5), number(0.01)) == ("524,288,000", "2.5", "0.01")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"SD_API_KEY": "k" * 20, "MAX_INPUT_BYTES": "10"})
+    assert caught.value.problems == [
+        "MAX_INPUT_BYTES='10' is out of range: use a value from 1,024 to 524,288,000."
+    ]

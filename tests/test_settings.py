@@ -24,7 +24,24 @@ async def test_settings_command_is_for_managers_only(bot, fake_discord, fake_api
     assert refused.ephemeral and "Manage Server" in refused.content
     shown = await configure(fake_discord, "show", {})
     assert shown.ephemeral and "no daily limit" in shown.content  # unchanged
+    assert "You can view" not in shown.content
+    # a member the command was granted to may look: they are told they can view, not refused
+    viewed = await configure(fake_discord, "show", {}, permissions=MEMBER_PERMISSIONS)
+    assert viewed.ephemeral and "no daily limit" in viewed.content
+    assert (
+        "You can view these settings; members with the Manage Server permission can change them."
+        in viewed.content
+    )
     assert_clean(fake_discord, fake_api)
+
+
+async def test_show_tells_the_limits_the_owner_set_for_every_server(start_bot, fake_discord, fake_api):
+    await start_bot(SD_GUILD_DAILY_QUOTA="1", SD_MEMBER_DAILY_QUOTA="20", SD_BOT_DAILY_QUOTA="1000")
+    shown = await configure(fake_discord, "show", {})
+    assert "**Set by the bot's owner, for every server**" in shown.content
+    assert "• This server: at most 1 request a day" in shown.content  # (one: no "1 requests")
+    assert "• Each member: at most 20 pictures a day" in shown.content
+    assert "• The bot as a whole: at most 1,000 pictures a day, across every server" in shown.content
 
 
 async def test_channels_allowed(bot, fake_discord, fake_api):
@@ -57,10 +74,10 @@ async def test_roles_allowed(bot, fake_discord, fake_api):
 async def test_limits_per_member(bot, fake_discord, fake_api):
     summary = await configure(fake_discord, "limits", {"daily_quota": 1, "max_samples": 2, "max_steps": 30})
     assert "1 per member per day" in summary.content
-    assert "At most 2 picture(s) per request and 30 steps" in summary.content
+    assert "At most 2 pictures per request and 30 steps" in summary.content
     member = 818181818181818181
     _, too_many = await slash(fake_discord, {"prompt": "x", "samples": 3}, user_id=member)
-    assert too_many.ephemeral and "at most 2 picture(s)" in too_many.content
+    assert too_many.ephemeral and "at most 2 pictures" in too_many.content
     _, too_fine = await slash(fake_discord, {"prompt": "x", "steps": 40}, user_id=member)
     assert too_fine.ephemeral and "at most 30 steps" in too_fine.content
     _, first = await slash(fake_discord, {"prompt": "x", "samples": 2}, user_id=member)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from cogs.depth2img.words import number as _human
+
 DEFAULT_API_BASE_URL = "https://stablediffusionapi.com/api"
 
 T = TypeVar("T")
@@ -162,11 +164,15 @@ class _Reader:
             parsed = convert(value)
         except ValueError:
             kind = "a whole number" if convert is int else "a number"
-            self.problems.append(f"{name}={value!r} is not {kind}: use {kind} from {lo:g} to {hi:g}.")
+            self.problems.append(
+                f"{name}={value!r} is not {kind}: use {kind} from {_human(lo)} to {_human(hi)}."
+            )
             return default
         as_float = float(parsed)  # type: ignore[arg-type]
         if not math.isfinite(as_float) or not lo <= as_float <= hi:
-            self.problems.append(f"{name}={value!r} is out of range: use a value from {lo:g} to {hi:g}.")
+            self.problems.append(
+                f"{name}={value!r} is out of range: use a value from {_human(lo)} to {_human(hi)}."
+            )
             return default
         return parsed
 

@@ -32,7 +32,7 @@ class AlreadyRunning(RequestRejected):
     """The member already has as many jobs in flight as allowed."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"member already has {limit} job(s) in flight")
+        super().__init__(f"member already has {limit} in flight")
         self.limit = limit
 
 

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
@@ -231,18 +232,38 @@ def finish_output(data: bytes, *, limit_bytes: int, max_pixels: int, stem: str) 
             width, height = img.size
             if width * height > max_pixels:
                 raise OutputUnavailable(f"output of {width}x{height} pixels, over the limit", unusable=True)
-            if fmt == "PNG" and len(data) <= limit_bytes:
+            if fmt == "PNG" and len(data) <= limit_bytes and not _maybe_blank(data, width, height):
                 img.verify()
                 return GeneratedImage(data=data, filename=f"{stem}.png", width=width, height=height)
             img.load()
+            blank = _is_blank(img)
+            if fmt == "PNG" and len(data) <= limit_bytes:
+                return GeneratedImage(
+                    data=data, filename=f"{stem}.png", width=width, height=height, blank=blank
+                )
     except OutputUnavailable:
         raise
     except Exception as exc:  # Pillow raises many types for bad data; all mean "not an image"
         raise OutputUnavailable("output is not a readable image", unusable=True) from exc
     if len(data) <= limit_bytes and fmt in {"JPEG", "WEBP"}:
         ext = {"JPEG": "jpg", "WEBP": "webp"}[fmt]
-        return GeneratedImage(data=data, filename=f"{stem}.{ext}", width=width, height=height)
-    return _fit(img.convert("RGBA" if "A" in img.getbands() else "RGB"), limit_bytes=limit_bytes, stem=stem)
+        return GeneratedImage(data=data, filename=f"{stem}.{ext}", width=width, height=height, blank=blank)
+    fitted = _fit(img.convert("RGBA" if "A" in img.getbands() else "RGB"), limit_bytes=limit_bytes, stem=stem)
+    return replace(fitted, blank=blank)
+
+
+def _maybe_blank(data: bytes, width: int, height: int) -> bool:
+    """Whether a PNG is small enough for its pixels to be one flat colour (a picture compresses to
+    far more than a byte per 50 pixels): only those are decoded to be sure; the rest pass untouched."""
+    return len(data) * 50 < width * height
+
+
+def _is_blank(img: Image.Image) -> bool:
+    """One flat colour (every channel within a few levels): a safety checker's replacement."""
+    small = img.convert("RGB")
+    small.thumbnail((64, 64))
+    extrema: Any = small.getextrema()  # ((low, high) per channel) for an RGB picture
+    return all(high - low <= 6 for low, high in extrema)
 
 
 def before_after(

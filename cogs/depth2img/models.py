@@ -86,6 +86,7 @@ class GeneratedImage:
     filename: str
     width: int
     height: int
+    blank: bool = False  # one flat colour: what a safety checker sends instead of an unsafe picture
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,8 +108,8 @@ def fitting_png(
         raise OutputUnavailable(
             f"output of {facts.width}x{facts.height} pixels, over the limit", unusable=True
         )
-    if len(data) > limit_bytes or facts is None:
-        return data, None
+    if len(data) > limit_bytes or facts is None or len(data) * 50 < facts.width * facts.height:
+        return data, None  # (a PNG that small may be one flat colour: the worker decodes it to see)
     return data, GeneratedImage(b"", f"{stem}.png", facts.width, facts.height)
 
 

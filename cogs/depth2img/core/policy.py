@@ -9,6 +9,17 @@ from typing import Any
 
 from cogs.depth2img.errors import InvalidInput, NotAllowed
 from cogs.depth2img.models import GenerationParams
+from cogs.depth2img.words import plural
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerLimits:
+    """The limits the bot's owner set for every server (environment settings; 0: none)."""
+
+    guild_daily_quota: int = 0  # SD_GUILD_DAILY_QUOTA: requests per server per day
+    member_daily_quota: int = 0  # SD_MEMBER_DAILY_QUOTA: pictures per member per day
+    bot_daily_quota: int = 0  # SD_BOT_DAILY_QUOTA: pictures per day across every server
+
 
 MAX_LISTED = 25  # channels or roles one server may list
 
@@ -64,7 +75,9 @@ def check_request(
     if settings.roles and not is_manager and not set(role_ids) & set(settings.roles):
         raise NotAllowed("This server allows /depth2img only for some roles, and you don't have one of them.")
     if params.samples > settings.max_samples:
-        raise InvalidInput(f"This server allows at most {settings.max_samples} picture(s) per request.")
+        raise InvalidInput(
+            f"This server allows at most {plural(settings.max_samples, 'picture')} per request."
+        )
     if params.steps is not None and params.steps > settings.max_steps:
         raise InvalidInput(f"This server allows at most {settings.max_steps} steps.")
     safety = not (age_restricted and settings.nsfw_in_age_restricted)

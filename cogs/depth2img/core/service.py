@@ -30,7 +30,7 @@ from .gate import Gate, Where
 from .intake import Intake, Origin, Reader
 from .jobs import Emit, JobRunner, Outcome, Sleep
 from .pictures import NO_LONGER_STORED, Pictures
-from .policy import GuildSettings
+from .policy import GuildSettings, OwnerLimits
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +337,11 @@ class Depth2ImgService:
     @property
     def default_cooldown_s(self) -> float:
         return self.settings.user_cooldown_s
+
+    @property
+    def owner_limits(self) -> OwnerLimits:
+        s = self.settings
+        return OwnerLimits(s.guild_daily_quota, s.member_daily_quota, s.bot_daily_quota)
 
     def settings_for(self, guild_id: int | None) -> GuildSettings:
         return self.gate.rules(guild_id)

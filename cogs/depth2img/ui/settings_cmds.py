@@ -34,7 +34,8 @@ class SettingsCog(commands.Cog, name="Depth2ImgSettings"):
     )
 
     async def _change(self, interaction: discord.Interaction, change: Change | None) -> None:
-        if interaction.guild_id is None or not is_manager(interaction):
+        viewer = interaction.guild_id is not None and not is_manager(interaction)
+        if interaction.guild_id is None or (viewer and change is not None):
             await interaction.response.send_message(text.SETTINGS_MANAGERS_ONLY, ephemeral=True)
             return
         current = self.service.settings_for(interaction.guild_id)
@@ -47,7 +48,9 @@ class SettingsCog(commands.Cog, name="Depth2ImgSettings"):
                 await interaction.response.send_message(text.describe(exc), ephemeral=True)
                 return
         await interaction.response.send_message(
-            text.settings_summary(current, self.service.default_cooldown_s),
+            text.settings_summary(
+                current, self.service.default_cooldown_s, self.service.owner_limits, viewer=viewer
+            ),
             ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 
-from cogs.depth2img.core.policy import GuildSettings
+from cogs.depth2img.core.policy import GuildSettings, OwnerLimits
 from cogs.depth2img.errors import (
     AlreadyRunning,
     APIConnectionError,
@@ -39,6 +39,7 @@ from cogs.depth2img.errors import (
 )
 from cogs.depth2img.models import GenerationParams, GenerationResult, ProgressEvent, Stage
 from cogs.depth2img.store import Job
+from cogs.depth2img.words import plural
 
 _MENTION_RE = re.compile(r"@(everyone|here)|<@[!&]?\d+>|<#\d+>")
 
@@ -172,6 +173,8 @@ def result_text(
 
     head = f"🎨 Depth to image for {user_mention}"
     tail_lines = [" · ".join(details), " · ".join(timing)]
+    if blanks := sum(image.blank for image in result.images):
+        tail_lines.append(blank_note(blanks, len(result.images)))
     negative = ""
     if params.negative_prompt:
         negative = "\n**Negative:** " + _escape(params.negative_prompt)
@@ -188,6 +191,20 @@ def result_text(
     return text[:limit]
 
 
+def blank_note(blanks: int, total: int) -> str:
+    """Why a picture came back blank, and what the server can do about it."""
+    which = (
+        "Your picture"
+        if total == 1
+        else ("All your pictures" if blanks == total else f"{plural(blanks, 'picture')} of {total}")
+    )
+    return (
+        f"⬛ {which} came back blank: the image service's safety checker judged {'it' if blanks == 1 else 'them'} "
+        "unsafe and replaced them. A server's moderators can allow such pictures in age-restricted channels "
+        "(`/depth2img-settings content`); try another prompt otherwise."
+    ).replace("replaced them", "replaced it" if blanks == 1 else "replaced them")
+
+
 _MD_RE = re.compile(r"([\\*_`~|>#\[\]()-])")
 
 
@@ -196,8 +213,12 @@ def _escape(text: str) -> str:
     return neutralise(_MD_RE.sub(r"\\\1", text))
 
 
-def settings_summary(rules: GuildSettings, default_cooldown_s: float) -> str:
-    """What the server's members get, in plain words (Discord markup for channels and roles)."""
+def settings_summary(
+    rules: GuildSettings, default_cooldown_s: float, owner: OwnerLimits, *, viewer: bool = False
+) -> str:
+    """What the server's members get, in plain words (Discord markup for channels and roles): the
+    server's own settings and the limits the bot's owner set for every server. ``viewer``: the
+    reader may look but not change them."""
     channels = ", ".join(f"<#{c}>" for c in rules.channels) or "every channel"
     roles = ", ".join(f"<@&{r}>" for r in rules.roles) or "everyone"
     quota = f"{rules.member_daily_quota} per member per day" if rules.member_daily_quota else "no daily limit"
@@ -213,10 +234,35 @@ def settings_summary(rules: GuildSettings, default_cooldown_s: float) -> str:
             f"• Channels: {channels}",
             f"• Who may use it: {roles} (people with Manage Server always may)",
             f"• Pictures: {quota}; {cooldown:g} s between two requests of a member",
-            f"• At most {rules.max_samples} picture(s) per request and {rules.max_steps} steps",
+            f"• At most {plural(rules.max_samples, 'picture')} per request and {plural(rules.max_steps, 'step')}",
             f"• Safety checker: {content}",
+            *owner_summary(owner),
+            *(
+                ["You can view these settings; members with the Manage Server permission can change them."]
+                if viewer
+                else []
+            ),
         ]
     )
+
+
+def owner_summary(owner: OwnerLimits) -> list[str]:
+    """The limits the bot's owner set, which apply whatever the server chose."""
+    lines = ["**Set by the bot's owner, for every server**"]
+    if owner.guild_daily_quota:
+        lines.append(f"• This server: at most {plural(owner.guild_daily_quota, 'request')} a day")
+    if owner.member_daily_quota:
+        lines.append(
+            f"• Each member: at most {plural(owner.member_daily_quota, 'picture')} a day (the lower of this and "
+            "this server's own limit applies)"
+        )
+    if owner.bot_daily_quota:
+        lines.append(
+            f"• The bot as a whole: at most {plural(owner.bot_daily_quota, 'picture')} a day, across every server"
+        )
+    if len(lines) == 1:
+        lines.append("• No daily limits")
+    return lines
 
 
 # --- progress ---------------------------------------------------------------------------------------
@@ -317,7 +363,7 @@ def history_text(jobs: list[Job]) -> str:
 
 def forgotten_text(count: int) -> str:
     return (
-        f"🧹 Done: deleted {count} job(s) with their stored pictures. Messages already posted in channels stay; "
+        f"🧹 Done: deleted {plural(count, 'request')} of yours, with the pictures the bot kept. Messages already posted in channels stay; "
         "use their Delete button to remove them."
     )
 
