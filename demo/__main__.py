@@ -86,6 +86,9 @@ async def iterate(fake: FakeDiscord, first: FakeMessage) -> None:
     """The iterate-and-share flow, step by step, as the fake Discord records it."""
     member = first.interaction_id and fake.interactions[first.interaction_id].user_id
     say()
+    say("5b. They press [ℹ️ Details] under the result; the answer only they see:")
+    show(await wait_final(fake, await fake.click(first, button(first, "details"), user_id=member)))
+    say()
     say("6. The member presses [🎨 More creative] under the result. A new message:")
     more = await wait_final(fake, await fake.click(first, button(first, "more"), user_id=member))
     show(more)

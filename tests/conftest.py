@@ -245,6 +245,19 @@ async def slash(
     return record, final
 
 
+async def details_of(fake: FakeDiscord, card: FakeMessage, **kwargs: Any) -> FakeMessage:
+    """Press a compact card's ℹ️ Details button; returns the private answer."""
+    button = next(
+        c["custom_id"]
+        for row in card.components
+        for c in row["components"]
+        if c["custom_id"].startswith("d2i:details:")
+    )
+    record = await fake.click(card, button, **kwargs)
+    await fake.wait_for(lambda: bool(fake.visible_messages(record)), timeout=10)
+    return fake.visible_messages(record)[-1]
+
+
 # --- the real bot.py in its own process ------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent

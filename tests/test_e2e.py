@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cogs.botcore.logs import KeyValueFormatter
-from tests.conftest import is_settled, metrics_text, service_of, slash
+from tests.conftest import details_of, is_settled, metrics_text, service_of, slash
 from tests.fakes.fake_api import make_png
 from tests.fakes.fake_discord import FLAG_EPHEMERAL
 
@@ -76,10 +76,19 @@ async def test_happy_path_acks_fast_and_delivers_the_png_with_timing(bot, fake_d
     (file,) = final.results
     assert file.filename.endswith(".png")
     assert file.data == fake_api.output_png
-    assert "a cozy cabin, warm light" in final.content
-    assert "seed `1793745243`" in final.content
-    assert "total" in final.content
-    assert "2.9 s generating" in final.content
+    # the compact card: the picture, the prompt, one line with the time; the rest behind ℹ️ Details
+    assert final.content.startswith(f"🎨 <@{record.user_id}> · a cozy cabin, warm light\n⏱️ ")
+    assert len(final.content.splitlines()) == 2 and "seed" not in final.content
+    details = await details_of(fake_discord, final)
+    assert details.ephemeral
+    assert "seed `1793745243`" in details.content and "strength 0.6" in details.content
+    assert "total" in details.content and "2.9 s generating" in details.content
+    assert "512×512" in details.content
+    job = final.components[0]["components"][0]["custom_id"].split(":")[2]
+    assert f"/depth2img-show job:{job}" in details.content  # names the source picture's job
+    assert (
+        "```\n/depth2img prompt:a cozy cabin, warm light strength:0.6 seed:1793745243\n```" in details.content
+    )
     assert "http" not in final.content  # never only a link to the API's URL
     (sub,) = fake_api.submissions
     assert sub.body["init_image"].startswith(fake_discord.base_url + "/attachments/")
@@ -93,7 +102,7 @@ async def test_queued_job_shows_progress_then_the_image(bot, fake_discord, fake_
     _record, final = await slash(fake_discord, {"prompt": "castle"})
     assert final.files
     assert any(h.startswith("⏳ Queued at the image API") and "<t:" in h for h in final.history)
-    assert "queued at the API" in final.content
+    assert "queued at the API" in (await details_of(fake_discord, final)).content
     assert len(fake_api.submissions) == 1
     assert len(fake_api.fetches) == 3
     assert_clean(fake_discord, fake_api)
@@ -103,7 +112,7 @@ async def test_multiple_samples_are_attached(bot, fake_discord, fake_api):
     fake_api.scenario = "multiple_samples"
     _, final = await slash(fake_discord, {"prompt": "castle", "samples": 3})
     assert len(final.results) == 3
-    assert "3 images" in final.content
+    assert "3 pictures" in (await details_of(fake_discord, final)).content
     assert_clean(fake_discord, fake_api)
 
 

@@ -9,7 +9,7 @@ import io
 
 from PIL import Image
 
-from tests.conftest import is_settled, slash
+from tests.conftest import details_of, is_settled, slash
 from tests.fakes.fake_api import make_png
 from tests.fakes.fake_discord import MANAGE_MESSAGES, FakeDiscord, FakeMessage, InteractionRecord
 from tests.test_e2e import assert_clean
@@ -49,10 +49,11 @@ async def test_result_has_buttons_a_before_after_view_and_copyable_options(bot, 
     rows = [[c["custom_id"] for c in row["components"]] for row in final.components]
     assert rows == [
         [f"d2i:{a}:{job}" for a in ("seed", "edit", "closer", "more", "reuse")],
-        [f"d2i:compare:{job}", f"d2i:delete:{job}"],
+        [f"d2i:compare:{job}", f"d2i:details:{job}", f"d2i:delete:{job}"],
     ]
-    assert f"job `{job}`" in final.content
-    assert "```\n/depth2img prompt:a red barn strength:0.6 seed:11\n```" in final.content
+    details = await details_of(fake_discord, final, user_id=OTHER)  # anyone may look, privately
+    assert details.ephemeral and f"job `{job}`" in details.content
+    assert "```\n/depth2img prompt:a red barn strength:0.6 seed:11\n```" in details.content
     # the before | after view, for anyone who presses the button
     shown = await settle(fake_discord, await fake_discord.click(final, f"d2i:compare:{job}", user_id=OTHER))
     (comparison,) = shown.files
@@ -74,7 +75,9 @@ async def test_new_seed_makes_a_new_job_from_the_same_source(bot, fake_discord, 
     child = await settle(fake_discord, record)
     assert record.ack_type == 5  # a new "thinking…" message, not an edit of the first result
     assert child.id != final.id and child.results
-    assert f"↪️ from `{parent}`" in child.content
+    assert (
+        f"Made from the source picture of job `{parent}`" in (await details_of(fake_discord, child)).content
+    )
     first, second = (s.body for s in fake_api.submissions)
     assert second["seed"] != first["seed"] == 11
     assert second["prompt"] == first["prompt"]
@@ -120,7 +123,9 @@ async def test_edit_prompt_opens_a_prefilled_modal_and_keeps_the_source(bot, fak
     assert body["negative_prompt"] == "fog"
     (upload,) = fake_api.uploads  # the kept source picture, as the member first sent it
     assert base64.b64decode(upload.body["base64_string"].split(",", 1)[1]) == make_png()
-    assert f"↪️ from `{parent}`" in child.content
+    assert (
+        f"Made from the source picture of job `{parent}`" in (await details_of(fake_discord, child)).content
+    )
     assert_clean(fake_discord, fake_api)
 
 

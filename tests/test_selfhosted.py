@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from cogs.depth2img.backends.comfyui_workflow import DEFAULT_WORKFLOW, WorkflowError, load
-from tests.conftest import bot_env, free_port, is_settled, slash, spawn_bot, stop_bot
+from tests.conftest import bot_env, details_of, free_port, is_settled, slash, spawn_bot, stop_bot
 from tests.fakes.fake_a1111 import FakeA1111
 from tests.fakes.fake_api import make_png
 from tests.fakes.fake_comfyui import FakeComfyUI
@@ -98,7 +98,7 @@ async def test_comfyui_makes_the_picture_with_the_members_options_and_shows_prog
     assert (sampler["seed"], sampler["steps"], sampler["cfg"], sampler["denoise"]) == (1234, 12, 6.5, 0.45)
     assert node(graph, "LoadImage")["image"] in comfyui.inputs  # the picture was uploaded first
     assert node(graph, "CheckpointLoaderSimple")["ckpt_name"] == "v1-5-pruned-emaonly.safetensors"
-    assert "1234" in final.content  # the seed the picture was made with
+    assert "seed `1234`" in (await details_of(fake_discord, final)).content  # the seed it was made with
     assert fake_api.submissions == []  # no paid API touched
     assert len(final.results) == 1  # the depth map is not taken for a result...
     depth = await depth_map_of(fake_discord, final)  # ...but shown on request

@@ -18,7 +18,15 @@ async def configure(fake: FakeDiscord, sub: str, options: dict, *, permissions: 
 async def test_settings_command_is_for_managers_only(bot, fake_discord, fake_api):
     cmd = fake_discord.command("depth2img-settings")
     assert str(cmd["default_member_permissions"]) == str(MANAGE_GUILD)
-    assert {o["name"] for o in cmd["options"]} == {"show", "channel", "role", "limits", "content", "reset"}
+    assert {o["name"] for o in cmd["options"]} == {
+        "show",
+        "channel",
+        "role",
+        "limits",
+        "content",
+        "card",
+        "reset",
+    }
     # an admin can grant the command to anyone in Discord's integration settings: the bot checks again
     refused = await configure(fake_discord, "limits", {"daily_quota": 1}, permissions=MEMBER_PERMISSIONS)
     assert refused.ephemeral and "Manage Server" in refused.content
@@ -105,4 +113,19 @@ async def test_content_policy_and_persistence_across_a_restart(start_bot, fake_d
     assert fake_api.submissions[-1].body["safety_checker"] == "no"  # stored in the ledger's database
     reset = await configure(fake_discord, "reset", {})
     assert "always on" in reset.content
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_the_card_style_is_the_servers_choice(bot, fake_discord, fake_api):
+    _, compact = await slash(fake_discord, {"prompt": "a red barn", "seed": 11})
+    assert "seed" not in compact.content and any(
+        c["custom_id"].startswith("d2i:details:") for row in compact.components for c in row["components"]
+    )
+    summary = await configure(fake_discord, "card", {"style": "full"})
+    assert "• Result card: full" in summary.content
+    _, full = await slash(fake_discord, {"prompt": "a red barn", "seed": 11})
+    assert "seed `11`" in full.content and "```\n/depth2img prompt:a red barn seed:11\n```" in full.content
+    assert not any(
+        c["custom_id"].startswith("d2i:details:") for row in full.components for c in row["components"]
+    )
     assert_clean(fake_discord, fake_api)

@@ -34,6 +34,7 @@ class Action(StrEnum):
     DELETE = "delete"
     CANCEL = "cancel"
     DEPTH = "depth"  # the depth map the service used (services that send it)
+    DETAILS = "details"  # the result's details, privately (the compact card)
 
     @property
     def kind(self) -> JobKind:

@@ -4,7 +4,9 @@ output budget given back; the metrics counted. Discord-free and HTTP-free."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +31,17 @@ class Endings:
         self.pictures = pictures
         self.metrics = metrics
         self._sleep = sleep
+        # jobs whose member has the result while it is being kept and recorded: a button pressed on it
+        # at once waits for that (else "no longer stored" for a picture that is being stored)
+        self._settling: dict[str, asyncio.Event] = {}
+
+    async def settled(self, job_id: str, timeout_s: float = 10.0) -> None:
+        """Return once ``job_id`` is kept and recorded, if this process is finishing it."""
+        event = self._settling.get(job_id)
+        if event is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await event.wait()
 
     @contextlib.asynccontextmanager
     async def delivering(self, outcome: Outcome, *, started_at: float | None = None) -> AsyncIterator[bool]:
@@ -46,12 +59,21 @@ class Endings:
             outcome.release()
             yield False
             return
+        settling = self._settling[job.id] = asyncio.Event()
         try:
-            yield True
-        except Exception:
-            outcome.release()
-            await self.finish(Outcome(job, error=DeliveryFailed("discord refused")))
-            raise
+            try:
+                yield True
+            except Exception:
+                outcome.release()
+                await self.finish(Outcome(job, error=DeliveryFailed("discord refused")))
+                raise
+            await self._kept_and_recorded(outcome, started_at)
+        finally:
+            settling.set()
+            self._settling.pop(job.id, None)
+
+    async def _kept_and_recorded(self, outcome: Outcome, started_at: float | None) -> None:
+        job = outcome.job
         if started_at is not None:
             self.metrics.job_seconds.observe(time.monotonic() - started_at)
         if outcome.result is not None and job.result_path:
@@ -93,8 +115,23 @@ class Endings:
             if exc is None:
                 assert outcome.result is not None
                 # (the interaction's token is cleared with the final state: nothing needs it any more)
+                r = outcome.result
+                info = {
+                    "total_s": round(r.total_s, 2),
+                    "generation_s": r.generation_time_s,
+                    "api_queue_s": r.api_queue_s,
+                    "local_wait_s": round(r.local_wait_s, 2),
+                    "seed": r.seed,
+                    "width": r.images[0].width,
+                    "height": r.images[0].height,
+                    "pictures": len(r.images),
+                }
                 new = await self.ledger.update(
-                    job, state=JobState.DELIVERED, result_path=job.result_path, interaction_token=""
+                    job,
+                    state=JobState.DELIVERED,
+                    result_path=job.result_path,
+                    interaction_token="",
+                    result_info=json.dumps(info),
                 )
                 log.info("job delivered", extra={"job": job.id, "images": len(outcome.result.images)})
             else:

@@ -33,6 +33,7 @@ class GuildSettings:
     max_samples: int = 4
     max_steps: int = 50
     nsfw_in_age_restricted: bool = False  # whether age-restricted channels may turn the safety checker off
+    card: str = "compact"  # the result card: compact (details behind a button) or full
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

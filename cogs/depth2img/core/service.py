@@ -283,6 +283,10 @@ class Depth2ImgService:
 
     # --- results, iterating on them, and members' data ---
 
+    async def settled(self, job_id: str) -> None:
+        """Wait until a job whose result was just shown is kept and recorded (a button pressed at once)."""
+        await self.endings.settled(job_id)
+
     async def get(self, job_id: str) -> Job | None:
         return await self.ledger.get(job_id)
 

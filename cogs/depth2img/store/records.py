@@ -96,6 +96,7 @@ class Job:
     interaction_id: str | None = None  # the interaction that asked for it: one job per interaction
     age_restricted: bool = False  # asked for in an age-restricted channel
     deleted_at: float | None = None  # its result was deleted (by the member who asked, or a moderator)
+    result_info: str | None = None  # JSON: the delivered result's timings, size and seed (Details)
 
     @property
     def finished(self) -> bool:

@@ -127,6 +127,13 @@ MIGRATIONS += (
         ),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        5,
+        "what a delivered result was (timings, size, seed), for its Details button",
+        ("ALTER TABLE jobs ADD COLUMN result_info TEXT",),
+    ),
+)
 LATEST = MIGRATIONS[-1].version
 
 VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

@@ -22,7 +22,7 @@ from cogs.depth2img.errors import Depth2ImgError, InternalError, InvalidInput
 from cogs.depth2img.models import DERIVING, Action, GenerationParams, JobKind
 from cogs.depth2img.store import Job, JobState
 
-from . import text
+from . import cards, text
 from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, upload
 from .delivery import NO_MENTIONS, answer_anyway
 from .flow import RequestFlow
@@ -169,6 +169,8 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         await answer_anyway(interaction, text.describe(error))
 
     async def _on_button(self, interaction: discord.Interaction[Any], action: Action, job_id: str) -> None:
+        if action is not Action.CANCEL:
+            await self.service.settled(job_id)  # (a result pressed the moment it appeared: still being kept)
         job = await self.service.get(job_id)
         if job is None:
             await interaction.response.send_message(text.JOB_GONE, ephemeral=True)
@@ -179,6 +181,10 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             await self._compare(interaction, job)
         elif action is Action.CANCEL:
             await self._cancel(interaction, job)
+        elif action is Action.DETAILS:
+            await interaction.response.send_message(
+                cards.details_text(job), ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
         elif action is Action.DEPTH:
             data = await self.service.depth_map(job)  # (InvalidInput: said to the member privately)
             await interaction.response.send_message(
@@ -339,7 +345,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             await interaction.response.send_message(text.describe(exc), ephemeral=True)
             return
         await interaction.response.send_message(
-            text.shown_text(found, deleted=deleted),
+            cards.shown_text(found, deleted=deleted),
             file=upload(data, found.result_path.rsplit("/", 1)[-1]),
             view=result_view(found.id, deletable=not deleted),
             ephemeral=deleted,

@@ -72,6 +72,7 @@ class JobButton(
         Action.DELETE: ("Delete", "🗑️", discord.ButtonStyle.danger),
         Action.CANCEL: ("Cancel", "🛑", discord.ButtonStyle.danger),
         Action.DEPTH: ("Depth map", "🗺️", discord.ButtonStyle.secondary),
+        Action.DETAILS: ("Details", "ℹ️", discord.ButtonStyle.secondary),
     }
 
     def __init__(self, action: Action, job_id: str, *, row: int | None = None) -> None:
@@ -96,13 +97,17 @@ class JobButton(
             await handler(interaction, self.action, self.job_id)
 
 
-def result_view(job_id: str, *, deletable: bool = True, depth_map: bool = False) -> discord.ui.View:
+def result_view(
+    job_id: str, *, deletable: bool = True, depth_map: bool = False, details: bool = False
+) -> discord.ui.View:
     """A result's buttons (``deletable``: with Delete; a private copy has nothing to delete;
     ``depth_map``: the service sent the depth map it used)."""
     view = discord.ui.View(timeout=None)
     for action in (Action.SEED, Action.EDIT, Action.CLOSER, Action.MORE, Action.REUSE):
         view.add_item(JobButton(action, job_id, row=0))
     view.add_item(JobButton(Action.COMPARE, job_id, row=1))
+    if details:
+        view.add_item(JobButton(Action.DETAILS, job_id, row=1))
     if depth_map:
         view.add_item(JobButton(Action.DEPTH, job_id, row=1))
     if deletable:

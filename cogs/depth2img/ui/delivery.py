@@ -17,7 +17,7 @@ import discord
 
 from cogs.depth2img.core.jobs import Outcome
 
-from . import text
+from . import cards, text
 from .components import result_view, upload
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,15 @@ TOKEN_SAFE_AGE_S = 14 * 60
 INVALID_WEBHOOK_TOKEN = 401
 
 
-def render(outcome: Outcome) -> tuple[str, list[discord.File], discord.ui.View | None]:
-    """The message for an outcome: the images with their text and buttons, or one clear sentence."""
+def render(outcome: Outcome, *, full: bool = False) -> tuple[str, list[discord.File], discord.ui.View | None]:
+    """The message for an outcome: the images with their text and buttons (``full``: the whole card;
+    else the compact one, its details behind a button), or one clear sentence."""
     job = outcome.job
     if outcome.result is not None:
         files = [upload(img.data, img.filename) for img in outcome.result.images]
-        view = result_view(job.id, depth_map=outcome.result.depth_map is not None)
-        return text.result_message(job, outcome.result), files, view
+        view = result_view(job.id, depth_map=outcome.result.depth_map is not None, details=not full)
+        words = cards.result_message(job, outcome.result) if full else cards.compact_card(job, outcome.result)
+        return words, files, view
     assert outcome.error is not None
     return text.failure_message(job, outcome.error), [], None
 
@@ -48,7 +50,11 @@ def _gone(exc: discord.HTTPException) -> bool:
 
 
 async def deliver(
-    client: discord.Client, outcome: Outcome, *, interaction: discord.Interaction[Any] | None = None
+    client: discord.Client,
+    outcome: Outcome,
+    *,
+    interaction: discord.Interaction[Any] | None = None,
+    full: bool = False,
 ) -> None:
     """Edit the job's message into the outcome (through ``interaction`` when it is at hand, else
     through the token kept in the ledger), or fall back to the channel. Raises
@@ -56,7 +62,7 @@ async def deliver(
     job = outcome.job
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
     if fresh and (interaction is not None or job.message_id is not None):
-        content, files, view = render(outcome)
+        content, files, view = render(outcome, full=full)
         try:
             if interaction is not None:
                 await interaction.edit_original_response(
@@ -80,7 +86,7 @@ async def deliver(
                 "the job's message can no longer be edited; sending to the channel",
                 extra={"job": job.id, "status": exc.status},
             )
-    content, files, view = render(outcome)
+    content, files, view = render(outcome, full=full)
     channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
     ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
     try:

@@ -182,7 +182,8 @@ class RequestFlow:
         try:
             async with service.delivering(outcome, started_at=started if interaction else None) as mine:
                 if mine:
-                    await deliver(self.client, outcome, interaction=interaction)
+                    full = service.settings_for(job.guild_id).card == "full"
+                    await deliver(self.client, outcome, interaction=interaction, full=full)
         except discord.HTTPException as exc:  # (recorded as DeliveryFailed by delivering())
             ref = secrets.token_hex(4)
             log.warning(

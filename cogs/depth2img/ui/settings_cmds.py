@@ -110,6 +110,19 @@ class SettingsCog(commands.Cog, name="Depth2ImgSettings"):
     async def content(self, interaction: discord.Interaction, nsfw_in_age_restricted: bool) -> None:
         await self._change(interaction, lambda s: replace(s, nsfw_in_age_restricted=nsfw_in_age_restricted))
 
+    @group.command(name="card", description="Choose how results look in this server.")
+    @app_commands.describe(
+        style="compact: the picture, the prompt and the time, details behind a button; full: everything"
+    )
+    @app_commands.choices(
+        style=[
+            app_commands.Choice(name="compact", value="compact"),
+            app_commands.Choice(name="full", value="full"),
+        ]
+    )
+    async def card(self, interaction: discord.Interaction, style: app_commands.Choice[str]) -> None:
+        await self._change(interaction, lambda s: replace(s, card=style.value))
+
     @group.command(name="reset", description="Put every setting back to its default.")
     async def reset(self, interaction: discord.Interaction) -> None:
         await self._change(interaction, lambda _: GuildSettings())
