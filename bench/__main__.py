@@ -128,7 +128,7 @@ def delivered(fake: FakeDiscord, record: InteractionRecord) -> float | None:
 
 def failed(fake: FakeDiscord, record: InteractionRecord) -> bool:
     msgs = [fake.messages[m] for m in record.message_ids if not fake.messages[m].deleted]
-    return bool(msgs) and not msgs[-1].loading and not msgs[-1].files and "ref `" in msgs[-1].content
+    return bool(msgs) and not msgs[-1].loading and not msgs[-1].files and "code `" in msgs[-1].content
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tests.fakes.fake_discord import FakeDiscord, FakeMessage, InteractionRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "demo-output"
-PROGRESS = ("⏳ Queued at the image API", "⏳ Waiting for a free slot")
+PROGRESS = ("⏳ Queued at the image service", "⏳ Waiting for a free slot")
 PROMPT = "a cozy wooden cabin at sunset, warm light, oil painting"
 
 

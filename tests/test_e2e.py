@@ -101,8 +101,8 @@ async def test_queued_job_shows_progress_then_the_image(bot, fake_discord, fake_
     fake_api.eta_s = 0.2
     _record, final = await slash(fake_discord, {"prompt": "castle"})
     assert final.files
-    assert any(h.startswith("⏳ Queued at the image API") and "<t:" in h for h in final.history)
-    assert "queued at the API" in (await details_of(fake_discord, final)).content
+    assert any(h.startswith("⏳ Queued at the image service") and "<t:" in h for h in final.history)
+    assert "queued at the image service" in (await details_of(fake_discord, final)).content
     assert len(fake_api.submissions) == 1
     assert len(fake_api.fetches) == 3
     assert_clean(fake_discord, fake_api)
@@ -164,10 +164,10 @@ async def test_attachment_over_the_size_limit_is_refused(start_bot, fake_discord
 
 
 ERROR_CASES = [
-    ("invalid_key_401", {}, "API key"),
-    ("invalid_key_200", {}, "API key"),
-    ("no_credits_402", {}, "out of credits"),
-    ("no_credits_200", {}, "out of credits"),
+    ("invalid_key_401", {}, "refused the bot's account"),
+    ("invalid_key_200", {}, "refused the bot's account"),
+    ("no_credits_402", {}, "run out of credit"),
+    ("no_credits_200", {}, "run out of credit"),
     ("rate_limited", {}, "Try again in about 30 s"),
     ("validation_object", {}, "refused this request"),
     ("legacy_messege", {}, "refused this request"),
@@ -193,8 +193,8 @@ async def test_every_failure_ends_in_one_clear_message(
     fake_api.scenario = scenario
     record, final = await slash(fake_discord, {"prompt": "castle"})
     assert fragment in final.content
-    assert "ref `" in final.content
-    ref = final.content.split("ref `")[1].split("`")[0]
+    assert "code `" in final.content
+    ref = final.content.split("code `")[1].split("`")[0]
     assert f"job={ref}" in log_text(caplog)  # the member's reference finds the job's log lines
     assert final.files == []
     assert len(fake_discord.visible_messages(record)) == 1
@@ -261,7 +261,7 @@ async def test_unexpected_discord_error_gets_a_reference_not_a_traceback(bot, fa
     caplog.set_level(logging.INFO)
     fake_discord.fail_next_edits = 1  # the delivery edit is refused once (403 Missing Permissions)
     _record, final = await slash(fake_discord, {"prompt": "castle"})
-    assert final.content.startswith("⚠️ Something went wrong (ref `")
+    assert final.content.startswith("⚠️ Something went wrong (code `")
     ref = final.content.split("`")[1]
     logs = log_text(caplog)
     assert f"ref={ref}" in logs  # the member's reference finds the log line
@@ -428,7 +428,7 @@ async def test_the_progress_line_stops_when_a_job_ends_at_its_deadline_in_unread
     assert record.ack_type == 5
     assert final.files == []
     assert "did not finish within" in final.content
-    assert any(h.startswith("⏳ The image API has your picture but is slow") for h in final.history)
+    assert any(h.startswith("⏳ The image service has your picture but is slow") for h in final.history)
 
     def progress_tasks() -> list[asyncio.Task]:
         return [

@@ -20,7 +20,7 @@ from tests.ledger_queries import count_by_state
 
 
 def _slow_line_shown(final) -> bool:
-    return any(h.startswith("⏳ The image API has your picture but is slow") for h in final.history)
+    return any(h.startswith("⏳ The image service has your picture but is slow") for h in final.history)
 
 
 async def test_a_queued_job_is_polled_through_every_passing_fault(start_bot, fake_discord, fake_api):

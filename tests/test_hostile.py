@@ -217,7 +217,7 @@ async def test_control_characters_are_removed_from_the_prompt_sent(bot, fake_dis
 # --- a hostile API ----------------------------------------------------------------------------------
 
 FAULTS = [
-    ("reset", {}, "could not reach the image API"),
+    ("reset", {}, "could not reach the image service"),
     ("stall", {"SD_REQUEST_TIMEOUT_S": "1"}, "did not answer in time"),
     # (a paid output is asked for again until the job's deadline: here 2 s)
     ("output_reset", {"SD_MAX_RETRIES": "1", "SD_JOB_TIMEOUT_S": "2"}, "could not be downloaded"),
@@ -264,7 +264,7 @@ async def test_fifty_concurrent_requests_with_faults_all_end_once(start_bot, fak
         if visible[0].files:
             delivered += 1
         else:
-            assert "ref `" in visible[0].content
+            assert "code `" in visible[0].content
             failed += 1
     assert delivered + failed == 50
     assert delivered >= 20 and failed >= 10  # the mix really mixed

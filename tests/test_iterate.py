@@ -52,7 +52,7 @@ async def test_result_has_buttons_a_before_after_view_and_copyable_options(bot, 
         [f"d2i:compare:{job}", f"d2i:details:{job}", f"d2i:delete:{job}"],
     ]
     details = await details_of(fake_discord, final, user_id=OTHER)  # anyone may look, privately
-    assert details.ephemeral and f"job `{job}`" in details.content
+    assert details.ephemeral and f"picture `{job}`" in details.content
     assert "```\n/depth2img prompt:a red barn strength:0.6 seed:11\n```" in details.content
     # the before | after view, for anyone who presses the button
     shown = await settle(fake_discord, await fake_discord.click(final, f"d2i:compare:{job}", user_id=OTHER))
@@ -75,9 +75,7 @@ async def test_new_seed_makes_a_new_job_from_the_same_source(bot, fake_discord, 
     child = await settle(fake_discord, record)
     assert record.ack_type == 5  # a new "thinking…" message, not an edit of the first result
     assert child.id != final.id and child.results
-    assert (
-        f"Made from the source picture of job `{parent}`" in (await details_of(fake_discord, child)).content
-    )
+    assert f"Made from the source picture of `{parent}`" in (await details_of(fake_discord, child)).content
     first, second = (s.body for s in fake_api.submissions)
     assert second["seed"] != first["seed"] == 11
     assert second["prompt"] == first["prompt"]
@@ -123,9 +121,7 @@ async def test_edit_prompt_opens_a_prefilled_modal_and_keeps_the_source(bot, fak
     assert body["negative_prompt"] == "fog"
     (upload,) = fake_api.uploads  # the kept source picture, as the member first sent it
     assert base64.b64decode(upload.body["base64_string"].split(",", 1)[1]) == make_png()
-    assert (
-        f"Made from the source picture of job `{parent}`" in (await details_of(fake_discord, child)).content
-    )
+    assert f"Made from the source picture of `{parent}`" in (await details_of(fake_discord, child)).content
     assert_clean(fake_discord, fake_api)
 
 
@@ -176,8 +172,10 @@ async def test_progress_is_throttled_and_cancel_works_for_the_requester_only(
     edits = len(progress.history)
     assert polls > 20
     assert 2 <= edits <= 1.5 / 0.3 + 2  # at most one edit per interval, however many polls
-    assert progress.history[0].startswith("⏳ Queued at the image API — expected <t:")
-    assert progress.content == "⏳ Queued at the image API…"  # the estimate has passed: no stale time shown
+    assert progress.history[0].startswith("⏳ Queued at the image service — expected <t:")
+    assert (
+        progress.content == "⏳ Queued at the image service…"
+    )  # the estimate has passed: no stale time shown
     cancel = f"d2i:cancel:{job_id_of(progress)}"
     refused = await settle(fake_discord, await fake_discord.click(progress, cancel, user_id=OTHER))
     assert refused.ephemeral

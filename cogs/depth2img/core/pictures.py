@@ -159,7 +159,7 @@ class Pictures:
         """The source and the result side by side (made when a member asks for it). Raises
         :class:`InvalidInput` or :class:`OutputUnavailable`, whatever went wrong."""
         if not source or not result:
-            raise InvalidInput("The pictures for that job are no longer stored.")
+            raise InvalidInput("The pictures for that request are no longer stored.")
         before = await self.read(source)
         after = await self.read(result)
         try:

@@ -27,7 +27,7 @@ def result_text(
     if result.generation_time_s is not None:
         timing.append(f"{_fmt_s(result.generation_time_s)} generating")
     if result.api_queue_s is not None and result.api_queue_s >= 0.05:
-        timing.append(f"{_fmt_s(result.api_queue_s)} queued at the API")
+        timing.append(f"{_fmt_s(result.api_queue_s)} queued at the image service")
     if result.local_wait_s >= 0.05:
         timing.append(f"{_fmt_s(result.local_wait_s)} waiting for a free slot")
     details = []
@@ -136,15 +136,13 @@ def details_text(job: Job) -> str:
     if info.get("generation_s") is not None:
         timing.append(f"{_fmt_s(info['generation_s'])} generating")
     if (queued := info.get("api_queue_s")) is not None and queued >= 0.05:
-        timing.append(f"{_fmt_s(queued)} queued at the API")
+        timing.append(f"{_fmt_s(queued)} queued at the image service")
     if (waited := info.get("local_wait_s")) is not None and waited >= 0.05:
         timing.append(f"{_fmt_s(waited)} waiting for a free slot")
-    lines = [f"ℹ️ **Details of job `{job.id}`**", " · ".join(facts)]
+    lines = [f"ℹ️ **Details of picture `{job.id}`**", " · ".join(facts)]
     if timing:
         lines.append(" · ".join(timing))
-    source = (
-        f"the source picture of job `{job.parent_id}`" if job.parent_id else f"the picture of job `{job.id}`"
-    )
+    source = f"the source picture of `{job.parent_id}`" if job.parent_id else "the picture you sent"
     lines.append(
         f"Made from {source}. To make it again, bring it back with `/depth2img-show job:{job.id}`, or attach the same picture to:"
     )

@@ -76,22 +76,22 @@ def describe(exc: Depth2ImgError) -> str:
         return "🔄 The bot is restarting. Try again in a minute."
     if isinstance(exc, JobCancelled):
         if exc.after_submit:
-            return "🛑 Cancelled. The image API had already started, so its credits may have been spent."
-        return "🛑 Cancelled before anything was sent to the image API."
+            return "🛑 Cancelled. The image service had already started, so its credits may have been spent."
+        return "🛑 Cancelled before anything was sent to the image service."
     if isinstance(exc, JobInterrupted):
         return (
-            "🔄 The bot restarted while sending your request to the image API. To be sure you are not "
+            "🔄 The bot restarted while sending your request to the image service. To be sure you are not "
             "charged twice it was not sent again. Please run the command again."
         )
     if isinstance(exc, QueueFull):
         return f"🚦 The bot is busy right now. Try again in about {_seconds(exc.retry_after_s)}."
     if isinstance(exc, AuthenticationError):
-        return "🔑 The image API rejected the bot's API key. Ask the bot's owner to check `SD_API_KEY`."
+        return "🔑 The image service refused the bot's account. Ask the bot's owner to check it."
     if isinstance(exc, InsufficientCreditsError):
-        return "💳 The image API account is out of credits. Ask the bot's owner to top it up, then try again."
+        return "💳 The bot's account at the image service has run out of credit. Ask the bot's owner to top it up, then try again."
     if isinstance(exc, RateLimitError):
         return (
-            "🚦 The image API is busy with this account's other requests. "
+            "🚦 The image service is busy with this account's other requests. "
             f"Try again in about {_seconds(exc.retry_after_s)}."
         )
     if isinstance(exc, ServiceMisconfigured):
@@ -102,42 +102,42 @@ def describe(exc: Depth2ImgError) -> str:
     if isinstance(exc, JobLost):
         return "⚠️ The image server lost your picture while making it (it may have restarted). Try again."
     if isinstance(exc, SourceImageUnreachable):
-        return "🖼️ The image API could not fetch your picture. Upload it again and retry."
+        return "🖼️ The image service could not fetch your picture. Upload it again and retry."
     if isinstance(exc, BadRequestError):
-        return "❌ The image API refused this request. Check your options, or try another picture."
+        return "❌ The image service refused this request. Check your options, or try another picture."
     if isinstance(exc, JobTimedOut) and not exc.at_api:
         return (
             f"⌛ The bot was too busy to start your picture within {_seconds(exc.after_s)}; nothing was "
-            "sent to the image API. Try again in a few minutes."
+            "sent to the image service. Try again in a few minutes."
         )
     if isinstance(exc, JobTimedOut):
         return (
-            f"⌛ The image API did not finish within {_seconds(exc.after_s)}. "
+            f"⌛ The image service did not finish within {_seconds(exc.after_s)}. "
             "It may be overloaded; try again in a few minutes."
         )
     if isinstance(exc, JobFailed):
-        return "⚠️ The image API could not make this picture. Try again, perhaps with other options."
+        return "⚠️ The image service could not make this picture. Try again, perhaps with other options."
     if isinstance(exc, APITimeoutError):
-        return "⌛ The image API did not answer in time. Try again in a minute."
+        return "⌛ The image service did not answer in time. Try again in a minute."
     if isinstance(exc, APIConnectionError):
-        return "📡 The bot could not reach the image API. Try again in a minute."
+        return "📡 The bot could not reach the image service. Try again in a minute."
     if isinstance(exc, ServerError):
-        return "⚠️ The image API had an internal problem. Try again in a minute."
+        return "⚠️ The image service had an internal problem. Try again in a minute."
     if isinstance(exc, MalformedResponseError):
-        return "⚠️ The image API sent an answer the bot does not understand. Try again later."
+        return "⚠️ The image service sent an answer the bot does not understand. Try again later."
     if isinstance(exc, OutputUnavailable) and exc.unusable:
         return (
-            "📥 The image API sent back a picture the bot cannot use (damaged, or far too large). "
+            "📥 The image service sent back a picture the bot cannot use (damaged, or far too large). "
             "Try again, perhaps with other options."
         )
     if isinstance(exc, OutputUnavailable):
-        return "📥 The picture was made but could not be downloaded from the image API. Try again."
+        return "📥 The picture was made but could not be downloaded from the image service. Try again."
     if isinstance(exc, APIError):
-        return "⚠️ The image API could not be used just now. Try again in a minute."
+        return "⚠️ The image service could not be used just now. Try again in a minute."
     if isinstance(exc, InternalError):
         return (
-            "⚠️ The bot ran into a problem of its own with this request; its owner can find it in the "
-            "log by the reference below. Try again in a minute."
+            "⚠️ The bot ran into a problem of its own with this request. Try again in a minute; if it "
+            "keeps happening, give the bot's owner the code below."
         )
     return "⚠️ Something went wrong with this request. Try again in a minute."
 
@@ -211,12 +211,12 @@ def progress_text(event: ProgressEvent, received_at: float, now: float) -> str |
         return f"⏳ Generating… {round(min(1.0, max(0.0, event.done)) * 100)}%{when}"
     if event.stage is Stage.SERVICE_SLOW:
         return (
-            "⏳ The image API has your picture but is slow to answer right now; the bot keeps asking. "
+            "⏳ The image service has your picture but is slow to answer right now; the bot keeps asking. "
             "Nothing to do: it will appear here."
         )
     if eta is not None and eta > now:
-        return f"⏳ Queued at the image API — expected <t:{math.ceil(eta)}:R>."
-    return "⏳ Queued at the image API…"
+        return f"⏳ Queued at the image service — expected <t:{math.ceil(eta)}:R>."
+    return "⏳ Queued at the image service…"
 
 
 # The progress line's last words, when the interaction's 15 minutes are nearly over: the result will
@@ -228,9 +228,9 @@ LONG_WAIT_NOTICE = (
 
 PROGRESS_PREFIXES = (
     "⏳ Generating",
-    "⏳ Queued at the image API",
+    "⏳ Queued at the image service",
     "⏳ Waiting for a free slot",
-    "⏳ The image API has your picture",
+    "⏳ The image service has your picture",
     "⏳ Still working on it",
 )
 
@@ -243,7 +243,7 @@ def failure_message(job: Job, error: Depth2ImgError) -> str:
     text = describe(error)
     if job.resumes:
         text = f"<@{job.user_id}> {text}"
-    return f"{text}\n-# ref `{job.id}`"
+    return f"{text}\n-# code `{job.id}`"
 
 
 def history_text(jobs: list[Job]) -> str:
@@ -274,7 +274,7 @@ ONLY_REQUESTER_OR_MODERATOR_DELETES = (
     "🚫 Only the member who asked for this picture, or someone with Manage Messages, can delete it."
 )
 ONLY_REQUESTER_CANCELS = "🚫 Only the member who asked can cancel this."
-ALREADY_FINISHED = "This job has already finished."
+ALREADY_FINISHED = "This picture is already finished."
 NOT_FOUND_FOR_SHOW = "🔎 No delivered picture has that id. See /depth2img-history for yours."
 OTHER_SERVER = "🔎 That picture was made in another server."
 DELETED_FOR_OTHERS = (
@@ -286,17 +286,17 @@ SETTINGS_MANAGERS_ONLY = "🚫 Only members with the Manage Server permission ca
 
 def delivery_failed(ref: str) -> str:
     return (
-        f"⚠️ Something went wrong (ref `{ref}`): Discord refused the bot's message with your picture. "
-        "Try again; if it keeps happening, give the bot's owner this ref."
+        f"⚠️ Something went wrong (code `{ref}`): Discord refused the bot's message with your picture. "
+        "Try again; if it keeps happening, give the bot's owner this code."
     )
 
 
 def depth_map_caption(job_id: str) -> str:
-    return f"🗺️ The depth map the picture of job `{job_id}` was made from (near is light, far is dark)."
+    return f"🗺️ The depth map picture `{job_id}` was made from (near is light, far is dark)."
 
 
 def comparison_caption(job_id: str) -> str:
-    return f"🪞 Before | after for job `{job_id}`"
+    return f"🪞 Before | after for picture `{job_id}`"
 
 
 def format_error(error: BaseException) -> str | None:
