@@ -119,6 +119,7 @@ async def test_comfyui_cancel_interrupts_the_running_prompt(start_bot, fake_disc
     await fake_discord.click(progress, cancel, user_id=record.user_id)
     await fake_discord.wait_for(lambda: progress.content.startswith("🛑 Cancelled"), timeout=10)
     await fake_discord.wait_for(lambda: comfyui.interrupts == 1, timeout=5)
+    assert "credits" not in progress.content  # the owner's own GPU: nothing was paid for
 
 
 async def test_comfyui_refusing_the_workflow_tells_the_owner_and_the_member(

@@ -174,9 +174,10 @@ class JobTimedOut(JobError):
 class JobCancelled(JobError):
     """The member cancelled the job."""
 
-    def __init__(self, *, after_submit: bool) -> None:
+    def __init__(self, *, after_submit: bool, paid: bool = True) -> None:
         super().__init__("cancelled by the member")
         self.after_submit = after_submit
+        self.paid = paid  # the service charges for what it started (not the owner's own GPU)
 
 
 class JobInterrupted(JobError):

@@ -256,7 +256,12 @@ class Depth2ImgService:
         log.info("job cancelled", extra={"job": job.id, "state": str(latest.state)})
         if cancel.is_set() and latest.api_job_id is not None and not latest.output_urls:
             await self.backend.cancel(latest.api_job_id)  # (a service that can stop it does: best effort)
-        return Outcome(latest, error=JobCancelled(after_submit=latest.state is not JobState.RECEIVED))
+        return Outcome(
+            latest,
+            error=JobCancelled(
+                after_submit=latest.state is not JobState.RECEIVED, paid=not self.backend.repeatable
+            ),
+        )
 
     def cancel(self, job_id: str) -> bool:
         """Ask a running job to stop. Returns whether it was running."""

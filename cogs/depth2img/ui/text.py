@@ -75,6 +75,8 @@ def describe(exc: Depth2ImgError) -> str:
     if isinstance(exc, ShuttingDown):
         return "🔄 The bot is restarting. Try again in a minute."
     if isinstance(exc, JobCancelled):
+        if exc.after_submit and not exc.paid:
+            return "🛑 Cancelled. The image server has stopped working on it."
         if exc.after_submit:
             return "🛑 Cancelled. The image service had already started, so its credits may have been spent."
         return "🛑 Cancelled before anything was sent to the image service."
