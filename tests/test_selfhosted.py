@@ -343,3 +343,11 @@ def test_self_hosted_backends_need_their_url_not_the_api_key():
         load_settings({"IMAGE_BACKEND": "comfyui"})
     assert any("COMFYUI_URL" in p for p in caught.value.problems)
     assert not any("SD_API_KEY" in p for p in caught.value.problems)
+
+
+async def test_an_a1111_answer_larger_than_the_outputs_allow_is_not_held(start_bot, fake_discord, a1111):
+    """img2img answers carry the pictures in base64: the answer is read only up to what the pictures
+    asked for may weigh (MAX_OUTPUT_BYTES each, and the detected map), like any other output."""
+    await start_bot(**a1111_env(a1111), MAX_OUTPUT_BYTES="4096")
+    _, final = await slash(fake_discord, {"prompt": "x"}, image=make_png(640, 480, noise=True))
+    assert not final.results and "a picture the bot cannot use" in final.content

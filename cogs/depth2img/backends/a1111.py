@@ -23,6 +23,7 @@ import binascii
 import json
 import logging
 import secrets
+import time
 from typing import Any
 
 import aiohttp
@@ -48,7 +49,7 @@ from .modelslab_routes import fit_size
 log = logging.getLogger(__name__)
 
 SCHEME = "a1111-output:"  # outputs held in memory: a1111-output:<job id>/<index>
-_MAX_ANSWER = 400 * 1024 * 1024  # img2img answers carry the pictures in base64
+FORGET_AFTER_S = 3600.0  # a finished generation no job asked for again (its job ended meanwhile)
 _MAX_SMALL = 4 * 1024 * 1024
 DEFAULTS = {"steps": 25, "cfg_scale": 7.0, "denoising_strength": 0.6}
 
@@ -137,6 +138,7 @@ class A1111Backend:
         model: str,
         generation_timeout_s: float,
         request_timeout_s: float = 60.0,
+        max_output_bytes: int = 25 * 1024 * 1024,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
@@ -146,7 +148,9 @@ class A1111Backend:
         self._short = aiohttp.ClientTimeout(
             total=request_timeout_s, sock_connect=min(10.0, request_timeout_s)
         )
+        self._max_output = max_output_bytes
         self._sources: dict[str, bytes] = {}
+        self._started: dict[str, float] = {}
         self._tasks: dict[str, asyncio.Task[tuple[list[bytes], int | None, int]]] = {}
         self._outputs: dict[str, list[bytes]] = {}
         self._warned_no_controlnet = False
@@ -158,6 +162,8 @@ class A1111Backend:
         data, _mime = await load()
         token = secrets.token_hex(8)
         self._sources[token] = data
+        while len(self._sources) > 32:  # (a picture staged for a job that then ended is not kept)
+            del self._sources[next(iter(self._sources))]
         return f"a1111-source:{token}"
 
     async def submit(self, params: GenerationParams, source: str) -> Answer:
@@ -166,7 +172,9 @@ class A1111Backend:
             raise JobLost("the source picture is no longer held")
         body = img2img_body(params, data, module=self._module, model=self._model)
         del data
+        self._forget_abandoned()
         job_id = secrets.token_hex(6)
+        self._started[job_id] = time.monotonic()
         self._tasks[job_id] = asyncio.create_task(
             self._generate(body, params.samples), name=f"a1111-{job_id}"
         )
@@ -180,6 +188,7 @@ class A1111Backend:
             progress, eta = await self._progress() if self._alone() else (None, None)
             return Answer(done=False, remote_id=remote_id, progress=progress, eta_s=eta)
         del self._tasks[remote_id]
+        self._started.pop(remote_id, None)
         images, seed, samples = task.result()  # (raises what the generation raised)
         self._outputs[remote_id] = images
         while len(self._outputs) > 16:  # (pictures never asked for are not held for ever)
@@ -205,6 +214,7 @@ class A1111Backend:
             return
         alone = self._alone(task)
         del self._tasks[remote_id]
+        self._started.pop(remote_id, None)
         if alone:  # the server's current work is ours: stop it there too
             try:
                 async with self._session.post(
@@ -271,6 +281,16 @@ class A1111Backend:
 
     # --- internals ---------------------------------------------------------------------------------
 
+    def _forget_abandoned(self) -> None:
+        """Drop generations that finished long ago and were never asked for (their job ended first)."""
+        now = time.monotonic()
+        for job_id, task in list(self._tasks.items()):
+            if task.done() and now - self._started.get(job_id, now) > FORGET_AFTER_S:
+                del self._tasks[job_id]
+                self._started.pop(job_id, None)
+                if not task.cancelled():
+                    task.exception()  # (retrieved: never "exception was never retrieved")
+
     def _alone(self, mine: asyncio.Task[Any] | None = None) -> bool:
         """Whether exactly one of the bot's generations is at the server (its progress is then ours)."""
         running = [t for t in self._tasks.values() if not t.done()]
@@ -313,7 +333,8 @@ class A1111Backend:
                 f"{self._base}/sdapi/v1/img2img", json=body, timeout=self._long, allow_redirects=False
             ) as resp:
                 status = resp.status
-                raw = await read_capped(resp, _MAX_ANSWER)
+                # the pictures in base64: at most the output cap each, and the detected map
+                raw = await read_capped(resp, (count + 1) * self._max_output * 4 // 3 + (1 << 20))
         except TimeoutError as exc:
             raise APITimeoutError("img2img did not answer in time") from exc
         except aiohttp.ClientError as exc:

@@ -38,6 +38,7 @@ async def build_backend(
             model=settings.a1111_controlnet_model,
             generation_timeout_s=settings.job_timeout_s,
             request_timeout_s=settings.request_timeout_s,
+            max_output_bytes=settings.max_output_bytes,
         )
     if settings.image_backend == "comfyui":
         from .comfyui import ComfyUIBackend
