@@ -24,7 +24,7 @@ import logging
 import random
 import secrets
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -280,7 +280,7 @@ class ComfyUIBackend:
         return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
     async def _history(self, prompt_id: str) -> dict[str, Any] | None:
-        status, body = await self._request("GET", f"/history/{prompt_id}")
+        status, body = await self._request("GET", f"/history/{quote(prompt_id, safe='')}")
         if status != 200 or not isinstance(body, dict):
             raise self._trouble(status, "no history")
         entry = body.get(prompt_id)
