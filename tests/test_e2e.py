@@ -85,7 +85,7 @@ async def test_happy_path_acks_fast_and_delivers_the_png_with_timing(bot, fake_d
     assert "total" in details.content and "2.9 s generating" in details.content
     assert "512×512" in details.content
     job = final.components[0]["components"][0]["custom_id"].split(":")[2]
-    assert f"/depth2img-show job:{job}" in details.content  # names the source picture's job
+    assert f"/depth2img-show picture:{job}" in details.content  # names the source picture's job
     assert (
         "```\n/depth2img prompt:a cozy cabin, warm light strength:0.6 seed:1793745243\n```" in details.content
     )

@@ -220,7 +220,7 @@ async def test_show_history_and_forget_me(bot, fake_discord, fake_api):
     final = await first_result(fake_discord)
     job = job_id_of(final)
     shown = await settle(
-        fake_discord, await fake_discord.invoke_slash("depth2img-show", {"job": job}, user_id=OTHER)
+        fake_discord, await fake_discord.invoke_slash("depth2img-show", {"picture": job}, user_id=OTHER)
     )
     assert shown.results, shown.content
     assert shown.results[0].data == fake_api.output_png
@@ -234,7 +234,7 @@ async def test_show_history_and_forget_me(bot, fake_discord, fake_api):
     )
     assert gone.ephemeral and "deleted 1 request of yours" in gone.content
     missing = await settle(
-        fake_discord, await fake_discord.invoke_slash("depth2img-show", {"job": job}, user_id=MEMBER)
+        fake_discord, await fake_discord.invoke_slash("depth2img-show", {"picture": job}, user_id=MEMBER)
     )
     assert missing.ephemeral and "No delivered picture" in missing.content
     button = await settle(fake_discord, await fake_discord.click(final, f"d2i:seed:{job}", user_id=MEMBER))
@@ -249,7 +249,8 @@ def _buttons(msg: FakeMessage) -> list[str]:
 
 async def _show(fake_discord: FakeDiscord, job: str, user: int, **where) -> FakeMessage:
     return await settle(
-        fake_discord, await fake_discord.invoke_slash("depth2img-show", {"job": job}, user_id=user, **where)
+        fake_discord,
+        await fake_discord.invoke_slash("depth2img-show", {"picture": job}, user_id=user, **where),
     )
 
 

@@ -144,7 +144,7 @@ def details_text(job: Job) -> str:
         lines.append(" · ".join(timing))
     source = f"the source picture of `{job.parent_id}`" if job.parent_id else "the picture you sent"
     lines.append(
-        f"Made from {source}. To make it again, bring it back with `/depth2img-show job:{job.id}`, or attach the same picture to:"
+        f"Made from {source}. To make it again, bring it back with `/depth2img-show picture:{job.id}`, or attach the same picture to:"
     )
     lines.append(params_block(job, seed=seed).split("\n", 1)[1])
     return "\n".join(lines)[:2000]

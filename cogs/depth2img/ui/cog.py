@@ -319,9 +319,9 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
     # --- /depth2img-show, -history, -forget-me ----------------------------------------------------
 
     @app_commands.command(name="depth2img-show", description="Bring back a past picture, with its buttons.")
-    @app_commands.describe(job="The job id, as shown under a result or in /depth2img-history.")
-    async def show(self, interaction: discord.Interaction, job: app_commands.Range[str, 1, 40]) -> None:
-        found = await self.service.get(job.strip().lower().strip("`"))
+    @app_commands.describe(picture="The picture's id, as shown in its ℹ️ Details or in /depth2img-history.")
+    async def show(self, interaction: discord.Interaction, picture: app_commands.Range[str, 1, 40]) -> None:
+        found = await self.service.get(picture.strip().lower().strip("`"))
         if found is None or found.state in (JobState.FAILED, JobState.CANCELLED) or not found.result_path:
             await interaction.response.send_message(text.NOT_FOUND_FOR_SHOW, ephemeral=True)
             return
