@@ -557,3 +557,20 @@ async def test_a_reloaded_extension_words_its_own_errors(bot):
     assert formatter(ValueError("not ours")) is None
     await bot.unload_extension("cogs.depth2img")
     assert bot.tree.error_formatters == {}
+
+
+def test_every_commented_default_in_env_example_is_a_valid_setting():
+    """An owner who uncomments any line of .env.example (at its default) gets a bot that starts."""
+    import io
+    import re
+
+    from dotenv import dotenv_values
+
+    from cogs.botcore.config import read as read_ops
+
+    text = re.sub(r"^# ([A-Z][A-Z0-9_]*=)", r"\1", (ROOT / ".env.example").read_text(), flags=re.MULTILINE)
+    env = {k: v or "" for k, v in dotenv_values(stream=io.StringIO(text)).items()}
+    env |= {"DISCORD_TOKEN": "x" * 60, "SD_API_KEY": "k" * 20}
+    assert read_settings(env)[1] == []
+    assert settings_problems(env) == []
+    assert read_ops(env)[1] == []
