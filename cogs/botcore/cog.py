@@ -62,7 +62,8 @@ class OpsCog(commands.Cog, name="Operations"):
             await self._health_runner.cleanup()
 
     async def _serve_metrics(self, port: int) -> None:
-        """``GET /metrics`` on ``METRICS_HOST:METRICS_PORT``: the registry the bot's extensions count in."""
+        """``GET /metrics`` (and ``/healthz``) on ``METRICS_HOST:METRICS_PORT``: the registry the bot's
+        extensions count in."""
         registry: Any = getattr(self.bot, "metrics_registry", None)
 
         async def scrape(_: web.Request) -> web.Response:
@@ -71,24 +72,37 @@ class OpsCog(commands.Cog, name="Operations"):
         app = web.Application()
         app.router.add_get("/metrics", scrape)
         app.router.add_get("/healthz", self._healthz)
-        # A scraper's keep-alive connection must not hold up shutdown.
+        self._runner = await self._serve(
+            app, port, "metrics", "the metrics port could not be opened; running without metrics"
+        )
+        if self._runner is not None:
+            self.metrics_port = _bound_port(self._runner, port)
+
+    async def _serve_health(self, port: int) -> None:
+        """``GET /healthz`` alone on ``HEALTH_PORT`` (a container's health check, no metrics)."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        self._health_runner = await self._serve(
+            app, port, "healthz", "the health port could not be opened: change HEALTH_PORT"
+        )
+        if self._health_runner is not None:
+            self.health_port = _bound_port(self._health_runner, port)
+
+    async def _serve(self, app: web.Application, port: int, path: str, failed: str) -> web.AppRunner | None:
+        """Serve ``app`` on ``METRICS_HOST:port``; None (and ``failed`` in the log) if the port cannot be
+        opened: the bot runs on without it."""
+        # A scraper's or prober's keep-alive connection must not hold up shutdown.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
+        host = self.settings.metrics_host
         try:
-            await web.TCPSite(runner, self.settings.metrics_host, port).start()
+            await web.TCPSite(runner, host, port).start()
         except OSError as exc:
             await runner.cleanup()
-            log.error(
-                "the metrics port could not be opened; running without metrics",
-                extra={"host": self.settings.metrics_host, "port": port, "error": type(exc).__name__},
-            )
-            return
-        self._runner = runner
-        self.metrics_port = int(runner.addresses[0][1]) if runner.addresses else port
-        log.info(
-            "metrics served",
-            extra={"url": f"http://{self.settings.metrics_host}:{self.metrics_port}/metrics"},
-        )
+            log.error(failed, extra={"host": host, "port": port, "error": type(exc).__name__})
+            return None
+        log.info(f"{path} served", extra={"url": f"http://{host}:{_bound_port(runner, port)}/{path}"})
+        return runner
 
     async def _healthz(self, _: web.Request) -> web.Response:
         """200 when the bot is ready to serve (the gateway connected, every extension's own checks:
@@ -100,26 +114,10 @@ class OpsCog(commands.Cog, name="Operations"):
             {"status": "ready" if ready else "not ready", **parts}, status=200 if ready else 503
         )
 
-    async def _serve_health(self, port: int) -> None:
-        """``GET /healthz`` alone on ``HEALTH_PORT`` (a container's health check, no metrics)."""
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.settings.metrics_host, port).start()
-        except OSError as exc:
-            await runner.cleanup()
-            log.error(
-                "the health port could not be opened: change HEALTH_PORT",
-                extra={"host": self.settings.metrics_host, "port": port, "error": type(exc).__name__},
-            )
-            return
-        self._health_runner = runner
-        self.health_port = int(runner.addresses[0][1]) if runner.addresses else port
-        log.info(
-            "health served", extra={"url": f"http://{self.settings.metrics_host}:{self.health_port}/healthz"}
-        )
+
+def _bound_port(runner: web.AppRunner, asked: int) -> int:
+    """The port actually bound (``asked`` may be 0: any free port)."""
+    return int(runner.addresses[0][1]) if runner.addresses else asked
 
 
 async def collect_garbage_between_bursts(busy: Callable[[], bool]) -> None:

@@ -29,8 +29,6 @@ from typing import Any
 import aiohttp
 
 from cogs.depth2img.errors import (
-    APIConnectionError,
-    APITimeoutError,
     BadRequestError,
     Depth2ImgError,
     JobFailed,
@@ -43,7 +41,7 @@ from cogs.depth2img.errors import (
 from cogs.depth2img.models import GenerationParams
 
 from .base import DEPTH_MAP, Answer, CheckLine, LoadSource
-from .http import read_capped
+from .http import fetch_capped
 from .modelslab_routes import fit_size
 
 log = logging.getLogger(__name__)
@@ -91,6 +89,20 @@ def img2img_body(params: GenerationParams, source: bytes, *, module: str, model:
     if params.width and params.height:
         payload["width"], payload["height"] = fit_size(params.width, params.height)
     return payload
+
+
+def _request_bytes(params: GenerationParams, source: bytes, module: str, model: str) -> bytes:
+    return json.dumps(img2img_body(params, source, module=module, model=model)).encode()
+
+
+def _parse_answer(raw: list[bytes]) -> Any:
+    """The answer's JSON, or None; ``raw`` is emptied as it is joined (CPU work for a thread)."""
+    text = b"".join(raw)
+    raw.clear()
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _info(answer: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +182,8 @@ class A1111Backend:
         data = self._sources.pop(source.removeprefix("a1111-source:"), None)
         if data is None:
             raise JobLost("the source picture is no longer held")
-        body = img2img_body(params, data, module=self._module, model=self._model)
+        # the picture in base64, as JSON: megabytes of CPU work, in a thread
+        body = await asyncio.to_thread(_request_bytes, params, data, self._module, self._model)
         del data
         self._forget_abandoned()
         job_id = secrets.token_hex(6)
@@ -308,16 +321,9 @@ class A1111Backend:
         return done, left
 
     async def _get_json(self, path: str) -> Any:
-        try:
-            async with self._session.get(
-                self._base + path, timeout=self._short, allow_redirects=False
-            ) as resp:
-                raw = await read_capped(resp, _MAX_SMALL)
-                status = resp.status
-        except TimeoutError as exc:
-            raise APITimeoutError("no answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise APIConnectionError(f"connection problem: {type(exc).__name__}") from exc
+        status, raw = await fetch_capped(
+            self._session, "GET", self._base + path, cap=_MAX_SMALL, what="AUTOMATIC1111", timeout=self._short
+        )
         if status != 200 or raw is None:
             raise MalformedResponseError(f"HTTP {status}", status=status)
         try:
@@ -325,27 +331,23 @@ class A1111Backend:
         except (ValueError, RecursionError):
             raise MalformedResponseError("not JSON", status=status) from None
 
-    async def _generate(self, body: dict[str, Any], count: int) -> tuple[list[bytes], int | None, int]:
+    async def _generate(self, body: bytes, count: int) -> tuple[list[bytes], int | None, int]:
         """The results (and, after them, the first unit's detected map when sent), the seed, and how
         many of the pictures are results."""
-        try:
-            async with self._session.post(
-                f"{self._base}/sdapi/v1/img2img", json=body, timeout=self._long, allow_redirects=False
-            ) as resp:
-                status = resp.status
-                # the pictures in base64: at most the output cap each, and the detected map
-                raw = await read_capped(resp, (count + 1) * self._max_output * 4 // 3 + (1 << 20))
-        except TimeoutError as exc:
-            raise APITimeoutError("img2img did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise APIConnectionError(f"connection problem: {type(exc).__name__}") from exc
+        status, raw = await fetch_capped(
+            self._session,
+            "POST",
+            f"{self._base}/sdapi/v1/img2img",
+            # the pictures in base64: at most the output cap each, and the detected map
+            cap=(count + 1) * self._max_output * 4 // 3 + (1 << 20),
+            what="img2img",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=self._long,
+        )
         if raw is None:
             raise OutputUnavailable("img2img answer larger than the bot accepts", unusable=True)
-        try:
-            answer = json.loads(b"".join(raw))
-        except (ValueError, RecursionError):
-            answer = None
-        raw.clear()
+        answer = await asyncio.to_thread(_parse_answer, raw)  # (tens of megabytes of JSON: off the loop)
         if status >= 500:
             raise ServerError(f"HTTP {status}", status=status)
         if status == 404:

@@ -30,8 +30,6 @@ import aiohttp
 
 from cogs.depth2img.config import Depth2ImgSettings
 from cogs.depth2img.errors import (
-    APIConnectionError,
-    APITimeoutError,
     Depth2ImgError,
     JobFailed,
     JobLost,
@@ -46,7 +44,7 @@ from .comfyui_answers import depth_map_nodes, execution_error, refusal_line
 from .comfyui_workflow import Workflow, WorkflowError, fill, load
 from .downloads import download
 from .guard import Guard
-from .http import read_capped
+from .http import fetch_capped
 
 log = logging.getLogger(__name__)
 
@@ -321,21 +319,16 @@ class ComfyUIBackend:
     ) -> tuple[int, Any]:
         """One call to ComfyUI (every route answers under its root): the status and the JSON, if any
         (``/interrupt`` and ``/queue`` answer with an empty body)."""
-        try:
-            async with self._session.request(
-                method,
-                self._base + path,
-                json=json_body,
-                data=data,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                raw = await read_capped(resp, _MAX_ANSWER)
-                status = resp.status
-        except TimeoutError as exc:
-            raise APITimeoutError("ComfyUI did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise APIConnectionError(f"connection problem: {type(exc).__name__}") from exc
+        status, raw = await fetch_capped(
+            self._session,
+            method,
+            self._base + path,
+            cap=_MAX_ANSWER,
+            what="ComfyUI",
+            json=json_body,
+            data=data,
+            timeout=self._timeout,
+        )
         if raw is None:
             raise MalformedResponseError("answer too large", status=status)
         text = b"".join(raw)

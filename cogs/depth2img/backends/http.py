@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
+
+from cogs.depth2img.errors import APIConnectionError, APITimeoutError
 
 from .guard import BlockedAddress, Guard
 
@@ -73,3 +76,17 @@ async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> list[bytes] | N
             return None
         chunks.append(chunk)
     return chunks
+
+
+async def fetch_capped(
+    session: aiohttp.ClientSession, method: str, url: str, *, cap: int, what: str, **request: Any
+) -> tuple[int, list[bytes] | None]:
+    """One request to a configured service, never redirected: its status and its body (None past
+    ``cap``). Raises :class:`APITimeoutError` / :class:`APIConnectionError` (``what`` names the service)."""
+    try:
+        async with session.request(method, url, allow_redirects=False, **request) as resp:
+            return resp.status, await read_capped(resp, cap)
+    except TimeoutError as exc:
+        raise APITimeoutError(f"{what} did not answer in time") from exc
+    except aiohttp.ClientError as exc:
+        raise APIConnectionError(f"connection problem: {type(exc).__name__}") from exc

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from cogs.depth2img import images, pngs
 from cogs.depth2img.errors import InvalidInput, OutputUnavailable
 from cogs.depth2img.models import GeneratedImage, SourceImage
+from cogs.depth2img.store import Job
 
 T = TypeVar("T")
 NO_LONGER_STORED = "The picture for that job is no longer stored. Start again with /depth2img."
@@ -175,6 +176,10 @@ class Pictures:
             raise
         except Exception:  # (a worker that died: BrokenProcessPool, ...)
             raise OutputUnavailable("the comparison could not be made") from None
+
+    async def remove_of(self, job: Job) -> None:
+        """Every file kept for ``job``: its source, its first result and its depth map."""
+        await self.remove(job.source_path, job.result_path, self.depth_map_path(job.id))
 
     async def remove(self, *paths: str | None) -> None:
         for path in paths:

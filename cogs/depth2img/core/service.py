@@ -337,7 +337,7 @@ class Depth2ImgService:
         """Delete a member's finished jobs, their stored pictures and their history."""
         jobs = await self.ledger.forget_user(user_id)
         for job in jobs:
-            await self.pictures.remove(job.source_path, job.result_path, self.pictures.depth_map_path(job.id))
+            await self.pictures.remove_of(job)
         log.info("member data deleted", extra={"user_id": user_id, "jobs": len(jobs)})
         return len(jobs)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from cogs.depth2img.store import Job, Ledger
 
@@ -40,32 +40,29 @@ async def keep_leases(
 async def prune_pictures(ledger: Ledger, pictures: Pictures, keep_days: float) -> int:
     """Remove the stored pictures of jobs finished more than ``keep_days`` ago (their buttons then
     say the pictures are no longer stored). Returns how many jobs were pruned."""
-    pruned = 0
-    while True:
-        jobs = await ledger.release_pictures(time.time() - keep_days * 86400)
-        for job in jobs:
-            await pictures.remove(job.source_path, job.result_path, pictures.depth_map_path(job.id))
-        pruned += len(jobs)
-        if len(jobs) < 500:
-            break
-    if pruned:
-        log.info("old pictures removed", extra={"jobs": pruned, "keep_days": keep_days})
-    return pruned
+    return await _prune(ledger.release_pictures, pictures, keep_days, "old pictures removed")
 
 
 async def prune_jobs(ledger: Ledger, pictures: Pictures, keep_days: float) -> int:
     """Delete the jobs finished more than ``keep_days`` ago (rows, prompts, events) and any pictures
     they still had. Returns how many jobs were deleted."""
+    return await _prune(ledger.forget_finished, pictures, keep_days, "old jobs removed from the ledger")
+
+
+async def _prune(
+    take: Callable[[float], Awaitable[list[Job]]], pictures: Pictures, keep_days: float, said: str
+) -> int:
+    """``take`` the jobs finished before ``keep_days`` ago, a batch at a time, and remove their files."""
     pruned = 0
     while True:
-        jobs = await ledger.forget_finished(time.time() - keep_days * 86400)
+        jobs = await take(time.time() - keep_days * 86400)
         for job in jobs:
-            await pictures.remove(job.source_path, job.result_path, pictures.depth_map_path(job.id))
+            await pictures.remove_of(job)
         pruned += len(jobs)
-        if len(jobs) < 500:
+        if len(jobs) < 500:  # (the ledger's batch size)
             break
     if pruned:
-        log.info("old jobs removed from the ledger", extra={"jobs": pruned, "keep_days": keep_days})
+        log.info(said, extra={"jobs": pruned, "keep_days": keep_days})
     return pruned
 
 
