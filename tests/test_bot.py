@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import subprocess
 import sys
@@ -143,7 +142,7 @@ PACKAGE = ROOT / "cogs" / "depth2img"
 @pytest.mark.parametrize(
     ("packages", "forbidden"),
     [
-        (["cogs.depth2img.core", "cogs.depth2img.store"], ["discord", "aiohttp"]),
+        (["cogs.depth2img.core", "cogs.depth2img.store", "cogs.i18n"], ["discord", "aiohttp"]),
         (["cogs.depth2img.backends"], ["discord"]),
     ],
 )
@@ -337,19 +336,6 @@ async def test_real_bot_process_serves_a_request_and_stops_cleanly(fake_discord,
     assert fake_discord.token not in log
     assert "Traceback" not in log
     assert (tmp_path / "data" / "command-sync.json").is_file()
-
-
-async def test_english_localizations_are_complete_and_synced(bot, fake_discord):
-    from cogs.depth2img.ui.translator import LOCALES_DIR, source_strings
-
-    english = json.loads((LOCALES_DIR / "en-US.json").read_text("utf-8"))
-    missing = set(await source_strings(bot.tree)) - set(english)
-    assert not missing, f"add these to locales/en-US.json (python -m cogs.depth2img.translator): {missing}"
-    synced = fake_discord.command("depth2img")
-    assert synced["description_localizations"]["en-US"] == synced["description"]
-    assert synced["name_localizations"]["en-GB"] == "depth2img"
-    option = synced["options"][0]
-    assert option["description_localizations"]["en-US"] == option["description"]
 
 
 # --- metrics -------------------------------------------------------------------------------------------
@@ -558,8 +544,10 @@ async def test_a_reloaded_extension_words_its_own_errors(bot):
     assert list(bot.tree.error_formatters) == ["cogs.depth2img"]
     (formatter,) = bot.tree.error_formatters.values()
     fresh = sys.modules["cogs.depth2img.errors"]
-    assert formatter(fresh.InvalidInput("That is not a picture.")) == "❌ That is not a picture."
-    assert formatter(ValueError("not ours")) is None
+    refusal = fresh.InvalidInput("input.prompt_empty")
+    assert formatter(refusal, "en-US") == "❌ The prompt is empty. Describe what the picture should become."
+    assert formatter(refusal, "de").startswith("❌ Die Beschreibung ist leer.")
+    assert formatter(ValueError("not ours"), "en-US") is None
     await bot.unload_extension("cogs.depth2img")
     assert bot.tree.error_formatters == {}
 

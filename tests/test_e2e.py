@@ -144,7 +144,7 @@ async def test_prompt_too_long_is_refused_privately_before_the_ack(bot, fake_dis
     record, final = await slash(fake_discord, {"prompt": "y" * 1200}, check_options=False)
     assert record.ack_type == 4
     assert final.flags & FLAG_EPHEMERAL
-    assert "limit is 1000" in final.content
+    assert "limit is 1,000" in final.content
     assert fake_api.submissions == []
     assert_clean(fake_discord, fake_api)
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from cogs.depth2img.ui.text import LONG_WAIT_NOTICE
+from cogs.i18n import text
 from tests.conftest import busy, is_settled, service_of, slash
 from tests.fakes.fake_api import make_png
 from tests.ledger_queries import count_by_state
@@ -127,7 +127,7 @@ async def test_a_job_that_outlives_its_token_is_posted_in_the_channel(start_bot,
     assert len(posted.results) == 1
     assert posted.pings == [f"<@{user}>"]
     (progress,) = fake_discord.visible_messages(record)
-    assert progress.content == LONG_WAIT_NOTICE
+    assert progress.content == text("en-US", "progress.long_wait")
     assert len(fake_api.submissions) == 1
 
 

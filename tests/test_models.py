@@ -140,7 +140,7 @@ def test_prompt_cleaning_fast_path_matches_the_rule(text):
         ({"prompt": ""}, "empty"),
         ({"prompt": "   \n\t "}, "empty"),
         ({"prompt": "\x00\x01\x02"}, "empty"),
-        ({"prompt": "x" * 1001}, "limit is 1000"),
+        ({"prompt": "x" * 1001}, "limit is 1,000"),
         ({"prompt": "ok", "negative_prompt": "y" * 1001}, "negative prompt"),
         ({"prompt": "ok", "strength": 1.5}, "Strength"),
         ({"prompt": "ok", "steps": 0}, "Steps"),
@@ -172,15 +172,34 @@ def test_good_options_pass_through():
 
 def test_counts_and_numbers_read_as_people_write_them():
     from cogs.depth2img.config import ConfigError, load_settings
-    from cogs.depth2img.words import number, plural
+    from cogs.i18n import Plural, text
 
-    assert [plural(n, "picture") for n in (0, 1, 2, 1000)] == [
+    def pictures(lang: str) -> list[str]:
+        return [text(lang, "count.pictures", n=n) for n in (0, 1, 2, 1000, 1_000_000)]
+
+    assert pictures("en-US") == [
         "0 pictures",
         "1 picture",
         "2 pictures",
         "1,000 pictures",
+        "1,000,000 pictures",
     ]
-    assert (number(524288000), number(2.5), number(0.01)) == ("524,288,000", "2.5", "0.01")
+    assert pictures("de") == ["0 Bilder", "1 Bild", "2 Bilder", "1.000 Bilder", "1.000.000 Bilder"]
+    # French and Portuguese count 0 as singular, and say "de" before a round million
+    assert pictures("fr") == [
+        "0 image",
+        "1 image",
+        "2 images",
+        "1\u202f000 images",
+        "1\u202f000\u202f000 d'images",
+    ]
+    assert pictures("pt-BR")[:2] == ["0 imagem", "1 imagem"]
+    assert text("en-US", "refused.max_samples", pictures=Plural("count.pictures", 1)).endswith(
+        "at most 1 picture per request."
+    )
+    assert text("es-ES", "input.file_size", size=12.5, limit=10).startswith(
+        "El archivo adjunto ocupa 12,5 MB"
+    )
     with pytest.raises(ConfigError) as caught:
         load_settings({"SD_API_KEY": "k" * 20, "MAX_INPUT_BYTES": "10"})
     assert caught.value.problems == [

@@ -180,7 +180,7 @@ async def test_daily_quotas_survive_a_restart(fake_discord, fake_api, tmp_path, 
     finally:
         await stop_bot(proc, signal.SIGTERM)
     refusal = fake_discord.final_message(second)
-    assert refusal.ephemeral and "You have made your 1 pictures for today" in refusal.content
+    assert refusal.ephemeral and "You have made your 1 picture for today" in refusal.content
     assert len(fake_api.submissions) == 1
 
 

@@ -91,7 +91,7 @@ async def test_limits_per_member(bot, fake_discord, fake_api):
     _, first = await slash(fake_discord, {"prompt": "x", "samples": 2}, user_id=member)
     assert len(first.results) == 1  # the fake's default scenario returns one image
     _, second = await slash(fake_discord, {"prompt": "y"}, user_id=member)
-    assert second.ephemeral and "your 1 pictures for today" in second.content
+    assert second.ephemeral and "your 1 picture for today" in second.content
     _, someone_else = await slash(fake_discord, {"prompt": "z"})
     assert someone_else.results
     assert len(fake_api.submissions) == 2

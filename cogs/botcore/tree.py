@@ -12,9 +12,12 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from cogs.i18n import text as say
+
 log = logging.getLogger(__name__)
 
-ErrorFormatter = Callable[[BaseException], str | None]
+# (the error, the reader's Discord locale) -> the words, or None: not this extension's error
+ErrorFormatter = Callable[[BaseException, str], str | None]
 
 
 class AppCommandTree(app_commands.CommandTree[Any]):
@@ -34,15 +37,17 @@ class AppCommandTree(app_commands.CommandTree[Any]):
                 "interaction expired before the bot could answer", extra={"interaction_id": interaction.id}
             )
             return
-        worded = (formatter(original) for formatter in self.error_formatters.values())
+        lang = interaction.locale.value
+        worded = (formatter(original, lang) for formatter in self.error_formatters.values())
         text = next((t for t in worded if t is not None), None)
         if text is not None:
             await send_final(interaction, text)
             return
         if isinstance(error, app_commands.CommandOnCooldown):
-            text = f"⏳ Slow down: try again <t:{int(discord.utils.utcnow().timestamp() + error.retry_after) + 1}:R>."
+            again = int(discord.utils.utcnow().timestamp() + error.retry_after) + 1
+            text = say(lang, "bot.slow_down", when=f"<t:{again}:R>")
         elif isinstance(error, app_commands.CheckFailure):
-            text = "🚫 You can't use this command here."
+            text = say(lang, "bot.not_here")
         else:
             ref = secrets.token_hex(4)
             log.error(
@@ -50,7 +55,7 @@ class AppCommandTree(app_commands.CommandTree[Any]):
                 exc_info=(type(original), original, original.__traceback__),
                 extra={"ref": ref, "command": interaction.command.name if interaction.command else None},
             )
-            text = f"⚠️ Something went wrong (ref `{ref}`). Try again; if it keeps happening, give the bot's owner this ref."
+            text = say(lang, "bot.something_wrong", code=ref)
         await send_final(interaction, text)
 
 

@@ -36,7 +36,9 @@ class Host(Protocol):
     metrics_registry: Any  # a prometheus_client.CollectorRegistry the bot serves
     instance_group: str  # what this process shares with the one it replaces (its shards)
 
-    def add_error_formatter(self, name: str, formatter: Callable[[BaseException], str | None]) -> None: ...
+    def add_error_formatter(
+        self, name: str, formatter: Callable[[BaseException, str], str | None]
+    ) -> None: ...
 
     def remove_error_formatter(self, name: str) -> None: ...
 

@@ -18,9 +18,15 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from cogs.depth2img.words import number as _human
+from babel.numbers import format_decimal
 
 DEFAULT_API_BASE_URL = "https://stablediffusionapi.com/api"
+
+
+def _human(value: float) -> str:
+    """A number in the owner's messages as people write it: 524,288,000 (never 5.24288e+08)."""
+    return format_decimal(value, locale="en_US")
+
 
 T = TypeVar("T")
 

@@ -1,10 +1,12 @@
 """One typed tree for everything that can go wrong with a /depth2img request.
 
 Nothing here imports discord.py or aiohttp. The wording a member sees is decided in one place,
-:func:`cogs.depth2img.messages.describe`, never from ``str(exc)``.
+:func:`cogs.depth2img.ui.text.describe`, never from ``str(exc)``.
 """
 
 from __future__ import annotations
+
+from cogs.i18n import SOURCE, text
 
 
 class Depth2ImgError(Exception):
@@ -20,12 +22,25 @@ class RequestRejected(Depth2ImgError):
     job_id: str | None = None  # the job it would have been, once it had an id (for the log)
 
 
-class InvalidInput(RequestRejected):
-    """The member's input is unusable. ``reason`` is safe to show: we wrote it."""
+class _Worded(RequestRejected):
+    """A refusal worded from the catalogue (:mod:`cogs.i18n`): ``key`` and ``params`` are rendered in
+    the reader's language by the ``ui``; ``reason`` is the English wording (for logs and tests)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, key: str, /, **params: object) -> None:
+        super().__init__(key)
+        self.key = key
+        self.params = params
+
+    @property
+    def reason(self) -> str:
+        return text(SOURCE, self.key, **self.params)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class InvalidInput(_Worded):
+    """The member's input is unusable (the reason is ours, safe to show)."""
 
 
 class AlreadyRunning(RequestRejected):
@@ -58,12 +73,8 @@ class QuotaExceeded(RequestRejected):
         self.bot_wide = bot_wide
 
 
-class NotAllowed(RequestRejected):
+class NotAllowed(_Worded):
     """The server's settings do not allow this request here or for this member."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class ShuttingDown(RequestRejected):

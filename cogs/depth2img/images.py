@@ -40,27 +40,24 @@ def _decode_checked(
     (catching truncated and corrupt files); without it only the header is read, for a caller that will
     :func:`_verify_or_load` it."""
     if not data:
-        raise InvalidInput("The attachment is empty (0 bytes). Attach a PNG, JPEG or WebP picture.")
+        raise InvalidInput("input.empty_file")
     with warnings.catch_warnings(), _input_errors():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = Image.open(io.BytesIO(data))
         fmt = (img.format or "").upper()
         if fmt not in ACCEPTED_FORMATS:
             raise InvalidInput(
-                "That file is not a PNG, JPEG or WebP picture"
-                + (f" (it looks like {fmt})." if fmt else ".")
-                + " Attach a still image."
+                "input.not_a_picture_format" if fmt else "input.not_a_picture", format=fmt or ""
             )
         width, height = img.size
         if width < 1 or height < 1 or width > max_side or height > max_side:
-            raise InvalidInput(f"The picture is {width}×{height} pixels, which is too large to use.")
+            raise InvalidInput("input.too_large", size=f"{width}×{height}")
         if width * height > max_pixels:
             raise InvalidInput(
-                f"The picture is {width}×{height} pixels; the most the bot accepts is "
-                f"{max_pixels / 1_000_000:.0f} megapixels. Make it smaller and try again."
+                "input.too_many_pixels", size=f"{width}×{height}", megapixels=round(max_pixels / 1_000_000)
             )
         if getattr(img, "n_frames", 1) > 1:
-            raise InvalidInput("Animated or multi-frame pictures are not supported. Attach a still image.")
+            raise InvalidInput("input.animated")
         mode = img.mode
         if decode:
             img.load()  # decodes every pixel: catches truncated and corrupt files
@@ -75,15 +72,11 @@ def _input_errors() -> Iterator[None]:
     except InvalidInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidInput(
-            "The picture has far too many pixels to use (it is too large). Make it smaller and try again."
-        ) from None
+        raise InvalidInput("input.far_too_many_pixels") from None
     except UnidentifiedImageError:
-        raise InvalidInput(
-            "That file is not a picture the bot can read. Attach a PNG, JPEG or WebP image."
-        ) from None
+        raise InvalidInput("input.unreadable") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, struct.error):
-        raise InvalidInput("The picture is damaged or incomplete. Save it again and re-attach it.") from None
+        raise InvalidInput("input.damaged") from None
 
 
 def _fit(frame: Image.Image, *, limit_bytes: int, stem: str) -> GeneratedImage:
@@ -119,9 +112,7 @@ def prepare_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> Sou
     downscale so the long side is at most ``max_side`` with both sides multiples of 8."""
     img, info = _decode_checked(data, max_pixels=max_pixels, decode=False)
     if min(info.width, info.height) < MIN_SIDE:
-        raise InvalidInput(
-            f"The picture is only {info.width}×{info.height} pixels; it needs at least {MIN_SIDE} on each side."
-        )
+        raise InvalidInput("input.too_small", size=f"{info.width}×{info.height}", min=MIN_SIDE)
     plain = (
         info.format == "PNG"
         and info.mode == "RGB"

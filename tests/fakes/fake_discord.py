@@ -254,6 +254,10 @@ class FakeDiscord(LocalServer):
         self.commands_synced = asyncio.Event()
         self.changed = asyncio.Condition()
         self.shard_count = 1
+        # the member's Discord language and the server's ("preferred_locale", its Community primary
+        # language): https://discord.com/developers/docs/reference#locales
+        self.member_locale = "en-US"
+        self.guild_locale = "en-US"
         self._conns: dict[int, web.WebSocketResponse] = {}  # shard id → its gateway connection
         self._seqs: dict[int, int] = {}
         self._send_lock = asyncio.Lock()
@@ -566,8 +570,8 @@ class FakeDiscord(LocalServer):
                 "mute": False,
             },
             "app_permissions": str(self.bot_permissions(channel_id)),
-            "locale": "en-US",
-            "guild_locale": "en-US",
+            "locale": self.member_locale,
+            "guild_locale": self.guild_locale,
             "entitlements": [],
             "authorizing_integration_owners": {"0": str(guild)},
             "context": 0,
@@ -809,6 +813,7 @@ class FakeDiscord(LocalServer):
             "large": False,
             "features": [],
             "premium_tier": 0,
+            "preferred_locale": self.guild_locale,
             "roles": [self._role(self.guild_id, "@everyone"), self._role(self.artist_role_id, "artists")],
             "channels": [
                 {

@@ -72,9 +72,7 @@ class Gate:
     ) -> GenerationParams:
         try:
             if where.guild_id is None and not self.settings.allow_dms:
-                raise NotAllowed(
-                    "/depth2img works in servers only. Use it in a server you share with the bot."
-                )
+                raise NotAllowed("refused.servers_only")
             rules = self.rules(where.guild_id)
             restricted = bool(rules.channels or rules.roles)  # look up only what the rules need
             checked = check_request(
@@ -125,8 +123,7 @@ class Gate:
         limit = self.settings.max_input_bytes
         if size > limit:
             raise InvalidInput(
-                f"The attachment is {size / 1048576:.1f} MB; the limit is {limit / 1048576:.1f} MB. "
-                "Attach a smaller picture."
+                "input.file_size", size=round(size / 1048576, 1), limit=round(limit / 1048576, 1)
             )
         if size <= 0:
-            raise InvalidInput("The attachment is empty (0 bytes). Attach a PNG, JPEG or WebP picture.")
+            raise InvalidInput("input.empty_file")

@@ -129,9 +129,7 @@ class Intake:
             async with asyncio.timeout(self.settings.input_read_timeout_s):
                 data = await read()
         except TimeoutError:
-            raise InvalidInput(
-                "The picture could not be downloaded from Discord in time. Try again in a moment."
-            ) from None
+            raise InvalidInput("input.download_timeout") from None
         if len(data) > self.settings.max_input_bytes:
-            raise InvalidInput("The attachment is larger than the bot accepts. Attach a smaller picture.")
+            raise InvalidInput("input.file_too_big")
         return data

@@ -222,7 +222,7 @@ class JobRunner:
 
     async def _load_source(self, job: Job) -> tuple[bytes, str]:
         if job.source_path is None:
-            raise InvalidInput("The picture for this request is no longer stored.")
+            raise InvalidInput("input.no_longer_stored")
         data = await self.pictures.read(job.source_path)
         return data, "image/png" if job.source_path.endswith(".png") else "image/jpeg"
 

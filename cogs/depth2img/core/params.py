@@ -47,27 +47,25 @@ def build_params(
 ) -> GenerationParams:
     """Validate the member's options. Pure and synchronous; raises :class:`InvalidInput`."""
     if len(prompt) > PROMPT_MAX * 2:
-        raise InvalidInput(f"The prompt is {len(prompt)} characters long; the limit is {PROMPT_MAX}.")
+        raise InvalidInput("input.prompt_too_long", length=len(prompt), limit=PROMPT_MAX)
     cleaned = clean_text(prompt)
     if not cleaned:
-        raise InvalidInput("The prompt is empty. Describe what the picture should become.")
+        raise InvalidInput("input.prompt_empty")
     if len(cleaned) > PROMPT_MAX:
-        raise InvalidInput(f"The prompt is {len(cleaned)} characters long; the limit is {PROMPT_MAX}.")
+        raise InvalidInput("input.prompt_too_long", length=len(cleaned), limit=PROMPT_MAX)
     negative = clean_text(negative_prompt) if negative_prompt else None
     if negative is not None and len(negative) > PROMPT_MAX:
-        raise InvalidInput(
-            f"The negative prompt is {len(negative)} characters long; the limit is {PROMPT_MAX}."
-        )
+        raise InvalidInput("input.negative_too_long", length=len(negative), limit=PROMPT_MAX)
     if strength is not None and not 0.0 <= strength <= 1.0:
-        raise InvalidInput("Strength must be between 0 and 1.")
+        raise InvalidInput("input.strength_range", low=0, high=1)
     if steps is not None and not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
-        raise InvalidInput(f"Steps must be between {STEPS_RANGE[0]} and {STEPS_RANGE[1]}.")
+        raise InvalidInput("input.steps_range", low=STEPS_RANGE[0], high=STEPS_RANGE[1])
     if guidance is not None and not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]:
-        raise InvalidInput("Guidance must be between 1 and 20.")
+        raise InvalidInput("input.guidance_range", low=GUIDANCE_RANGE[0], high=GUIDANCE_RANGE[1])
     if seed is not None and not 0 <= seed <= SEED_MAX:
-        raise InvalidInput(f"Seed must be between 0 and {SEED_MAX}.")
+        raise InvalidInput("input.seed_range", low=0, high=SEED_MAX)
     if samples is not None and not SAMPLES_RANGE[0] <= samples <= SAMPLES_RANGE[1]:
-        raise InvalidInput("Samples must be between 1 and 4.")
+        raise InvalidInput("input.samples_range", low=SAMPLES_RANGE[0], high=SAMPLES_RANGE[1])
     return GenerationParams(
         prompt=cleaned,
         negative_prompt=negative or None,

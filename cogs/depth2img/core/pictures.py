@@ -27,7 +27,7 @@ from cogs.depth2img.models import GeneratedImage, SourceImage
 from cogs.depth2img.store import Job
 
 T = TypeVar("T")
-NO_LONGER_STORED = "The picture for that job is no longer stored. Start again with /depth2img."
+NO_LONGER_STORED = "input.no_longer_stored"
 
 
 class Pictures:
@@ -160,7 +160,7 @@ class Pictures:
         """The source and the result side by side (made when a member asks for it). Raises
         :class:`InvalidInput` or :class:`OutputUnavailable`, whatever went wrong."""
         if not source or not result:
-            raise InvalidInput("The pictures for that request are no longer stored.")
+            raise InvalidInput(NO_LONGER_STORED)
         before = await self.read(source)
         after = await self.read(result)
         try:

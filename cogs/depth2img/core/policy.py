@@ -9,7 +9,7 @@ from typing import Any
 
 from cogs.depth2img.errors import InvalidInput, NotAllowed
 from cogs.depth2img.models import GenerationParams
-from cogs.depth2img.words import plural
+from cogs.i18n import Plural
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,10 @@ class GuildSettings:
         current = list(self.channels if kind == "channels" else self.roles)
         if allowed and item not in current:
             if len(current) >= MAX_LISTED:
-                raise InvalidInput(f"At most {MAX_LISTED} {kind} can be listed.")
+                raise InvalidInput(
+                    "settings.too_many_channels" if kind == "channels" else "settings.too_many_roles",
+                    n=MAX_LISTED,
+                )
             current.append(item)
         elif not allowed and item in current:
             current.remove(item)
@@ -72,14 +75,12 @@ def check_request(
     with a member-facing reason; returns the options with the content policy applied."""
     if settings.channels and channel_id not in settings.channels and not is_manager:
         where = ", ".join(f"<#{c}>" for c in settings.channels[:5])
-        raise NotAllowed(f"This server allows /depth2img only in {where}.")
+        raise NotAllowed("refused.channels_only", channels=where)
     if settings.roles and not is_manager and not set(role_ids) & set(settings.roles):
-        raise NotAllowed("This server allows /depth2img only for some roles, and you don't have one of them.")
+        raise NotAllowed("refused.roles_only")
     if params.samples > settings.max_samples:
-        raise InvalidInput(
-            f"This server allows at most {plural(settings.max_samples, 'picture')} per request."
-        )
+        raise InvalidInput("refused.max_samples", pictures=Plural("count.pictures", settings.max_samples))
     if params.steps is not None and params.steps > settings.max_steps:
-        raise InvalidInput(f"This server allows at most {settings.max_steps} steps.")
+        raise InvalidInput("refused.max_steps", steps=Plural("count.steps", settings.max_steps))
     safety = not (age_restricted and settings.nsfw_in_age_restricted)
     return params if params.safety_checker == safety else replace(params, safety_checker=safety)

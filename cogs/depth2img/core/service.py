@@ -327,7 +327,7 @@ class Depth2ImgService:
     async def depth_map(self, job: Job) -> bytes:
         """The depth map kept for ``job``'s result. Raises :class:`InvalidInput` when there is none."""
         if not job.result_path:
-            raise InvalidInput("The pictures for that request are no longer stored.")
+            raise InvalidInput(NO_LONGER_STORED)
         return await self.pictures.read(self.pictures.depth_map_path(job.id))
 
     async def history(self, user_id: int, limit: int = 10) -> list[Job]:

@@ -1,6 +1,6 @@
 """The result card, in its two forms: compact (the picture, the prompt and the time; the rest behind
 ℹ️ Details, answered privately) and full (everything on the card), and the Details answer itself.
-Discord markup only; nothing here sends anything."""
+Discord markup only, in the reader's language (``lang``); nothing here sends anything."""
 
 from __future__ import annotations
 
@@ -10,48 +10,64 @@ from typing import Any
 
 from cogs.depth2img.models import GenerationParams, GenerationResult
 from cogs.depth2img.store import Job
-from cogs.depth2img.words import plural
+from cogs.i18n import text
 
 from .text import neutralise
 
 
-def _fmt_s(value: float) -> str:
-    return f"{value:.1f} s" if value < 100 else f"{value / 60:.1f} min"
+def duration(lang: str, value: float) -> str:
+    """A measured time, to a tenth: "4.2 s", "2.5 min"."""
+    if value < 100:
+        return text(lang, "time.seconds", n=round(value, 1))
+    return text(lang, "time.minutes", n=round(value / 60, 1))
+
+
+def _timing(
+    lang: str, total: float | None, generating: float | None, queued: float | None, waited: float | None
+) -> list[str]:
+    parts = []
+    if total is not None:
+        parts.append(text(lang, "card.total", time=duration(lang, total)))
+    if generating is not None:
+        parts.append(text(lang, "card.generating", time=duration(lang, generating)))
+    if queued is not None and queued >= 0.05:
+        parts.append(text(lang, "card.queued", time=duration(lang, queued)))
+    if waited is not None and waited >= 0.05:
+        parts.append(text(lang, "card.waited", time=duration(lang, waited)))
+    return parts
+
+
+def _options(lang: str, params: GenerationParams) -> list[str]:
+    """strength, steps and guidance as chosen (numbers as the language writes them)."""
+    chosen = (
+        ("card.strength", params.strength),
+        ("card.steps", params.steps),
+        ("card.guidance", params.guidance),
+    )
+    return [text(lang, key, value=value) for key, value in chosen if value is not None]
 
 
 def result_text(
-    params: GenerationParams, result: GenerationResult, *, user_mention: str, limit: int = 2000
+    params: GenerationParams, result: GenerationResult, lang: str, *, user_mention: str, limit: int = 2000
 ) -> str:
     """The message that comes with the images. Fits Discord's 2000-character limit."""
-    timing = [f"⏱️ **{_fmt_s(result.total_s)}** total"]
-    if result.generation_time_s is not None:
-        timing.append(f"{_fmt_s(result.generation_time_s)} generating")
-    if result.api_queue_s is not None and result.api_queue_s >= 0.05:
-        timing.append(f"{_fmt_s(result.api_queue_s)} queued at the image service")
-    if result.local_wait_s >= 0.05:
-        timing.append(f"{_fmt_s(result.local_wait_s)} waiting for a free slot")
-    details = []
-    if result.seed is not None:
-        details.append(f"seed `{result.seed}`")
-    if params.strength is not None:
-        details.append(f"strength {params.strength:g}")
-    if params.steps is not None:
-        details.append(f"steps {params.steps}")
-    if params.guidance is not None:
-        details.append(f"guidance {params.guidance:g}")
+    timing = _timing(lang, result.total_s, result.generation_time_s, result.api_queue_s, result.local_wait_s)
+    details = [text(lang, "card.seed", seed=str(result.seed))] if result.seed is not None else []
+    details += _options(lang, params)
     if len(result.images) > 1:
-        details.append(f"{len(result.images)} images")
+        details.append(text(lang, "count.pictures", n=len(result.images)))
     first = result.images[0]
     details.append(f"{first.width}×{first.height}")
 
-    head = f"🎨 Depth to image for {user_mention}"
+    head = text(lang, "card.head", member=user_mention)
     tail_lines = [" · ".join(details), " · ".join(timing)]
     if blanks := sum(image.blank for image in result.images):
-        tail_lines.append(blank_note(blanks, len(result.images)))
+        tail_lines.append(blank_note(blanks, len(result.images), lang))
     negative = ""
     if params.negative_prompt:
-        negative = "\n**Negative:** " + _escape(params.negative_prompt)
-    body_budget = limit - len(head) - sum(len(t) + 1 for t in tail_lines) - 20
+        negative = "\n" + text(lang, "card.negative", prompt=_escape(params.negative_prompt))
+    prompt_line = text(lang, "card.prompt", prompt="")
+    body_budget = limit - len(head) - len(prompt_line) - sum(len(t) + 1 for t in tail_lines) - 20
     prompt = _escape(params.prompt)
     if len(prompt) + len(negative) > body_budget:
         negative = negative[: max(0, min(len(negative), body_budget // 3))]
@@ -60,35 +76,32 @@ def result_text(
         room = body_budget - len(negative)
         if len(prompt) > room:
             prompt = prompt[: max(0, room - 1)].rstrip() + "…"
-    text = f"{head}\n**Prompt:** {prompt}{negative}\n" + "\n".join(tail_lines)
-    return text[:limit]
+    said = f"{head}\n{prompt_line}{prompt}{negative}\n" + "\n".join(tail_lines)
+    return said[:limit]
 
 
-def blank_note(blanks: int, total: int) -> str:
+def blank_note(blanks: int, total: int, lang: str) -> str:
     """Why a picture came back blank, and what the server can do about it."""
-    which = (
-        "Your picture"
-        if total == 1
-        else ("All your pictures" if blanks == total else f"{plural(blanks, 'picture')} of {total}")
-    )
-    return (
-        f"⬛ {which} came back blank: the image service's safety checker judged {'it' if blanks == 1 else 'them'} "
-        "unsafe and replaced them. A server's moderators can allow such pictures in age-restricted channels "
-        "(`/depth2img-settings content`); try another prompt otherwise."
-    ).replace("replaced them", "replaced it" if blanks == 1 else "replaced them")
+    advice = text(lang, "blank.advice")
+    if total == 1:
+        return text(lang, "blank.only", advice=advice)
+    if blanks == total:
+        return text(lang, "blank.all", advice=advice)
+    return text(lang, "blank.some", n=blanks, total=total, advice=advice)
 
 
 _MD_RE = re.compile(r"([\\*_`~|>#\[\]()-])")
 
 
-def _escape(text: str) -> str:
+def _escape(value: str) -> str:
     """Escape Markdown and neutralise mentions so a prompt shows literally and pings no one."""
-    return neutralise(_MD_RE.sub(r"\\\1", text))
+    return neutralise(_MD_RE.sub(r"\\\1", value))
 
 
-def params_block(job: Job, seed: int | None = None) -> str:
-    """The options as one line that is easy to copy on a phone (a code block, no Markdown inside)."""
-    p = job.params
+def command_line(params: GenerationParams, seed: int | None = None) -> str:
+    """The options as one line that is easy to copy on a phone (a code block, no Markdown inside).
+    Command syntax, the same in every language (option names are not translated)."""
+    p = params
     parts = [f"prompt:{p.prompt}"]
     if p.negative_prompt:
         parts.append(f"negative_prompt:{p.negative_prompt}")
@@ -102,63 +115,62 @@ def params_block(job: Job, seed: int | None = None) -> str:
     line = neutralise(" ".join(parts).replace("`", "'"))
     if len(line) > 600:
         line = line[:599] + "…"
-    return f"job `{job.id}` · copy:\n```\n/depth2img {line}\n```"
+    return f"```\n/depth2img {line}\n```"
 
 
-def compact_card(job: Job, result: GenerationResult) -> str:
+def params_block(job: Job, lang: str, seed: int | None = None) -> str:
+    """The job's id and its copyable command line."""
+    return text(lang, "card.copy", id=job.id) + "\n" + command_line(job.params, seed)
+
+
+def compact_card(job: Job, result: GenerationResult, lang: str) -> str:
     """The card by default: who, the prompt, one line with the time (the rest is behind ℹ️ Details)."""
     prompt = _escape(job.params.prompt)
     if len(prompt) > 300:
         prompt = prompt[:299].rstrip() + "…"
-    lines = [f"🎨 <@{job.user_id}> · {prompt}", f"⏱️ {_fmt_s(result.total_s)}"]
+    lines = [f"🎨 <@{job.user_id}> · {prompt}", f"⏱️ {duration(lang, result.total_s)}"]
     if blanks := sum(image.blank for image in result.images):
-        lines.append(blank_note(blanks, len(result.images)))
+        lines.append(blank_note(blanks, len(result.images), lang))
     return "\n".join(lines)
 
 
-def details_text(job: Job) -> str:
+def details_text(job: Job, lang: str) -> str:
     """ℹ️ Details, privately: the seed, the options, the size, the timings, the job, and how to make it
     again (the source picture is that of this job: /depth2img-show brings it back with its buttons)."""
     info: dict[str, Any] = json.loads(job.result_info) if job.result_info else {}
     p = job.params
     seed = info.get("seed", job.api_seed if job.api_seed is not None else p.seed)
-    facts = [f"seed `{seed}`" if seed is not None else "seed chosen by the service"]
-    for name, value in (("strength", p.strength), ("steps", p.steps), ("guidance", p.guidance)):
-        if value is not None:
-            facts.append(f"{name} {value:g}")
+    facts = [
+        text(lang, "card.seed", seed=str(seed)) if seed is not None else text(lang, "card.seed_by_service")
+    ]
+    facts += _options(lang, p)
     if info.get("width"):
         facts.append(f"{info['width']}×{info['height']}")
     if info.get("pictures", 1) > 1:
-        facts.append(plural(int(info["pictures"]), "picture"))
-    timing = []
-    if info.get("total_s") is not None:
-        timing.append(f"⏱️ **{_fmt_s(info['total_s'])}** total")
-    if info.get("generation_s") is not None:
-        timing.append(f"{_fmt_s(info['generation_s'])} generating")
-    if (queued := info.get("api_queue_s")) is not None and queued >= 0.05:
-        timing.append(f"{_fmt_s(queued)} queued at the image service")
-    if (waited := info.get("local_wait_s")) is not None and waited >= 0.05:
-        timing.append(f"{_fmt_s(waited)} waiting for a free slot")
-    lines = [f"ℹ️ **Details of picture `{job.id}`**", " · ".join(facts)]
+        facts.append(text(lang, "count.pictures", n=int(info["pictures"])))
+    timing = _timing(
+        lang, info.get("total_s"), info.get("generation_s"), info.get("api_queue_s"), info.get("local_wait_s")
+    )
+    lines = [text(lang, "details.title", id=job.id), " · ".join(facts)]
     if timing:
         lines.append(" · ".join(timing))
-    source = f"the source picture of `{job.parent_id}`" if job.parent_id else "the picture you sent"
-    lines.append(
-        f"Made from {source}. To make it again, bring it back with `/depth2img-show picture:{job.id}`, or attach the same picture to:"
-    )
-    lines.append(params_block(job, seed=seed).split("\n", 1)[1])
+    if job.parent_id:
+        lines.append(text(lang, "details.from_parent", parent=job.parent_id, id=job.id))
+    else:
+        lines.append(text(lang, "details.from_yours", id=job.id))
+    lines.append(command_line(p, seed=seed))
     return "\n".join(lines)[:2000]
 
 
-def result_message(job: Job, result: GenerationResult) -> str:
+def result_message(job: Job, result: GenerationResult, lang: str) -> str:
     """The whole message that comes with a job's images."""
-    text = result_text(job.params, result, user_mention=f"<@{job.user_id}>")
-    extra = params_block(job, seed=result.seed)
+    said = result_text(job.params, result, lang, user_mention=f"<@{job.user_id}>")
+    extra = params_block(job, lang, seed=result.seed)
     if job.parent_id:
-        extra = f"↪️ from `{job.parent_id}` · " + extra
-    return f"{text}\n{extra}" if len(text) + len(extra) + 1 <= 2000 else text
+        extra = text(lang, "card.from", id=job.parent_id) + " · " + extra
+    return f"{said}\n{extra}" if len(said) + len(extra) + 1 <= 2000 else said
 
 
-def shown_text(job: Job, *, deleted: bool = False) -> str:
-    note = " (deleted from the channel: shown only to you)" if deleted else ""
-    return f"🖼️ Job `{job.id}` by <@{job.user_id}>{note}\n" + params_block(job)
+def shown_text(job: Job, lang: str, *, deleted: bool = False) -> str:
+    key = "card.shown_deleted" if deleted else "card.shown"
+    return text(lang, key, id=job.id, member=f"<@{job.user_id}>") + "\n" + params_block(job, lang)

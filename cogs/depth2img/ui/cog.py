@@ -21,15 +21,19 @@ from cogs.depth2img.core.tasks import create_task
 from cogs.depth2img.errors import Depth2ImgError, InternalError, InvalidInput
 from cogs.depth2img.models import DERIVING, Action, GenerationParams, JobKind
 from cogs.depth2img.store import Job, JobState
+from cogs.i18n import SOURCE
+from cogs.i18n import text as say
 
 from . import cards, text
 from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, upload
-from .delivery import NO_MENTIONS, answer_anyway
+from .delivery import NO_MENTIONS, answer_anyway, tell
 from .flow import RequestFlow
+from .langs import channels, members
 
 log = logging.getLogger(__name__)
 
-MENU_NAME = "Depth to image"
+
+MENU_NAME = say(SOURCE, "form.menu_title")  # (Discord shows it translated: translator.py)
 _MODAL_RE = re.compile(rf"d2i:(edited|menu):({JOB_ID_RE})")
 
 
@@ -102,9 +106,9 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         image="The picture to transform (PNG, JPEG or WebP).",
         prompt="What the picture should become (1–1000 characters).",
         negative_prompt="What to keep out of the picture.",
-        strength="How far to move from the original, 0 (close) to 1 (free). Default: the API's.",
-        steps="Denoising steps, 1–50: more is slower and finer. Default: the API's.",
-        guidance="How closely to follow the prompt, 1–20. Default: the API's.",
+        strength="How far to move from the original, 0 (close) to 1 (free). Default: the image service's.",
+        steps="Denoising steps, 1–50: more is slower and finer. Default: the image service's.",
+        guidance="How closely to follow the prompt, 1–20. Default: the image service's.",
         seed="A number to make the result repeatable. Default: random.",
         samples="How many pictures to make, 1–4. Default: 1.",
     )
@@ -146,13 +150,16 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         if picture is None:
             picture = next(iter(message.attachments), None)
         if picture is None:
-            await interaction.response.send_message(text.NO_PICTURE_ON_MESSAGE, ephemeral=True)
+            await tell(interaction, "reply.no_picture_on_message")
             return
         key = secrets.token_hex(6)
         self._menu_targets[key] = picture
         if len(self._menu_targets) > 1000:
             self._menu_targets.pop(next(iter(self._menu_targets)))
-        await interaction.response.send_modal(PromptModal(custom_id=f"d2i:menu:{key}", title=MENU_NAME))
+        lang = members(interaction)
+        await interaction.response.send_modal(
+            PromptModal(custom_id=f"d2i:menu:{key}", title=say(lang, "form.menu_title"), lang=lang)
+        )
 
     # --- buttons and forms ------------------------------------------------------------------------
 
@@ -166,14 +173,15 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
     async def _failed(self, interaction: discord.Interaction[Any], exc: Exception, what: str) -> None:
         error = exc if isinstance(exc, Depth2ImgError) else InternalError(type(exc).__name__)
         log.error("interaction failed", extra={"what": what, "error": type(exc).__name__})
-        await answer_anyway(interaction, text.describe(error))
+        await answer_anyway(interaction, text.describe(error, members(interaction)))
 
     async def _on_button(self, interaction: discord.Interaction[Any], action: Action, job_id: str) -> None:
         if action is not Action.CANCEL:
             await self.service.settled(job_id)  # (a result pressed the moment it appeared: still being kept)
         job = await self.service.get(job_id)
+        lang = members(interaction)
         if job is None:
-            await interaction.response.send_message(text.JOB_GONE, ephemeral=True)
+            await tell(interaction, "reply.picture_gone")
             return
         if action is Action.DELETE:
             await self._delete(interaction, job)
@@ -183,18 +191,21 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             await self._cancel(interaction, job)
         elif action is Action.DETAILS:
             await interaction.response.send_message(
-                cards.details_text(job), ephemeral=True, allowed_mentions=NO_MENTIONS
+                cards.details_text(job, lang), ephemeral=True, allowed_mentions=NO_MENTIONS
             )
         elif action is Action.DEPTH:
             data = await self.service.depth_map(job)  # (InvalidInput: said to the member privately)
             await interaction.response.send_message(
-                text.depth_map_caption(job.id), file=upload(data, f"depth-map-{job.id}.png"), ephemeral=True
+                say(lang, "caption.depth_map", id=job.id),
+                file=upload(data, f"depth-map-{job.id}.png"),
+                ephemeral=True,
             )
         elif action is Action.EDIT:
             await interaction.response.send_modal(
                 PromptModal(
                     custom_id=f"d2i:edited:{job.id}",
-                    title="Edit prompt",
+                    title=say(lang, "form.edit_title"),
+                    lang=lang,
                     prompt=job.params.prompt,
                     negative=job.params.negative_prompt or "",
                 )
@@ -221,7 +232,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         if match[1] == "edited":
             parent = await self.service.get(match[2])
             if parent is None:
-                await interaction.response.send_message(text.JOB_GONE_SHORT, ephemeral=True)
+                await tell(interaction, "reply.picture_gone_short")
                 return
             await self._tracked(
                 self._derived(interaction, parent, Action.EDIT, prompt=prompt, negative=negative)
@@ -229,7 +240,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             return
         picture = self._menu_targets.pop(match[2], None)
         if picture is None:
-            await interaction.response.send_message(text.FORM_EXPIRED, ephemeral=True)
+            await tell(interaction, "reply.form_expired", menu=say(members(interaction), "form.menu_title"))
             return
         age_restricted = bool(getattr(interaction.channel, "nsfw", False))
 
@@ -262,7 +273,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         try:
             path = self.service.source_for(parent, action)
         except InvalidInput as exc:
-            await interaction.response.send_message(text.describe(exc), ephemeral=True)
+            await interaction.response.send_message(text.describe(exc, members(interaction)), ephemeral=True)
             return
 
         async def read() -> bytes:
@@ -284,7 +295,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             interaction.permissions and interaction.permissions.manage_messages
         )
         if not allowed:
-            await interaction.response.send_message(text.ONLY_REQUESTER_OR_MODERATOR_DELETES, ephemeral=True)
+            await tell(interaction, "reply.only_requester_or_moderator_deletes")
             return
         await interaction.response.defer()
         # through the interaction (its "original response" is the button's message): no channel
@@ -295,24 +306,25 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
 
     async def _compare(self, interaction: discord.Interaction[Any], job: Job) -> None:
         """The before | after view, made on request (it costs image work no one else should wait for)."""
-        await interaction.response.defer(thinking=True)
+        await interaction.response.defer(thinking=True)  # (in the channel: in the server's language)
+        lang = channels(interaction)
         try:
             picture = await self.service.comparison(job)
         except Depth2ImgError as exc:
-            await interaction.edit_original_response(content=text.describe(exc))
+            await interaction.edit_original_response(content=text.describe(exc, lang))
             return
         await interaction.edit_original_response(
-            content=text.comparison_caption(job.id),
+            content=say(lang, "caption.comparison", id=job.id),
             attachments=[upload(picture.data, picture.filename)],
             allowed_mentions=NO_MENTIONS,
         )
 
     async def _cancel(self, interaction: discord.Interaction[Any], job: Job) -> None:
         if interaction.user.id != job.user_id:
-            await interaction.response.send_message(text.ONLY_REQUESTER_CANCELS, ephemeral=True)
+            await tell(interaction, "reply.only_requester_cancels")
             return
         if not self.service.cancel(job.id):
-            await interaction.response.send_message(text.ALREADY_FINISHED, ephemeral=True)
+            await tell(interaction, "reply.already_finished")
             return
         await interaction.response.defer()  # the job's own final edit shows the cancellation
 
@@ -322,32 +334,34 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
     @app_commands.describe(picture="The picture's id, as shown in its ℹ️ Details or in /depth2img-history.")
     async def show(self, interaction: discord.Interaction, picture: app_commands.Range[str, 1, 40]) -> None:
         found = await self.service.get(picture.strip().lower().strip("`"))
+        lang = members(interaction)
         if found is None or found.state in (JobState.FAILED, JobState.CANCELLED) or not found.result_path:
-            await interaction.response.send_message(text.NOT_FOUND_FOR_SHOW, ephemeral=True)
+            await tell(interaction, "reply.not_found_for_show")
             return
         if found.guild_id is not None and found.guild_id != interaction.guild_id:
-            await interaction.response.send_message(text.OTHER_SERVER, ephemeral=True)
+            await tell(interaction, "reply.other_server")
             return
         # what the channel decided: an age-restricted channel's picture only in such a channel
         # (jobs recorded before the channel was: asked for without the safety checker, as only there)
         from_restricted = found.age_restricted or not found.params.safety_checker
         if from_restricted and not getattr(interaction.channel, "nsfw", False):
-            await interaction.response.send_message(text.AGE_RESTRICTED_ONLY, ephemeral=True)
+            await tell(interaction, "reply.age_restricted_only")
             return
         # what its requester or a moderator decided: a deleted picture, to its requester, privately
         deleted = found.deleted_at is not None or await self._result_message_gone(found)
         if deleted and interaction.user.id != found.user_id:
-            await interaction.response.send_message(text.DELETED_FOR_OTHERS, ephemeral=True)
+            await tell(interaction, "reply.deleted_for_others")
             return
         try:
             data = await self.service.read_stored(found.result_path)
         except InvalidInput as exc:
-            await interaction.response.send_message(text.describe(exc), ephemeral=True)
+            await interaction.response.send_message(text.describe(exc, lang), ephemeral=True)
             return
+        shown_in = lang if deleted else channels(interaction)  # a public answer: the server's language
         await interaction.response.send_message(
-            cards.shown_text(found, deleted=deleted),
+            cards.shown_text(found, shown_in, deleted=deleted),
             file=upload(data, found.result_path.rsplit("/", 1)[-1]),
-            view=result_view(found.id, deletable=not deleted),
+            view=result_view(found.id, shown_in, deletable=not deleted),
             ephemeral=deleted,
             allowed_mentions=NO_MENTIONS,
         )
@@ -370,7 +384,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
     async def history(self, interaction: discord.Interaction) -> None:
         jobs = await self.service.history(interaction.user.id, limit=10)
         await interaction.response.send_message(
-            text.history_text(jobs), ephemeral=True, allowed_mentions=NO_MENTIONS
+            text.history_text(jobs, members(interaction)), ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     @app_commands.command(
@@ -378,4 +392,6 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
     )
     async def forget_me(self, interaction: discord.Interaction) -> None:
         count = await self.service.forget(interaction.user.id)
-        await interaction.response.send_message(text.forgotten_text(count), ephemeral=True)
+        await interaction.response.send_message(
+            text.forgotten_text(count, members(interaction)), ephemeral=True
+        )

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import discord
 
 from cogs.depth2img.models import Action
+from cogs.i18n import SOURCE, text
 
 JOB_ID_RE = r"[0-9a-f]{12}"
 COG_NAME = "Depth2ImgCog"
@@ -63,23 +64,24 @@ class JobButton(
     alone; a press goes to the loaded cog's ``on_button``."""
 
     LOOK: ClassVar[dict[Action, tuple[str, str, discord.ButtonStyle]]] = {
-        Action.SEED: ("New seed", "🎲", discord.ButtonStyle.primary),
-        Action.EDIT: ("Edit prompt", "✏️", discord.ButtonStyle.secondary),
-        Action.CLOSER: ("Closer to source", "🎯", discord.ButtonStyle.secondary),
-        Action.MORE: ("More creative", "🎨", discord.ButtonStyle.secondary),
-        Action.REUSE: ("Use as source", "🔁", discord.ButtonStyle.secondary),
-        Action.COMPARE: ("Before | after", "🪞", discord.ButtonStyle.secondary),
-        Action.DELETE: ("Delete", "🗑️", discord.ButtonStyle.danger),
-        Action.CANCEL: ("Cancel", "🛑", discord.ButtonStyle.danger),
-        Action.DEPTH: ("Depth map", "🗺️", discord.ButtonStyle.secondary),
-        Action.DETAILS: ("Details", "ℹ️", discord.ButtonStyle.secondary),
+        Action.SEED: ("button.seed", "🎲", discord.ButtonStyle.primary),
+        Action.EDIT: ("button.edit", "✏️", discord.ButtonStyle.secondary),
+        Action.CLOSER: ("button.closer", "🎯", discord.ButtonStyle.secondary),
+        Action.MORE: ("button.more", "🎨", discord.ButtonStyle.secondary),
+        Action.REUSE: ("button.reuse", "🔁", discord.ButtonStyle.secondary),
+        Action.COMPARE: ("button.compare", "🪞", discord.ButtonStyle.secondary),
+        Action.DELETE: ("button.delete", "🗑️", discord.ButtonStyle.danger),
+        Action.CANCEL: ("button.cancel", "🛑", discord.ButtonStyle.danger),
+        Action.DEPTH: ("button.depth", "🗺️", discord.ButtonStyle.secondary),
+        Action.DETAILS: ("button.details", "ℹ️", discord.ButtonStyle.secondary),
     }
 
-    def __init__(self, action: Action, job_id: str, *, row: int | None = None) -> None:
-        label, emoji, style = self.LOOK[action]
+    def __init__(self, action: Action, job_id: str, lang: str = SOURCE, *, row: int | None = None) -> None:
+        """``lang``: the labels' language (a button made from a press's custom id needs none)."""
+        key, emoji, style = self.LOOK[action]
         super().__init__(
             discord.ui.Button(
-                label=label, emoji=emoji, style=style, custom_id=f"d2i:{action}:{job_id}", row=row
+                label=text(lang, key), emoji=emoji, style=style, custom_id=f"d2i:{action}:{job_id}", row=row
             )
         )
         self.action = action
@@ -98,26 +100,26 @@ class JobButton(
 
 
 def result_view(
-    job_id: str, *, deletable: bool = True, depth_map: bool = False, details: bool = False
+    job_id: str, lang: str, *, deletable: bool = True, depth_map: bool = False, details: bool = False
 ) -> discord.ui.View:
     """A result's buttons (``deletable``: with Delete; a private copy has nothing to delete;
     ``depth_map``: the service sent the depth map it used)."""
     view = discord.ui.View(timeout=None)
     for action in (Action.SEED, Action.EDIT, Action.CLOSER, Action.MORE, Action.REUSE):
-        view.add_item(JobButton(action, job_id, row=0))
-    view.add_item(JobButton(Action.COMPARE, job_id, row=1))
+        view.add_item(JobButton(action, job_id, lang, row=0))
+    view.add_item(JobButton(Action.COMPARE, job_id, lang, row=1))
     if details:
-        view.add_item(JobButton(Action.DETAILS, job_id, row=1))
+        view.add_item(JobButton(Action.DETAILS, job_id, lang, row=1))
     if depth_map:
-        view.add_item(JobButton(Action.DEPTH, job_id, row=1))
+        view.add_item(JobButton(Action.DEPTH, job_id, lang, row=1))
     if deletable:
-        view.add_item(JobButton(Action.DELETE, job_id, row=1))
+        view.add_item(JobButton(Action.DELETE, job_id, lang, row=1))
     return view
 
 
-def cancel_view(job_id: str) -> discord.ui.View:
+def cancel_view(job_id: str, lang: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(JobButton(Action.CANCEL, job_id))
+    view.add_item(JobButton(Action.CANCEL, job_id, lang))
     return view
 
 
@@ -125,11 +127,13 @@ class PromptModal(discord.ui.Modal):
     """Sent to ask for a prompt. Submissions are handled from the custom id (``cog.py``), so they
     work whatever happened to this object (a restart, say)."""
 
-    def __init__(self, *, custom_id: str, title: str, prompt: str = "", negative: str = "") -> None:
+    def __init__(
+        self, *, custom_id: str, title: str, lang: str, prompt: str = "", negative: str = ""
+    ) -> None:
         super().__init__(title=title, custom_id=custom_id, timeout=None)
         self.add_item(
             discord.ui.TextInput(
-                label="Prompt",
+                label=text(lang, "form.prompt"),
                 custom_id="prompt",
                 style=discord.TextStyle.paragraph,
                 default=prompt[:1000] or None,
@@ -139,7 +143,7 @@ class PromptModal(discord.ui.Modal):
         )
         self.add_item(
             discord.ui.TextInput(
-                label="Negative prompt (optional)",
+                label=text(lang, "form.negative"),
                 custom_id="negative_prompt",
                 style=discord.TextStyle.paragraph,
                 default=negative[:1000] or None,

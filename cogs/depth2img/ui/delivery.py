@@ -16,9 +16,11 @@ from typing import Any
 import discord
 
 from cogs.depth2img.core.jobs import Outcome
+from cogs.i18n import text as say
 
 from . import cards, text
 from .components import result_view, upload
+from .langs import members, of_job
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +30,20 @@ TOKEN_SAFE_AGE_S = 14 * 60
 INVALID_WEBHOOK_TOKEN = 401
 
 
-def render(outcome: Outcome, *, full: bool = False) -> tuple[str, list[discord.File], discord.ui.View | None]:
-    """The message for an outcome: the images with their text and buttons (``full``: the whole card;
-    else the compact one, its details behind a button), or one clear sentence."""
+def render(
+    outcome: Outcome, lang: str, *, full: bool = False
+) -> tuple[str, list[discord.File], discord.ui.View | None]:
+    """The message for an outcome, in ``lang``: the images with their text and buttons (``full``: the
+    whole card; else the compact one, its details behind a button), or one clear sentence."""
     job = outcome.job
     if outcome.result is not None:
         files = [upload(img.data, img.filename) for img in outcome.result.images]
-        view = result_view(job.id, depth_map=outcome.result.depth_map is not None, details=not full)
-        words = cards.result_message(job, outcome.result) if full else cards.compact_card(job, outcome.result)
-        return words, files, view
+        view = result_view(job.id, lang, depth_map=outcome.result.depth_map is not None, details=not full)
+        if full:
+            return cards.result_message(job, outcome.result, lang), files, view
+        return cards.compact_card(job, outcome.result, lang), files, view
     assert outcome.error is not None
-    return text.failure_message(job, outcome.error), [], None
+    return text.failure_message(job, outcome.error, lang), [], None
 
 
 def _gone(exc: discord.HTTPException) -> bool:
@@ -60,9 +65,10 @@ async def deliver(
     through the token kept in the ledger), or fall back to the channel. Raises
     :class:`discord.HTTPException` when Discord refuses both."""
     job = outcome.job
+    lang = of_job(client, job, interaction)  # (the channel sees it: the server's language)
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
     if fresh and (interaction is not None or job.message_id is not None):
-        content, files, view = render(outcome, full=full)
+        content, files, view = render(outcome, lang, full=full)
         try:
             if interaction is not None:
                 await interaction.edit_original_response(
@@ -86,7 +92,7 @@ async def deliver(
                 "the job's message can no longer be edited; sending to the channel",
                 extra={"job": job.id, "status": exc.status},
             )
-    content, files, view = render(outcome, full=full)
+    content, files, view = render(outcome, lang, full=full)
     channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
     ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
     try:
@@ -111,6 +117,11 @@ async def reply_privately(interaction: discord.Interaction[Any], message: str) -
         await interaction.edit_original_response(content=message, allowed_mentions=NO_MENTIONS)
         return
     await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+async def tell(interaction: discord.Interaction[Any], key: str, **params: object) -> None:
+    """A fixed private answer, in the member's language."""
+    await interaction.response.send_message(say(members(interaction), key, **params), ephemeral=True)
 
 
 async def answer_anyway(interaction: discord.Interaction[Any], message: str) -> None:

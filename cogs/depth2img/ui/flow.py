@@ -33,6 +33,7 @@ from cogs.depth2img.store import DuplicateInteraction, Job, JobState
 
 from . import text
 from .delivery import NO_MENTIONS, deliver, reply_privately
+from .langs import channels, members
 from .progress import ProgressMessage
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class RequestFlow:
                 ticket = service.admit(interaction.user.id, interaction.guild_id, pictures=params.samples)
             except RequestRejected as exc:
                 await interaction.response.send_message(
-                    text.describe(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
+                    text.describe(exc, members(interaction)), ephemeral=True, allowed_mentions=NO_MENTIONS
                 )
                 return
             try:
@@ -135,7 +136,9 @@ class RequestFlow:
             except Exception as exc:  # the ledger out of reach for longer than its retries: nothing recorded,
                 # nothing sent; the member is told so
                 log.error("the job could not be recorded", extra={"error": type(exc).__name__})
-                await reply_privately(interaction, text.describe(InternalError(type(exc).__name__)))
+                await reply_privately(
+                    interaction, text.describe(InternalError(type(exc).__name__), members(interaction))
+                )
                 return
             with service.driving(job.id):
                 await self._take_in_and_run(job, ticket, read=read, started=started, interaction=interaction)
@@ -163,7 +166,7 @@ class RequestFlow:
             refused = Outcome(job, error=error)
             async with service.delivering(refused) as mine:
                 if mine and interaction is not None:
-                    await reply_privately(interaction, text.describe(error))
+                    await reply_privately(interaction, text.describe(error, members(interaction)))
                 elif mine:
                     await deliver(self.client, refused)
             return
@@ -193,7 +196,7 @@ class RequestFlow:
             if interaction is not None:  # the member still hears, if Discord lets anything through
                 with contextlib.suppress(discord.HTTPException):
                     await interaction.edit_original_response(
-                        content=text.delivery_failed(ref),
+                        content=text.delivery_failed(ref, channels(interaction)),
                         attachments=[],
                         view=None,
                         allowed_mentions=NO_MENTIONS,
@@ -240,9 +243,7 @@ class RequestFlow:
                 try:
                     data: bytes = await self.client.http.get_from_cdn(url)
                 except discord.HTTPException:
-                    raise InvalidInput(
-                        "The picture could not be downloaded from Discord any more. Send it again."
-                    ) from None
+                    raise InvalidInput("input.download_gone") from None
                 return data
             return await self.service.read_stored(path)
 

@@ -18,9 +18,11 @@ from typing import Any
 import discord
 
 from cogs.depth2img.models import ProgressEvent
+from cogs.i18n import text
 
-from . import text
 from .components import cancel_view
+from .langs import channels
+from .text import progress_text
 
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -32,6 +34,8 @@ LAST_EDIT_AGE_S = 13 * 60
 class ProgressMessage:
     def __init__(self, interaction: discord.Interaction[Any], job_id: str, *, interval_s: float) -> None:
         self.interaction = interaction
+        self.lang = channels(interaction)  # the line is in the channel: the server's language
+        self.long_wait = text(self.lang, "progress.long_wait")
         # past this (unix time) the token may not last until the result: the line says so, once, and
         # stops (the result will be a message of its own: see delivery.deliver)
         self.last_edit_at = interaction.created_at.timestamp() + LAST_EDIT_AGE_S
@@ -69,7 +73,7 @@ class ProgressMessage:
     async def _show_now_and_then(self) -> None:
         while not self._closed:
             if time.time() >= self.last_edit_at:
-                await self._show(text.LONG_WAIT_NOTICE)
+                await self._show(self.long_wait)
                 return
             await self._show()
             if not self._closed:
@@ -79,16 +83,16 @@ class ProgressMessage:
         if self._event is None:
             return
         if line is None:
-            line = text.progress_text(self._event, self._received_at, time.time())
+            line = progress_text(self._event, self._received_at, time.time(), self.lang)
         if line is None or line == self._shown:
             return
-        if line != text.LONG_WAIT_NOTICE and time.monotonic() - self._shown_at < self.interval_s:
+        if line != self.long_wait and time.monotonic() - self._shown_at < self.interval_s:
             return
         self._shown, self._shown_at = line, time.monotonic()
         self._editing = True
         try:
             await self.interaction.edit_original_response(
-                content=line, view=cancel_view(self.job_id), allowed_mentions=NO_MENTIONS
+                content=line, view=cancel_view(self.job_id, self.lang), allowed_mentions=NO_MENTIONS
             )
             self.edits += 1
         except Exception as exc:  # a progress line is not worth failing for (the result comes next)

@@ -13,10 +13,12 @@ from discord.ext import commands
 from cogs.depth2img.core.policy import GuildSettings
 from cogs.depth2img.core.service import Depth2ImgService
 from cogs.depth2img.errors import InvalidInput
+from cogs.i18n import text as say
 
 from . import text
 from .delivery import NO_MENTIONS
 from .flow import is_manager
+from .langs import members
 
 Change = Callable[[GuildSettings], GuildSettings]
 
@@ -35,8 +37,9 @@ class SettingsCog(commands.Cog, name="Depth2ImgSettings"):
 
     async def _change(self, interaction: discord.Interaction, change: Change | None) -> None:
         viewer = interaction.guild_id is not None and not is_manager(interaction)
+        lang = members(interaction)
         if interaction.guild_id is None or (viewer and change is not None):
-            await interaction.response.send_message(text.SETTINGS_MANAGERS_ONLY, ephemeral=True)
+            await interaction.response.send_message(say(lang, "settings.managers_only"), ephemeral=True)
             return
         current = self.service.settings_for(interaction.guild_id)
         if change is not None:
@@ -45,11 +48,11 @@ class SettingsCog(commands.Cog, name="Depth2ImgSettings"):
                     interaction.guild_id, change(current), by=interaction.user.id
                 )
             except InvalidInput as exc:
-                await interaction.response.send_message(text.describe(exc), ephemeral=True)
+                await interaction.response.send_message(text.describe(exc, lang), ephemeral=True)
                 return
         await interaction.response.send_message(
             text.settings_summary(
-                current, self.service.default_cooldown_s, self.service.owner_limits, viewer=viewer
+                current, self.service.default_cooldown_s, self.service.owner_limits, lang, viewer=viewer
             ),
             ephemeral=True,
             allowed_mentions=NO_MENTIONS,
@@ -105,7 +108,7 @@ class SettingsCog(commands.Cog, name="Depth2ImgSettings"):
 
     @group.command(name="content", description="Set the content policy.")
     @app_commands.describe(
-        nsfw_in_age_restricted="Turn the API's safety checker off in age-restricted channels (it stays on elsewhere)."
+        nsfw_in_age_restricted="Turn the image service's safety checker off in age-restricted channels (it stays on elsewhere)."
     )
     async def content(self, interaction: discord.Interaction, nsfw_in_age_restricted: bool) -> None:
         await self._change(interaction, lambda s: replace(s, nsfw_in_age_restricted=nsfw_in_age_restricted))

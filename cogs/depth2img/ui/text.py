@@ -1,6 +1,8 @@
-"""Every member-facing string: what a member reads, built from plain data. One pure function maps every
-error to wording; nothing here shows ``str(exc)`` of an unexpected exception, a traceback or a secret.
-Discord markup (mentions, timestamps, code blocks) is plain text here: nothing imports discord.py.
+"""Every member-facing string: what a member reads, built from plain data, in the reader's language
+(``lang``: a Discord locale; the words are in :mod:`cogs.i18n`'s catalogues). One pure function maps
+every error to wording; nothing here shows ``str(exc)`` of an unexpected exception, a traceback or a
+secret. Discord markup (mentions, timestamps, code blocks) is plain text here: nothing imports
+discord.py.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from cogs.depth2img.errors import (
     SourceImageUnreachable,
 )
 from cogs.depth2img.models import ProgressEvent, Stage
-from cogs.depth2img.store import Job
-from cogs.depth2img.words import plural
+from cogs.depth2img.store import Job, JobState
+from cogs.i18n import Plural, catalogue, text
 
 _MENTION_RE = re.compile(r"@(everyone|here)|<@[!&]?\d+>|<#\d+>")
 
@@ -49,258 +51,209 @@ def neutralise(text: str) -> str:
     return _MENTION_RE.sub(lambda m: m.group(0).replace("@", "@\u200b").replace("<#", "<#\u200b"), text)
 
 
-def _seconds(value: float) -> str:
-    return f"{math.ceil(value)} s" if value < 90 else f"{math.ceil(value / 60)} min"
+def seconds(lang: str, value: float) -> str:
+    """A wait as people say it: "12 s", "3 min"."""
+    if value < 90:
+        return text(lang, "time.seconds", n=math.ceil(value))
+    return text(lang, "time.minutes", n=math.ceil(value / 60))
 
 
-def describe(exc: Depth2ImgError) -> str:
+def when(unix_time: float) -> str:
+    """A moment as a Discord timestamp, shown to each reader in their own language ("in 5 minutes")."""
+    return f"<t:{math.ceil(unix_time)}:R>"
+
+
+# What each error says, by class, the first match winning (subclasses before their bases).
+_PLAIN: tuple[tuple[type[Depth2ImgError], str], ...] = (
+    (AlreadyRunning, "error.already_running"),
+    (ShuttingDown, "error.shutting_down"),
+    (JobInterrupted, "error.interrupted"),
+    (AuthenticationError, "error.account_refused"),
+    (InsufficientCreditsError, "error.no_credit"),
+    (ServiceMisconfigured, "error.misconfigured"),
+    (JobLost, "error.lost"),
+    (SourceImageUnreachable, "error.source_unreachable"),
+    (BadRequestError, "error.bad_request"),
+)
+_LATER: tuple[tuple[type[Depth2ImgError], str], ...] = (
+    (JobFailed, "error.failed"),
+    (APITimeoutError, "error.no_answer"),
+    (APIConnectionError, "error.unreachable"),
+    (ServerError, "error.service_problem"),
+    (MalformedResponseError, "error.malformed"),
+)
+
+
+def describe(exc: Depth2ImgError, lang: str) -> str:
     """One clear sentence or two: what happened, and what to do."""
     if isinstance(exc, InvalidInput):
-        return f"❌ {exc.reason}"
+        return text(lang, "refused.invalid", reason=text(lang, exc.key, **exc.params))
     if isinstance(exc, NotAllowed):
-        return f"🚫 {exc.reason}"
-    if isinstance(exc, AlreadyRunning):
-        return "🕒 You already have a picture in progress. Wait for it to finish, then try again."
+        return text(lang, "refused.not_allowed", reason=text(lang, exc.key, **exc.params))
     if isinstance(exc, CoolingDown):
-        return f"🕒 Easy there: you can ask again in {_seconds(exc.retry_after_s)}."
-    if isinstance(exc, QuotaExceeded) and exc.bot_wide:
-        return (
-            "📅 The bot has made all the pictures its owner allows for one day, across every server. "
-            f"It makes pictures again <t:{int(exc.resets_at)}:R>."
-        )
-    if isinstance(exc, QuotaExceeded) and exc.per_member:
-        return f"📅 You have made your {exc.quota} pictures for today here. Your quota resets <t:{int(exc.resets_at)}:R>."
+        return text(lang, "error.cooling_down", wait=seconds(lang, exc.retry_after_s))
     if isinstance(exc, QuotaExceeded):
-        return f"📅 This server has used its {exc.quota} pictures for today. The quota resets <t:{int(exc.resets_at)}:R>."
-    if isinstance(exc, ShuttingDown):
-        return "🔄 The bot is restarting. Try again in a minute."
+        if exc.bot_wide:
+            return text(lang, "error.quota_bot", when=when(exc.resets_at))
+        key = "error.quota_member" if exc.per_member else "error.quota_server"
+        return text(lang, key, pictures=Plural("count.pictures", exc.quota), when=when(exc.resets_at))
     if isinstance(exc, JobCancelled):
         if exc.after_submit and not exc.paid:
-            return "🛑 Cancelled. The image server has stopped working on it."
-        if exc.after_submit:
-            return "🛑 Cancelled. The image service had already started, so its credits may have been spent."
-        return "🛑 Cancelled before anything was sent to the image service."
-    if isinstance(exc, JobInterrupted):
-        return (
-            "🔄 The bot restarted while sending your request to the image service. To be sure you are not "
-            "charged twice it was not sent again. Please run the command again."
-        )
+            return text(lang, "error.cancelled_stopped")
+        return text(lang, "error.cancelled_maybe_spent" if exc.after_submit else "error.cancelled_before")
     if isinstance(exc, QueueFull):
-        return f"🚦 The bot is busy right now. Try again in about {_seconds(exc.retry_after_s)}."
-    if isinstance(exc, AuthenticationError):
-        return "🔑 The image service refused the bot's account. Ask the bot's owner to check it."
-    if isinstance(exc, InsufficientCreditsError):
-        return "💳 The bot's account at the image service has run out of credit. Ask the bot's owner to top it up, then try again."
+        return text(lang, "error.queue_full", wait=seconds(lang, exc.retry_after_s))
     if isinstance(exc, RateLimitError):
-        return (
-            "🚦 The image service is busy with this account's other requests. "
-            f"Try again in about {_seconds(exc.retry_after_s)}."
-        )
-    if isinstance(exc, ServiceMisconfigured):
-        return (
-            "🛠️ The bot's image server is not set up to make this picture right now. Ask the bot's "
-            "owner: the bot's log says what to fix."
-        )
-    if isinstance(exc, JobLost):
-        return "⚠️ The image server lost your picture while making it (it may have restarted). Try again."
-    if isinstance(exc, SourceImageUnreachable):
-        return "🖼️ The image service could not fetch your picture. Upload it again and retry."
-    if isinstance(exc, BadRequestError):
-        return "❌ The image service refused this request. Check your options, or try another picture."
-    if isinstance(exc, JobTimedOut) and not exc.at_api:
-        return (
-            f"⌛ The bot was too busy to start your picture within {_seconds(exc.after_s)}; nothing was "
-            "sent to the image service. Try again in a few minutes."
-        )
+        return text(lang, "error.rate_limited", wait=seconds(lang, exc.retry_after_s))
     if isinstance(exc, JobTimedOut):
-        return (
-            f"⌛ The image service did not finish within {_seconds(exc.after_s)}. "
-            "It may be overloaded; try again in a few minutes."
-        )
-    if isinstance(exc, JobFailed):
-        return "⚠️ The image service could not make this picture. Try again, perhaps with other options."
-    if isinstance(exc, APITimeoutError):
-        return "⌛ The image service did not answer in time. Try again in a minute."
-    if isinstance(exc, APIConnectionError):
-        return "📡 The bot could not reach the image service. Try again in a minute."
-    if isinstance(exc, ServerError):
-        return "⚠️ The image service had an internal problem. Try again in a minute."
-    if isinstance(exc, MalformedResponseError):
-        return "⚠️ The image service sent an answer the bot does not understand. Try again later."
-    if isinstance(exc, OutputUnavailable) and exc.unusable:
-        return (
-            "📥 The image service sent back a picture the bot cannot use (damaged, or far too large). "
-            "Try again, perhaps with other options."
-        )
+        key = "error.timeout_service" if exc.at_api else "error.timeout_bot"
+        return text(lang, key, wait=seconds(lang, exc.after_s))
+    for kind, key in (*_PLAIN, *_LATER):
+        if isinstance(exc, kind):
+            return text(lang, key)
     if isinstance(exc, OutputUnavailable):
-        return "📥 The picture was made but could not be downloaded from the image service. Try again."
+        return text(lang, "error.output_unusable" if exc.unusable else "error.output_unavailable")
     if isinstance(exc, APIError):
-        return "⚠️ The image service could not be used just now. Try again in a minute."
+        return text(lang, "error.service_unusable")
     if isinstance(exc, InternalError):
-        return (
-            "⚠️ The bot ran into a problem of its own with this request. Try again in a minute; if it "
-            "keeps happening, give the bot's owner the code below."
-        )
-    return "⚠️ Something went wrong with this request. Try again in a minute."
+        return text(lang, "error.internal")
+    return text(lang, "error.unknown")
 
 
 def settings_summary(
-    rules: GuildSettings, default_cooldown_s: float, owner: OwnerLimits, *, viewer: bool = False
+    rules: GuildSettings, default_cooldown_s: float, owner: OwnerLimits, lang: str, *, viewer: bool = False
 ) -> str:
     """What the server's members get, in plain words (Discord markup for channels and roles): the
     server's own settings and the limits the bot's owner set for every server. ``viewer``: the
     reader may look but not change them."""
-    channels = ", ".join(f"<#{c}>" for c in rules.channels) or "every channel"
-    roles = ", ".join(f"<@&{r}>" for r in rules.roles) or "everyone"
-    quota = f"{rules.member_daily_quota} per member per day" if rules.member_daily_quota else "no daily limit"
-    cooldown = rules.cooldown_s if rules.cooldown_s is not None else default_cooldown_s
-    content = (
-        "off in age-restricted channels, on everywhere else"
-        if rules.nsfw_in_age_restricted
-        else "always on (unsafe images come back blank)"
+    channels = ", ".join(f"<#{c}>" for c in rules.channels) or text(lang, "settings.every_channel")
+    roles = ", ".join(f"<@&{r}>" for r in rules.roles) or text(lang, "settings.everyone")
+    quota = (
+        text(lang, "settings.quota_per_member", n=rules.member_daily_quota)
+        if rules.member_daily_quota
+        else text(lang, "settings.no_daily_limit")
     )
+    cooldown = rules.cooldown_s if rules.cooldown_s is not None else default_cooldown_s
     return "\n".join(
         [
-            "**/depth2img settings for this server**",
-            f"• Channels: {channels}",
-            f"• Who may use it: {roles} (people with Manage Server always may)",
-            f"• Pictures: {quota}; {cooldown:g} s between two requests of a member",
-            f"• At most {plural(rules.max_samples, 'picture')} per request and {plural(rules.max_steps, 'step')}",
-            f"• Safety checker: {content}",
-            f"• Result card: {rules.card} ({'details behind the ℹ️ button' if rules.card == 'compact' else 'everything on the card'})",
-            *owner_summary(owner),
-            *(
-                ["You can view these settings; members with the Manage Server permission can change them."]
-                if viewer
-                else []
+            text(lang, "settings.title"),
+            text(lang, "settings.channels", channels=channels),
+            text(lang, "settings.roles", roles=roles),
+            text(lang, "settings.quota", quota=quota, cooldown=text(lang, "time.seconds", n=cooldown)),
+            text(
+                lang,
+                "settings.per_request",
+                pictures=Plural("count.pictures", rules.max_samples),
+                steps=Plural("count.steps", rules.max_steps),
             ),
+            text(
+                lang,
+                "settings.safety_age_restricted"
+                if rules.nsfw_in_age_restricted
+                else "settings.safety_always",
+            ),
+            text(lang, "settings.card_compact" if rules.card == "compact" else "settings.card_full"),
+            *owner_summary(owner, lang),
+            *([text(lang, "settings.viewer")] if viewer else []),
         ]
     )
 
 
-def owner_summary(owner: OwnerLimits) -> list[str]:
+def owner_summary(owner: OwnerLimits, lang: str) -> list[str]:
     """The limits the bot's owner set, which apply whatever the server chose."""
-    lines = ["**Set by the bot's owner, for every server**"]
+    lines = [text(lang, "owner.title")]
     if owner.guild_daily_quota:
-        lines.append(f"• This server: at most {plural(owner.guild_daily_quota, 'request')} a day")
+        lines.append(
+            text(lang, "owner.server_quota", requests=Plural("count.requests", owner.guild_daily_quota))
+        )
     if owner.member_daily_quota:
         lines.append(
-            f"• Each member: at most {plural(owner.member_daily_quota, 'picture')} a day (the lower of this and "
-            "this server's own limit applies)"
+            text(lang, "owner.member_quota", pictures=Plural("count.pictures", owner.member_daily_quota))
         )
     if owner.bot_daily_quota:
-        lines.append(
-            f"• The bot as a whole: at most {plural(owner.bot_daily_quota, 'picture')} a day, across every server"
-        )
+        lines.append(text(lang, "owner.bot_quota", pictures=Plural("count.pictures", owner.bot_daily_quota)))
     if len(lines) == 1:
-        lines.append("• No daily limits")
+        lines.append(text(lang, "owner.none"))
     return lines
 
 
 # --- progress ---------------------------------------------------------------------------------------
 
 
-def progress_text(event: ProgressEvent, received_at: float, now: float) -> str | None:
+def progress_text(event: ProgressEvent, received_at: float, now: float, lang: str) -> str | None:
     """The member's progress line for ``event`` (heard at unix time ``received_at``; it is ``now``)."""
     eta = received_at + event.eta_s if event.eta_s is not None else None
     if event.stage is Stage.WAITING_FOR_SLOT:
         if not event.position:
             return None
-        when = f" — expected <t:{math.ceil(eta)}:R>" if eta is not None else ""
-        return f"⏳ Waiting for a free slot (position {event.position}){when}."
+        if eta is not None:
+            return text(lang, "progress.waiting_slot_eta", position=event.position, when=when(eta))
+        return text(lang, "progress.waiting_slot", position=event.position)
     if event.stage is Stage.GENERATING and event.done is not None:
-        when = f" — expected <t:{math.ceil(eta)}:R>" if eta is not None and eta > now else ""
-        return f"⏳ Generating… {round(min(1.0, max(0.0, event.done)) * 100)}%{when}"
+        percent = round(min(1.0, max(0.0, event.done)) * 100)
+        if eta is not None and eta > now:
+            return text(lang, "progress.generating_eta", percent=percent, when=when(eta))
+        return text(lang, "progress.generating", percent=percent)
     if event.stage is Stage.SERVICE_SLOW:
-        return (
-            "⏳ The image service has your picture but is slow to answer right now; the bot keeps asking. "
-            "Nothing to do: it will appear here."
-        )
+        return text(lang, "progress.service_slow")
     if eta is not None and eta > now:
-        return f"⏳ Queued at the image service — expected <t:{math.ceil(eta)}:R>."
-    return "⏳ Queued at the image service…"
+        return text(lang, "progress.queued_eta", when=when(eta))
+    return text(lang, "progress.queued")
 
 
-# The progress line's last words, when the interaction's 15 minutes are nearly over: the result will
-# come as a message of its own.
-LONG_WAIT_NOTICE = (
-    "⏳ Still working on it. This is taking long: the picture will be posted in this channel as a "
-    "new message that mentions you."
-)
-
-PROGRESS_PREFIXES = (
-    "⏳ Generating",
-    "⏳ Queued at the image service",
-    "⏳ Waiting for a free slot",
-    "⏳ The image service has your picture",
-    "⏳ Still working on it",
+# How every progress line begins, in every language (what comes before its first placeholder): how a
+# reader of the channel (a test, the benchmark) tells a progress line from a final state.
+PROGRESS_PREFIXES = tuple(
+    sorted(
+        {
+            entry.split("{")[0]
+            for table in catalogue().tables.values()
+            for key, entry in table["replies"].items()
+            if key.startswith("progress.") and isinstance(entry, str)
+        }
+    )
 )
 
 
 # --- results, history ----------------------------------------------------------------------------
 
 
-def failure_message(job: Job, error: Depth2ImgError) -> str:
+def failure_message(job: Job, error: Depth2ImgError, lang: str) -> str:
     """The message that replaces the "thinking…" one when a job ends without images."""
-    text = describe(error)
+    said = describe(error, lang)
     if job.resumes:
-        text = f"<@{job.user_id}> {text}"
-    return f"{text}\n-# code `{job.id}`"
+        said = f"<@{job.user_id}> {said}"
+    return f"{said}\n{text(lang, 'error.code', code=job.id)}"
 
 
-def history_text(jobs: list[Job]) -> str:
+_STATES = {
+    JobState.DELIVERED: "state.delivered",
+    JobState.FAILED: "state.failed",
+    JobState.CANCELLED: "state.cancelled",
+}
+
+
+def history_text(jobs: list[Job], lang: str) -> str:
     if not jobs:
-        return "You have no pictures yet. Try /depth2img!"
-    lines = ["**Your recent pictures** (newest first; bring one back with /depth2img-show):"]
+        return text(lang, "history.empty")
+    lines = [text(lang, "history.title")]
     for job in jobs:
         prompt = neutralise(job.params.prompt.replace("`", "'"))
         if len(prompt) > 60:
             prompt = prompt[:59] + "…"
-        lines.append(f"`{job.id}` · {job.state} · <t:{int(job.created_at)}:R> · {prompt}")
+        state = text(lang, _STATES.get(job.state, "state.working"))
+        lines.append(f"`{job.id}` · {state} · {when(job.created_at)} · {prompt}")
     return "\n".join(lines)[:2000]
 
 
-def forgotten_text(count: int) -> str:
-    return (
-        f"🧹 Done: deleted {plural(count, 'request')} of yours, with the pictures the bot kept. Messages already posted in channels stay; "
-        "use their Delete button to remove them."
-    )
+def forgotten_text(count: int, lang: str) -> str:
+    return text(lang, "history.forgotten", n=count)
 
 
-# Fixed replies.
-NO_PICTURE_ON_MESSAGE = "❌ That message has no picture attached. Pick a message with an image."
-FORM_EXPIRED = "⌛ This form has expired. Use Apps → Depth to image on the message again."
-JOB_GONE = "🗑️ That picture is no longer stored (it was deleted). Start again with /depth2img."
-JOB_GONE_SHORT = "🗑️ That picture is no longer stored."
-ONLY_REQUESTER_OR_MODERATOR_DELETES = (
-    "🚫 Only the member who asked for this picture, or someone with Manage Messages, can delete it."
-)
-ONLY_REQUESTER_CANCELS = "🚫 Only the member who asked can cancel this."
-ALREADY_FINISHED = "This picture is already finished."
-NOT_FOUND_FOR_SHOW = "🔎 No delivered picture has that id. See /depth2img-history for yours."
-OTHER_SERVER = "🔎 That picture was made in another server."
-DELETED_FOR_OTHERS = (
-    "🗑️ That picture was deleted. Only the member who asked for it can bring it back, and only for themselves."
-)
-AGE_RESTRICTED_ONLY = "🔞 That picture was made in an age-restricted channel: it can only be shown in one."
-SETTINGS_MANAGERS_ONLY = "🚫 Only members with the Manage Server permission can change these settings."
+def delivery_failed(code: str, lang: str) -> str:
+    return text(lang, "error.delivery_failed", code=code)
 
 
-def delivery_failed(ref: str) -> str:
-    return (
-        f"⚠️ Something went wrong (code `{ref}`): Discord refused the bot's message with your picture. "
-        "Try again; if it keeps happening, give the bot's owner this code."
-    )
-
-
-def depth_map_caption(job_id: str) -> str:
-    return f"🗺️ The depth map picture `{job_id}` was made from (near is light, far is dark)."
-
-
-def comparison_caption(job_id: str) -> str:
-    return f"🪞 Before | after for picture `{job_id}`"
-
-
-def format_error(error: BaseException) -> str | None:
+def format_error(error: BaseException, lang: str) -> str | None:
     """For the bot's global error handler: the words for an error of this extension, else None."""
-    return describe(error) if isinstance(error, Depth2ImgError) else None
+    return describe(error, lang) if isinstance(error, Depth2ImgError) else None
