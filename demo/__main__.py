@@ -17,12 +17,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from cogs.depth2img.ui.text import PROGRESS_PREFIXES
 from tests.fakes.fake_api import FakeModelsLab
 from tests.fakes.fake_discord import FakeDiscord, FakeMessage, InteractionRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "demo-output"
-PROGRESS = ("⏳ Queued at the image service", "⏳ Waiting for a free slot")
+PROGRESS = PROGRESS_PREFIXES  # (every language's progress lines)
 PROMPT = "a cozy wooden cabin at sunset, warm light, oil painting"
 
 
@@ -129,6 +130,15 @@ async def iterate(fake: FakeDiscord, first: FakeMessage) -> None:
     say("11. /depth2img-history (private):")
     history = await wait_final(fake, await fake.invoke_slash("depth2img-history", {}, user_id=member))
     show(history)
+    say()
+    say("12. In a server whose language is French, a member whose Discord is in German runs the same")
+    say("    command: the channel reads French, the member's private answers are in German.")
+    fake.guild_locale, fake.member_locale = "fr", "de"
+    picture = fake.add_attachment(sample_picture(), "cabin.jpg", "image/jpeg")
+    card = await wait_final(fake, await fake.invoke_slash("depth2img", {"image": picture, "prompt": PROMPT}))
+    show(card)
+    say("    [ℹ️ Détails], pressed by that member:")
+    show(await wait_final(fake, await fake.click(card, button(card, "details"))))
 
 
 async def main() -> int:

@@ -5,6 +5,7 @@ becomes a short message with a reference, and a log line."""
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -44,8 +45,8 @@ class AppCommandTree(app_commands.CommandTree[Any]):
             await send_final(interaction, text)
             return
         if isinstance(error, app_commands.CommandOnCooldown):
-            again = int(discord.utils.utcnow().timestamp() + error.retry_after) + 1
-            text = say(lang, "bot.slow_down", when=f"<t:{again}:R>")
+            wait = say(lang, "time.seconds", n=math.ceil(error.retry_after))  # (one cooldown wording)
+            text = say(lang, "error.cooling_down", wait=wait)
         elif isinstance(error, app_commands.CheckFailure):
             text = say(lang, "bot.not_here")
         else:
