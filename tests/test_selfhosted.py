@@ -220,7 +220,11 @@ async def test_comfyui_job_survives_a_bot_restart_and_one_comfyui_forgot_is_run_
         "depth2img",
         {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "kept", "steps": 10},
     )
-    await fake_discord.wait_for(lambda: comfyui.running is not None, timeout=10)
+    # killed once the bot has recorded the prompt id (it asks for the prompt's history only after):
+    # a kill between ComfyUI's answer and that record would rightly run it again (it costs nothing)
+    await fake_discord.wait_for(
+        lambda: comfyui.running is not None and comfyui.running.prompt_id in comfyui.history_asked, timeout=10
+    )
     await stop_bot(proc, signal.SIGKILL)
     proc = await spawn_bot(fake_discord, env, tmp_path)  # found again by its prompt id
     try:

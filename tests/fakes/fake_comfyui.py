@@ -96,6 +96,7 @@ class FakeComfyUI(LocalServer):
     uploads: list[str] = field(default_factory=list)
     interrupts: int = 0
     deleted: list[str] = field(default_factory=list)
+    history_asked: list[str] = field(default_factory=list)  # every GET /history/{prompt_id}
 
     def __post_init__(self) -> None:
         LocalServer.__init__(self)
@@ -337,6 +338,7 @@ class FakeComfyUI(LocalServer):
 
     async def _history(self, request: web.Request) -> web.Response:
         prompt_id = request.match_info["id"]
+        self.history_asked.append(prompt_id)
         entry = self.history.get(prompt_id)
         return web.json_response({prompt_id: entry} if entry else {})
 
