@@ -47,6 +47,7 @@ class Catalogue:
             raise ValueError(f"no {SOURCE} catalogue")
         self.tables = tables
         self._babel = {name: Locale.parse(name, sep="-") for name in tables}
+        self._fixed: dict[tuple[str | None, str], str] = {}
 
     @classmethod
     def load(cls, directory: Path = LOCALES_DIR) -> Catalogue:
@@ -70,6 +71,12 @@ class Catalogue:
         return found  # type: ignore[no-any-return]
 
     def text(self, locale: str | None, key: str, /, **params: object) -> str:
+        if not params:  # (a button label, a fixed reply: rendered once per language)
+            said = self._fixed.get((locale, key))
+            if said is None:
+                name = self.language(locale)
+                said = self._fixed[(locale, key)] = self._render(name, self.entry(name, key), {})
+            return said
         name = self.language(locale)
         return self._render(name, self.entry(name, key), params)
 
