@@ -94,7 +94,11 @@ class RequestFlow:
         service = self.service
         if not service.first_sight(interaction.id):
             return  # Discord delivered this interaction twice: it runs once
-        with service.answering():
+        # Answering lasts until the job is recorded: picture work waits for the row too, so a crash
+        # after the answer leaves a job the restarted bot finds (not a member left on "thinking…").
+        answering = contextlib.ExitStack()
+        with answering:
+            answering.enter_context(service.answering())
             try:
                 params = service.check(make_params, where(interaction), declared_size=declared_size)
                 ticket = service.admit(interaction.user.id, interaction.guild_id, pictures=params.samples)
@@ -108,40 +112,45 @@ class RequestFlow:
                     message_id = await self._acknowledge(interaction)
             except InteractionExpired:
                 return
-        with ticket:
-            service.acknowledged(started)
-            origin = Origin(
-                user_id=interaction.user.id,
-                channel_id=interaction.channel_id or 0,
-                guild_id=interaction.guild_id,
-                application_id=interaction.application_id,
-                interaction_token=interaction.token,
-                interaction_created_at=interaction.created_at.timestamp(),
-                message_id=message_id,
-                upload_limit_bytes=max(1024, interaction.filesize_limit - UPLOAD_MARGIN),
-                interaction_id=str(interaction.id),
-                age_restricted=bool(getattr(interaction.channel, "nsfw", False)),
-            )
-            try:
-                job = await service.record(
-                    params,
-                    origin,
-                    source_url=source_url,
-                    source_path=source_path,
-                    parent_id=parent.id if parent else None,
-                    kind=kind,
+            with ticket:
+                service.acknowledged(started)
+                origin = Origin(
+                    user_id=interaction.user.id,
+                    channel_id=interaction.channel_id or 0,
+                    guild_id=interaction.guild_id,
+                    application_id=interaction.application_id,
+                    interaction_token=interaction.token,
+                    interaction_created_at=interaction.created_at.timestamp(),
+                    message_id=message_id,
+                    upload_limit_bytes=max(1024, interaction.filesize_limit - UPLOAD_MARGIN),
+                    interaction_id=str(interaction.id),
+                    age_restricted=bool(getattr(interaction.channel, "nsfw", False)),
                 )
-            except DuplicateInteraction:
-                return
-            except Exception as exc:  # the ledger out of reach for longer than its retries: nothing recorded,
-                # nothing sent; the member is told so
-                log.error("the job could not be recorded", extra={"error": type(exc).__name__})
-                await reply_privately(
-                    interaction, text.describe(InternalError(type(exc).__name__), members(interaction))
-                )
-                return
-            with service.driving(job.id):
-                await self._take_in_and_run(job, ticket, read=read, started=started, interaction=interaction)
+                try:
+                    job = await service.record(
+                        params,
+                        origin,
+                        source_url=source_url,
+                        source_path=source_path,
+                        parent_id=parent.id if parent else None,
+                        kind=kind,
+                    )
+                except DuplicateInteraction:
+                    return
+                except (
+                    Exception
+                ) as exc:  # the ledger out of reach for longer than its retries: nothing recorded,
+                    # nothing sent; the member is told so
+                    log.error("the job could not be recorded", extra={"error": type(exc).__name__})
+                    await reply_privately(
+                        interaction, text.describe(InternalError(type(exc).__name__), members(interaction))
+                    )
+                    return
+                answering.close()  # answered and recorded: picture work may start
+                with service.driving(job.id):
+                    await self._take_in_and_run(
+                        job, ticket, read=read, started=started, interaction=interaction
+                    )
 
     async def _take_in_and_run(
         self,
