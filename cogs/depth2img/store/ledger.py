@@ -165,8 +165,7 @@ class Ledger:
         new = replace(job, **changes, updated_at=now, owner=self.owner)
         if new.state in FINISHED and new.finished_at is None:
             new = replace(new, finished_at=now)
-        row = to_row(new)
-        changed = {k: row[k] for k in (*changes, "updated_at", "finished_at")}
+        changed = to_row(new, (*changes, "updated_at", "finished_at"))
         assignments = ", ".join(f"{k} = ?" for k in changed)
         sql = f"UPDATE jobs SET {assignments} WHERE id = ? AND owner = ?"  # noqa: S608
         state_changed = "state" in changes and new.state != job.state

@@ -18,7 +18,7 @@ resumed by polling.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -117,16 +117,9 @@ _REAL_COLUMNS = (
 )
 
 
-def to_row(job: Job) -> dict[str, Any]:
-    """The job as a row. Every string is cleaned on the way (:func:`clean_text`): one bad value from a
-    member or the image service must not make a statement fail, or a job stall."""
-    row: dict[str, Any] = {
-        name: clean_text(value) if isinstance(value := getattr(job, name), str) else value for name in COLUMNS
-    }
-    row["state"] = str(job.state)
-    row["kind"] = str(job.kind)
+def _params(job: Job) -> str:
     p = job.params
-    row["params"] = json.dumps(
+    return json.dumps(
         {
             "prompt": clean_text(p.prompt),
             "negative_prompt": clean_text(p.negative_prompt) if p.negative_prompt else p.negative_prompt,
@@ -140,13 +133,41 @@ def to_row(job: Job) -> dict[str, Any]:
             "height": p.height,
         }
     )
-    row["output_urls"] = json.dumps([clean_text(u) for u in job.output_urls])
-    row["source_changed"] = int(job.source_changed)
-    row["delivering"] = int(job.delivering)
-    row["age_restricted"] = int(job.age_restricted)
-    for name in _REAL_COLUMNS:
-        if row[name] is not None:
-            row[name] = float(row[name])
+
+
+def _real(name: str) -> Callable[[Job], float | None]:
+    def encode(job: Job) -> float | None:
+        value = getattr(job, name)
+        return None if value is None else float(value)
+
+    return encode
+
+
+# Columns whose stored form is not the field's own value (the rest: the value, strings cleaned).
+_ENCODED: dict[str, Callable[[Job], Any]] = {
+    "state": lambda job: str(job.state),
+    "kind": lambda job: str(job.kind),
+    "params": _params,
+    "output_urls": lambda job: json.dumps([clean_text(u) for u in job.output_urls]),
+    "source_changed": lambda job: int(job.source_changed),
+    "delivering": lambda job: int(job.delivering),
+    "age_restricted": lambda job: int(job.age_restricted),
+    **{name: _real(name) for name in _REAL_COLUMNS},
+}
+
+
+def to_row(job: Job, names: Iterable[str] = COLUMNS) -> dict[str, Any]:
+    """The job as a row, or only the columns ``names`` (an update writes only what changed). Every
+    string is cleaned on the way (:func:`clean_text`): one bad value from a member or the image
+    service must not make a statement fail, or a job stall."""
+    row: dict[str, Any] = {}
+    for name in names:
+        encode = _ENCODED.get(name)
+        if encode is not None:
+            row[name] = encode(job)
+        else:
+            value = getattr(job, name)
+            row[name] = clean_text(value) if isinstance(value, str) else value
     return row
 
 
