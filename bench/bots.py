@@ -118,6 +118,9 @@ class Bot:
         # the bot's warnings and errors (LOG_LEVEL=WARNING): a retry or a fault shows here
         self.log = (OUT / f"{self.name}.log").open("wb")
         await self.fake.start()
+        await self._spawn()
+
+    async def _spawn(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv(),
             cwd=ROOT,
@@ -144,14 +147,7 @@ class Bot:
         await self._stop_process()
         self.fake.identified.clear()
         assert self.log is not None
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv(),
-            cwd=ROOT,
-            env=self.env(),
-            stdout=self.log,
-            stderr=self.log,
-            preexec_fn=pin(self.cpus),
-        )
+        await self._spawn()
         await self.wait_ready()
 
     async def _stop_process(self) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench.figures import proc_kb
 from cogs.depth2img.ui.text import PROGRESS_PREFIXES
 from tests.fakes.fake_api import FakeModelsLab, make_png
 from tests.fakes.fake_discord import FakeDiscord, InteractionRecord
@@ -40,16 +41,6 @@ def big_png(side: int = 2940) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=0)
     return buf.getvalue()
-
-
-def rss_kb(pid: int, key: str = "VmRSS") -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def tree(root: int) -> list[int]:
@@ -113,7 +104,7 @@ async def one_run(output: bytes, *, budget: int, jobs: int, samples: int, data: 
             while not (fake.identified.is_set() and fake.commands):  # noqa: ASYNC110 (two conditions)
                 await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
-        idle = rss_kb(proc.pid)
+        idle = proc_kb(proc.pid, "VmRSS")
         picture = make_png()
         started = time.monotonic()
         records = [
@@ -143,7 +134,7 @@ async def one_run(output: bytes, *, budget: int, jobs: int, samples: int, data: 
 
         async with asyncio.timeout(600):
             while not finished():
-                peak_tree = max(peak_tree, sum(rss_kb(pid) for pid in tree(proc.pid)))
+                peak_tree = max(peak_tree, sum(proc_kb(pid, "VmRSS") for pid in tree(proc.pid)))
                 await asyncio.sleep(0.02)
         seconds = time.monotonic() - started
         finals = [fake.final_message(r) for r in records]
@@ -158,7 +149,7 @@ async def one_run(output: bytes, *, budget: int, jobs: int, samples: int, data: 
             pictures=pictures,
             seconds=round(seconds, 1),
             idle_rss_mb=round(idle / 1024, 1),
-            peak_rss_mb=round(rss_kb(proc.pid, "VmHWM") / 1024, 1),
+            peak_rss_mb=round(proc_kb(proc.pid, "VmHWM") / 1024, 1),
             peak_tree_mb=round(peak_tree / 1024, 1),
             downloads=len(api.downloads),
         )
