@@ -66,8 +66,8 @@ def result_text(
     negative = ""
     if params.negative_prompt:
         negative = "\n" + text(lang, "card.negative", prompt=_escape(params.negative_prompt))
-    prompt_line = text(lang, "card.prompt", prompt="")
-    body_budget = limit - len(head) - len(prompt_line) - sum(len(t) + 1 for t in tail_lines) - 20
+    label = len(text(lang, "card.prompt", prompt=""))  # the line's own words, wherever the prompt goes
+    body_budget = limit - len(head) - label - sum(len(t) + 1 for t in tail_lines) - 20
     prompt = _escape(params.prompt)
     if len(prompt) + len(negative) > body_budget:
         negative = negative[: max(0, min(len(negative), body_budget // 3))]
@@ -76,7 +76,7 @@ def result_text(
         room = body_budget - len(negative)
         if len(prompt) > room:
             prompt = prompt[: max(0, room - 1)].rstrip() + "…"
-    said = f"{head}\n{prompt_line}{prompt}{negative}\n" + "\n".join(tail_lines)
+    said = f"{head}\n{text(lang, 'card.prompt', prompt=prompt)}{negative}\n" + "\n".join(tail_lines)
     return said[:limit]
 
 
