@@ -65,7 +65,7 @@ def test_small_output_passes_through_untouched():
     assert out.data == png and out.filename == "r.png"
 
 
-# --- the plain-PNG fast path (no Pillow; a thread) must accept exactly what needs no work -----------
+# --- the plain-PNG fast path (no Pillow; on the spot or in a thread) must accept exactly what needs no work
 
 
 def test_a_plain_png_is_kept_as_it_is():
@@ -133,6 +133,74 @@ def test_before_after_refuses_a_bomb_and_anything_unreadable():
         with pytest.raises(OutputUnavailable):
             before_after(source, result, limit_bytes=8 << 20, max_pixels=40_000_000, stem="c")
     assert before_after(source, make_png(), limit_bytes=8 << 20, max_pixels=40_000_000, stem="c").data
+
+
+def _tiny_chunks(png: bytes, every: int = 1) -> bytes:
+    """The same picture with its image data split into IDAT chunks of ``every`` bytes (a valid PNG)."""
+    import struct
+    import zlib
+
+    chunks, pos = [], 8
+    while pos < len(png):
+        (length,) = struct.unpack_from(">I", png, pos)
+        chunks.append((png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    stream = b"".join(body for kind, body in chunks if kind == b"IDAT")
+    idats = [chunk(b"IDAT", stream[i : i + every]) for i in range(0, len(stream), every)]
+    head = [chunk(k, b) for k, b in chunks if k not in (b"IDAT", b"IEND")]
+    return png[:8] + b"".join(head) + b"".join(idats) + chunk(b"IEND", b"")
+
+
+def test_a_picture_of_many_tiny_chunks_is_checked_in_a_thread_not_on_the_loop():
+    """Small pictures are checked where they are asked for (cheap), but a crafted one of thousands of
+    tiny chunks would hold the event loop: past the chunk budget the check gives up and the caller
+    sends it to a thread, where it gets the same verdict; an output keeps its joined bytes."""
+    from cogs.depth2img.pngs import TooManyChunks, png_facts
+
+    data = _tiny_chunks(encode(Image.new("RGB", (128, 64), (1, 2, 3)), "PNG"), every=1)
+    assert data.count(b"IDAT") > 50
+    facts = png_facts(data)
+    assert facts is not None and (facts.width, facts.height, facts.plain) == (128, 64, True)
+    with pytest.raises(TooManyChunks):
+        png_facts(data, max_chunks=50)
+    with pytest.raises(TooManyChunks):
+        plain_source(data, max_pixels=10_000_000, max_chunks=50)
+    assert plain_source(data, max_pixels=10_000_000) is not None
+    pieces = [data[:10], data[10:]]
+    with pytest.raises(TooManyChunks):
+        fitting_png(pieces, limit_bytes=len(data), max_pixels=40_000_000, stem="x", max_chunks=50)
+    assert pieces == [data]  # (joined once, kept for the thread's try)
+
+
+async def test_pictures_over_the_chunk_budget_get_the_same_verdict(tmp_path):
+    """Through :class:`Pictures`: a member's picture and an output of more chunks than may be checked
+    on the spot (small in bytes, so otherwise checked there) give up there (the test above) and are
+    checked in the picture thread: the same plain picture as the ordinary encoding of the pixels."""
+    import os
+
+    from cogs.depth2img.core.pictures import CHECK_HERE_MAX_BYTES, CHECK_HERE_MAX_CHUNKS, Pictures
+
+    noise = Image.frombytes("RGB", (128, 64), os.urandom(128 * 64 * 3))
+    plain = encode(noise, "PNG")
+    crafted = _tiny_chunks(plain, every=4)
+    assert crafted.count(b"IDAT") > CHECK_HERE_MAX_CHUNKS and len(crafted) < CHECK_HERE_MAX_BYTES
+    pics = Pictures(tmp_path, image_workers=0, picture_threads=1)
+    try:
+        await pics.start()
+        for data in (plain, crafted):
+            path, source = await pics.keep_source("j", data, max_pixels=10_000_000, max_side=1024)
+            assert (source.width, source.height, source.changed) == (128, 64, False)
+            assert await pics.read(path) == data
+            (image,) = await pics.finish_outputs(
+                "j", [[data[:7], data[7:]]], limit_bytes=len(data), max_pixels=40_000_000
+            )
+            assert (image.data, image.width, image.filename) == (data, 128, "depth2img-j-0.png")
+    finally:
+        pics.close()
 
 
 def _with_text(png: bytes) -> bytes:

@@ -125,7 +125,7 @@ SETTINGS_HELP: dict[str, str] = {
     "ALLOW_DMS": "on: /depth2img also works in direct messages with the bot, where no server's rules apply (default off; needs SD_MEMBER_DAILY_QUOTA)",
     "KEEP_PICTURES_DAYS": "days to keep the pictures of finished jobs, for their buttons and /depth2img-show (default 30; forever: never removed)",
     "KEEP_JOBS_DAYS": "days to keep finished jobs in the ledger: their prompts, options and history (default 90; forever: never removed)",
-    "PICTURE_THREADS": "threads that checksum and store pictures (default: one fewer than the machine's cores, at least 1)",
+    "PICTURE_THREADS": "threads that store pictures and checksum large ones (default: one fewer than the machine's cores, at least 1)",
     "IMAGE_WORKERS": "processes that check and re-encode pictures off the event loop (default 2; 0 = threads)",
     "PROGRESS_INTERVAL_S": "least seconds between two progress updates of a message (default 3)",
     "LOOP_MONITOR_FILE": "optional: append the event loop's worst stall per 50 ms to this file (diagnostics, benchmarks)",

@@ -1,4 +1,5 @@
-"""Plain PNGs without Pillow, for a picture thread, with the file write.
+"""Plain PNGs without Pillow (checked on the spot when small, else in a picture thread), with the
+file write.
 
 Most pictures are PNGs that need nothing done: for those, checking every chunk's CRC (what Pillow's
 ``verify()`` does) is all the work. The CRCs are computed by zlib-ng (its vectorised CRC-32, without
@@ -39,16 +40,25 @@ class PngFacts:
     plain: bool  # only the chunks of _PLAIN_CHUNKS
 
 
-def png_facts(data: bytes) -> PngFacts | None:
+class TooManyChunks(Exception):
+    """More chunks than the caller allowed (``max_chunks``): check the picture in a thread instead."""
+
+
+def png_facts(data: bytes, *, max_chunks: int | None = None) -> PngFacts | None:
     """The header of a PNG whose every chunk is whole and has a correct CRC, ending with IEND; None
-    for anything else (not a PNG, truncated, corrupt: let Pillow say what is wrong)."""
+    for anything else (not a PNG, truncated, corrupt: let Pillow say what is wrong). Raises
+    :class:`TooManyChunks` past ``max_chunks`` chunks (a crafted picture of tiny chunks takes long)."""
     if not data.startswith(PNG_SIGNATURE):
         return None
     view = memoryview(data)
     pos, end = 8, len(data)
     header: tuple[int, int, int, int] | None = None
     plain = True
+    chunks = 0
     while pos + 12 <= end:
+        chunks += 1
+        if max_chunks is not None and chunks > max_chunks:
+            raise TooManyChunks()
         (length,) = struct.unpack_from(">I", view, pos)
         body_end = pos + 8 + length
         if body_end + 4 > end:
@@ -69,11 +79,14 @@ def png_facts(data: bytes) -> PngFacts | None:
     return None
 
 
-def plain_source(data: bytes, *, max_pixels: int, max_side: int = 1024) -> SourceImage | None:
-    """For a thread: a PNG that can go to the API as it is (8-bit RGB, sides multiples of 8, at most
-    ``max_side``, no metadata, every chunk whole) is described; None when the picture needs
-    :func:`.images.prepare_source_file` (a worker) to check or convert it."""
-    facts = png_facts(data)
+def plain_source(
+    data: bytes, *, max_pixels: int, max_side: int = 1024, max_chunks: int | None = None
+) -> SourceImage | None:
+    """A PNG that can go to the API as it is (8-bit RGB, sides multiples of 8, at most ``max_side``,
+    no metadata, every chunk whole) is described; None when the picture needs
+    :func:`.images.prepare_source_file` (a worker) to check or convert it. ``max_chunks``: see
+    :func:`png_facts`."""
+    facts = png_facts(data, max_chunks=max_chunks)
     if (
         facts is None
         or not facts.plain
@@ -96,17 +109,22 @@ def joined(pieces: Sequence[bytes]) -> bytes:
 
 
 def fitting_png(
-    pieces: list[bytes], *, limit_bytes: int, max_pixels: int, stem: str
+    pieces: list[bytes], *, limit_bytes: int, max_pixels: int, stem: str, max_chunks: int | None = None
 ) -> tuple[bytes, GeneratedImage | None]:
-    """For a thread: a downloaded output, as received in ``pieces``, joined (``pieces`` is emptied: a
-    picture is held once, not twice, from here on). An output PNG that fits
-    ``limit_bytes`` and is whole is delivered as it is, and comes back as an image that carries no
-    bytes (they are the first item); None: the picture needs :func:`.images.finish_output_file` (a
-    worker). Raises :class:`OutputUnavailable` for a PNG of more than ``max_pixels`` (read from its
-    header: nothing is decoded), which may be a few kilobytes that would decode to gigabytes."""
+    """A downloaded output, as received in ``pieces``, joined (``pieces`` is emptied: a picture is
+    held once, not twice, from here on). An output PNG that fits ``limit_bytes`` and is whole is
+    delivered as it is, and comes back as an image that carries no bytes (they are the first item);
+    None: the picture needs :func:`.images.finish_output_file` (a worker). Raises
+    :class:`OutputUnavailable` for a PNG of more than ``max_pixels`` (read from its header: nothing is
+    decoded), which may be a few kilobytes that would decode to gigabytes; :class:`TooManyChunks`
+    past ``max_chunks`` chunks, with ``pieces`` holding the joined picture."""
     data = joined(pieces)
     pieces.clear()
-    facts = png_facts(data)
+    try:
+        facts = png_facts(data, max_chunks=max_chunks)
+    except TooManyChunks:
+        pieces.append(data)
+        raise
     if facts is not None and facts.width * facts.height > max_pixels:
         raise OutputUnavailable(
             f"output of {facts.width}x{facts.height} pixels, over the limit", unusable=True
