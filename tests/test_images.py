@@ -159,20 +159,20 @@ def test_a_picture_of_many_tiny_chunks_is_checked_in_a_thread_not_on_the_loop():
     """Small pictures are checked where they are asked for (cheap), but a crafted one of thousands of
     tiny chunks would hold the event loop: past the chunk budget the check gives up and the caller
     sends it to a thread, where it gets the same verdict; an output keeps its joined bytes."""
-    from cogs.depth2img.pngs import TooManyChunks, png_facts
+    from cogs.depth2img import pngs  # (as it is now: a test of the extension's reload loads it again)
 
     data = _tiny_chunks(encode(Image.new("RGB", (128, 64), (1, 2, 3)), "PNG"), every=1)
     assert data.count(b"IDAT") > 50
-    facts = png_facts(data)
+    facts = pngs.png_facts(data)
     assert facts is not None and (facts.width, facts.height, facts.plain) == (128, 64, True)
-    with pytest.raises(TooManyChunks):
-        png_facts(data, max_chunks=50)
-    with pytest.raises(TooManyChunks):
-        plain_source(data, max_pixels=10_000_000, max_chunks=50)
-    assert plain_source(data, max_pixels=10_000_000) is not None
+    with pytest.raises(pngs.TooManyChunks):
+        pngs.png_facts(data, max_chunks=50)
+    with pytest.raises(pngs.TooManyChunks):
+        pngs.plain_source(data, max_pixels=10_000_000, max_chunks=50)
+    assert pngs.plain_source(data, max_pixels=10_000_000) is not None
     pieces = [data[:10], data[10:]]
-    with pytest.raises(TooManyChunks):
-        fitting_png(pieces, limit_bytes=len(data), max_pixels=40_000_000, stem="x", max_chunks=50)
+    with pytest.raises(pngs.TooManyChunks):
+        pngs.fitting_png(pieces, limit_bytes=len(data), max_pixels=40_000_000, stem="x", max_chunks=50)
     assert pieces == [data]  # (joined once, kept for the thread's try)
 
 
