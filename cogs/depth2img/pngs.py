@@ -137,13 +137,22 @@ def fitting_png(
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (readable by its owner only) so that a crash leaves either the old
     file or the whole new one."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    if not _write_direct(tmp, data):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _write(tmp, data)
+    except FileNotFoundError:  # (the folder is made at start; made again if it was removed since.
+        # Not before every write: each system call gives the GIL up and takes it back, which costs
+        # the event loop's thread too when it is busy)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write(tmp, data)
+    tmp.replace(path)
+
+
+def _write(path: Path, data: bytes) -> None:
+    if not _write_direct(path, data):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-    tmp.replace(path)
 
 
 # Pictures are written once and seldom read again (a button pressed later, /depth2img-show): they go
