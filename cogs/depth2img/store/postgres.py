@@ -141,6 +141,10 @@ class PostgresDatabase:
             exc,
             asyncpg.PostgresConnectionError  # class 08, the connection lost or refused
             | asyncpg.InterfaceError  # the connection closed under the pool
+            # the server ended the session in the middle of an operation (a restart): asyncpg's
+            # protocol then refuses the rollback ("cannot switch to state 15; another operation (2)
+            # is in progress", MagicStack/asyncpg#784, sqlalchemy#13241); the pool drops that connection
+            | asyncpg.InternalClientError
             | asyncpg.CannotConnectNowError  # the server is starting up
             | asyncpg.AdminShutdownError  # it is stopping (a restart)
             | asyncpg.CrashShutdownError
