@@ -114,43 +114,59 @@ class RequestFlow:
                 return
             with ticket:
                 service.acknowledged(started)
-                origin = Origin(
-                    user_id=interaction.user.id,
-                    channel_id=interaction.channel_id or 0,
-                    guild_id=interaction.guild_id,
-                    application_id=interaction.application_id,
-                    interaction_token=interaction.token,
-                    interaction_created_at=interaction.created_at.timestamp(),
-                    message_id=message_id,
-                    upload_limit_bytes=max(1024, interaction.filesize_limit - UPLOAD_MARGIN),
-                    interaction_id=str(interaction.id),
-                    age_restricted=bool(getattr(interaction.channel, "nsfw", False)),
+                job = await self._record(
+                    interaction, params, message_id, source_url, source_path, parent, kind
                 )
-                try:
-                    job = await service.record(
-                        params,
-                        origin,
-                        source_url=source_url,
-                        source_path=source_path,
-                        parent_id=parent.id if parent else None,
-                        kind=kind,
-                    )
-                except DuplicateInteraction:
-                    return
-                except (
-                    Exception
-                ) as exc:  # the ledger out of reach for longer than its retries: nothing recorded,
-                    # nothing sent; the member is told so
-                    log.error("the job could not be recorded", extra={"error": type(exc).__name__})
-                    await reply_privately(
-                        interaction, text.describe(InternalError(type(exc).__name__), members(interaction))
-                    )
+                if job is None:
                     return
                 answering.close()  # answered and recorded: picture work may start
                 with service.driving(job.id):
                     await self._take_in_and_run(
                         job, ticket, read=read, started=started, interaction=interaction
                     )
+
+    async def _record(
+        self,
+        interaction: discord.Interaction[Any],
+        params: GenerationParams,
+        message_id: int | None,
+        source_url: str | None,
+        source_path: str | None,
+        parent: Job | None,
+        kind: JobKind,
+    ) -> Job | None:
+        """The acknowledged job, recorded; None when there is nothing more to do (a duplicate, or the
+        ledger out of reach for longer than its retries: then nothing was recorded or sent, and the
+        member is told so)."""
+        origin = Origin(
+            user_id=interaction.user.id,
+            channel_id=interaction.channel_id or 0,
+            guild_id=interaction.guild_id,
+            application_id=interaction.application_id,
+            interaction_token=interaction.token,
+            interaction_created_at=interaction.created_at.timestamp(),
+            message_id=message_id,
+            upload_limit_bytes=max(1024, interaction.filesize_limit - UPLOAD_MARGIN),
+            interaction_id=str(interaction.id),
+            age_restricted=bool(getattr(interaction.channel, "nsfw", False)),
+        )
+        try:
+            return await self.service.record(
+                params,
+                origin,
+                source_url=source_url,
+                source_path=source_path,
+                parent_id=parent.id if parent else None,
+                kind=kind,
+            )
+        except DuplicateInteraction:
+            return None
+        except Exception as exc:
+            log.error("the job could not be recorded", extra={"error": type(exc).__name__})
+            await reply_privately(
+                interaction, text.describe(InternalError(type(exc).__name__), members(interaction))
+            )
+            return None
 
     async def _take_in_and_run(
         self,
