@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cogs.depth2img.core.admission import AnswerFirst
+from cogs.depth2img.core.admission import AnswerFirst, Rounds
 from cogs.depth2img.errors import (
     AlreadyRunning,
     CoolingDown,
@@ -380,6 +380,32 @@ async def test_a_steady_stream_of_requests_cannot_starve_the_work():
     gate = AnswerFirst(quiet_s=0.01, max_hold_s=0.2)
     with gate.answering():  # never answered while the work waits
         await asyncio.wait_for(gate.wait_turn(), 5)
+
+
+async def test_a_burst_of_acknowledgements_goes_out_a_few_per_round_of_the_event_loop_in_order():
+    """Rounds: 10 requests at once, 3 per round. Each round lets at most 3 on, first come first
+    served; one that gives up while waiting takes no place; all the others go on."""
+    rounds = Rounds(per_round=3)
+    passed: list[int] = []
+
+    async def answer(n: int) -> None:
+        await rounds.pass_()
+        passed.append(n)
+
+    tasks = [asyncio.create_task(answer(n)) for n in range(10)]
+    seen: list[int] = []
+    for turn in range(40):
+        await asyncio.sleep(0)  # one round of the loop
+        if turn == 1:
+            tasks[7].cancel()  # still waiting: it gives its place up
+        seen.append(len(passed))
+        if len(passed) == 9:
+            break
+    assert passed == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+    steps = [b - a for a, b in zip([0, *seen], seen, strict=False)]
+    assert max(steps) <= 3 and steps[:2] == [3, 0]  # the first 3 at once; the next 3 a round later
+    assert tasks[7].cancelled()
+    await asyncio.wait_for(rounds.pass_(), 1)  # the burst gone: straight through again
 
 
 # --- upkeep ---------------------------------------------------------------------------------------------

@@ -290,3 +290,46 @@ class AnswerFirst:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.max_hold_s):
                 await self._open.wait()
+
+
+class Rounds:
+    """At most ``per_round`` callers of :meth:`pass_` go on in one round of the event loop; the others
+    go on in the rounds after it, first come first served.
+
+    A burst of requests reaches discord.py in a few reads of the gateway, and each read starts one task
+    per request; in the next round of the loop every one of those tasks runs up to its acknowledgement
+    (HTTP request built and written: about 0.25 ms apiece), so 200 requests held the loop for 100-160 ms
+    at a stretch, and with it the replies, the gateway and the heartbeats. Spread over rounds, the same
+    work lets everything else waiting on the loop run in between (the other rounds' work is the same,
+    so the last acknowledgement is not later)."""
+
+    def __init__(self, per_round: int) -> None:
+        self.per_round = per_round
+        self._passed = 0  # in the current round
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._next: asyncio.Handle | None = None
+
+    async def pass_(self) -> None:
+        if self._passed < self.per_round and not self._waiting:
+            self._passed += 1
+            self._schedule()
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self._schedule()
+        await future  # (cancelled: its place is skipped)
+
+    def _schedule(self) -> None:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().call_soon(self._new_round)
+
+    def _new_round(self) -> None:
+        self._next = None
+        self._passed = 0
+        while self._waiting and self._passed < self.per_round:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+                self._passed += 1
+        if self._passed:
+            self._schedule()

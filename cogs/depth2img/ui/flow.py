@@ -230,6 +230,7 @@ class RequestFlow:
     async def _acknowledge(self, interaction: discord.Interaction[Any]) -> int | None:
         """Answer "thinking…" at once. Returns the id of the message Discord made for it (None if it did
         not say). Raises :class:`InteractionExpired` when Discord no longer knew the interaction."""
+        await self.service.answer_turn()
         try:
             callback = await interaction.response.defer(thinking=True)
         except discord.NotFound as exc:
