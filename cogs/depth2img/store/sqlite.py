@@ -4,9 +4,9 @@ Operations that jobs start while the thread is busy are queued, then run togethe
 a burst of jobs costs one commit per batch rather than one per operation, and an operation is still all
 or nothing. Whatever an operation raises (a broken constraint, a string SQLite cannot store, an error in
 its own code) rolls the batch back, and the batch runs again with each operation inside a savepoint of
-its own: the one that failed rolls back its savepoint and fails only its caller; the others commit. An error that ends the whole transaction (disk full,
-an I/O error) or a failed commit runs the batch again one operation per transaction, so that each
-caller gets its own answer.
+its own: the one that failed rolls back its savepoint and fails only its caller; the others commit. An
+error that ends the whole transaction (disk full, an I/O error) or a failed commit runs the batch again
+one operation per transaction, so that each caller gets its own answer.
 
 The WAL is checkpointed by a second connection on another thread, so a checkpoint never holds up the
 jobs' statements. (Few statements per batch: the thread needs the GIL for each, and waits for it while
