@@ -382,6 +382,20 @@ async def test_a_steady_stream_of_requests_cannot_starve_the_work():
         await asyncio.wait_for(gate.wait_turn(), 5)
 
 
+async def test_recording_waits_for_the_acknowledgements_still_being_made_but_not_forever():
+    gate = AnswerFirst(quiet_s=0.0, max_hold_s=30.0)
+    await asyncio.wait_for(gate.acknowledgements_out(), 1)  # none being made: straight through
+    with gate.acknowledging():  # another member's acknowledgement, on its way to Discord
+        waiter = asyncio.create_task(gate.acknowledgements_out())
+        with gate.acknowledging():  # and a third, made meanwhile
+            assert await _blocked(waiter)
+        assert await _blocked(waiter)
+    await asyncio.wait_for(waiter, 1)  # all out: the record goes on at once (no quiet period)
+    stuck = AnswerFirst(quiet_s=0.0, max_hold_s=0.05)
+    with stuck.acknowledging():  # an acknowledgement that hangs holds the others up 50 ms at most
+        await asyncio.wait_for(stuck.acknowledgements_out(), 5)
+
+
 async def test_a_burst_of_acknowledgements_goes_out_a_few_per_round_of_the_event_loop_in_order():
     """Rounds: 10 requests at once, 3 per round. Each round lets at most 3 on, first come first
     served; one that gives up while waiting takes no place; all the others go on."""

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +158,19 @@ class Depth2ImgService:
         wait holds off meanwhile (:class:`AnswerFirst`)."""
         return self.answer_first.answering()
 
-    async def answer_turn(self) -> None:
-        """Just before the acknowledgement: a burst's acknowledgements go out ANSWERS_PER_ROUND per
-        round of the event loop (:class:`Rounds`)."""
-        await self.answer_rounds.pass_()
+    @contextlib.asynccontextmanager
+    async def acknowledging(self) -> AsyncIterator[None]:
+        """Around the acknowledgement: a burst's acknowledgements go out ANSWERS_PER_ROUND per round of
+        the event loop (:class:`Rounds`), and jobs are recorded once the others' are out
+        (:meth:`acknowledgements_out`)."""
+        with self.answer_first.acknowledging():
+            await self.answer_rounds.pass_()
+            yield
+
+    async def acknowledgements_out(self) -> None:
+        """After a request's acknowledgement: once no other is being made, or after a bound
+        (:class:`AnswerFirst`)."""
+        await self.answer_first.acknowledgements_out()
 
     def check(
         self, make_params: Callable[[], GenerationParams], where: Where, *, declared_size: int

@@ -114,6 +114,7 @@ class RequestFlow:
                 return
             with ticket:
                 service.acknowledged(started)
+                await service.acknowledgements_out()  # the burst's other members first
                 job = await self._record(
                     interaction, params, message_id, source_url, source_path, parent, kind
                 )
@@ -230,9 +231,9 @@ class RequestFlow:
     async def _acknowledge(self, interaction: discord.Interaction[Any]) -> int | None:
         """Answer "thinking…" at once. Returns the id of the message Discord made for it (None if it did
         not say). Raises :class:`InteractionExpired` when Discord no longer knew the interaction."""
-        await self.service.answer_turn()
         try:
-            callback = await interaction.response.defer(thinking=True)
+            async with self.service.acknowledging():
+                callback = await interaction.response.defer(thinking=True)
         except discord.NotFound as exc:
             if exc.code != UNKNOWN_INTERACTION:
                 raise
