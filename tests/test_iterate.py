@@ -289,3 +289,35 @@ async def test_an_age_restricted_result_is_shown_only_in_an_age_restricted_chann
     shown = await _show(fake_discord, job, OTHER, channel_nsfw=True)
     assert not shown.ephemeral and len(shown.results) == 1
     assert_clean(fake_discord, fake_api)
+
+
+async def test_a_finished_request_leaves_no_reference_cycle_behind(bot, fake_discord, fake_api):
+    """discord.py's interaction and its cached response refer to each other, and so do a view and its
+    buttons: left as they are, every request's interaction (with its member, user, namespace and
+    attachment) and every result's view stay in memory until the garbage collector's next full pass,
+    which then pauses the bot to free a whole burst's. Once a request is over, nothing of it is left
+    to the collector: the command, a progress line with its Cancel button, a result with its buttons,
+    and a job started from a result's button."""
+    import gc
+
+    import discord
+
+    fake_api.scenario = "queued"
+    fake_api.eta_s = 0.2
+    await first_result(fake_discord)  # first-time objects (imports, caches) are not the request's
+    await fake_discord.wait_until_idle(quiet_s=0.2)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds from here is kept in gc.garbage
+    try:
+        final = await first_result(fake_discord)
+        assert any(h.startswith("⏳") for h in final.history)  # (it had a progress line)
+        pressed = await fake_discord.click(final, f"d2i:seed:{job_id_of(final)}", user_id=MEMBER)
+        assert (await settle(fake_discord, pressed)).results
+        await fake_discord.wait_until_idle(quiet_s=0.2)
+        gc.collect()
+        kinds = (discord.Interaction, discord.InteractionResponse, discord.ui.View, discord.ui.Item)
+        left = sorted({type(o).__qualname__ for o in gc.garbage if isinstance(o, kinds)})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == [], left

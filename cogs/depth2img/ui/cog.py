@@ -25,7 +25,7 @@ from cogs.i18n import SOURCE
 from cogs.i18n import text as say
 
 from . import cards, text
-from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, upload
+from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, spent, upload
 from .delivery import NO_MENTIONS, answer_anyway, tell
 from .flow import RequestFlow
 from .langs import channels, members
@@ -358,13 +358,14 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             await interaction.response.send_message(text.describe(exc, lang), ephemeral=True)
             return
         shown_in = lang if deleted else channels(interaction)  # a public answer: the server's language
-        await interaction.response.send_message(
-            cards.shown_text(found, shown_in, deleted=deleted),
-            file=upload(data, found.result_path.rsplit("/", 1)[-1]),
-            view=result_view(found.id, shown_in, deletable=not deleted),
-            ephemeral=deleted,
-            allowed_mentions=NO_MENTIONS,
-        )
+        with spent(result_view(found.id, shown_in, deletable=not deleted)) as view:
+            await interaction.response.send_message(
+                cards.shown_text(found, shown_in, deleted=deleted),
+                file=upload(data, found.result_path.rsplit("/", 1)[-1]),
+                view=view,
+                ephemeral=deleted,
+                allowed_mentions=NO_MENTIONS,
+            )
 
     async def _result_message_gone(self, job: Job) -> bool:
         """Whether the job's result message was deleted outside the bot (a moderator, in Discord's own

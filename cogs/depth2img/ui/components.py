@@ -7,10 +7,11 @@ answered from their custom id too (see ``cog.py``), whatever happened to the obj
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, ClassVar, TypeVar
 
 import discord
 
@@ -21,6 +22,7 @@ JOB_ID_RE = r"[0-9a-f]{12}"
 COG_NAME = "Depth2ImgCog"
 # What a button press is handed to: (interaction, action, job id).
 ButtonHandler = Callable[[discord.Interaction[Any], Action, str], Awaitable[None]]
+_V = TypeVar("_V", bound=discord.ui.View | discord.ui.LayoutView | None)
 
 
 class SharedBytes(io.BytesIO):
@@ -95,8 +97,11 @@ class JobButton(
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         handler: ButtonHandler | None = getattr(interaction.client.get_cog(COG_NAME), "on_button", None)
-        if handler is not None:
-            await handler(interaction, self.action, self.job_id)
+        # discord.py made a view of the pressed message's buttons for this press: once it is handled,
+        # the view's cycle is broken too (see spent)
+        with spent(self.view):
+            if handler is not None:
+                await handler(interaction, self.action, self.job_id)
 
 
 def result_view(
@@ -115,6 +120,19 @@ def result_view(
     if deletable:
         view.add_item(JobButton(Action.DELETE, job_id, lang, row=1))
     return view
+
+
+@contextlib.contextmanager
+def spent(view: _V) -> Iterator[_V]:
+    """``view`` for one message: once it is sent (or failed to be), its buttons are taken out of it,
+    which breaks the reference cycle between the view and each button (an item knows its view), so
+    that it is freed at once rather than by the garbage collector's next full pass. The message keeps
+    its buttons, and presses still work: they are dynamic items, made again from their custom ids."""
+    try:
+        yield view
+    finally:
+        if view is not None:
+            view.clear_items()
 
 
 def cancel_view(job_id: str, lang: str) -> discord.ui.View:

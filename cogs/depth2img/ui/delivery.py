@@ -19,7 +19,7 @@ from cogs.depth2img.core.jobs import Outcome
 from cogs.i18n import text as say
 
 from . import cards, text
-from .components import result_view, upload
+from .components import result_view, spent, upload
 from .langs import members, of_job
 
 log = logging.getLogger(__name__)
@@ -69,44 +69,48 @@ async def deliver(
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
     if fresh and (interaction is not None or job.message_id is not None):
         content, files, view = render(outcome, lang, full=full)
-        try:
-            if interaction is not None:
-                await interaction.edit_original_response(
-                    content=content, attachments=files, view=view, allowed_mentions=NO_MENTIONS
+        with spent(view):
+            try:
+                if interaction is not None:
+                    await interaction.edit_original_response(
+                        content=content, attachments=files, view=view, allowed_mentions=NO_MENTIONS
+                    )
+                else:
+                    assert job.message_id is not None
+                    webhook = discord.Webhook.partial(
+                        job.application_id, job.interaction_token, client=client
+                    )
+                    await webhook.edit_message(
+                        job.message_id,
+                        content=content,
+                        attachments=files,
+                        view=view,
+                        allowed_mentions=NO_MENTIONS,
+                    )
+                return
+            except discord.HTTPException as exc:
+                if not _gone(exc):
+                    raise
+                log.info(
+                    "the job's message can no longer be edited; sending to the channel",
+                    extra={"job": job.id, "status": exc.status},
                 )
-            else:
-                assert job.message_id is not None
-                webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=client)
-                await webhook.edit_message(
-                    job.message_id,
-                    content=content,
-                    attachments=files,
-                    view=view,
-                    allowed_mentions=NO_MENTIONS,
-                )
-            return
-        except discord.HTTPException as exc:
-            if not _gone(exc):
-                raise
-            log.info(
-                "the job's message can no longer be edited; sending to the channel",
-                extra={"job": job.id, "status": exc.status},
-            )
     content, files, view = render(outcome, lang, full=full)
     channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
     ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
-    try:
-        await channel.send(
-            content=content, files=files, view=view or discord.utils.MISSING, allowed_mentions=ping
-        )
-    except discord.Forbidden:
-        log.warning(
-            "the job's result cannot be posted in its channel: the bot lacks View Channel, Send Messages "
-            "or Attach Files there (give its role those, or use /depth2img-settings to keep it to "
-            "channels where it has them)",
-            extra={"job": job.id, "channel_id": job.channel_id},
-        )
-        raise
+    with spent(view):
+        try:
+            await channel.send(
+                content=content, files=files, view=view or discord.utils.MISSING, allowed_mentions=ping
+            )
+        except discord.Forbidden:
+            log.warning(
+                "the job's result cannot be posted in its channel: the bot lacks View Channel, Send Messages "
+                "or Attach Files there (give its role those, or use /depth2img-settings to keep it to "
+                "channels where it has them)",
+                extra={"job": job.id, "channel_id": job.channel_id},
+            )
+            raise
 
 
 async def reply_privately(interaction: discord.Interaction[Any], message: str) -> None:

@@ -20,7 +20,7 @@ import discord
 from cogs.depth2img.models import ProgressEvent
 from cogs.i18n import text
 
-from .components import cancel_view
+from .components import cancel_view, spent
 from .langs import channels
 from .text import progress_text
 
@@ -69,6 +69,8 @@ class ProgressMessage:
             if not self._editing:  # an edit on its way is let through: it must not land after the result
                 self._task.cancel()
             await asyncio.wait({self._task})
+            # (a cancelled task keeps its CancelledError, whose traceback holds this object: a cycle)
+            self._task = None
 
     async def _show_now_and_then(self) -> None:
         while not self._closed:
@@ -91,9 +93,10 @@ class ProgressMessage:
         self._shown, self._shown_at = line, time.monotonic()
         self._editing = True
         try:
-            await self.interaction.edit_original_response(
-                content=line, view=cancel_view(self.job_id, self.lang), allowed_mentions=NO_MENTIONS
-            )
+            with spent(cancel_view(self.job_id, self.lang)) as view:
+                await self.interaction.edit_original_response(
+                    content=line, view=view, allowed_mentions=NO_MENTIONS
+                )
             self.edits += 1
         except Exception as exc:  # a progress line is not worth failing for (the result comes next)
             log.warning("progress edit failed", extra={"job": self.job_id, "error": type(exc).__name__})
