@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 
+import discord
 from PIL import Image
 
 from tests.conftest import details_of, is_settled, slash
@@ -298,10 +300,6 @@ async def test_a_finished_request_leaves_no_reference_cycle_behind(bot, fake_dis
     which then pauses the bot to free a whole burst's. Once a request is over, nothing of it is left
     to the collector: the command, a progress line with its Cancel button, a result with its buttons,
     and a job started from a result's button."""
-    import gc
-
-    import discord
-
     fake_api.scenario = "queued"
     fake_api.eta_s = 0.2
     await first_result(fake_discord)  # first-time objects (imports, caches) are not the request's
