@@ -1,12 +1,12 @@
 """depth2img-bot: entry point and composition root.
 
 The one place that reads the bot's settings (``.env`` via python-dotenv; the real environment wins),
-configures logging, chooses the event loop, points discord.py at its endpoints, builds the metrics
-registry, the bot and its command tree, and loads the extensions by name:
-``cogs.botcore`` (the bot's own machinery: the tree, command sync, logging, the metrics port, paced
-garbage collection) and ``cogs.depth2img`` (the feature). Of an extension it uses only the public face
-(``setup``, ``settings_problems``, ``secret_values``); an extension registers what it wants from the
-bot (its error wording, its drain). Run it with ``make run`` (or ``python bot.py``).
+configures logging and the C allocator (``cogs.botcore.memory``), chooses the event loop, points
+discord.py at its endpoints, builds the metrics registry, the bot and its command tree, and loads the
+extensions by name: ``cogs.botcore`` (the bot's own machinery: the tree, command sync, logging, the
+metrics port, paced garbage collection) and ``cogs.depth2img`` (the feature). Of an extension it uses
+only the public face (``setup``, ``settings_problems``, ``secret_values``); an extension registers what
+it wants from the bot (its error wording, its drain). Run it with ``make run`` (or ``python bot.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dotenv import load_dotenv
 from prometheus_client import CollectorRegistry
 
 from cogs.botcore.logs import configure_logging
+from cogs.botcore.memory import keep_freed_memory
 from cogs.botcore.startup import EXIT_CONFIG, StartFailed, check, data_dir_problem, start
 from cogs.botcore.sync import sync_commands
 from cogs.botcore.tree import AppCommandTree, ErrorFormatter
@@ -346,6 +347,7 @@ def main() -> int:
     if "--check" in sys.argv[1:]:
         configure_discord_endpoints(settings)
         return asyncio.run(check(settings.discord_token, extensions, env))
+    keep_freed_memory()
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
             return runner.run(run(settings))

@@ -1,8 +1,9 @@
 """The bot's own machinery, which ``bot.py`` composes: the command tree with its registry of error
-formatters (``tree.py``), command sync (``sync.py``) and the log format (``logs.py``). Loaded as an
-extension too (python-discord's ``exts/backend`` model), before the features, for the process's
-upkeep: the metrics port and paced garbage collection (``cog.py``). Its face as an extension is the
-same as every extension's: ``setup``, ``settings_problems(env)``, ``secret_values(env)``.
+formatters (``tree.py``), command sync (``sync.py``), the log format (``logs.py``) and the C
+allocator's settings (``memory.py``). Loaded as an extension too (python-discord's ``exts/backend``
+model), before the features, for the process's upkeep: the metrics port and paced garbage collection
+(``cog.py``). Its face as an extension is the same as every extension's: ``setup``,
+``settings_problems(env)``, ``secret_values(env)``.
 """
 
 from __future__ import annotations
