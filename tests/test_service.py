@@ -428,7 +428,7 @@ async def test_a_burst_of_acknowledgements_goes_out_a_few_per_round_of_the_event
 async def test_a_background_task_that_fails_is_logged(caplog):
     import logging
 
-    from cogs.depth2img.core.tasks import create_task
+    from cogs.botcore.tasks import create_task
 
     caplog.set_level(logging.INFO)
     kept: set[asyncio.Task[None]] = set()

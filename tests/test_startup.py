@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import platform
 import sys
 from collections.abc import AsyncIterator
 
 import pytest
 
-from cogs.botcore.memory import keep_freed_memory
-from tests.conftest import BOT_SCRIPT, ROOT, bot_env, free_port, process_env
+from tests.conftest import BOT_SCRIPT, bot_env, free_port, process_env
 
 
 async def start_and_fail(env: dict[str, str], cwd, timeout: float = 60) -> tuple[int, list[str]]:
@@ -168,56 +166,3 @@ async def test_impossible_settings_are_refused(fake_discord, fake_api, tmp_path)
     assert proc.returncode == 2
     assert "SD_POLL_INITIAL_S=60 is not shorter than SD_JOB_TIMEOUT_S=30" in err.decode()
     assert "Traceback" not in err.decode()
-
-
-# A burst's worth of pictures (24 of 1.5 MB, each joined from 256 KB pieces as a download is), made
-# and freed five times over after a first round: the page faults of those five rounds.
-_BURSTS = """
-import resource, sys
-from cogs.botcore.memory import keep_freed_memory
-tuned = keep_freed_memory() if sys.argv[1] == "tuned" else False
-def burst():
-    pieces = [bytes([i]) * (256 * 1024) for i in range(6)]
-    return len([b"".join(pieces) for _ in range(24)])
-burst()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    burst()
-print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-async def _bursts(mode: str, **env: str) -> tuple[bool, int]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _BURSTS,
-        mode,
-        cwd=ROOT,
-        env=process_env(**env),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0
-    tuned, faults = out.decode().split()
-    return tuned == "True", int(faults)
-
-
-GLIBC = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
-
-
-@GLIBC
-async def test_the_next_burst_reuses_the_memory_the_last_one_freed():
-    plain = await _bursts("plain")
-    tuned = await _bursts("tuned")
-    assert plain[1] > 10_000  # (glibc's defaults: every round's pictures are new pages)
-    assert tuned[0] is True
-    assert tuned[1] < plain[1] // 100
-
-
-@GLIBC
-async def test_the_owners_own_allocator_settings_are_kept():
-    tuned, faults = await _bursts("tuned", MALLOC_TRIM_THRESHOLD_="131072")
-    assert tuned is False
-    assert faults > 10_000
-    assert keep_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}) is False

@@ -1,4 +1,5 @@
-"""The metrics port, and full garbage collections paced between bursts of work."""
+"""The metrics port, full garbage collections paced between bursts of work, and the memory kept for
+bursts given back once the bot rests (``memory.py``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from discord.ext import commands
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .config import OpsSettings
+from .memory import return_memory_when_quiet
+from .tasks import create_task
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,13 @@ class OpsCog(commands.Cog, name="Operations"):
         self._runner: web.AppRunner | None = None
         self._health_runner: web.AppRunner | None = None
         self.health_port: int | None = None
-        self._gc: asyncio.Task[None] | None = None
+        self._upkeep: set[asyncio.Task[None]] = set()
 
     async def cog_load(self) -> None:
+        busy: Callable[[], bool] = getattr(self.bot, "busy", lambda: False)
         if GC_TUNING:
-            busy: Callable[[], bool] = getattr(self.bot, "busy", lambda: False)
-            self._gc = asyncio.create_task(collect_garbage_between_bursts(busy), name="gc-pacing")
+            create_task(collect_garbage_between_bursts(busy), name="gc-pacing", keep_in=self._upkeep)
+        create_task(return_memory_when_quiet(busy), name="memory-return", keep_in=self._upkeep)
         if self.settings.metrics_port is not None:
             await self._serve_metrics(self.settings.metrics_port)
         health = self.settings.health_port
@@ -53,9 +57,10 @@ class OpsCog(commands.Cog, name="Operations"):
             await self._serve_health(health)
 
     async def cog_unload(self) -> None:
-        if self._gc is not None:
-            self._gc.cancel()
-            await asyncio.gather(self._gc, return_exceptions=True)
+        tasks = list(self._upkeep)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._health_runner is not None:

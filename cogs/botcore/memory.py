@@ -17,23 +17,27 @@ throwaway driver around `bench/bots.py`; CPU from /proc, whose 10 ms ticks make 
 
 So blocks of up to ``HEAP_UP_TO`` come from the heap, and up to ``KEEP_FREE_UP_TO`` of freed heap stays
 with the process for the next burst: 3-4 % of the CPU (the system's part), for at most that much more
-memory at rest. glibc only (Linux); an owner who tunes the allocator with glibc's own variables
+memory between bursts. After ``QUIET_S`` with nothing in flight, it is given back
+(:func:`return_memory_when_quiet`, ``malloc_trim``): a bot that rests does not hold its busiest burst's
+memory for good. glibc only (Linux); an owner who tunes the allocator with glibc's own variables
 (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES=glibc.malloc...``) keeps
 their choice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
 HEAP_UP_TO = 4 * 1024 * 1024
 KEEP_FREE_UP_TO = 64 * 1024 * 1024
+QUIET_S = 60.0
 # mallopt(3)'s parameter numbers (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -43,14 +47,10 @@ _OWNERS_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC
 def keep_freed_memory(env: Mapping[str, str] = os.environ) -> bool:
     """Set glibc's allocator as described above; True when it was set (False elsewhere, or when the
     owner's environment tunes it already)."""
-    if sys.platform != "linux" or not _glibc():
+    libc = _libc(env)
+    if libc is None:
         return False
-    if any(name in env for name in _OWNERS_VARIABLES) or "glibc.malloc." in env.get("GLIBC_TUNABLES", ""):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     heap: int = mallopt(_M_MMAP_THRESHOLD, HEAP_UP_TO)
@@ -59,6 +59,49 @@ def keep_freed_memory(env: Mapping[str, str] = os.environ) -> bool:
     if not done:
         log.warning("the C allocator's thresholds could not be set; running with its defaults")
     return done
+
+
+async def return_memory_when_quiet(
+    busy: Callable[[], bool],
+    *,
+    quiet_s: float = QUIET_S,
+    every_s: float = 1.0,
+    env: Mapping[str, str] = os.environ,
+) -> None:
+    """Run for the process's life: once nothing has been in flight (``busy()`` false) for ``quiet_s``,
+    give the memory kept for the next burst back to the system, once per quiet spell. Returns at once
+    where :func:`keep_freed_memory` does nothing."""
+    libc = _libc(env)
+    if libc is None:
+        return
+    trim = libc.malloc_trim
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    loop = asyncio.get_running_loop()
+    last_busy, trimmed = loop.time(), False
+    while True:
+        await asyncio.sleep(every_s)
+        if busy():
+            last_busy, trimmed = loop.time(), False
+        elif not trimmed and loop.time() - last_busy >= quiet_s:
+            # (3-10 ms for 36-60 MB freed; in a thread, which the call lets the GIL go for, so that
+            # a request that arrives meanwhile is not held up)
+            await asyncio.to_thread(trim, 0)
+            trimmed = True
+
+
+def _libc(env: Mapping[str, str]) -> ctypes.CDLL | None:
+    """glibc, unless this is another C library or the owner tunes the allocator themselves."""
+    if sys.platform != "linux" or not _glibc():
+        return None
+    if any(name in env for name in _OWNERS_VARIABLES) or "glibc.malloc." in env.get("GLIBC_TUNABLES", ""):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # noqa: B018  (both there, or neither is used)
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def _glibc() -> bool:

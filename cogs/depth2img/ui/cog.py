@@ -15,9 +15,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs.botcore.tasks import create_task
 from cogs.depth2img.core.params import build_params
 from cogs.depth2img.core.service import Depth2ImgService
-from cogs.depth2img.core.tasks import create_task
 from cogs.depth2img.errors import Depth2ImgError, InternalError, InvalidInput
 from cogs.depth2img.models import DERIVING, Action, GenerationParams, JobKind
 from cogs.depth2img.store import Job, JobState
