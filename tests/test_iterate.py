@@ -127,6 +127,39 @@ async def test_edit_prompt_opens_a_prefilled_modal_and_keeps_the_source(bot, fak
     assert_clean(fake_discord, fake_api)
 
 
+async def test_an_edit_form_opened_before_a_restart_is_answered_after_it(start_bot, fake_discord, fake_api):
+    first_bot = await start_bot()
+    final = await first_result(fake_discord)
+    record = await fake_discord.click(final, f"d2i:edit:{job_id_of(final)}", user_id=MEMBER)
+    await fake_discord.wait_for(lambda: record.modal is not None)
+    await first_bot.close()
+    fake_discord.identified.clear()
+    await start_bot()  # nothing of the form is in memory now: only its custom id says what it is for
+    submit = await fake_discord.submit_modal(record.modal, {"prompt": "a barn in snow"}, user_id=MEMBER)
+    child = await settle(fake_discord, submit)
+    assert child.results
+    assert fake_api.submissions[-1].body["prompt"] == "a barn in snow"
+    assert_clean(fake_discord, fake_api)
+
+
+async def test_forms_the_member_closed_leave_nothing_behind(bot, fake_discord, fake_api):
+    from cogs.depth2img.ui.components import PromptModal
+
+    final = await first_result(fake_discord)
+    posted = fake_discord.post_user_message("look", [(make_png(320, 240), "a.png", "image/png")])
+    for _ in range(3):  # opened, then closed without submitting: Discord tells the bot nothing
+        edit = await fake_discord.click(final, f"d2i:edit:{job_id_of(final)}", user_id=MEMBER)
+        menu = await fake_discord.invoke_message_command("Depth to image", posted, user_id=MEMBER)
+        await fake_discord.wait_for(lambda e=edit, m=menu: e.modal is not None and m.modal is not None)
+    await fake_discord.wait_until_idle()
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, PromptModal)] == []
+    # and each is still answered when it is submitted
+    submit = await fake_discord.submit_modal(menu.modal, {"prompt": "in the rain"}, user_id=MEMBER)
+    assert (await settle(fake_discord, submit)).results
+    assert_clean(fake_discord, fake_api)
+
+
 async def test_only_the_requester_or_a_moderator_can_delete(bot, fake_discord, fake_api):
     final = await first_result(fake_discord)
     delete = f"d2i:delete:{job_id_of(final)}"
