@@ -25,16 +25,16 @@ from cogs.i18n import SOURCE
 from cogs.i18n import text as say
 
 from . import cards, text
-from .components import COG_NAME, JobButton, PromptModal, modal_values, result_view, spent, upload
+from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, spent, upload
 from .delivery import NO_MENTIONS, answer_anyway, tell
 from .flow import RequestFlow
-from .forms import hear_forms
 from .langs import channels, members
 
 log = logging.getLogger(__name__)
 
 
 MENU_NAME = say(SOURCE, "form.menu_title")  # (Discord shows it translated: translator.py)
+_MODAL_RE = re.compile(rf"d2i:(edited|menu):({JOB_ID_RE})")
 
 
 class Depth2ImgCog(commands.Cog, name=COG_NAME):
@@ -74,7 +74,6 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             self._resume(job)
         for name, work in self.service.background(self._resume).items():
             create_task(work, name=name, keep_in=self._tasks)
-        create_task(hear_forms(self.bot, self.on_form, self._tasks), name="forms", keep_in=self._tasks)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
@@ -214,8 +213,16 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         elif action in DERIVING:
             await self._tracked(self._derived(interaction, job, action))
 
-    async def on_form(self, interaction: discord.Interaction[Any], match: re.Match[str]) -> None:
-        """A submitted form (``forms.py``). Whatever goes wrong, the member hears."""
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A submitted form, answered from its custom id: whatever happened to the modal object that
+        sent it (see :class:`PromptModal`). Whatever goes wrong, the member hears."""
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        match = _MODAL_RE.fullmatch(str(data.get("custom_id", "")))
+        if match is None:
+            return
         try:
             await self._on_form(interaction, match)
         except Exception as exc:

@@ -2,7 +2,7 @@
 
 Buttons carry the job id in their custom id (``d2i:<action>:<job id>``) and look everything else up in
 the ledger, so they keep working after a restart for as long as the job exists. Forms (modals) are
-answered from their custom id too (see ``forms.py``), whatever happened to the object that sent them.
+answered from their custom id too (see ``cog.py``), whatever happened to the object that sent them.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def cancel_view(job_id: str, lang: str) -> discord.ui.View:
 
 
 class PromptModal(discord.ui.Modal):
-    """Sent to ask for a prompt. Submissions are handled from the custom id (``forms.py``), so they
+    """Sent to ask for a prompt. Submissions are handled from the custom id (``cog.py``), so they
     work whatever happened to this object (a restart, say). It is stopped as soon as it is made: then
     discord.py does not keep it (for a form the member closed, it kept it for as long as the bot ran)."""
 
