@@ -154,7 +154,7 @@ async def test_forms_the_member_closed_leave_nothing_behind(bot, fake_discord, f
     await fake_discord.wait_until_idle()
     gc.collect()
     assert [o for o in gc.get_objects() if isinstance(o, PromptModal)] == []
-    # and each is still answered when it is submitted
+    # and a closed form is still answered if it is submitted after all
     submit = await fake_discord.submit_modal(menu.modal, {"prompt": "in the rain"}, user_id=MEMBER)
     assert (await settle(fake_discord, submit)).results
     assert_clean(fake_discord, fake_api)
