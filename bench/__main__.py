@@ -51,6 +51,7 @@ from bench.figures import (
     proc_kb,
     reset_peak_rss,
     row,
+    stolen_row,
     summarise,
 )
 
@@ -207,6 +208,7 @@ async def main() -> int:
                 )
                 results.append(result)
                 print(row(result), flush=True)
+                print(stolen_row(result), flush=True)
     finally:
         for bot in bots:
             await bot.stop()
@@ -228,13 +230,16 @@ async def main() -> int:
             ratios[burst] = {
                 "ack_p50": ours.ack_ms["p50"] / base.ack_ms["p50"],
                 "ack_p99": ours.ack_ms["p99"] / base.ack_ms["p99"],
+                "ack_p99_unstolen": ours.ack_ms_unstolen["p99"] / base.ack_ms_unstolen["p99"],
                 "final_p50": ours.final_s["p50"] / base.final_s["p50"],
                 "cpu_per_request": ours.cpu_ms_per_request / max(base.cpu_ms_per_request, 0.001),
             }
             q = ratios[burst]
             print(
                 f"  burst {burst:4d}: ack p50 ×{q['ack_p50']:.2f}  ack p99 ×{q['ack_p99']:.2f}   "
-                f"final p50 ×{q['final_p50']:.3f}   CPU/request ×{q['cpu_per_request']:.2f}"
+                f"final p50 ×{q['final_p50']:.3f}   CPU/request ×{q['cpu_per_request']:.2f}   "
+                f"ack p99 in runs with no CPU stolen while acknowledging ×{q['ack_p99_unstolen']:.2f} "
+                f"({ours.runs_unstolen}/{ours.runs} and {base.runs_unstolen}/{base.runs} runs)"
             )
     largest = max(bursts)
     print(f"\nRSS at rest ({args.pause:g} s) after each run of {largest} (MB), the warm-up first:")

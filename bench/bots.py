@@ -21,6 +21,7 @@ from bench.figures import (
     failed,
     proc_kb,
     read_stall,
+    stolen_s,
     tree_cpu_s,
 )
 from tests.fakes.fake_discord import FakeDiscord
@@ -171,6 +172,8 @@ class Bot:
         fake = self.fake
         res = RunResult(rss_before_kb=proc_kb(pid, "VmRSS"))
         cpu_before = tree_cpu_s(pid)
+        stolen_before = stolen_s()
+        stolen_acking: float | None = None
         started = time.time()
         records = []
         for _ in range(size):
@@ -185,6 +188,8 @@ class Bot:
         res.rss_peak_kb = res.rss_before_kb
         while time.monotonic() < deadline:
             res.rss_peak_kb = max(res.rss_peak_kb, proc_kb(pid, "VmRSS"))
+            if stolen_acking is None and all(r.acked_at is not None for r in sent):
+                stolen_acking = stolen_s() - stolen_before
             if all(delivered(fake, r) is not None or failed(fake, r) for r in sent):
                 break
             await asyncio.sleep(0.02)
@@ -206,6 +211,8 @@ class Bot:
         res.stall_ms, res.stall_running_ms, res.stall_no_cpu_ms = read_stall(self.monitor, started, ended)
         res.rss_after_kb = proc_kb(pid, "VmRSS")
         res.cpu_s = tree_cpu_s(pid) - cpu_before
+        res.stolen_ms = (stolen_s() - stolen_before) * 1000
+        res.stolen_acking_ms = (res.stolen_ms / 1000 if stolen_acking is None else stolen_acking) * 1000
         for r in sent:  # the driver keeps what it needs; drop the delivered pictures' bytes
             for mid in r.message_ids:
                 for f in fake.messages[mid].files:

@@ -62,6 +62,18 @@ def tree_cpu_s(root: int) -> float:
     return total
 
 
+def stolen_s() -> float:
+    """CPU time taken from this virtual machine by its host so far, all CPUs together (the ``steal``
+    column of /proc/stat; 0 where Linux does not say). Counted in the kernel's clock ticks (10 ms), so
+    a short window reads 0 or one tick or more; what matters is whether it moved."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def read_stall(path: Path, start: float, end: float) -> tuple[float, float, float]:
     """The loop monitor's worst late wake-up while the burst was in flight (its 50 ms windows that end
     from the first request to just after the last result: a pause after that, such as our paced
@@ -108,6 +120,8 @@ class RunResult:
     rss_peak_kb: int = 0
     rss_after_kb: int = 0
     cpu_s: float = 0.0
+    stolen_ms: float = 0.0  # CPU time the host took from the machine during the run (all CPUs)
+    stolen_acking_ms: float = 0.0  # ... from the burst's start until its last acknowledgement (+<=20 ms)
 
 
 @dataclass
@@ -137,6 +151,12 @@ class BurstResult:
     final_max_s_each_run: list[float] = field(default_factory=list)
     missed: int = 0
     lost: int = 0
+    stolen_ms_each_run: list[float] = field(default_factory=list)
+    stolen_acking_ms_each_run: list[float] = field(default_factory=list)
+    # acknowledgements of the runs during whose acknowledgements the host took no CPU time from the
+    # machine (ack p99 at small bursts is otherwise mostly whether such a pause fell in a run's 10-30 ms)
+    runs_unstolen: int = 0
+    ack_ms_unstolen: dict[str, float] = field(default_factory=dict)
 
 
 def reset_peak_rss(pid: int) -> None:
@@ -151,6 +171,8 @@ def summarise(
     acks = [a for r in runs for a in r.acks_ms]
     finals = [f for r in runs for f in r.finals_s]
     submits = [s for r in runs for s in r.submits_s]
+    unstolen = [r for r in runs if r.stolen_acking_ms == 0]
+    acks_unstolen = [a for r in unstolen for a in r.acks_ms]
     return BurstResult(
         bot=name,
         burst=burst,
@@ -175,6 +197,10 @@ def summarise(
         final_max_s_each_run=[round(max(r.finals_s, default=float("nan")), 3) for r in runs],
         missed=sum(r.missed for r in runs),
         lost=sum(r.lost for r in runs),
+        stolen_ms_each_run=[round(r.stolen_ms) for r in runs],
+        stolen_acking_ms_each_run=[round(r.stolen_acking_ms) for r in runs],
+        runs_unstolen=len(unstolen),
+        ack_ms_unstolen={"p50": pct(acks_unstolen, 50), "p99": pct(acks_unstolen, 99)},
     )
 
 
@@ -191,4 +217,14 @@ def row(r: BurstResult) -> str:
         f"{r.final_s['p50']:9.3f} {r.final_s['p99']:6.3f}   | {r.overhead_ms['p50']:7.0f} {r.overhead_ms['p99']:6.0f}    | "
         f"{r.loop_stall_ms:5.0f} {r.loop_stall_median_ms:5.0f} {r.loop_stall_running_ms:5.0f}    | {r.peak_rss_mb:7.1f}    | {r.rss_per_request_kb:5.0f}    | "
         f"{r.cpu_ms_per_request:7.1f}    | {r.submitted_s['p50']:6.3f} {r.submitted_s['p99']:6.3f} s | {r.missed:4d} {r.lost:4d}"
+    )
+
+
+def stolen_row(r: BurstResult) -> str:
+    """The host's share: on a shared virtual machine it pauses both CPUs now and then (10-30 ms)."""
+    each = r.stolen_ms_each_run
+    return (
+        f"{'':14} CPU stolen by the host per run: median {statistics.median(each) if each else 0:.0f} ms, "
+        f"max {max(each, default=0):.0f}; runs with none while acknowledging {r.runs_unstolen}/{r.runs}: "
+        f"ack p50 {r.ack_ms_unstolen['p50']:.1f} p99 {r.ack_ms_unstolen['p99']:.1f} ms"
     )
