@@ -238,8 +238,10 @@ async def main() -> int:
             print(
                 f"  burst {burst:4d}: ack p50 ×{q['ack_p50']:.2f}  ack p99 ×{q['ack_p99']:.2f}   "
                 f"final p50 ×{q['final_p50']:.3f}   CPU/request ×{q['cpu_per_request']:.2f}   "
-                f"ack p99 in runs with no CPU stolen while acknowledging ×{q['ack_p99_unstolen']:.2f} "
-                f"({ours.runs_unstolen}/{ours.runs} and {base.runs_unstolen}/{base.runs} runs)"
+                "ack p99 in runs with no CPU stolen while acknowledging "
+                + ("–" if math.isnan(q["ack_p99_unstolen"]) else f"×{q['ack_p99_unstolen']:.2f}")
+                + " "
+                + f"({ours.runs_unstolen}/{ours.runs} and {base.runs_unstolen}/{base.runs} runs)"
             )
     largest = max(bursts)
     print(f"\nRSS at rest ({args.pause:g} s) after each run of {largest} (MB), the warm-up first:")

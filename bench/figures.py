@@ -225,6 +225,10 @@ def stolen_row(r: BurstResult) -> str:
     each = r.stolen_ms_each_run
     return (
         f"{'':14} CPU stolen by the host per run: median {statistics.median(each) if each else 0:.0f} ms, "
-        f"max {max(each, default=0):.0f}; runs with none while acknowledging {r.runs_unstolen}/{r.runs}: "
-        f"ack p50 {r.ack_ms_unstolen['p50']:.1f} p99 {r.ack_ms_unstolen['p99']:.1f} ms"
+        f"max {max(each, default=0):.0f}; runs with none while acknowledging {r.runs_unstolen}/{r.runs}"
+        + (
+            f": ack p50 {r.ack_ms_unstolen['p50']:.1f} p99 {r.ack_ms_unstolen['p99']:.1f} ms"
+            if r.runs_unstolen
+            else ""
+        )
     )
