@@ -212,7 +212,7 @@ class Bot:
         res.rss_after_kb = proc_kb(pid, "VmRSS")
         res.cpu_s = tree_cpu_s(pid) - cpu_before
         res.stolen_ms = (stolen_s() - stolen_before) * 1000
-        res.stolen_acking_ms = (res.stolen_ms / 1000 if stolen_acking is None else stolen_acking) * 1000
+        res.stolen_acking_ms = res.stolen_ms if stolen_acking is None else stolen_acking * 1000
         for r in sent:  # the driver keeps what it needs; drop the delivered pictures' bytes
             for mid in r.message_ids:
                 for f in fake.messages[mid].files:
