@@ -31,6 +31,7 @@ from discord.ext import commands
 from dotenv import load_dotenv
 from prometheus_client import CollectorRegistry
 
+from cogs.botcore import gateway_json
 from cogs.botcore.logs import configure_logging
 from cogs.botcore.memory import keep_freed_memory
 from cogs.botcore.startup import EXIT_CONFIG, StartFailed, check, data_dir_problem, start
@@ -188,6 +189,8 @@ class Depth2ImgBot(commands.AutoShardedBot):
         # This bot never joins voice: don't warn at every start that voice libraries are missing.
         discord.VoiceClient.warn_nacl = False
         discord.VoiceClient.warn_dave = False
+        # A member's text holding a lone surrogate must not stop the bot (cogs/botcore/gateway_json.py).
+        gateway_json.install()
         # Slash commands, buttons and modals come as interactions, which need no intent. Only the
         # servers themselves (their roles and channels) are needed: with discord.py's default intents
         # every message, reaction and typing event in every channel would be sent here, parsed and

@@ -474,6 +474,26 @@ def test_event_loop_setting():
     assert "EVENT_LOOP" in problem
 
 
+def test_discord_json_reader_takes_lone_surrogates_and_nothing_worse(bot):
+    """With the bot built, discord.py reads JSON through cogs/botcore/gateway_json.py: orjson, and
+    Python's json for a lone surrogate (valid JSON that orjson refuses). What neither reads still
+    raises orjson's error, not another kind (deep nesting: not a RecursionError)."""
+    import discord.utils
+    import orjson
+
+    from cogs.botcore import gateway_json
+
+    assert gateway_json._ours(discord.utils._from_json)
+    assert gateway_json.install()  # (again: nothing changes)
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads('{"t": "a\\ud800b"}')
+    assert discord.utils._from_json('{"t": "a\\ud800b"}') == {"t": "a\ud800b"}
+    assert discord.utils._from_json(b'{"t": "\\ud83d\\ude00"}') == {"t": "\U0001f600"}
+    for bad in ('{"t": "a\\ud800', "[" * 100_000 + "]" * 100_000, "\ud800"):
+        with pytest.raises(orjson.JSONDecodeError):
+            discord.utils._from_json(bad)
+
+
 # --- the event-loop stall monitor ------------------------------------------------------------------
 
 

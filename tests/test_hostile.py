@@ -214,6 +214,27 @@ async def test_control_characters_are_removed_from_the_prompt_sent(bot, fake_dis
     assert fake_api.submissions[0].body["prompt"] == "a castle[31m on a hill"
 
 
+async def test_a_lone_surrogate_in_a_prompt_does_not_stop_the_bot(bot, fake_discord, fake_api):
+    """A lone surrogate ("\\ud800") is valid JSON (RFC 8259 §8.2), and a JavaScript client that cuts
+    a string inside an emoji sends one. orjson, which discord.py reads the gateway with, refuses it,
+    and discord.py took that as fatal: the bot closed, and the member was left on "thinking…"
+    (cogs/botcore/gateway_json.py). Its prompt now loses the surrogate, as any control character."""
+    _, final = await slash(
+        fake_discord, {"prompt": "a castle \ud800 on a hill", "negative_prompt": "fog \udc00"}
+    )
+    assert final.files
+    body = fake_api.submissions[0].body
+    assert (body["prompt"], body["negative_prompt"]) == ("a castle on a hill", "fog")
+    assert not bot.is_closed()
+    assert_clean(fake_discord, fake_api)
+    # and a picture id holding one gets a plain answer, not a stopped bot
+    record = await fake_discord.invoke_slash("depth2img-show", {"picture": "abc\ud83d"})
+    await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=10)
+    answer = fake_discord.visible_messages(record)[-1]
+    assert answer.ephemeral and "No delivered picture" in answer.content
+    assert not bot.is_closed()
+
+
 # --- a hostile API ----------------------------------------------------------------------------------
 
 FAULTS = [

@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cogs.depth2img.cleaning import clean_text
+from cogs.depth2img.cleaning import clean_text, is_clean
 
 from .base import Database, Execute, ExecuteMany, Fetch, Op, OpFactory
 from .postgres import PostgresDatabase
@@ -253,6 +253,11 @@ class Ledger:
     # --- reading ---
 
     async def get(self, job_id: str) -> Job | None:
+        """None also for an id no job can have and no database takes (a lone surrogate, a NUL: a
+        member typed it, or a crafted button sent it)."""
+        if not is_clean(job_id):
+            return None
+
         def op() -> Op[Job | None]:
             rows = yield Fetch("SELECT * FROM jobs WHERE id = ?", (job_id,))
             return from_row(rows[0]) if rows else None
