@@ -300,6 +300,19 @@ async def test_forge_dropping_controlnet_silently_is_caught(start_bot, fake_disc
     assert any("A1111_CONTROLNET_MODEL is not among" in m for m in messages)  # said at start-up too
 
 
+async def test_an_a1111_info_nested_too_deep_for_python_ends_like_a_missing_one(start_bot, fake_discord):
+    """``info`` is a JSON string inside the answer; nested 100,000 deep, Python's parser raises
+    RecursionError, not ValueError. The job ends as with an info that says nothing of ControlNet."""
+    fake = FakeA1111(info_depth=100_000)
+    await fake.start()
+    try:
+        await start_bot(**a1111_env(fake))
+        _, final = await slash(fake_discord, {"prompt": "x"})
+    finally:
+        await fake.stop()
+    assert not final.results and "image server is not set up" in final.content
+
+
 async def test_a1111_cancel_interrupts(start_bot, fake_discord, a1111):
     a1111.step_s = 0.5
     await start_bot(**a1111_env(a1111))

@@ -47,6 +47,7 @@ class FakeA1111(LocalServer):
     step_s: float = 0.05
     steps_default: int = 20
     forge_silent: bool = False
+    info_depth: int = 0  # > 0: ``info`` is JSON nested that deep (a hostile server's)
     requests: list[dict[str, Any]] = field(default_factory=list)
     progress_asks: int = 0
     interrupts: int = 0
@@ -162,7 +163,9 @@ class FakeA1111(LocalServer):
             {
                 "images": out,
                 "parameters": {k: v for k, v in body.items() if k != "init_images"},
-                "info": json.dumps(info),
+                "info": "[" * self.info_depth + "]" * self.info_depth
+                if self.info_depth
+                else json.dumps(info),
             }
         )
 

@@ -110,7 +110,7 @@ def _info(answer: dict[str, Any]) -> dict[str, Any]:
     if isinstance(info, str):
         try:
             info = json.loads(info)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested deeper than Python's parser goes)
             return {}
     return info if isinstance(info, dict) else {}
 
