@@ -60,6 +60,14 @@ def test_output_string_and_list_normalise_to_a_tuple():
     assert a.output_urls == b.output_urls == ("http://h/a-0.png",)
 
 
+def test_an_answer_listing_thousands_of_links_keeps_the_first_few():
+    """A megabyte of answer may list 40,000 links; the job's row keeps 16 (4 pictures at most, and a
+    depth map each), the first ones, in order."""
+    many = [f"http://h/a-{i}.png" for i in range(40_000)]
+    r = parse_response({"status": "success", "output": many})
+    assert r.output_urls == tuple(many[:16])
+
+
 def test_empty_output_falls_back_to_proxy_links():
     r = parse_response({"status": "success", "output": [], "proxy_links": ["http://h/p.png"]})
     assert r.output_urls == ("http://h/p.png",)

@@ -14,8 +14,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from cogs.depth2img.backends.base import MAX_OUTPUT_URLS
 from cogs.depth2img.backends.comfyui_workflow import DEFAULT_WORKFLOW, WorkflowError, load
-from tests.conftest import bot_env, details_of, free_port, is_settled, slash, spawn_bot, stop_bot
+from tests.conftest import (
+    bot_env,
+    details_of,
+    free_port,
+    is_settled,
+    service_of,
+    slash,
+    spawn_bot,
+    stop_bot,
+)
 from tests.fakes.fake_a1111 import FakeA1111
 from tests.fakes.fake_api import make_png
 from tests.fakes.fake_comfyui import FakeComfyUI
@@ -151,6 +161,26 @@ async def test_comfyui_missing_custom_nodes_are_named_for_the_owner(start_bot, f
         r.getMessage() for r in caplog.records if "lacks nodes" in r.getMessage()
     )
     assert "image server is not set up" in final.content
+
+
+async def test_comfyui_history_listing_odd_outputs_still_delivers(start_bot, fake_discord, comfyui):
+    """After the real outputs, the history lists a node whose outputs are a list, a file name that no
+    URL can carry (a lone surrogate), and 5,000 more pictures. The first two made the job fail
+    "unexpectedly" and wait for a resume; the last were all kept in the job's row."""
+
+    def tamper(entry):
+        entry["outputs"]["99990"] = ["not", "an", "object"]
+        entry["outputs"]["99991"] = {"images": [{"filename": "bad\ud800.png", "type": "output"}]}
+        many = [{"filename": f"extra-{i}.png", "subfolder": "", "type": "output"} for i in range(5000)]
+        entry["outputs"]["99992"] = {"images": many}
+
+    comfyui.tamper_history = tamper
+    bot = await start_bot(**comfy_env(comfyui))
+    _, final = await slash(fake_discord, {"prompt": "x"}, user_id=5151)
+    assert final.results and final.results[0].data in comfyui.outputs.values()
+    (job,) = await service_of(bot).ledger.for_user(5151)
+    assert len(job.output_urls) <= 2 * MAX_OUTPUT_URLS
+    assert not [u for u in job.output_urls if "bad" in u]
 
 
 async def test_comfyui_run_time_error_ends_clearly(start_bot, fake_discord, comfyui, caplog):

@@ -29,6 +29,7 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,8 @@ class FakeComfyUI(LocalServer):
     interrupts: int = 0
     deleted: list[str] = field(default_factory=list)
     history_asked: list[str] = field(default_factory=list)  # every GET /history/{prompt_id}
+    # changes a copy of each history entry before it is sent (a hostile or odd server's answer)
+    tamper_history: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
         LocalServer.__init__(self)
@@ -340,6 +343,9 @@ class FakeComfyUI(LocalServer):
         prompt_id = request.match_info["id"]
         self.history_asked.append(prompt_id)
         entry = self.history.get(prompt_id)
+        if entry and self.tamper_history is not None:
+            entry = copy.deepcopy(entry)
+            self.tamper_history(entry)
         return web.json_response({prompt_id: entry} if entry else {})
 
     def _queue_item(self, run: Run) -> list[Any]:

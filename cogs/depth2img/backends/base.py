@@ -27,6 +27,12 @@ def is_depth_map(url: str) -> bool:
     return url.endswith(DEPTH_MAP)
 
 
+# The most results, and apart from them the most depth maps, kept from one answer. A job asks for 4
+# pictures at most; a hostile or odd server may list tens of thousands in a few megabytes of answer,
+# each then kept in the job's row and read back with it.
+MAX_OUTPUT_URLS = 16
+
+
 # Reads the kept source picture: its bytes and MIME type.
 LoadSource = Callable[[], Awaitable[tuple[bytes, str]]]
 

@@ -28,6 +28,7 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from cogs.depth2img.cleaning import is_clean
 from cogs.depth2img.config import Depth2ImgSettings
 from cogs.depth2img.errors import (
     Depth2ImgError,
@@ -39,7 +40,7 @@ from cogs.depth2img.errors import (
 )
 from cogs.depth2img.models import GenerationParams
 
-from .base import DEPTH_MAP, Answer, CheckLine, LoadSource, is_depth_map
+from .base import DEPTH_MAP, MAX_OUTPUT_URLS, Answer, CheckLine, LoadSource
 from .comfyui_answers import depth_map_nodes, execution_error, refusal_line
 from .comfyui_workflow import Workflow, WorkflowError, fill, load
 from .downloads import download
@@ -241,28 +242,36 @@ class ComfyUIBackend:
             said = execution_error(status)
             log.warning("ComfyUI could not run the job: " + said, extra={"prompt_id": remote_id})
             raise JobFailed(said, job_id=remote_id)
-        urls: list[str] = []
+        pictures, maps = self._output_urls(entry)
+        if not pictures:
+            raise JobFailed("the workflow saved no picture", job_id=remote_id)
+        urls = pictures + maps
+        self.progress.pop(remote_id, None)
+        return Answer(done=True, remote_id=remote_id, output_urls=tuple(urls), seed=self._seed_of(entry))
+
+    def _output_urls(self, entry: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """The ``/view`` URLs of the pictures and of the depth maps the finished ``entry`` lists, the
+        first :data:`MAX_OUTPUT_URLS` of each; what is not shaped as ComfyUI shapes it is passed over (a
+        node's outputs that are not an object, a file name no URL can carry)."""
+        pictures: list[str] = []
+        maps: list[str] = []
         depth_nodes = depth_map_nodes(entry)
         listed = entry.get("outputs")
         outputs: dict[str, Any] = listed if isinstance(listed, dict) else {}
         for node_id in sorted(outputs, key=lambda k: (len(str(k)), str(k))):
-            for image in (outputs[node_id] or {}).get("images") or []:
-                if (
-                    isinstance(image, dict)
-                    and image.get("type") == "output"
-                    and isinstance(image.get("filename"), str)
-                ):
-                    query = {
-                        "filename": image["filename"],
-                        "subfolder": str(image.get("subfolder") or ""),
-                        "type": "output",
-                    }
-                    mark = DEPTH_MAP if str(node_id) in depth_nodes else ""
-                    urls.append(f"{self._base}/view?{urlencode(query)}{mark}")
-        if not [u for u in urls if not is_depth_map(u)]:
-            raise JobFailed("the workflow saved no picture", job_id=remote_id)
-        self.progress.pop(remote_id, None)
-        return Answer(done=True, remote_id=remote_id, output_urls=tuple(urls), seed=self._seed_of(entry))
+            node = outputs[node_id]
+            images = node.get("images") if isinstance(node, dict) else None
+            kept = maps if str(node_id) in depth_nodes else pictures
+            for image in images if isinstance(images, list) else []:
+                if len(kept) == MAX_OUTPUT_URLS:
+                    break
+                if not (isinstance(image, dict) and image.get("type") == "output"):
+                    continue
+                name, sub = image.get("filename"), image.get("subfolder") or ""
+                if isinstance(name, str) and isinstance(sub, str) and is_clean(name) and is_clean(sub):
+                    query = urlencode({"filename": name, "subfolder": sub, "type": "output"})
+                    kept.append(f"{self._base}/view?{query}{DEPTH_MAP if kept is maps else ''}")
+        return pictures, maps
 
     def _seed_of(self, entry: dict[str, Any]) -> int | None:
         place = self.workflow.seed_at()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from cogs.depth2img.backends.base import MAX_OUTPUT_URLS
 from cogs.depth2img.cleaning import clean_text, is_clean
 from cogs.depth2img.errors import (
     AuthenticationError,
@@ -101,6 +102,8 @@ def _urls(value: object) -> tuple[str, ...]:
         return ()
     urls: list[str] = []
     for item in value:
+        if len(urls) == MAX_OUTPUT_URLS:
+            break
         if isinstance(item, str):
             text = item.strip()
             if (
