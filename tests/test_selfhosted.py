@@ -13,9 +13,14 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cogs.depth2img.backends.base import MAX_OUTPUT_URLS
+from cogs.depth2img.backends.comfyui import ComfyUIBackend
+from cogs.depth2img.backends.comfyui_answers import refusal_line
 from cogs.depth2img.backends.comfyui_workflow import DEFAULT_WORKFLOW, WorkflowError, load
+from cogs.depth2img.errors import Depth2ImgError
 from tests.conftest import (
     bot_env,
     details_of,
@@ -29,6 +34,7 @@ from tests.conftest import (
 from tests.fakes.fake_a1111 import FakeA1111
 from tests.fakes.fake_api import make_png
 from tests.fakes.fake_comfyui import FakeComfyUI
+from tests.test_models import json_values
 
 OPTIONS = {
     "prompt": "a castle at dusk",
@@ -181,6 +187,81 @@ async def test_comfyui_history_listing_odd_outputs_still_delivers(start_bot, fak
     (job,) = await service_of(bot).ledger.for_user(5151)
     assert len(job.output_urls) <= 2 * MAX_OUTPUT_URLS
     assert not [u for u in job.output_urls if "bad" in u]
+
+
+_node = st.fixed_dictionaries(
+    {},
+    optional={
+        "class_type": st.sampled_from(["SaveImage", "KSampler"]) | json_values,
+        "inputs": st.dictionaries(st.sampled_from(["seed", "filename_prefix"]), json_values) | json_values,
+        "images": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "filename": st.text(max_size=8) | json_values,
+                    "subfolder": st.text(max_size=4) | json_values,
+                    "type": st.sampled_from(["output", "temp"]) | json_values,
+                },
+            )
+            | json_values,
+            max_size=3,
+        )
+        | json_values,
+    },
+)
+_graph = st.dictionaries(st.sampled_from(["10", "12", "13"]), _node | json_values, max_size=3)
+_SAVED = {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}
+# a finished entry with one usable picture (node 12), the rest of it odd: the reading goes on past
+# the first checks to the seed (node 10's inputs), the depth maps (node 13) and the other outputs
+_succeeded = st.fixed_dictionaries(
+    {
+        "status": st.fixed_dictionaries(
+            {"status_str": st.just("success")}, optional={"messages": json_values}
+        ),
+        "outputs": st.dictionaries(st.sampled_from(["13", "99"]), _node | json_values, max_size=2).map(
+            lambda extra: {"12": _SAVED, **extra}
+        ),
+        "prompt": st.tuples(json_values, json_values, _graph).map(list) | json_values,
+    }
+)
+_history_entry = st.fixed_dictionaries(
+    {},
+    optional={
+        "status": st.fixed_dictionaries(
+            {},
+            optional={
+                "status_str": st.sampled_from(["success", "error"]) | json_values,
+                "messages": st.lists(st.tuples(st.text(max_size=20), json_values).map(list)) | json_values,
+            },
+        )
+        | json_values,
+        "outputs": _graph | json_values,
+        "prompt": st.tuples(json_values, json_values, _graph).map(list) | json_values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    entry=_succeeded | _history_entry,
+    refusal=json_values | st.fixed_dictionaries({"node_errors": json_values}),
+)
+def test_comfyui_answers_raise_nothing_but_our_errors(entry, refusal):
+    """Whatever shape a history entry or a refusal takes, reading it ends in an answer or in one of
+    our errors: anything else made a job fail "unexpectedly" and wait for a resume."""
+    backend = ComfyUIBackend(
+        None,  # type: ignore[arg-type]  # (no request is made: only the answers are read)
+        None,  # type: ignore[arg-type]
+        base_url="http://127.0.0.1:1",
+        workflow=load(None),
+        checkpoint="c",
+        controlnet="d",
+    )
+    try:
+        backend._finished("p", entry)
+    except Depth2ImgError:
+        pass
+    assert isinstance(refusal_line(refusal), str)
 
 
 async def test_comfyui_run_time_error_ends_clearly(start_bot, fake_discord, comfyui, caplog):

@@ -283,7 +283,9 @@ class ComfyUIBackend:
             or not isinstance(prompt[2], dict)
         ):
             return None
-        seed = prompt[2].get(place[0], {}).get("inputs", {}).get(place[1])
+        node = prompt[2].get(place[0])
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        seed = inputs.get(place[1]) if isinstance(inputs, dict) else None
         return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
     async def _history(self, prompt_id: str) -> dict[str, Any] | None:
@@ -298,7 +300,8 @@ class ComfyUIBackend:
         if status != 200 or not isinstance(body, dict):
             raise self._trouble(status, "no queue")
         for where in ("running", "pending"):
-            for item in body.get(f"queue_{where}") or []:
+            listed = body.get(f"queue_{where}")
+            for item in listed if isinstance(listed, list) else []:
                 if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
                     return where
         return None

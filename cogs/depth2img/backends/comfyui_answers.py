@@ -21,7 +21,8 @@ def refusal_line(body: object) -> str:
         for node_id, info in list(node_errors.items())[:10]:
             if not isinstance(info, dict):
                 continue
-            for item in (info.get("errors") or [])[:3]:
+            errors = info.get("errors")
+            for item in errors[:3] if isinstance(errors, list) else []:
                 if isinstance(item, dict):
                     parts.append(
                         f"node {node_id} ({info.get('class_type')}): {item.get('message')} {item.get('details', '')}".strip()
@@ -38,12 +39,14 @@ def depth_map_nodes(entry: dict[str, Any]) -> set[str]:
         for node_id, node in graph.items()
         if isinstance(node, dict)
         and node.get("class_type") == "SaveImage"
-        and "depthmap" in str((node.get("inputs") or {}).get("filename_prefix", ""))
+        and isinstance(node.get("inputs"), dict)
+        and "depthmap" in str(node["inputs"].get("filename_prefix", ""))
     }
 
 
 def execution_error(status: dict[str, Any]) -> str:
-    for item in status.get("messages") or []:
+    messages = status.get("messages")
+    for item in messages if isinstance(messages, list) else []:
         if isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict):
             kind, data = item
             if kind == "execution_error":
