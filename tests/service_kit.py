@@ -17,7 +17,7 @@ from cogs.depth2img.metrics import Metrics
 from cogs.depth2img.models import GenerationParams
 from cogs.depth2img.store import Ledger
 from tests.fakes.fake_api import make_png
-from tests.fakes.memory_backend import MemoryBackend
+from tests.fakes.memory_backend import MemoryAttachments, MemoryBackend
 
 SOURCE = "http://127.0.0.1:1/attachments/1/2/photo.png"
 
@@ -55,7 +55,12 @@ async def make_service(backend, ledger, tmp_path):
 
     def make(*, on: Ledger | None = None, **kw) -> Depth2ImgService:
         service = Depth2ImgService(
-            backend, settings(**kw), on or ledger, data_dir=tmp_path, metrics=Metrics(CollectorRegistry())
+            backend,
+            settings(**kw),
+            on or ledger,
+            attachments=MemoryAttachments(),
+            data_dir=tmp_path,
+            metrics=Metrics(CollectorRegistry()),
         )
         made.append(service)
         return service

@@ -25,7 +25,7 @@ from cogs.depth2img.metrics import Metrics
 from cogs.depth2img.models import GenerationParams, ProgressEvent, Stage
 from cogs.depth2img.store import JobState, Ledger
 from tests.fakes.fake_api import make_png
-from tests.fakes.memory_backend import MemoryBackend
+from tests.fakes.memory_backend import MemoryAttachments, MemoryBackend
 from tests.service_kit import origin, settings, take_in
 
 
@@ -65,7 +65,12 @@ async def test_a_job_at_the_service_whose_run_broke_is_resumed_by_its_own_proces
     backend.poll_raises = [RecursionError("maximum recursion depth exceeded")]
     ledger = await Ledger.open(tmp_path / "jobs.sqlite3", lease_s=0.3)
     service = Depth2ImgService(
-        backend, settings(), ledger, data_dir=tmp_path, metrics=Metrics(CollectorRegistry())
+        backend,
+        settings(),
+        ledger,
+        attachments=MemoryAttachments(),
+        data_dir=tmp_path,
+        metrics=Metrics(CollectorRegistry()),
     )
     await service.start()
     claimed: list = []

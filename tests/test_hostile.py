@@ -19,7 +19,7 @@ from PIL import Image
 from tests.conftest import busy, is_settled, service_of, slash
 from tests.fakes.fake_api import bomb_png, make_png
 from tests.ledger_queries import count_by_state
-from tests.test_e2e import assert_clean
+from tests.test_e2e import assert_clean, log_text
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -121,6 +121,42 @@ async def test_attachment_over_the_size_limit_is_refused_before_download(start_b
     assert final.ephemeral
     assert "limit is 0.1 MB" in final.content
     assert fake_api.submissions == []
+
+
+def cdn_path(fake_discord, attachment) -> str:
+    return attachment["url"].split("?")[0].removeprefix(fake_discord.base_url)
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+async def test_a_picture_longer_than_discord_said_is_not_read_past_the_limit(
+    start_bot, fake_discord, fake_api, caplog, encoding
+):
+    """Discord says the attachment is small, then its CDN sends without end (plain, or gzip-encoded:
+    a few KB on the wire per MB read). The bot stops reading at MAX_INPUT_BYTES, not when the time
+    runs out, and holds no more than that in memory; the member hears it is too large."""
+    await start_bot(MAX_INPUT_BYTES="1000000", INPUT_READ_TIMEOUT_S="5")
+    attachment = fake_discord.add_attachment(make_png(64, 64), "small.png")
+    fake_discord.cdn_endless[cdn_path(fake_discord, attachment)] = encoding
+    record, final = await slash(fake_discord, {"image": attachment, "prompt": "castle"})
+    assert final.ephemeral
+    assert "larger than the bot accepts" in final.content
+    assert [m.ephemeral for m in fake_discord.visible_messages(record)] == [True]
+    if encoding == "identity":  # the cap, and what the sockets' buffers held when the bot hung up
+        assert fake_discord.cdn_sent[cdn_path(fake_discord, attachment)] < 48_000_000
+    assert fake_api.submissions == []
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_a_picture_gone_from_discord_is_explained(bot, fake_discord, fake_api, caplog):
+    attachment = fake_discord.add_attachment(make_png(), "gone.png")
+    del fake_discord.cdn[cdn_path(fake_discord, attachment)]  # Discord's CDN answers 404
+    record, final = await slash(fake_discord, {"image": attachment, "prompt": "castle"})
+    assert final.ephemeral
+    assert "could not be downloaded from Discord any more" in final.content
+    assert [m.ephemeral for m in fake_discord.visible_messages(record)] == [True]
+    assert fake_api.submissions == []
+    assert "the picture could not be taken in" not in log_text(caplog)  # (an error the owner must look at)
+    assert_clean(fake_discord, fake_api, caplog)
 
 
 def exif_rotated_jpeg() -> bytes:

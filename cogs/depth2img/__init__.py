@@ -100,6 +100,7 @@ async def check(env: Mapping[str, str]) -> list[tuple[str, bool, str]]:
 
 
 async def setup(bot: commands.Bot) -> None:
+    from .backends.attachments import DiscordAttachments
     from .backends.choose import build_backend
     from .backends.guard import Guard
     from .backends.http import open_session
@@ -130,11 +131,18 @@ async def setup(bot: commands.Bot) -> None:
         guard = Guard([settings.service_url])
         session = open_session(guard, connections=1024, user_agent="depth2img-bot/0.1")
         closing.append(session.close)
+        attachments = DiscordAttachments(user_agent="depth2img-bot/0.1")
+        closing.append(attachments.close)
         backend = await build_backend(
             settings, session, guard, recall=ledger.recall, remember=ledger.remember
         )
         service = Depth2ImgService(
-            backend, settings, ledger, data_dir=host.data_dir, metrics=Metrics(host.metrics_registry)
+            backend,
+            settings,
+            ledger,
+            attachments=attachments,
+            data_dir=host.data_dir,
+            metrics=Metrics(host.metrics_registry),
         )
         await bot.tree.set_translator(CatalogueTranslator())
         await bot.add_cog(Depth2ImgCog(bot, service))  # from here on, the cog closes what it uses

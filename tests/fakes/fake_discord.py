@@ -18,6 +18,7 @@ import json
 import re
 import secrets
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -244,8 +245,12 @@ class FakeDiscord(LocalServer):
         # 403 Missing Permissions; or e.g. 503, which discord.py does not retry: a DiscordServerError
         self.edit_failure: tuple[int, int, str] = (403, 50013, "Missing Permissions")
         self.cdn_fetches: list[tuple[float, str]] = []  # (monotonic time, path) of every attachment download
-        self.cdn_stalled: set[str] = set()
-        self._dm_channels: dict[int, int] = {}  # attachment paths whose download starts, then never ends
+        self.cdn_stalled: set[str] = set()  # attachment paths whose download starts, then never ends
+        # attachment paths whose download never ends either, but at full speed: the picture, then
+        # zeros until the bot hangs up (no Content-Length), plain or gzip-encoded (a hostile CDN)
+        self.cdn_endless: dict[str, str] = {}  # path -> "identity" or "gzip"
+        self.cdn_sent: dict[str, int] = {}  # path -> bytes sent on the wire in endless downloads
+        self._dm_channels: dict[int, int] = {}
         # awaited before an interaction callback is answered (after it is recorded): lets a test
         # hold one member's acknowledgement in flight while others go through
         self.callback_gate: Callable[[InteractionRecord], Awaitable[None]] | None = None
@@ -883,7 +888,36 @@ class FakeDiscord(LocalServer):
             while request.transport is not None and not request.transport.is_closing():
                 await asyncio.sleep(0.05)  # until the bot gives up on it
             return resp
+        if path in self.cdn_endless:
+            return await self._cdn_endless(request, path, data, ctype)
         return web.Response(body=data, headers={"Content-Type": ctype})
+
+    async def _cdn_endless(
+        self, request: web.Request, path: str, data: bytes, ctype: str
+    ) -> web.StreamResponse:
+        encoding = self.cdn_endless[path]
+        headers = {"Content-Type": ctype}
+        compress = None
+        if encoding == "gzip":
+            headers["Content-Encoding"] = "gzip"
+            compress = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+        resp = web.StreamResponse(headers=headers)
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        self.cdn_sent[path] = 0
+        piece, zeros = data, bytes(1024 * 1024)
+        with contextlib.suppress(ConnectionError):
+            while request.transport is not None and not request.transport.is_closing():
+                wire = (
+                    piece
+                    if compress is None
+                    else compress.compress(piece) + compress.flush(zlib.Z_SYNC_FLUSH)
+                )
+                await resp.write(wire)
+                self.cdn_sent[path] += len(wire)
+                piece = zeros
+                await asyncio.sleep(0)
+        return resp
 
     def _authorised(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bot {self.token}"

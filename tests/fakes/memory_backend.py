@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cogs.depth2img.backends.base import Answer, LoadSource
-from cogs.depth2img.errors import JobFailed, OutputUnavailable
+from cogs.depth2img.errors import InvalidInput, JobFailed, OutputUnavailable
 from cogs.depth2img.models import GenerationParams
 from tests.fakes.fake_api import make_png
 
@@ -123,3 +123,23 @@ class MemoryBackend:
 
     async def close(self) -> None:
         self.calls.append(Call("close", ()))
+
+
+@dataclass
+class MemoryAttachments:
+    """Members' pictures on "Discord", in memory: what ``core.intake.Attachments`` asks for (the
+    HTTP one, ``backends/attachments.py``, is tested end to end against the fake Discord's CDN)."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    closed: bool = False
+
+    async def read(self, url: str, *, cap: int) -> bytes:
+        data = self.files.get(url)
+        if data is None:
+            raise InvalidInput("input.download_gone")
+        if len(data) > cap:
+            raise InvalidInput("input.file_too_big")
+        return data
+
+    async def close(self) -> None:
+        self.closed = True

@@ -10,6 +10,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from cogs.depth2img.config import Depth2ImgSettings
 from cogs.depth2img.errors import InvalidInput
@@ -28,6 +29,17 @@ log = logging.getLogger(__name__)
 READS_AT_ONCE = 8
 
 Reader = Callable[[], Awaitable[bytes]]
+
+
+class Attachments(Protocol):
+    """Where members' pictures are read from Discord (``backends/attachments.py``)."""
+
+    async def read(self, url: str, *, cap: int) -> bytes:
+        """The picture at ``url``, never more than ``cap`` bytes read. Raises :class:`InvalidInput`
+        (``input.file_too_big``, ``input.download_gone``, ``input.download_failed``)."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

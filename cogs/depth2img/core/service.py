@@ -27,7 +27,7 @@ from . import upkeep
 from .admission import Admission, AnswerFirst, Rounds, Ticket, day_start
 from .endings import Endings
 from .gate import Gate, Where
-from .intake import Intake, Origin, Reader
+from .intake import Attachments, Intake, Origin, Reader
 from .jobs import Emit, JobRunner, Outcome, Sleep
 from .pictures import NO_LONGER_STORED, Pictures
 from .policy import GuildSettings, OwnerLimits
@@ -46,6 +46,7 @@ class Depth2ImgService:
         settings: Depth2ImgSettings,
         ledger: Ledger,
         *,
+        attachments: Attachments,
         data_dir: Path,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
@@ -54,6 +55,7 @@ class Depth2ImgService:
         self.settings = settings
         self.backend = backend
         self.ledger = ledger
+        self.attachments = attachments
         self.metrics = metrics
         self._sleep = sleep
         self.admission = Admission(
@@ -148,6 +150,7 @@ class Depth2ImgService:
         """After every job and task has stopped: the image workers, the backend, the metrics and the ledger."""
         self.pictures.close()
         await self.backend.close()
+        await self.attachments.close()
         self.metrics.close()
         await self.ledger.close()
 
@@ -333,6 +336,10 @@ class Depth2ImgService:
 
     async def read_stored(self, path: str | None) -> bytes:
         return await self.pictures.read(path)
+
+    async def read_attachment(self, url: str) -> bytes:
+        """A member's picture on Discord: never more than ``MAX_INPUT_BYTES`` of it is read."""
+        return await self.attachments.read(url, cap=self.settings.max_input_bytes)
 
     async def comparison(self, job: Job) -> GeneratedImage:
         return await self.pictures.comparison(

@@ -5,6 +5,7 @@ request flow (``flow.py``) or to the service. Every decision about jobs lives in
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import secrets
@@ -135,10 +136,9 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
                 samples=samples,
             )
 
+        read = functools.partial(self.service.read_attachment, image.url)
         await self._tracked(
-            self.flow.request(
-                interaction, params, read=image.read, source_url=image.url, declared_size=image.size
-            )
+            self.flow.request(interaction, params, read=read, source_url=image.url, declared_size=image.size)
         )
 
     # --- Apps → Depth to image ------------------------------------------------------------------
@@ -253,7 +253,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             self.flow.request(
                 interaction,
                 params,
-                read=picture.read,
+                read=functools.partial(self.service.read_attachment, picture.url),
                 source_url=picture.url,
                 declared_size=picture.size,
                 kind=JobKind.MENU,

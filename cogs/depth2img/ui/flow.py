@@ -282,11 +282,7 @@ class RequestFlow:
 
         async def read() -> bytes:
             if url is not None:
-                try:
-                    data: bytes = await self.client.http.get_from_cdn(url)
-                except discord.HTTPException:
-                    raise InvalidInput("input.download_gone") from None
-                return data
+                return await self.service.read_attachment(url)
             return await self.service.read_stored(path)
 
         return read
