@@ -474,6 +474,16 @@ def test_event_loop_setting():
     assert "EVENT_LOOP" in problem
 
 
+def test_the_private_slots_the_bot_sets_on_discord_py_objects_are_there():
+    """ui/flow.py marks an interaction answered when Discord took the acknowledgement but its answer
+    was lost, and drops an interaction's cached response once a request is over: through discord.py's
+    private slots, which a release could rename (both would then do nothing, quietly)."""
+    import discord
+
+    assert "_response_type" in discord.InteractionResponse.__slots__
+    assert "_cs_response" in discord.Interaction.__slots__
+
+
 def test_discord_json_reader_takes_lone_surrogates_and_nothing_worse(bot):
     """With the bot built, discord.py reads JSON through cogs/botcore/gateway_json.py: orjson, and
     Python's json for a lone surrogate (valid JSON that orjson refuses). What neither reads still

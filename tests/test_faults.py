@@ -17,6 +17,7 @@ from cogs.i18n import text
 from tests.conftest import busy, is_settled, service_of, slash
 from tests.fakes.fake_api import make_png
 from tests.ledger_queries import count_by_state
+from tests.test_e2e import assert_clean
 
 
 def _slow_line_shown(final) -> bool:
@@ -257,3 +258,66 @@ async def test_the_bot_asks_for_no_privileged_intent_which_discord_would_refuse(
     with pytest.raises(discord.PrivilegedIntentsRequired):
         await asyncio.wait_for(greedy.start(fake_discord.token), 15)
     await greedy.close()
+
+
+@pytest.mark.parametrize(
+    ("lost", "where"),
+    [(["request"], "edited"), (["answer"], "edited"), (["request", "request"], "channel")],
+    ids=["request-lost", "answer-lost", "twice"],
+)
+async def test_a_result_whose_edit_loses_its_connection_still_reaches_the_member(
+    start_bot, fake_discord, fake_api, caplog, lost, where
+):
+    """The connection breaks during the result's edit, before Discord read it or after it applied it
+    (the answer lost): aiohttp raises, not discord.py. The edit is made again (twice the same edit
+    changes nothing); after a second loss the picture goes to the channel. The paid-for picture
+    reaches the member once, and the job is recorded as delivered. (Before: "Something went wrong",
+    written over the picture when Discord had applied the edit.)"""
+    bot = await start_bot()
+    fake_discord.lose_next_edits = list(lost)
+    user = 868686868686868686
+    record = await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
+    )
+    await fake_discord.wait_for(lambda: any(m.results for m in fake_discord.messages.values()), timeout=20)
+    await fake_discord.wait_until_idle(busy(bot))
+    shown = [m for m in fake_discord.messages.values() if m.results]
+    assert len(shown) == 1, [m.content for m in fake_discord.visible_messages(record)]
+    if where == "channel":
+        assert fake_discord.channel_messages == [shown[0].id]
+        assert shown[0].pings == [f"<@{user}>"]
+    else:
+        assert fake_discord.channel_messages == []
+        assert fake_discord.visible_messages(record) == shown
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
+    if where == "channel":  # (assert_clean would refuse the member's ping, which is meant)
+        shown[0].pings.clear()
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+@pytest.mark.parametrize("lost", ["answer", "request"])
+async def test_an_acknowledgement_without_an_answer_still_ends_in_the_picture(
+    start_bot, fake_discord, fake_api, caplog, lost
+):
+    """The connection breaks during the "thinking…" acknowledgement: after Discord took it (its answer
+    lost) or before. The bot cannot know which: it asks Discord for the "thinking…" message, and
+    acknowledges again only if there is none. The job runs once and the picture arrives. (Before: the
+    member was left on "thinking…", and the error handler acknowledged a second time.)"""
+    bot = await start_bot()
+    if lost == "answer":
+        fake_discord.drop_callback_answers = 1
+    else:
+        fake_discord.drop_callback_requests = 1
+        # (Discord's answer to the question, as there is no "thinking…" message yet: 404 Unknown Webhook)
+        fake_discord.expect_violation("webhook call before the initial response")
+    record, final = await slash(fake_discord, {"prompt": "castle"})
+    assert len(final.results) == 1, final.content
+    assert record.ack_type == 5
+    assert record.callback_attempts == 1
+    await fake_discord.wait_until_idle(busy(bot))
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
+    assert len(fake_api.submissions) == 1
+    if lost == "request":
+        assert fake_discord.violations == ["webhook call before the initial response"]
+        fake_discord.violations.clear()
+    assert_clean(fake_discord, fake_api, caplog)

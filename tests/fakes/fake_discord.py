@@ -255,6 +255,10 @@ class FakeDiscord(LocalServer):
         # hold one member's acknowledgement in flight while others go through
         self.callback_gate: Callable[[InteractionRecord], Awaitable[None]] | None = None
         self.drop_callback_answers = 0  # acknowledgements taken whose answer is then lost
+        self.drop_callback_requests = 0  # acknowledgements whose connection breaks before Discord reads them
+        # edits with files (a result) whose connection breaks: "request" (dropped unread: nothing
+        # changes) or "answer" (applied, then the answer is lost), one per edit
+        self.lose_next_edits: list[str] = []
         self.identified = asyncio.Event()
         self.commands_synced = asyncio.Event()
         self.changed = asyncio.Condition()
@@ -1260,6 +1264,10 @@ class FakeDiscord(LocalServer):
         record = self.interactions.get(inter_id)
         if record is None or record.token != token:
             return _error(404, 10062, "Unknown interaction")
+        if self.drop_callback_requests > 0 and request.transport is not None:
+            self.drop_callback_requests -= 1
+            request.transport.close()
+            return web.Response(status=500)  # (never reaches the bot)
         record.callback_attempts += 1
         if arrived - record.sent_at > self.limits.ack_deadline_s:
             self.violations.append(f"late acknowledgement: {arrived - record.sent_at:.2f}s")
@@ -1388,11 +1396,17 @@ class FakeDiscord(LocalServer):
                 if self.fail_next_edits > 0:
                     self.fail_next_edits -= 1
                     return _error(*self.edit_failure)
+                lost = self.lose_next_edits.pop(0) if self.lose_next_edits and files else None
+                if lost == "request" and request.transport is not None:
+                    request.transport.close()
+                    return web.Response(status=500)  # (never reaches the bot)
                 problem = self._check_message(body, files, creating=False)
                 if problem is not None:
                     return problem
                 msg.flags &= ~FLAG_LOADING
                 msg.edits += 1
                 self._apply(msg, body, files, editing=True)
+                if lost == "answer" and request.transport is not None:
+                    request.transport.close()
                 return _json(self._message_payload(msg))
         return self._unhandled(request)

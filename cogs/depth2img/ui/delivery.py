@@ -15,7 +15,9 @@ from typing import Any
 
 import discord
 
+from cogs.botcore.transport import NO_ANSWER
 from cogs.depth2img.core.jobs import Outcome
+from cogs.depth2img.store import Job
 from cogs.i18n import text as say
 
 from . import cards, text
@@ -62,55 +64,79 @@ async def deliver(
     full: bool = False,
 ) -> None:
     """Edit the job's message into the outcome (through ``interaction`` when it is at hand, else
-    through the token kept in the ledger), or fall back to the channel. Raises
-    :class:`discord.HTTPException` when Discord refuses both."""
+    through the token kept in the ledger), or fall back to the channel. A request that gets no answer
+    (:data:`NO_ANSWER`) is made once more: an edit again (the same edit twice changes nothing), then the
+    channel. Raises :class:`discord.HTTPException` when Discord refuses both, or one of
+    :data:`NO_ANSWER` when the channel post got no answer twice."""
     job = outcome.job
     lang = of_job(client, job, interaction)  # (the channel sees it: the server's language)
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
     if fresh and (interaction is not None or job.message_id is not None):
+        for attempt in range(2):
+            content, files, view = render(outcome, lang, full=full)
+            with spent(view):
+                try:
+                    await _edit(client, job, interaction, content=content, files=files, view=view)
+                    return
+                except NO_ANSWER as exc:
+                    log.info(
+                        "the job's message edit got no answer",
+                        extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
+                    )
+                except discord.HTTPException as exc:
+                    if not _gone(exc):
+                        raise
+                    log.info(
+                        "the job's message can no longer be edited; sending to the channel",
+                        extra={"job": job.id, "status": exc.status},
+                    )
+                    break
+    channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+    ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
+    for attempt in range(2):
         content, files, view = render(outcome, lang, full=full)
         with spent(view):
             try:
-                if interaction is not None:
-                    await interaction.edit_original_response(
-                        content=content, attachments=files, view=view, allowed_mentions=NO_MENTIONS
-                    )
-                else:
-                    assert job.message_id is not None
-                    webhook = discord.Webhook.partial(
-                        job.application_id, job.interaction_token, client=client
-                    )
-                    await webhook.edit_message(
-                        job.message_id,
-                        content=content,
-                        attachments=files,
-                        view=view,
-                        allowed_mentions=NO_MENTIONS,
-                    )
-                return
-            except discord.HTTPException as exc:
-                if not _gone(exc):
-                    raise
-                log.info(
-                    "the job's message can no longer be edited; sending to the channel",
-                    extra={"job": job.id, "status": exc.status},
+                await channel.send(
+                    content=content, files=files, view=view or discord.utils.MISSING, allowed_mentions=ping
                 )
-    content, files, view = render(outcome, lang, full=full)
-    channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-    ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
-    with spent(view):
-        try:
-            await channel.send(
-                content=content, files=files, view=view or discord.utils.MISSING, allowed_mentions=ping
-            )
-        except discord.Forbidden:
-            log.warning(
-                "the job's result cannot be posted in its channel: the bot lacks View Channel, Send Messages "
-                "or Attach Files there (give its role those, or use /depth2img-settings to keep it to "
-                "channels where it has them)",
-                extra={"job": job.id, "channel_id": job.channel_id},
-            )
-            raise
+                return
+            except NO_ANSWER as exc:
+                log.info(
+                    "the job's channel message got no answer",
+                    extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
+                )
+                if attempt:
+                    raise
+            except discord.Forbidden:
+                log.warning(
+                    "the job's result cannot be posted in its channel: the bot lacks View Channel, Send "
+                    "Messages or Attach Files there (give its role those, or use /depth2img-settings to "
+                    "keep it to channels where it has them)",
+                    extra={"job": job.id, "channel_id": job.channel_id},
+                )
+                raise
+
+
+async def _edit(
+    client: discord.Client,
+    job: Job,
+    interaction: discord.Interaction[Any] | None,
+    *,
+    content: str,
+    files: list[discord.File],
+    view: discord.ui.View | None,
+) -> None:
+    if interaction is not None:
+        await interaction.edit_original_response(
+            content=content, attachments=files, view=view, allowed_mentions=NO_MENTIONS
+        )
+        return
+    assert job.message_id is not None
+    webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=client)
+    await webhook.edit_message(
+        job.message_id, content=content, attachments=files, view=view, allowed_mentions=NO_MENTIONS
+    )
 
 
 async def reply_privately(interaction: discord.Interaction[Any], message: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import discord
 
+from cogs.botcore.transport import NO_ANSWER
 from cogs.depth2img.core.admission import Ticket
 from cogs.depth2img.core.gate import Where
 from cogs.depth2img.core.intake import Origin
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_INTERACTION = 10062  # Discord's error code: the interaction's 3 s were over
 ALREADY_ACKNOWLEDGED = 40060  # ... it was answered already
+# A request to Discord that failed: refused by Discord, or without an answer
+FAILED: tuple[type[Exception], ...] = (discord.HTTPException, *NO_ANSWER)
 # Discord counts the whole multipart request; leave room for the JSON part.
 UPLOAD_MARGIN = 64 * 1024
 
@@ -83,6 +86,14 @@ def _released(interaction: discord.Interaction[Any]) -> Iterator[None]:
     yield
     with contextlib.suppress(AttributeError):
         delattr(interaction, "_cs_response")
+
+
+def _mark_deferred(interaction: discord.Interaction[Any]) -> None:
+    """Record, as discord.py would have, that ``interaction`` was answered with "thinking…" (Discord
+    took it, but its answer was lost): so that a later error is told as a follow-up. A private slot:
+    if a release renames it, nothing is set, and such an error goes unheard (logged)."""
+    if hasattr(interaction.response, "_response_type"):
+        interaction.response._response_type = discord.InteractionResponseType.deferred_channel_message
 
 
 class RequestFlow:
@@ -228,14 +239,15 @@ class RequestFlow:
                 if mine:
                     full = service.settings_for(job.guild_id).card == "full"
                     await deliver(self.client, outcome, interaction=interaction, full=full)
-        except discord.HTTPException as exc:  # (recorded as DeliveryFailed by delivering())
+        except FAILED as exc:  # (recorded as DeliveryFailed by delivering())
             ref = secrets.token_hex(4)
+            status = exc.status if isinstance(exc, discord.HTTPException) else None
             log.warning(
                 "delivery failed",
-                extra={"job": job.id, "ref": ref, "error": type(exc).__name__, "status": exc.status},
+                extra={"job": job.id, "ref": ref, "error": type(exc).__name__, "status": status},
             )
             if interaction is not None:  # the member still hears, if Discord lets anything through
-                with contextlib.suppress(discord.HTTPException):
+                with contextlib.suppress(*FAILED):
                     await interaction.edit_original_response(
                         content=text.delivery_failed(ref, channels(interaction)),
                         attachments=[],
@@ -245,7 +257,27 @@ class RequestFlow:
 
     async def _acknowledge(self, interaction: discord.Interaction[Any]) -> int | None:
         """Answer "thinking…" at once. Returns the id of the message Discord made for it (None if it did
-        not say). Raises :class:`InteractionExpired` when Discord no longer knew the interaction."""
+        not say). Raises :class:`InteractionExpired` when Discord no longer knew the interaction.
+
+        When the acknowledgement gets no answer (the connection broke), Discord may or may not have
+        taken it: if its "thinking…" message exists, it did; if not, it is made again."""
+        try:
+            return await self._defer(interaction)
+        except NO_ANSWER as exc:
+            log.info("the acknowledgement got no answer", extra={"error": type(exc).__name__})
+        try:
+            message = await interaction.original_response()
+        except FAILED:
+            message = None
+        if message is not None:
+            _mark_deferred(interaction)
+            return message.id
+        try:
+            return await self._defer(interaction)  # (within the interaction's 3 seconds, still)
+        except NO_ANSWER:
+            raise InteractionExpired() from None
+
+    async def _defer(self, interaction: discord.Interaction[Any]) -> int | None:
         try:
             async with self.service.acknowledging():
                 callback = await interaction.response.defer(thinking=True)
