@@ -321,3 +321,19 @@ async def test_an_acknowledgement_without_an_answer_still_ends_in_the_picture(
         assert fake_discord.violations == ["webhook call before the initial response"]
         fake_discord.violations.clear()
     assert_clean(fake_discord, fake_api, caplog)
+
+
+@pytest.mark.parametrize("lost", ["answer", "request"])
+async def test_a_refusal_whose_thinking_message_deletion_gets_no_answer_is_still_told_privately(
+    bot, fake_discord, fake_api, caplog, lost
+):
+    """A picture refused after the acknowledgement: its public "thinking…" is deleted and the reason
+    sent privately. The deletion's connection breaks (before or after Discord deleted it): it is made
+    again (a message deleted already is answered 404, which means done), and the member still gets
+    the private reason, once. (Before: "Something went wrong".)"""
+    fake_discord.lose_next_deletes = [lost]
+    record, final = await slash(fake_discord, {"prompt": "x"}, image=b"just some text", filename="a.png")
+    assert [m.ephemeral for m in fake_discord.visible_messages(record)] == [True]
+    assert "not a picture" in final.content
+    assert fake_api.submissions == []
+    assert_clean(fake_discord, fake_api, caplog)

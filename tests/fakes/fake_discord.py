@@ -259,6 +259,7 @@ class FakeDiscord(LocalServer):
         # edits with files (a result) whose connection breaks: "request" (dropped unread: nothing
         # changes) or "answer" (applied, then the answer is lost), one per edit
         self.lose_next_edits: list[str] = []
+        self.lose_next_deletes: list[str] = []  # the same, for deletions of an interaction's messages
         self.identified = asyncio.Event()
         self.commands_synced = asyncio.Event()
         self.changed = asyncio.Condition()
@@ -1388,8 +1389,14 @@ class FakeDiscord(LocalServer):
             if method == "GET":
                 return _json(self._message_payload(msg))
             if method == "DELETE":
+                lost = self.lose_next_deletes.pop(0) if self.lose_next_deletes else None
+                if lost == "request" and request.transport is not None:
+                    request.transport.close()
+                    return web.Response(status=500)  # (never reaches the bot)
                 msg.deleted = True
                 self.deleted_by_bot.append(msg.id)
+                if lost == "answer" and request.transport is not None:
+                    request.transport.close()
                 return web.Response(status=204)
             if method == "PATCH":
                 body, files = await self._read_message_body(request)

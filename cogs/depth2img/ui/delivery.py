@@ -140,13 +140,28 @@ async def _edit(
 
 
 async def reply_privately(interaction: discord.Interaction[Any], message: str) -> None:
-    """After a public "thinking…": remove it and tell only the member."""
-    try:
-        await interaction.delete_original_response()
-    except discord.HTTPException:
+    """After a public "thinking…": remove it and tell only the member (if it cannot be removed, it
+    becomes the answer)."""
+    if await _removed(interaction):
+        await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    else:
         await interaction.edit_original_response(content=message, allowed_mentions=NO_MENTIONS)
-        return
-    await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+async def _removed(interaction: discord.Interaction[Any]) -> bool:
+    """Delete the interaction's "thinking…" message: whether it is gone. A deletion without an answer
+    is made again; "Unknown Message" then means the first one deleted it."""
+    for _ in range(2):
+        try:
+            await interaction.delete_original_response()
+            return True
+        except discord.NotFound:
+            return True
+        except discord.HTTPException:
+            return False
+        except NO_ANSWER:
+            continue
+    return False
 
 
 async def tell(interaction: discord.Interaction[Any], key: str, **params: object) -> None:
