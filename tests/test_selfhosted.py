@@ -264,6 +264,46 @@ def test_comfyui_answers_raise_nothing_but_our_errors(entry, refusal):
     assert isinstance(refusal_line(refusal), str)
 
 
+async def test_comfyui_progress_frames_of_any_shape_do_not_stop_the_progress_follower(comfyui):
+    """The WebSocket's frames are read for progress for as long as the bot runs: a frame whose numbers
+    no float holds (raised OverflowError), or of any other odd shape, is passed over, and later frames
+    are still read. (Before: the follower stopped for good, and no member saw progress again.)"""
+    from cogs.depth2img.backends.guard import Guard
+    from cogs.depth2img.backends.http import open_session
+
+    guard = Guard([comfyui.url])
+    session = open_session(guard, connections=4, user_agent="test")
+    backend = ComfyUIBackend(
+        session, guard, base_url=comfyui.url, workflow=load(None), checkpoint="c", controlnet="d"
+    )
+    follower = asyncio.create_task(backend.upkeep())
+    try:
+        async with asyncio.timeout(10):
+            while comfyui.ws_clients == 0:
+                await asyncio.sleep(0.02)
+        odd = [
+            {"type": "progress", "data": {"value": 10**400, "max": 3, "prompt_id": "a"}},
+            {"type": "progress", "data": {"value": 1e308, "max": 1e-308, "prompt_id": "b"}},
+            {"type": "progress", "data": {"value": float("nan"), "max": 2, "prompt_id": "c"}},
+            {"type": "progress", "data": {"value": [1], "max": {}, "prompt_id": "d"}},
+            {"type": "progress", "data": ["x"]},
+            [1, 2, 3],
+        ]
+        for frame in odd:
+            await comfyui.broadcast(json.dumps(frame))
+        await comfyui.broadcast('{"type": "progress", "data": {"value": 1, "max": 4, "prompt_id": "e"}}')
+        async with asyncio.timeout(10):
+            while "e" not in backend.progress:
+                assert not follower.done(), follower.exception()
+                await asyncio.sleep(0.02)
+        assert backend.progress["e"] == 0.25
+        assert all(0.0 <= v <= 1.0 for v in backend.progress.values())
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        await backend.close()
+
+
 async def test_comfyui_run_time_error_ends_clearly(start_bot, fake_discord, comfyui, caplog):
     comfyui.fail_at_run = True
     await start_bot(**comfy_env(comfyui))

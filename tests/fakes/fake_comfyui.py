@@ -415,6 +415,17 @@ class FakeComfyUI(LocalServer):
 
     # --- running prompts, one at a time ------------------------------------------------------------
 
+    async def broadcast(self, text: str) -> None:
+        """Send ``text`` as a frame to every WebSocket client (a test's odd or hostile frame)."""
+        for sockets in list(self._sockets.values()):
+            for ws in list(sockets):
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.send_str(text)
+
+    @property
+    def ws_clients(self) -> int:
+        return sum(len(sockets) for sockets in self._sockets.values())
+
     async def _send(self, client: str | None, kind: str, data: dict[str, Any]) -> None:
         for ws in list(self._sockets.get(client or "", ())):
             with contextlib.suppress(ConnectionError, RuntimeError):

@@ -41,7 +41,7 @@ from cogs.depth2img.errors import (
 from cogs.depth2img.models import GenerationParams
 
 from .base import DEPTH_MAP, MAX_OUTPUT_URLS, Answer, CheckLine, LoadSource
-from .comfyui_answers import depth_map_nodes, execution_error, refusal_line
+from .comfyui_answers import depth_map_nodes, execution_error, progress_fraction, refusal_line
 from .comfyui_workflow import Workflow, WorkflowError, fill, load
 from .downloads import download
 from .guard import Guard
@@ -191,6 +191,8 @@ class ComfyUIBackend:
                 await self._follow()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.debug("ComfyUI WebSocket dropped", extra={"error": type(exc).__name__})
+            except Exception as exc:  # (a frame read wrongly: progress must not stop for good)
+                log.warning("ComfyUI WebSocket not readable", extra={"error": type(exc).__name__})
             await asyncio.sleep(self._reconnect_s)
 
     async def close(self) -> None:
@@ -320,9 +322,9 @@ class ComfyUIBackend:
                 if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
                     continue
                 if frame.get("type") == "progress":
-                    value, most = data.get("value"), data.get("max")
-                    if isinstance(value, int | float) and isinstance(most, int | float) and most > 0:
-                        self.progress[data["prompt_id"]] = max(0.0, min(1.0, value / most))
+                    done = progress_fraction(data.get("value"), data.get("max"))
+                    if done is not None:
+                        self.progress[data["prompt_id"]] = done
                 if len(self.progress) > 1000:
                     self.progress.pop(next(iter(self.progress)))
 

@@ -1,9 +1,11 @@
 """What ComfyUI answers, read for the owner's log and for the job: a refused prompt (HTTP 400
 ``{"error", "node_errors"}``), a history entry's run-time error, and which saved pictures are the depth
-map (``shared/docs/comfyui-real/``: ``prompt_errors.json``, ``history_exec_error.json``). Pure functions."""
+map (``shared/docs/comfyui-real/``: ``prompt_errors.json``, ``history_exec_error.json``), and a
+progress frame's numbers. Pure functions."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -54,3 +56,17 @@ def execution_error(status: dict[str, Any]) -> str:
             if kind == "execution_interrupted":
                 return "interrupted"
     return f"status {status.get('status_str')!r}"
+
+
+def progress_fraction(value: object, most: object) -> float | None:
+    """``value / most`` within 0..1, for a progress frame's numbers; None for what is not such a pair
+    (booleans, NaN, numbers no float holds, a ``max`` of zero or less)."""
+    if isinstance(value, bool) or isinstance(most, bool):
+        return None
+    if not isinstance(value, int | float) or not isinstance(most, int | float) or not most > 0:
+        return None
+    try:
+        done = value / most
+    except OverflowError:
+        return None
+    return max(0.0, min(1.0, done)) if math.isfinite(done) else None
