@@ -17,8 +17,14 @@ from cogs.depth2img.backends.modelslab_answers import (
 from cogs.depth2img.core.params import build_params, clean_text
 from cogs.depth2img.errors import Depth2ImgError, InvalidInput, MalformedResponseError
 
+# JSON's numbers have no bound: Python reads a 400-digit one as an int that no float holds.
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([10**400, -(10**400), 2**1024])
+    | st.floats()
+    | st.text(max_size=30),
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
     ),
@@ -52,6 +58,32 @@ def test_parser_never_raises_anything_but_our_errors(body, status):
         error_from_response(status, body, text_is_json=True)
     except Depth2ImgError:
         pass
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "processing", "eta": 10**400, "id": 1},
+        {"status": "success", "output": ["http://h/a-0.png"], "generationTime": 10**400},
+        {"status": "error", "message": "rate limit", "retry_after": -(10**400)},
+    ],
+    ids=["eta", "generationTime", "retry_after"],
+)
+def test_a_number_no_float_holds_is_read_as_absent(body):
+    """A JSON number of 400 digits is a Python int that float() refuses (OverflowError): read as if
+    the field were absent, not raised out of the parser as an OverflowError."""
+    parse_response(body, http_status=200)
+    with pytest.raises(Depth2ImgError):
+        error_from_response(429, body, text_is_json=True)
+
+
+def test_a_balance_or_an_id_of_400_digits_is_not_taken():
+    from cogs.depth2img.backends.modelslab_account import parse_balance
+
+    assert parse_balance({"status": "success", "data": {"balance": 10**400}}) is None
+    assert parse_balance({"status": "success", "data": {"balance": "12.5"}}).amount == 12.5
+    answer = parse_response({"status": "processing", "id": 10**400}, http_status=200)
+    assert answer.job_id is None
 
 
 def test_output_string_and_list_normalise_to_a_tuple():

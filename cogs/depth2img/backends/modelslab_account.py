@@ -34,12 +34,13 @@ def parse_balance(body: object) -> Balance | None:
     if not isinstance(data, dict):
         return None
     amount = data.get("balance")
-    if isinstance(amount, str):
-        try:
-            amount = float(amount)
-        except ValueError:
-            return None
-    if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount):
+    if isinstance(amount, bool) or not isinstance(amount, int | float | str):
+        return None
+    try:  # (an int of 309 digits or more, as JSON allows, is too large for a float)
+        amount = float(amount)
+    except (ValueError, OverflowError):
+        return None
+    if not math.isfinite(amount):
         return None
     currency = data.get("currency")
     currency = currency if isinstance(currency, str) and currency.isalpha() and len(currency) <= 8 else "USD"

@@ -67,12 +67,10 @@ def _as_str(value: object) -> str | None:
 def _as_float(value: object) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
+    if isinstance(value, int | float | str):
+        try:  # (an int of 309 digits or more, as JSON allows, is too large for a float)
+            number = float(value.strip() if isinstance(value, str) else value)
+        except (ValueError, OverflowError):
             return None
     else:
         return None
@@ -85,7 +83,7 @@ def _as_id(value: object) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return str(value)
+        return str(value) if -(10**128) < value < 10**128 else None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return str(int(value))
     if isinstance(value, str):
