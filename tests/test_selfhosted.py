@@ -189,6 +189,24 @@ async def test_comfyui_history_listing_odd_outputs_still_delivers(start_bot, fak
     assert not [u for u in job.output_urls if "bad" in u]
 
 
+@pytest.mark.parametrize("seed", [2**64, -1], ids=["past-64-bits", "negative"])
+async def test_comfyui_history_with_a_seed_no_ledger_holds_still_delivers(
+    start_bot, fake_discord, comfyui, seed
+):
+    """The history's copy of the prompt holds a seed that no 64-bit column takes: the picture is
+    delivered, without a seed (the ledger refused the row before: the job failed "unexpectedly")."""
+
+    def tamper(entry):
+        for node in entry["prompt"][2].values():
+            if "seed" in node.get("inputs", {}):
+                node["inputs"]["seed"] = seed
+
+    comfyui.tamper_history = tamper
+    await start_bot(**comfy_env(comfyui))
+    _, final = await slash(fake_discord, {"prompt": "x"}, user_id=5252)
+    assert final.results, final.content
+
+
 _node = st.fixed_dictionaries(
     {},
     optional={

@@ -40,7 +40,7 @@ from cogs.depth2img.errors import (
 )
 from cogs.depth2img.models import GenerationParams
 
-from .base import DEPTH_MAP, Answer, CheckLine, LoadSource
+from .base import DEPTH_MAP, Answer, CheckLine, LoadSource, storable_seed
 from .http import fetch_capped
 from .modelslab_routes import fit_size
 
@@ -371,4 +371,4 @@ class A1111Backend:
             raise ServiceMisconfigured("ControlNet was not applied")
         pictures = await asyncio.to_thread(_decode, images, count + 1)  # (the map, if it came)
         seed = info.get("seed")
-        return pictures, seed if isinstance(seed, int) and not isinstance(seed, bool) else None, count
+        return pictures, storable_seed(seed), count

@@ -33,6 +33,14 @@ def is_depth_map(url: str) -> bool:
 MAX_OUTPUT_URLS = 16
 
 
+def storable_seed(value: object) -> int | None:
+    """A seed as a service reported it, if the job's row can keep it (a 64-bit signed column): an int
+    from 0 to 2**63 - 1. ComfyUI's own seeds go up to 2**64 - 1; a larger one is shown as unknown."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
 # Reads the kept source picture: its bytes and MIME type.
 LoadSource = Callable[[], Awaitable[tuple[bytes, str]]]
 

@@ -40,7 +40,7 @@ from cogs.depth2img.errors import (
 )
 from cogs.depth2img.models import GenerationParams
 
-from .base import DEPTH_MAP, MAX_OUTPUT_URLS, Answer, CheckLine, LoadSource
+from .base import DEPTH_MAP, MAX_OUTPUT_URLS, Answer, CheckLine, LoadSource, storable_seed
 from .comfyui_answers import depth_map_nodes, execution_error, progress_fraction, refusal_line
 from .comfyui_workflow import Workflow, WorkflowError, fill, load
 from .downloads import download
@@ -288,7 +288,7 @@ class ComfyUIBackend:
         node = prompt[2].get(place[0])
         inputs = node.get("inputs") if isinstance(node, dict) else None
         seed = inputs.get(place[1]) if isinstance(inputs, dict) else None
-        return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+        return storable_seed(seed)
 
     async def _history(self, prompt_id: str) -> dict[str, Any] | None:
         status, body = await self._request("GET", f"/history/{quote(prompt_id, safe='')}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from cogs.depth2img.backends.base import MAX_OUTPUT_URLS
+from cogs.depth2img.backends.base import MAX_OUTPUT_URLS, storable_seed
 from cogs.depth2img.cleaning import clean_text, is_clean
 from cogs.depth2img.errors import (
     AuthenticationError,
@@ -147,8 +147,8 @@ def _seed(body: dict[str, Any]) -> int | None:
     candidates = [meta.get("seed")] if isinstance(meta, dict) else []
     candidates.append(body.get("seed"))
     for candidate in candidates:
-        if isinstance(candidate, int) and not isinstance(candidate, bool) and 0 <= candidate < 2**63:
-            return candidate
+        if (seed := storable_seed(candidate)) is not None:
+            return seed
         if isinstance(candidate, str) and candidate.strip().isdigit() and len(candidate.strip()) < 19:
             return int(candidate.strip())
     return None
