@@ -262,8 +262,14 @@ async def test_the_bot_asks_for_no_privileged_intent_which_discord_would_refuse(
 
 @pytest.mark.parametrize(
     ("lost", "where"),
-    [(["request"], "edited"), (["answer"], "edited"), (["request", "request"], "channel")],
-    ids=["request-lost", "answer-lost", "twice"],
+    [
+        (["request"], "edited"),
+        (["answer"], "edited"),
+        (["garbled"], "edited"),
+        (["html"], "edited"),
+        (["request", "request"], "channel"),
+    ],
+    ids=["request-lost", "answer-lost", "answer-garbled", "answer-html", "twice"],
 )
 async def test_a_result_whose_edit_loses_its_connection_still_reaches_the_member(
     start_bot, fake_discord, fake_api, caplog, lost, where

@@ -257,7 +257,8 @@ class FakeDiscord(LocalServer):
         self.drop_callback_answers = 0  # acknowledgements taken whose answer is then lost
         self.drop_callback_requests = 0  # acknowledgements whose connection breaks before Discord reads them
         # edits with files (a result) whose connection breaks: "request" (dropped unread: nothing
-        # changes) or "answer" (applied, then the answer is lost), one per edit
+        # changes) or "answer" (applied, then the answer is lost); or "garbled" / "html" (applied, and
+        # answered 200 with JSON cut short / a proxy's HTML page), one per edit
         self.lose_next_edits: list[str] = []
         self.lose_next_deletes: list[str] = []  # the same, for deletions of an interaction's messages
         self.identified = asyncio.Event()
@@ -1415,5 +1416,9 @@ class FakeDiscord(LocalServer):
                 self._apply(msg, body, files, editing=True)
                 if lost == "answer" and request.transport is not None:
                     request.transport.close()
+                if lost == "garbled":  # applied, and answered 200 with its JSON cut short
+                    return web.Response(body=b'{"id": "1', headers={"Content-Type": "application/json"})
+                if lost == "html":  # applied, and answered 200 with a proxy's page
+                    return web.Response(text="<html>ok</html>", content_type="text/html")
                 return _json(self._message_payload(msg))
         return self._unhandled(request)

@@ -64,10 +64,10 @@ async def deliver(
     full: bool = False,
 ) -> None:
     """Edit the job's message into the outcome (through ``interaction`` when it is at hand, else
-    through the token kept in the ledger), or fall back to the channel. A request that gets no answer
-    (:data:`NO_ANSWER`) is made once more: an edit again (the same edit twice changes nothing), then the
-    channel. Raises :class:`discord.HTTPException` when Discord refuses both, or one of
-    :data:`NO_ANSWER` when the channel post got no answer twice."""
+    through the token kept in the ledger), or fall back to the channel. A request that gets no answer,
+    or one that cannot be read (Discord may have done it), is made once more: an edit again (the same
+    edit twice changes nothing), then the channel. Raises :class:`discord.HTTPException` when Discord
+    refuses both, or what the channel post raised the second time it got no readable answer."""
     job = outcome.job
     lang = of_job(client, job, interaction)  # (the channel sees it: the server's language)
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
@@ -78,11 +78,6 @@ async def deliver(
                 try:
                     await _edit(client, job, interaction, content=content, files=files, view=view)
                     return
-                except NO_ANSWER as exc:
-                    log.info(
-                        "the job's message edit got no answer",
-                        extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
-                    )
                 except discord.HTTPException as exc:
                     if not _gone(exc):
                         raise
@@ -91,6 +86,11 @@ async def deliver(
                         extra={"job": job.id, "status": exc.status},
                     )
                     break
+                except Exception as exc:  # (no answer, or none discord.py could read: see NO_ANSWER)
+                    log.info(
+                        "the job's message edit got no readable answer",
+                        extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
+                    )
     channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
     ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
     for attempt in range(2):
@@ -101,13 +101,6 @@ async def deliver(
                     content=content, files=files, view=view or discord.utils.MISSING, allowed_mentions=ping
                 )
                 return
-            except NO_ANSWER as exc:
-                log.info(
-                    "the job's channel message got no answer",
-                    extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
-                )
-                if attempt:
-                    raise
             except discord.Forbidden:
                 log.warning(
                     "the job's result cannot be posted in its channel: the bot lacks View Channel, Send "
@@ -116,6 +109,15 @@ async def deliver(
                     extra={"job": job.id, "channel_id": job.channel_id},
                 )
                 raise
+            except discord.HTTPException:
+                raise
+            except Exception as exc:  # (no answer, or none discord.py could read)
+                log.info(
+                    "the job's channel message got no readable answer",
+                    extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
+                )
+                if attempt:
+                    raise
 
 
 async def _edit(
