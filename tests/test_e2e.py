@@ -478,3 +478,20 @@ async def test_a_blank_picture_is_explained(bot, fake_discord, fake_api):
     fake_api.output_png = make_png(512, 512, noise=True)
     _, normal = await slash(fake_discord, {"prompt": "a cabin"})
     assert "came back blank" not in normal.content
+
+
+async def test_a_progress_edit_discord_never_answers_does_not_hold_the_result_back(
+    start_bot, fake_discord, fake_api
+):
+    """Discord takes a progress line's edit and never answers it. discord.py would wait for aiohttp's
+    5 minutes, holding the token's lock, and the result would wait behind it (the progress line lets
+    an edit on its way finish, so that it does not land after the result). The wait is bounded: the
+    result comes, with its picture."""
+    await start_bot(PROGRESS_INTERVAL_S="0.1")
+    fake_api.scenario = "queued"
+    fake_api.polls_before_done = 3
+    fake_discord.hang_next_progress_edits = 1
+    record, final = await slash(fake_discord, {"prompt": "castle"}, timeout=40)
+    assert len(final.results) == 1, final.content
+    assert record.ack_type == 5
+    assert_clean(fake_discord, fake_api)

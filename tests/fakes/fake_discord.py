@@ -261,6 +261,7 @@ class FakeDiscord(LocalServer):
         # answered 200 with JSON cut short / a proxy's HTML page), one per edit
         self.lose_next_edits: list[str] = []
         self.lose_next_deletes: list[str] = []  # the same, for deletions of an interaction's messages
+        self.hang_next_progress_edits = 0  # edits without files (progress lines) never answered
         self.identified = asyncio.Event()
         self.commands_synced = asyncio.Event()
         self.changed = asyncio.Condition()
@@ -1404,6 +1405,11 @@ class FakeDiscord(LocalServer):
                 if self.fail_next_edits > 0:
                     self.fail_next_edits -= 1
                     return _error(*self.edit_failure)
+                if self.hang_next_progress_edits > 0 and not files:
+                    self.hang_next_progress_edits -= 1
+                    while request.transport is not None and not request.transport.is_closing():
+                        await asyncio.sleep(0.05)  # until the bot gives up on it
+                    return web.Response(status=500)  # (never reaches the bot)
                 lost = self.lose_next_edits.pop(0) if self.lose_next_edits and files else None
                 if lost == "request" and request.transport is not None:
                     request.transport.close()

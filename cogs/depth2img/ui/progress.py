@@ -29,6 +29,11 @@ NO_MENTIONS = discord.AllowedMentions.none()
 # Interaction tokens live 15 minutes; the progress line's last edit comes this long after the command
 # (a minute before delivery stops trying the token: delivery.TOKEN_SAFE_AGE_S).
 LAST_EDIT_AGE_S = 13 * 60
+# An edit on its way when the job ends is let through, so that it does not land after the result; for
+# at most this long: discord.py would wait out aiohttp's 5 minutes for an answer that does not come,
+# holding the token's lock, and the result with it. (A progress edit carries no files: if it lands
+# late after all, the result's pictures stay.)
+IN_FLIGHT_WAIT_S = 10.0
 
 
 class ProgressMessage:
@@ -66,9 +71,13 @@ class ProgressMessage:
     ) -> None:
         self._closed = True
         if self._task is not None:
-            if not self._editing:  # an edit on its way is let through: it must not land after the result
+            if not self._editing:  # an edit on its way is let through (above)
                 self._task.cancel()
-            await asyncio.wait({self._task})
+            done, _ = await asyncio.wait({self._task}, timeout=IN_FLIGHT_WAIT_S)
+            if not done:
+                log.warning("progress edit unanswered; the result goes ahead", extra={"job": self.job_id})
+                self._task.cancel()
+                await asyncio.wait({self._task})
             # (a cancelled task keeps its CancelledError, whose traceback holds this object: a cycle)
             self._task = None
 
