@@ -17,7 +17,7 @@ import aiohttp
 
 from cogs.depth2img.errors import InvalidInput
 
-from .http import read_capped
+from .http import open_session, read_capped
 
 GONE = frozenset({403, 404, 410})  # Discord's CDN, for an attachment that was deleted or expired
 
@@ -26,11 +26,7 @@ class DiscordAttachments:
     """What :class:`cogs.depth2img.core.intake.Attachments` asks for, over HTTP."""
 
     def __init__(self, *, user_agent: str, connections: int = 16) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=connections),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=15),
-            headers={"User-Agent": user_agent},
-        )
+        self._session = open_session(None, connections=connections, user_agent=user_agent)
 
     async def read(self, url: str, *, cap: int) -> bytes:
         """The picture at ``url``. Raises :class:`InvalidInput`: ``input.file_too_big`` past ``cap``

@@ -24,10 +24,13 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def open_session(
-    guard: Guard, *, connections: int, user_agent: str, resolver: AbstractResolver | None = None
+    guard: Guard | None, *, connections: int, user_agent: str, resolver: AbstractResolver | None = None
 ) -> aiohttp.ClientSession:
-    """``resolver``: the name resolution under the guard (tests give a fake DNS; default: aiohttp's)."""
-    connector = aiohttp.TCPConnector(limit=connections, resolver=guard.resolver(resolver))
+    """``resolver``: the name resolution under the guard (tests give a fake DNS; default: aiohttp's).
+    Without a guard (Discord's own CDN: ``attachments.py``), connections go wherever names resolve."""
+    connector = aiohttp.TCPConnector(
+        limit=connections, resolver=guard.resolver(resolver) if guard is not None else resolver
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=15),
