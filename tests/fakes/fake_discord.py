@@ -240,6 +240,16 @@ class FakeDiscord(LocalServer):
         self.unhandled: list[str] = []
         self.identifies: list[dict[str, Any]] = []
         self.channel_messages: list[int] = []
+        # channel posts whose connection breaks: "request" (dropped unread) or "answer" (posted, then
+        # the answer is lost), one per post
+        self.lose_next_posts: list[str] = []
+        # Create Message's ``nonce`` with ``enforce_nonce``: "checked for uniqueness in the past few
+        # minutes. If another message was created by the same author with the same nonce, that message
+        # will be returned and no new message will be created."
+        # (https://discord.com/developers/docs/resources/message#create-message). "A few minutes" is
+        # not a promise of more: the fake keeps a nonce for 2.
+        self.nonce_window_s = 120.0
+        self._nonces: dict[str, tuple[float, int]] = {}  # nonce -> (monotonic time, message id)
         self.deleted_by_bot: list[int] = []
         self.fail_next_edits = 0  # answer this many message edits with ``edit_failure``
         # 403 Missing Permissions; or e.g. 503, which discord.py does not retry: a DiscordServerError
@@ -1251,15 +1261,31 @@ class FakeDiscord(LocalServer):
         problem = self._check_message(body, files, creating=True)
         if problem is not None:
             return problem
+        lost = self.lose_next_posts.pop(0) if self.lose_next_posts else None
+        if lost == "request" and request.transport is not None:
+            request.transport.close()
+            return web.Response(status=500)  # (never reaches the bot)
         now = time.monotonic()
-        msg = FakeMessage(
-            id=_snowflake(time.time(), self._ids), channel_id=channel_id, created_at=now, updated_at=now
-        )
-        self.messages[msg.id] = msg
-        self.channel_messages.append(msg.id)
-        self._apply(msg, body, files, editing=False)
+        nonce = body.get("nonce")
+        key = str(nonce) if nonce is not None and body.get("enforce_nonce") else None
+        earlier = self._nonces.get(key) if key is not None else None
+        if earlier is not None and now - earlier[0] < self.nonce_window_s:
+            msg = self.messages[earlier[1]]  # (the same message again; nothing new is posted)
+        else:
+            msg = FakeMessage(
+                id=_snowflake(time.time(), self._ids), channel_id=channel_id, created_at=now, updated_at=now
+            )
+            self.messages[msg.id] = msg
+            self.channel_messages.append(msg.id)
+            self._apply(msg, body, files, editing=False)
+            if key is not None:
+                self._nonces[key] = (now, msg.id)
+        if lost == "answer" and request.transport is not None:
+            request.transport.close()
         payload = self._message_payload(msg)
         payload["type"] = 0
+        if nonce is not None:
+            payload["nonce"] = nonce
         return _json(payload)
 
     async def _callback(self, request: web.Request, inter_id: int, token: str) -> web.Response:

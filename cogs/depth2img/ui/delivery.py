@@ -30,6 +30,7 @@ NO_MENTIONS = discord.AllowedMentions.none()
 # Interaction tokens live 15 minutes; past this age, deliver as a channel message instead.
 TOKEN_SAFE_AGE_S = 14 * 60
 INVALID_WEBHOOK_TOKEN = 401
+NONCE_MAX = 25  # Create Message's ``nonce``: "up to 25 characters"
 
 
 def render(
@@ -66,8 +67,9 @@ async def deliver(
     """Edit the job's message into the outcome (through ``interaction`` when it is at hand, else
     through the token kept in the ledger), or fall back to the channel. A request that gets no answer,
     or one that cannot be read (Discord may have done it), is made once more: an edit again (the same
-    edit twice changes nothing), then the channel. Raises :class:`discord.HTTPException` when Discord
-    refuses both, or what the channel post raised the second time it got no readable answer."""
+    edit twice changes nothing), then the channel (the post again with the same nonce: no second
+    message). Raises :class:`discord.HTTPException` when Discord refuses both, or what the channel
+    post raised the second time it got no readable answer."""
     job = outcome.job
     lang = of_job(client, job, interaction)  # (the channel sees it: the server's language)
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
@@ -93,12 +95,20 @@ async def deliver(
                     )
     channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
     ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
+    # One nonce for both posts: discord.py sends it with ``enforce_nonce``, and Discord then gives back
+    # the message it already made with it in the past few minutes instead of posting a second one. Made
+    # from the job, so that the post of a job resumed right after a restart is not doubled either.
+    nonce = f"d2i-{job.id}"[:NONCE_MAX]
     for attempt in range(2):
         content, files, view = render(outcome, lang, full=full)
         with spent(view):
             try:
                 await channel.send(
-                    content=content, files=files, view=view or discord.utils.MISSING, allowed_mentions=ping
+                    content=content,
+                    files=files,
+                    view=view or discord.utils.MISSING,
+                    allowed_mentions=ping,
+                    nonce=nonce,
                 )
                 return
             except discord.Forbidden:
