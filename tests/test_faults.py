@@ -369,3 +369,92 @@ async def test_a_refusal_whose_thinking_message_deletion_gets_no_answer_is_still
     assert "not a picture" in final.content
     assert fake_api.submissions == []
     assert_clean(fake_discord, fake_api, caplog)
+
+
+@pytest.mark.parametrize("lost", ["answer", "request"])
+async def test_a_delete_whose_acknowledgement_gets_no_answer_still_deletes(
+    bot, fake_discord, fake_api, caplog, lost
+):
+    """The member presses 🗑️ Delete and the button's acknowledgement loses its connection: after Discord
+    took it (its answer lost) or before. The bot acknowledges again: Discord answers "already
+    acknowledged" (40060) when it took the first, which the bot reads as done. The result is deleted.
+    (Before, "answer": the error handler's reply was refused as a second acknowledgement, the member was
+    told nothing, and the picture stayed.)"""
+    from tests.test_iterate import MEMBER, first_result, job_id_of
+
+    final = await first_result(fake_discord)
+    if lost == "answer":
+        fake_discord.drop_callback_answers = 1
+        fake_discord.expect_violation("interaction acknowledged twice")  # (the question, answered 40060)
+    else:
+        fake_discord.drop_callback_requests = 1
+    job = job_id_of(final)
+    await fake_discord.click(final, f"d2i:delete:{job}", user_id=MEMBER)
+    await fake_discord.wait_for(lambda: final.deleted, timeout=10)
+    await fake_discord.wait_until_idle(busy(bot))
+    assert fake_discord.deleted_by_bot == [final.id]
+    stored = await service_of(bot).get(job)
+    assert stored is not None and stored.deleted_at is not None
+    fake_discord.violations.clear()
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+@pytest.mark.parametrize("lost", ["answer", "request"])
+async def test_a_before_after_whose_acknowledgement_gets_no_answer_is_still_shown(
+    bot, fake_discord, fake_api, caplog, lost
+):
+    """The same for 🪞 Before | after, which answers "thinking…" and then edits in the picture."""
+    from tests.test_iterate import MEMBER, first_result, job_id_of, settle
+
+    final = await first_result(fake_discord)
+    if lost == "answer":
+        fake_discord.drop_callback_answers = 1
+        fake_discord.expect_violation("interaction acknowledged twice")
+    else:
+        fake_discord.drop_callback_requests = 1
+    record = await fake_discord.click(final, f"d2i:compare:{job_id_of(final)}", user_id=MEMBER)
+    shown = await settle(fake_discord, record)
+    assert [f.filename for f in shown.files] == [f"before-after-{job_id_of(final)}.jpg"], shown.content
+    assert [m.id for m in fake_discord.visible_messages(record)] == [shown.id]
+    fake_discord.violations.clear()
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_a_button_reply_discord_never_answers_tells_the_member_to_try_again(
+    bot, fake_discord, fake_api, caplog
+):
+    """The before | after picture's edit loses its connection, twice: the member is told that Discord
+    did not answer and to try again, and the owner's log says so as a warning, not as a bug of the
+    bot's. (Before: "Something went wrong (code …)", and an "unhandled command error".)"""
+    from tests.test_iterate import MEMBER, first_result, job_id_of
+
+    final = await first_result(fake_discord)
+    fake_discord.lose_next_edits = ["request", "request"]
+    record = await fake_discord.click(final, f"d2i:compare:{job_id_of(final)}", user_id=MEMBER)
+    await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=20)
+    await fake_discord.wait_until_idle(busy(bot))
+    (told,) = fake_discord.visible_messages(record)
+    assert told.content == text("en-US", "bot.discord_no_answer")
+    assert not told.files
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert errors == []
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_a_show_whose_answer_is_dropped_tells_the_member_the_connection_broke(
+    bot, fake_discord, fake_api, caplog
+):
+    """/depth2img-show's answer (the picture) loses its connection before Discord reads it: the command
+    tree's handler tells the member that the connection to Discord broke, and logs a warning. (Before:
+    "Something went wrong (code …)", and an "unhandled command error" in the owner's log.)"""
+    from tests.test_iterate import MEMBER, first_result, job_id_of, settle
+
+    final = await first_result(fake_discord)
+    fake_discord.drop_callback_requests = 1
+    record = await fake_discord.invoke_slash("depth2img-show", {"picture": job_id_of(final)}, user_id=MEMBER)
+    told = await settle(fake_discord, record)
+    assert told.content == text("en-US", "bot.discord_no_answer")
+    assert told.ephemeral and not told.files
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    assert any(r.getMessage() == "a request to Discord got no answer" for r in caplog.records)
+    assert_clean(fake_discord, fake_api, caplog)

@@ -14,3 +14,6 @@ from __future__ import annotations
 import aiohttp
 
 NO_ANSWER: tuple[type[Exception], ...] = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
+# The narrower case that only a request can raise (never our own code): the connection broke, or its
+# answer was cut short. What a handler that failed on it tells the member.
+CONNECTION_LOST: tuple[type[Exception], ...] = (aiohttp.ClientError,)

@@ -13,6 +13,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from cogs.botcore.transport import CONNECTION_LOST, NO_ANSWER
 from cogs.i18n import text as say
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,16 @@ class AppCommandTree(app_commands.CommandTree[Any]):
             )
             return
         lang = interaction.locale.value
+        if isinstance(original, CONNECTION_LOST):  # (Discord's trouble or the network's, not a bug)
+            log.warning(
+                "a request to Discord got no answer",
+                extra={
+                    "error": type(original).__name__,
+                    "command": interaction.command.name if interaction.command else None,
+                },
+            )
+            await send_final(interaction, say(lang, "bot.discord_no_answer"))
+            return
         worded = (formatter(original, lang) for formatter in self.error_formatters.values())
         text = next((t for t in worded if t is not None), None)
         if text is not None:
@@ -73,3 +84,5 @@ async def send_final(interaction: discord.Interaction, text: str) -> None:
             await interaction.followup.send(text, ephemeral=True, allowed_mentions=none)
     except discord.HTTPException as exc:
         log.warning("could not deliver an error message", extra={"status": exc.status})
+    except NO_ANSWER as exc:
+        log.warning("could not deliver an error message", extra={"error": type(exc).__name__})

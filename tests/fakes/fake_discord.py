@@ -1297,6 +1297,16 @@ class FakeDiscord(LocalServer):
             self.drop_callback_requests -= 1
             request.transport.close()
             return web.Response(status=500)  # (never reaches the bot)
+        answer = await self._take_callback(request, record, arrived)
+        if answer.status == 200 and self.drop_callback_answers > 0:  # taken; the answer never arrives
+            self.drop_callback_answers -= 1
+            if request.transport is not None:
+                request.transport.close()
+        return answer
+
+    async def _take_callback(
+        self, request: web.Request, record: InteractionRecord, arrived: float
+    ) -> web.Response:
         record.callback_attempts += 1
         if arrived - record.sent_at > self.limits.ack_deadline_s:
             self.violations.append(f"late acknowledgement: {arrived - record.sent_at:.2f}s")
@@ -1358,10 +1368,6 @@ class FakeDiscord(LocalServer):
         record.acked_at = arrived
         record.ack_type = rtype
         record.original_id = msg.id
-        if self.drop_callback_answers > 0:  # taken, but the answer never reaches the bot
-            self.drop_callback_answers -= 1
-            if request.transport is not None:
-                request.transport.close()
         return _json(
             {
                 "interaction": {

@@ -19,15 +19,16 @@ from discord.ext import commands
 from cogs.botcore.tasks import create_task
 from cogs.depth2img.core.params import build_params
 from cogs.depth2img.core.service import Depth2ImgService
-from cogs.depth2img.errors import Depth2ImgError, InternalError, InvalidInput
+from cogs.depth2img.errors import Depth2ImgError, InvalidInput
 from cogs.depth2img.models import DERIVING, Action, GenerationParams, JobKind
 from cogs.depth2img.store import Job, JobState
 from cogs.i18n import SOURCE
 from cogs.i18n import text as say
 
 from . import cards, text
+from .acknowledge import defer
 from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, spent, upload
-from .delivery import NO_MENTIONS, answer_anyway, tell
+from .delivery import NO_MENTIONS, failed, tell
 from .flow import RequestFlow
 from .langs import channels, members
 
@@ -168,12 +169,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         try:
             await self._on_button(interaction, action, job_id)
         except Exception as exc:
-            await self._failed(interaction, exc, f"button {action}")
-
-    async def _failed(self, interaction: discord.Interaction[Any], exc: Exception, what: str) -> None:
-        error = exc if isinstance(exc, Depth2ImgError) else InternalError(type(exc).__name__)
-        log.error("interaction failed", extra={"what": what, "error": type(exc).__name__})
-        await answer_anyway(interaction, text.describe(error, members(interaction)))
+            await failed(interaction, exc, f"button {action}")
 
     async def _on_button(self, interaction: discord.Interaction[Any], action: Action, job_id: str) -> None:
         if action is not Action.CANCEL:
@@ -226,7 +222,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         try:
             await self._on_form(interaction, match)
         except Exception as exc:
-            await self._failed(interaction, exc, f"form {match[1]}")
+            await failed(interaction, exc, f"form {match[1]}")
 
     async def _on_form(self, interaction: discord.Interaction[Any], match: re.Match[str]) -> None:
         values = modal_values(interaction.data)
@@ -299,7 +295,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         if not allowed:
             await tell(interaction, "reply.only_requester_or_moderator_deletes")
             return
-        await interaction.response.defer()
+        await defer(interaction)
         # through the interaction (its "original response" is the button's message): no channel
         # permission needed, as a channel delete would be
         await interaction.delete_original_response()
@@ -308,7 +304,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
 
     async def _compare(self, interaction: discord.Interaction[Any], job: Job) -> None:
         """The before | after view, made on request (it costs image work no one else should wait for)."""
-        await interaction.response.defer(thinking=True)  # (in the channel: in the server's language)
+        await defer(interaction, thinking=True)  # (in the channel: in the server's language)
         lang = channels(interaction)
         try:
             picture = await self.service.comparison(job)
@@ -328,7 +324,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         if not self.service.cancel(job.id):
             await tell(interaction, "reply.already_finished")
             return
-        await interaction.response.defer()  # the job's own final edit shows the cancellation
+        await defer(interaction)  # the job's own final edit shows the cancellation
 
     # --- /depth2img-show, -history, -forget-me ----------------------------------------------------
 

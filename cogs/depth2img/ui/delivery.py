@@ -15,8 +15,9 @@ from typing import Any
 
 import discord
 
-from cogs.botcore.transport import NO_ANSWER
+from cogs.botcore.transport import CONNECTION_LOST, NO_ANSWER
 from cogs.depth2img.core.jobs import Outcome
+from cogs.depth2img.errors import Depth2ImgError, InternalError
 from cogs.depth2img.store import Job
 from cogs.i18n import text as say
 
@@ -192,3 +193,16 @@ async def answer_anyway(interaction: discord.Interaction[Any], message: str) -> 
             await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
     except discord.HTTPException as exc:
         log.warning("could not tell the member", extra={"status": exc.status})
+    except NO_ANSWER as exc:
+        log.warning("could not tell the member", extra={"error": type(exc).__name__})
+
+
+async def failed(interaction: discord.Interaction[Any], exc: Exception, what: str) -> None:
+    """A button's or form's handler raised ``exc``: log it, and tell the member what happened."""
+    if isinstance(exc, CONNECTION_LOST):  # (Discord's trouble or the network's, not a bug: a warning)
+        log.warning("a request to Discord got no answer", extra={"what": what, "error": type(exc).__name__})
+        await answer_anyway(interaction, say(members(interaction), "bot.discord_no_answer"))
+        return
+    error = exc if isinstance(exc, Depth2ImgError) else InternalError(type(exc).__name__)
+    log.error("interaction failed", extra={"what": what, "error": type(exc).__name__})
+    await answer_anyway(interaction, text.describe(error, members(interaction)))

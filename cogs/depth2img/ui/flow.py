@@ -33,6 +33,7 @@ from cogs.depth2img.models import GenerationParams, JobKind, ProgressEvent
 from cogs.depth2img.store import DuplicateInteraction, Job, JobState
 
 from . import text
+from .acknowledge import ALREADY_ACKNOWLEDGED, mark_deferred
 from .delivery import NO_MENTIONS, deliver, reply_privately
 from .langs import channels, members
 from .progress import ProgressMessage
@@ -40,7 +41,6 @@ from .progress import ProgressMessage
 log = logging.getLogger(__name__)
 
 UNKNOWN_INTERACTION = 10062  # Discord's error code: the interaction's 3 s were over
-ALREADY_ACKNOWLEDGED = 40060  # ... it was answered already
 # A request to Discord that failed: refused by Discord, or without an answer
 FAILED: tuple[type[Exception], ...] = (discord.HTTPException, *NO_ANSWER)
 # Discord counts the whole multipart request; leave room for the JSON part.
@@ -86,14 +86,6 @@ def _released(interaction: discord.Interaction[Any]) -> Iterator[None]:
     yield
     with contextlib.suppress(AttributeError):
         delattr(interaction, "_cs_response")
-
-
-def _mark_deferred(interaction: discord.Interaction[Any]) -> None:
-    """Record, as discord.py would have, that ``interaction`` was answered with "thinking…" (Discord
-    took it, but its answer was lost): so that a later error is told as a follow-up. A private slot:
-    if a release renames it, nothing is set, and such an error goes unheard (logged)."""
-    if hasattr(interaction.response, "_response_type"):
-        interaction.response._response_type = discord.InteractionResponseType.deferred_channel_message
 
 
 class RequestFlow:
@@ -270,7 +262,7 @@ class RequestFlow:
         except FAILED:
             message = None
         if message is not None:
-            _mark_deferred(interaction)
+            mark_deferred(interaction)
             return message.id
         try:
             return await self._defer(interaction)  # (within the interaction's 3 seconds, still)
