@@ -458,3 +458,22 @@ async def test_a_show_whose_answer_is_dropped_tells_the_member_the_connection_br
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
     assert any(r.getMessage() == "a request to Discord got no answer" for r in caplog.records)
     assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_a_show_whose_question_to_discord_breaks_off_still_shows_the_picture(
+    bot, fake_discord, fake_api, caplog
+):
+    """/depth2img-show asks Discord whether the result's message still exists (a moderator may have
+    deleted it). When that question breaks off, the message counts as there, as when Discord refuses
+    the question: the picture is shown. (Before: the broken-connection answer, and no picture.) Two
+    drops: aiohttp makes a read on a dropped keep-alive connection again by itself, once."""
+    from tests.test_iterate import MEMBER, first_result, job_id_of, settle
+
+    final = await first_result(fake_discord)
+    fake_discord.drop_message_reads = 2
+    record = await fake_discord.invoke_slash("depth2img-show", {"picture": job_id_of(final)}, user_id=MEMBER)
+    shown = await settle(fake_discord, record)
+    assert len(shown.results) == 1, shown.content
+    assert not shown.ephemeral
+    assert fake_discord.drop_message_reads < 2  # (the question was asked)
+    assert_clean(fake_discord, fake_api, caplog)

@@ -271,6 +271,7 @@ class FakeDiscord(LocalServer):
         # answered 200 with JSON cut short / a proxy's HTML page), one per edit
         self.lose_next_edits: list[str] = []
         self.lose_next_deletes: list[str] = []  # the same, for deletions of an interaction's messages
+        self.drop_message_reads = 0  # reads of a channel's message whose connection breaks unanswered
         self.hang_next_progress_edits = 0  # edits without files (progress lines) never answered
         self.identified = asyncio.Event()
         self.commands_synced = asyncio.Event()
@@ -1035,6 +1036,10 @@ class FakeDiscord(LocalServer):
                 if not self.bot_permissions(channel) & READ_MESSAGE_HISTORY:
                     self.refusals.append("GET message: Missing Permissions")
                     return _error(403, 50013, "Missing Permissions")
+                if self.drop_message_reads > 0 and request.transport is not None:
+                    self.drop_message_reads -= 1
+                    request.transport.close()
+                    return web.Response(status=500)  # (never reaches the bot)
                 return _json(self._message_payload(msg))
             if msg.author is not None:
                 self.violations.append("the bot deleted a member's message")

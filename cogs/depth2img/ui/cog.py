@@ -29,7 +29,7 @@ from . import cards, text
 from .acknowledge import defer
 from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, spent, upload
 from .delivery import NO_MENTIONS, failed, tell
-from .flow import RequestFlow
+from .flow import FAILED, RequestFlow
 from .langs import channels, members
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,8 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
 
     async def _result_message_gone(self, job: Job) -> bool:
         """Whether the job's result message was deleted outside the bot (a moderator, in Discord's own
-        menu): asked of Discord, and remembered. A message the bot may not read counts as there."""
+        menu): asked of Discord, and remembered. A message the bot may not read, or whose question gets
+        no answer, counts as there."""
         if job.message_id is None:
             return False
         try:
@@ -375,7 +376,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         except discord.NotFound:
             await self.service.mark_deleted(job.id)
             return True
-        except discord.HTTPException:
+        except FAILED:  # (refused, or no answer)
             return False
         return False
 
