@@ -477,3 +477,48 @@ async def test_a_show_whose_question_to_discord_breaks_off_still_shows_the_pictu
     assert not shown.ephemeral
     assert fake_discord.drop_message_reads < 2  # (the question was asked)
     assert_clean(fake_discord, fake_api, caplog)
+
+
+@pytest.mark.parametrize("how", ["dropped", "reconnect-asked", "not-resumable"])
+async def test_a_gateway_connection_lost_mid_job_loses_no_picture(
+    start_bot, fake_discord, fake_api, caplog, how
+):
+    """The gateway connection breaks (or Discord asks for a reconnect, op 7) while a job waits at the
+    image service, and a member runs the command while it is down. The bot resumes its session, Discord
+    replays the command, and both pictures arrive. When the session cannot be resumed (INVALID_SESSION),
+    the bot identifies again: the command sent meanwhile never reaches it (Discord drops it with the
+    session), the job in flight still delivers, and the next command works."""
+    bot = await start_bot(PROGRESS_INTERVAL_S="0.1")
+    fake_api.scenario = "queued"
+    fake_api.polls_before_done = 3
+    first = await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "before"}
+    )
+    await fake_discord.wait_for(lambda: first.ack_type == 5 and len(fake_api.submissions) == 1, timeout=10)
+    fake_api.scenario = "success"
+    fake_discord.resumable = how != "not-resumable"
+    if how == "reconnect-asked":  # (the command may reach the old connection: RESUME replays it)
+        await fake_discord.ask_to_reconnect()
+    else:
+        await fake_discord.drop_gateway()
+    during = await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "b.png"), "prompt": "during"}
+    )
+    assert fake_discord.kept_while_down == (how != "reconnect-asked")
+    await fake_discord.wait_for(lambda: is_settled(fake_discord, first), timeout=30)
+    assert len(fake_discord.final_message(first).results) == 1
+    if how == "not-resumable":
+        await fake_discord.wait_for(lambda: len(fake_discord.identifies) == 2, timeout=15)
+        assert fake_discord.resumes == []
+        assert during.ack_type is None  # (Discord's: "The application did not respond")
+        _record, after = await slash(fake_discord, {"prompt": "after"}, timeout=30)
+        assert len(after.results) == 1
+        expected = {"delivered": 2}
+    else:
+        await fake_discord.wait_for(lambda: is_settled(fake_discord, during), timeout=30)
+        assert len(fake_discord.final_message(during).results) == 1
+        assert len(fake_discord.identifies) == 1 and len(fake_discord.resumes) == 1
+        expected = {"delivered": 2}
+    await fake_discord.wait_until_idle(busy(bot))
+    assert await count_by_state(service_of(bot).ledger) == expected
+    assert_clean(fake_discord, fake_api, caplog)

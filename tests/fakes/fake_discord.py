@@ -283,6 +283,18 @@ class FakeDiscord(LocalServer):
         self.guild_locale = "en-US"
         self._conns: dict[int, web.WebSocketResponse] = {}  # shard id → its gateway connection
         self._seqs: dict[int, int] = {}
+        # Gateway sessions, for RESUME (op 6): "Discord will replay any missed events in order for your
+        # client's session. After all events are replayed, a Resumed event will be sent"; a session that
+        # cannot be resumed gets INVALID_SESSION (op 9) with d: false
+        # (https://discord.com/developers/docs/events/gateway#resuming). Events dispatched while a
+        # shard's connection is down are kept for its session, as Discord keeps them.
+        self._sessions: dict[str, int] = {}  # session id -> shard
+        self._session_of: dict[int, str] = {}  # shard -> its session id
+        self._frames: dict[int, list[tuple[int, str]]] = {}  # shard -> (seq, frame) sent in its session
+        self._transports: dict[int, asyncio.BaseTransport] = {}  # shard -> its connection's transport
+        self.resumable = True  # False: a RESUME is answered with INVALID_SESSION (d: false)
+        self.resumes: list[dict[str, Any]] = []  # the RESUME payloads received
+        self.kept_while_down = 0  # events dispatched while their shard's connection was down
         self._send_lock = asyncio.Lock()
         self.app = web.Application(client_max_size=512 * 1024 * 1024)
         self.app.router.add_route("*", "/gateway", self._gateway)
@@ -748,10 +760,35 @@ class FakeDiscord(LocalServer):
         shard = self.shard_of(int(guild) if guild else None)
         async with self._send_lock:
             ws = self._conns.get(shard)
-            if ws is None or ws.closed:
+            down = ws is None or ws.closed
+            if down and shard not in self._session_of:
                 raise RuntimeError(f"the bot is not connected to the fake gateway (shard {shard})")
-            self._seqs[shard] = self._seqs.get(shard, 0) + 1
-            await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seqs[shard], "d": data}))
+            self.kept_while_down += down
+            await self._send_event(ws if not down else None, shard, event, data)
+
+    async def _send_event(
+        self, ws: web.WebSocketResponse | None, shard: int, event: str, data: dict[str, Any]
+    ) -> None:
+        """Number an event in the shard's session, keep it for a RESUME, and send it if connected."""
+        self._seqs[shard] = self._seqs.get(shard, 0) + 1
+        frame = json.dumps({"op": 0, "t": event, "s": self._seqs[shard], "d": data})
+        self._frames.setdefault(shard, []).append((self._seqs[shard], frame))
+        if ws is not None:
+            await ws.send_str(frame)
+
+    async def drop_gateway(self, shard: int = 0) -> None:
+        """The shard's gateway connection breaks (no close frame: the bot sees 1006)."""
+        transport = self._transports.get(shard)
+        if transport is not None:
+            transport.close()
+        self._conns.pop(shard, None)
+        await self._notify()
+
+    async def ask_to_reconnect(self, shard: int = 0) -> None:
+        """Gateway RECONNECT (op 7): "reconnect and resume immediately"."""
+        ws = self._conns.get(shard)
+        if ws is not None:
+            await self._send(ws, {"op": 7, "d": None})
 
     async def _send(self, ws: web.WebSocketResponse, payload: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -764,6 +801,7 @@ class FakeDiscord(LocalServer):
             await ws.close(code=4002, message=b"json only")
             return ws
         await self._send(ws, {"op": 10, "d": {"heartbeat_interval": 41250}})
+        transport = request.transport
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
@@ -788,12 +826,15 @@ class FakeDiscord(LocalServer):
                     break
                 self.shard_count = count
                 self._conns[shard] = ws
+                if transport is not None:
+                    self._transports[shard] = transport
                 self._seqs[shard] = 0
+                self._frames[shard] = []
                 await self._ready(ws, shard)
                 self.identified.set()
                 await self._notify()
             elif op == 6:
-                await self._send(ws, {"op": 9, "d": False})
+                await self._resume(ws, frame.get("d") or {}, transport)
             elif op == 8:
                 await self._send(
                     ws,
@@ -814,6 +855,28 @@ class FakeDiscord(LocalServer):
                 del self._conns[shard]
         return ws
 
+    async def _resume(
+        self, ws: web.WebSocketResponse, d: dict[str, Any], transport: asyncio.BaseTransport | None
+    ) -> None:
+        if d.get("token") != self.token:
+            await ws.close(code=4004, message=b"Authentication failed.")
+            return
+        shard = self._sessions.get(str(d.get("session_id")))
+        if shard is None or not self.resumable:
+            await self._send(ws, {"op": 9, "d": False})
+            return
+        self.resumes.append(d)
+        seen = d.get("seq") or 0
+        async with self._send_lock:
+            self._conns[shard] = ws
+            if transport is not None:
+                self._transports[shard] = transport
+            for seq, frame in list(self._frames.get(shard, [])):
+                if seq > seen:
+                    await ws.send_str(frame)
+            await self._send_event(ws, shard, "RESUMED", {})
+        await self._notify()
+
     async def _ready(self, ws: web.WebSocketResponse, shard: int) -> None:
         user = self._bot_user()
         has_guild = self.shard_of(self.guild_id) == shard
@@ -822,7 +885,7 @@ class FakeDiscord(LocalServer):
             "user": {**user, "verified": True, "mfa_enabled": False, "flags": 0},
             "guilds": [{"id": str(self.guild_id), "unavailable": True}] if has_guild else [],
             "shard": [shard, self.shard_count],
-            "session_id": secrets.token_hex(16),
+            "session_id": self._new_session(shard),
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.app_id), "flags": 0},
         }
@@ -876,8 +939,15 @@ class FakeDiscord(LocalServer):
             events.append(("GUILD_CREATE", guild))
         async with self._send_lock:
             for event, data in events:
-                self._seqs[shard] = self._seqs.get(shard, 0) + 1
-                await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seqs[shard], "d": data}))
+                await self._send_event(ws, shard, event, data)
+
+    def _new_session(self, shard: int) -> str:
+        old = self._session_of.get(shard)
+        if old is not None:
+            self._sessions.pop(old, None)
+        session = secrets.token_hex(16)
+        self._sessions[session], self._session_of[shard] = shard, session
+        return session
 
     def _bot_user(self) -> dict[str, Any]:
         return {
