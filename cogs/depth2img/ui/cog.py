@@ -28,8 +28,8 @@ from cogs.i18n import text as say
 from . import cards, text
 from .acknowledge import defer
 from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, spent, upload
-from .delivery import NO_MENTIONS, failed, tell
-from .flow import FAILED, RequestFlow
+from .delivery import FAILED, NO_MENTIONS, failed, tell
+from .flow import RequestFlow
 from .langs import channels, members
 
 log = logging.getLogger(__name__)

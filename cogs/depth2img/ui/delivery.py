@@ -32,6 +32,9 @@ NO_MENTIONS = discord.AllowedMentions.none()
 TOKEN_SAFE_AGE_S = 14 * 60
 INVALID_WEBHOOK_TOKEN = 401
 NONCE_MAX = 25  # Create Message's ``nonce``: "up to 25 characters"
+# A request to Discord that failed: refused by Discord, or without an answer
+FAILED: tuple[type[Exception], ...] = (discord.HTTPException, *NO_ANSWER)
+POST_ATTEMPTS = 3  # a channel post without a readable answer, made again (its nonce makes that safe)
 
 
 def render(
@@ -67,40 +70,91 @@ async def deliver(
 ) -> None:
     """Edit the job's message into the outcome (through ``interaction`` when it is at hand, else
     through the token kept in the ledger), or fall back to the channel. A request that gets no answer,
-    or one that cannot be read (Discord may have done it), is made once more: an edit again (the same
-    edit twice changes nothing), then the channel (the post again with the same nonce: no second
-    message). Raises :class:`discord.HTTPException` when Discord refuses both, or what the channel
-    post raised the second time it got no readable answer."""
+    or one that cannot be read, may have been done: an edit is looked at (did it land?) and made once
+    more; a channel post is made again with the same nonce (Discord makes no second message). Raises
+    :class:`discord.HTTPException` when Discord refuses both, or what the channel post raised the last
+    time it got no readable answer."""
     job = outcome.job
     lang = of_job(client, job, interaction)  # (the channel sees it: the server's language)
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
-    if fresh and (interaction is not None or job.message_id is not None):
-        for attempt in range(2):
-            content, files, view = render(outcome, lang, full=full)
-            with spent(view):
-                try:
-                    await _edit(client, job, interaction, content=content, files=files, view=view)
-                    return
-                except discord.HTTPException as exc:
-                    if not _gone(exc):
-                        raise
-                    log.info(
-                        "the job's message can no longer be edited; sending to the channel",
-                        extra={"job": job.id, "status": exc.status},
-                    )
-                    break
-                except Exception as exc:  # (no answer, or none discord.py could read: see NO_ANSWER)
-                    log.info(
-                        "the job's message edit got no readable answer",
-                        extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
-                    )
+    editable = fresh and (interaction is not None or job.message_id is not None)
+    if editable and await _edited(client, outcome, lang, interaction, full=full):
+        return
+    await _posted(client, outcome, lang, full=full)
+
+
+async def _edited(
+    client: discord.Client,
+    outcome: Outcome,
+    lang: str,
+    interaction: discord.Interaction[Any] | None,
+    *,
+    full: bool,
+) -> bool:
+    """The job's message edited into the outcome (True), or no longer editable (False)."""
+    job = outcome.job
+    for attempt in range(2):
+        content, files, view = render(outcome, lang, full=full)
+        with spent(view):
+            try:
+                await _edit(client, job, interaction, content=content, files=files, view=view)
+                return True
+            except discord.HTTPException as exc:
+                if not _gone(exc):
+                    raise
+                log.info(
+                    "the job's message can no longer be edited; sending to the channel",
+                    extra={"job": job.id, "status": exc.status},
+                )
+                return False
+            except Exception as exc:  # (no answer, or none discord.py could read: see NO_ANSWER)
+                log.info(
+                    "the job's message edit got no readable answer",
+                    extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
+                )
+            if await _landed(client, job, interaction, content=content, files=len(files)):
+                return True
+    return False
+
+
+async def _landed(
+    client: discord.Client,
+    job: Job,
+    interaction: discord.Interaction[Any] | None,
+    *,
+    content: str,
+    files: int,
+) -> bool:
+    """Whether an edit that got no readable answer was applied after all: the message, asked of
+    Discord, has its text and its number of files. (False when that cannot be told.)"""
+    message: discord.Message
+    try:
+        if job.message_id is not None:  # (asked by id: discord.py keeps an earlier original_response())
+            webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=client)
+            message = await webhook.fetch_message(job.message_id)
+        elif interaction is not None:
+            message = await interaction.original_response()
+        else:
+            return False
+    except FAILED:
+        return False
+    landed = message.content.strip() == content.strip() and len(message.attachments) == files
+    if landed:
+        log.info("the job's message edit had landed", extra={"job": job.id})
+    return landed
+
+
+async def _posted(client: discord.Client, outcome: Outcome, lang: str, *, full: bool) -> None:
+    """The outcome posted in the job's channel, mentioning its member."""
+    job = outcome.job
     channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
     ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
-    # One nonce for both posts: discord.py sends it with ``enforce_nonce``, and Discord then gives back
-    # the message it already made with it in the past few minutes instead of posting a second one. Made
-    # from the job, so that the post of a job resumed right after a restart is not doubled either.
+    # One nonce for every attempt: discord.py sends it with ``enforce_nonce``, and Discord then gives
+    # back the message it already made with it in the past few minutes instead of posting another. So
+    # a post is safe to make again. Made from the job, so that the post of a job resumed right after a
+    # restart is not doubled either.
     nonce = f"d2i-{job.id}"[:NONCE_MAX]
-    for attempt in range(2):
+    for attempt in range(POST_ATTEMPTS):
         content, files, view = render(outcome, lang, full=full)
         with spent(view):
             try:
@@ -127,7 +181,7 @@ async def deliver(
                     "the job's channel message got no readable answer",
                     extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
                 )
-                if attempt:
+                if attempt == POST_ATTEMPTS - 1:
                     raise
 
 

@@ -34,15 +34,13 @@ from cogs.depth2img.store import DuplicateInteraction, Job, JobState
 
 from . import text
 from .acknowledge import ALREADY_ACKNOWLEDGED, mark_deferred
-from .delivery import NO_MENTIONS, deliver, reply_privately
+from .delivery import FAILED, NO_MENTIONS, deliver, reply_privately
 from .langs import channels, members
 from .progress import ProgressMessage
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_INTERACTION = 10062  # Discord's error code: the interaction's 3 s were over
-# A request to Discord that failed: refused by Discord, or without an answer
-FAILED: tuple[type[Exception], ...] = (discord.HTTPException, *NO_ANSWER)
 # Discord counts the whole multipart request; leave room for the JSON part.
 UPLOAD_MARGIN = 64 * 1024
 
