@@ -440,6 +440,26 @@ async def test_a_before_after_whose_acknowledgement_gets_no_answer_is_still_show
     assert_clean(fake_discord, fake_api, caplog)
 
 
+@pytest.mark.parametrize("lost", ["answer", "garbled", "html", "request"])
+async def test_a_before_after_whose_edit_gets_no_readable_answer_is_shown_once(
+    bot, fake_discord, fake_api, caplog, lost
+):
+    """🪞 Before | after's picture is edited into its "thinking…" message, and that edit gets no readable
+    answer: applied, its answer lost, cut short or a proxy's page; or dropped unread. The bot looks at
+    the message: an edit that landed is the answer, else it is made again. (Before, for the applied
+    ones: "the bot ran into a problem" was sent after the picture, and logged as an error.)"""
+    from tests.test_iterate import MEMBER, first_result, job_id_of, settle
+
+    final = await first_result(fake_discord)
+    fake_discord.lose_next_edits = [lost]
+    record = await fake_discord.click(final, f"d2i:compare:{job_id_of(final)}", user_id=MEMBER)
+    shown = await settle(fake_discord, record)
+    assert [f.filename for f in shown.files] == [f"before-after-{job_id_of(final)}.jpg"], shown.content
+    assert [m.id for m in fake_discord.visible_messages(record)] == [shown.id]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 40] == []
+    assert_clean(fake_discord, fake_api, caplog)
+
+
 async def test_a_button_reply_discord_never_answers_tells_the_member_to_try_again(
     bot, fake_discord, fake_api, caplog
 ):
@@ -593,4 +613,72 @@ async def test_a_burst_through_lost_answers_of_every_kind_gets_every_picture_onc
     fake_discord.violations.clear()
     for m in fake_discord.messages.values():
         m.pings.clear()  # (the channel posts mention their member, as meant)
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_buttons_pressed_through_lost_answers_and_a_lost_gateway_each_end_once(
+    start_bot, fake_discord, fake_api, caplog
+):
+    """Six members press buttons on their results at once (🎲 New seed on three, 🪞 Before | after on
+    two, 🗑️ Delete on one) while acknowledgements lose their answers or are dropped, result edits are
+    lost, and the gateway connection breaks. Each press ends once: one new picture per New seed, one
+    before | after view per press, the deleted result gone; every job is delivered, and nothing is
+    logged as an error."""
+    from tests.test_iterate import job_id_of
+
+    bot = await start_bot()
+    users = [910000000000000000 + n for n in range(6)]
+    finals = []
+    for n, user in enumerate(users):
+        _record, final = await slash(fake_discord, {"prompt": f"p{n}"}, user_id=user)
+        assert final.results
+        finals.append(final)
+    fake_api.latency_s = 0.05
+    fake_discord.drop_callback_answers = 2
+    fake_discord.drop_callback_requests = 2
+    fake_discord.lose_next_edits = ["answer", "garbled", "request"]
+    fake_discord.expect_violation("webhook call before the initial response")
+    fake_discord.expect_violation("interaction acknowledged twice")
+    actions = ["seed", "seed", "seed", "compare", "compare", "delete"]
+    presses = await asyncio.gather(
+        *(
+            fake_discord.click(final, f"d2i:{action}:{job_id_of(final)}", user_id=user)
+            for final, action, user in zip(finals, actions, users, strict=True)
+        )
+    )
+    await fake_discord.drop_gateway()
+
+    def pictures_of(record, user) -> list:
+        posted = [fake_discord.messages[m] for m in fake_discord.channel_messages]
+        mine = [m for m in posted if m.pings == [f"<@{user}>"]]
+        return [m for m in [*fake_discord.visible_messages(record), *mine] if m.files]
+
+    def done() -> bool:
+        return all(
+            finals[n].deleted if action == "delete" else bool(pictures_of(presses[n], users[n]))
+            for n, action in enumerate(actions)
+        )
+
+    await fake_discord.wait_for(done, timeout=60)
+    await fake_discord.wait_until_idle(busy(bot))
+    for n, action in enumerate(actions):
+        if action == "delete":
+            assert fake_discord.deleted_by_bot == [finals[n].id]
+            continue
+        (shown,) = pictures_of(presses[n], users[n])
+        if action == "seed":
+            assert len(shown.results) == 1
+        else:
+            assert [f.filename for f in shown.files] == [f"before-after-{job_id_of(finals[n])}.jpg"]
+    assert fake_discord.drop_callback_answers == fake_discord.drop_callback_requests == 0
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 9}
+    assert len(fake_api.submissions) == 9
+    assert [(r.getMessage(), getattr(r, "error", None)) for r in caplog.records if r.levelno >= 40] == []
+    assert set(fake_discord.violations) <= {
+        "webhook call before the initial response",
+        "interaction acknowledged twice",
+    }
+    fake_discord.violations.clear()
+    for m in fake_discord.messages.values():
+        m.pings.clear()  # (a channel post mentions its member, as meant)
     assert_clean(fake_discord, fake_api, caplog)

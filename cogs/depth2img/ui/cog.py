@@ -28,7 +28,7 @@ from cogs.i18n import text as say
 from . import cards, text
 from .acknowledge import defer
 from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, spent, upload
-from .delivery import FAILED, NO_MENTIONS, failed, tell
+from .delivery import FAILED, NO_MENTIONS, edit_original, failed, tell
 from .flow import RequestFlow
 from .langs import channels, members
 
@@ -311,10 +311,10 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         except Depth2ImgError as exc:
             await interaction.edit_original_response(content=text.describe(exc, lang))
             return
-        await interaction.edit_original_response(
-            content=say(lang, "caption.comparison", id=job.id),
-            attachments=[upload(picture.data, picture.filename)],
-            allowed_mentions=NO_MENTIONS,
+        await edit_original(
+            interaction,
+            say(lang, "caption.comparison", id=job.id),
+            lambda: [upload(picture.data, picture.filename)],
         )
 
     async def _cancel(self, interaction: discord.Interaction[Any], job: Job) -> None:

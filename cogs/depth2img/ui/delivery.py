@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import discord
@@ -138,10 +139,42 @@ async def _landed(
             return False
     except FAILED:
         return False
-    landed = message.content.strip() == content.strip() and len(message.attachments) == files
+    landed = _shows(message, content, files)
     if landed:
         log.info("the job's message edit had landed", extra={"job": job.id})
     return landed
+
+
+def _shows(message: discord.Message, content: str, files: int) -> bool:
+    """Whether ``message`` is what an edit to ``content`` with ``files`` files made of it."""
+    return message.content.strip() == content.strip() and len(message.attachments) == files
+
+
+async def edit_original(
+    interaction: discord.Interaction[Any], content: str, make_files: Callable[[], list[discord.File]]
+) -> None:
+    """A button's answer edited into its "thinking…" message. An edit without a readable answer is
+    looked at (did it land?), and made once more."""
+    for attempt in range(2):
+        files = make_files()  # (discord.py closes a file once it is sent)
+        try:
+            await interaction.edit_original_response(
+                content=content, attachments=files, allowed_mentions=NO_MENTIONS
+            )
+            return
+        except discord.HTTPException:
+            raise
+        except Exception as exc:  # (no answer, or none discord.py could read)
+            log.info(
+                "an edit got no readable answer", extra={"error": type(exc).__name__, "attempt": attempt + 1}
+            )
+            if attempt:
+                raise
+        try:
+            if _shows(await interaction.original_response(), content, len(files)):
+                return
+        except FAILED:
+            pass
 
 
 async def _posted(client: discord.Client, outcome: Outcome, lang: str, *, full: bool) -> None:
