@@ -484,13 +484,14 @@ async def test_a_button_reply_discord_never_answers_tells_the_member_to_try_agai
 async def test_a_show_whose_answer_is_dropped_tells_the_member_the_connection_broke(
     bot, fake_discord, fake_api, caplog
 ):
-    """/depth2img-show's answer (the picture) loses its connection before Discord reads it: the command
-    tree's handler tells the member that the connection to Discord broke, and logs a warning. (Before:
-    "Something went wrong (code …)", and an "unhandled command error" in the owner's log.)"""
+    """/depth2img-show's answer (the picture) loses its connection before Discord reads it, twice (the
+    first time it is made again): the command tree's handler tells the member that the connection to
+    Discord broke, and logs a warning. (Before: "Something went wrong (code …)", and an "unhandled
+    command error" in the owner's log.)"""
     from tests.test_iterate import MEMBER, first_result, job_id_of, settle
 
     final = await first_result(fake_discord)
-    fake_discord.drop_callback_requests = 1
+    fake_discord.drop_callback_requests = 2
     record = await fake_discord.invoke_slash("depth2img-show", {"picture": job_id_of(final)}, user_id=MEMBER)
     told = await settle(fake_discord, record)
     assert told.content == text("en-US", "bot.discord_no_answer")
@@ -681,4 +682,44 @@ async def test_buttons_pressed_through_lost_answers_and_a_lost_gateway_each_end_
     fake_discord.violations.clear()
     for m in fake_discord.messages.values():
         m.pings.clear()  # (a channel post mentions its member, as meant)
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+@pytest.mark.parametrize("lost", ["answer", "request"])
+@pytest.mark.parametrize("asked", ["details", "history", "show"])
+async def test_an_answer_whose_connection_breaks_is_made_again_and_shown_once(
+    bot, fake_discord, fake_api, caplog, lost, asked
+):
+    """A private answer given as the interaction's first answer (ℹ️ Details, /depth2img-history,
+    /depth2img-show) loses its connection: after Discord made the message (its answer lost) or before
+    it read it. The bot makes it again; Discord's "already acknowledged" (40060) means the first was
+    taken. The member sees the answer once, and nothing is logged above info. (Before: "request" ended
+    in the broken-connection answer, and "answer" logged warnings.)"""
+    from tests.conftest import details_of
+    from tests.test_iterate import MEMBER, first_result, job_id_of
+
+    final = await first_result(fake_discord)
+    caplog.clear()
+    if lost == "answer":
+        fake_discord.drop_callback_answers = 1
+        fake_discord.expect_violation("interaction acknowledged twice")
+    else:
+        fake_discord.drop_callback_requests = 1
+    if asked == "details":
+        shown = await details_of(fake_discord, final, user_id=MEMBER)
+        await fake_discord.wait_until_idle()
+        assert f"picture `{job_id_of(final)}`" in shown.content
+    else:
+        options = {"picture": job_id_of(final)} if asked == "show" else {}
+        record = await fake_discord.invoke_slash(f"depth2img-{asked}", options, user_id=MEMBER)
+        await fake_discord.wait_for(lambda: bool(fake_discord.visible_messages(record)), timeout=10)
+        await fake_discord.wait_until_idle()
+        (shown,) = fake_discord.visible_messages(record)
+        if asked == "show":
+            assert len(shown.results) == 1
+        else:
+            assert job_id_of(final) in shown.content
+    assert fake_discord.drop_callback_answers == fake_discord.drop_callback_requests == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
+    fake_discord.violations.clear()
     assert_clean(fake_discord, fake_api, caplog)

@@ -26,9 +26,9 @@ from cogs.i18n import SOURCE
 from cogs.i18n import text as say
 
 from . import cards, text
-from .acknowledge import defer
+from .acknowledge import defer, send
 from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, spent, upload
-from .delivery import FAILED, NO_MENTIONS, edit_original, failed, tell
+from .delivery import NO_MENTIONS, edit_original, failed, message_gone, tell
 from .flow import RequestFlow
 from .langs import channels, members
 
@@ -186,14 +186,15 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         elif action is Action.CANCEL:
             await self._cancel(interaction, job)
         elif action is Action.DETAILS:
-            await interaction.response.send_message(
-                cards.details_text(job, lang), ephemeral=True, allowed_mentions=NO_MENTIONS
+            await send(
+                interaction, cards.details_text(job, lang), ephemeral=True, allowed_mentions=NO_MENTIONS
             )
         elif action is Action.DEPTH:
             data = await self.service.depth_map(job)  # (InvalidInput: said to the member privately)
-            await interaction.response.send_message(
+            await send(
+                interaction,
                 say(lang, "caption.depth_map", id=job.id),
-                file=upload(data, f"depth-map-{job.id}.png"),
+                make_file=lambda: upload(data, f"depth-map-{job.id}.png"),
                 ephemeral=True,
             )
         elif action is Action.EDIT:
@@ -271,7 +272,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         try:
             path = self.service.source_for(parent, action)
         except InvalidInput as exc:
-            await interaction.response.send_message(text.describe(exc, members(interaction)), ephemeral=True)
+            await send(interaction, text.describe(exc, members(interaction)), ephemeral=True)
             return
 
         async def read() -> bytes:
@@ -346,45 +347,37 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             await tell(interaction, "reply.age_restricted_only")
             return
         # what its requester or a moderator decided: a deleted picture, to its requester, privately
-        deleted = found.deleted_at is not None or await self._result_message_gone(found)
+        deleted = found.deleted_at is not None or await message_gone(self.bot, found)
+        if deleted and found.deleted_at is None:
+            await self.service.mark_deleted(found.id)  # (remembered: Discord is asked once)
         if deleted and interaction.user.id != found.user_id:
             await tell(interaction, "reply.deleted_for_others")
             return
         try:
             data = await self.service.read_stored(found.result_path)
         except InvalidInput as exc:
-            await interaction.response.send_message(text.describe(exc, lang), ephemeral=True)
+            await send(interaction, text.describe(exc, lang), ephemeral=True)
             return
         shown_in = lang if deleted else channels(interaction)  # a public answer: the server's language
         with spent(result_view(found.id, shown_in, deletable=not deleted)) as view:
-            await interaction.response.send_message(
+            name = found.result_path.rsplit("/", 1)[-1]
+            await send(
+                interaction,
                 cards.shown_text(found, shown_in, deleted=deleted),
-                file=upload(data, found.result_path.rsplit("/", 1)[-1]),
+                make_file=lambda: upload(data, name),
                 view=view,
                 ephemeral=deleted,
                 allowed_mentions=NO_MENTIONS,
             )
 
-    async def _result_message_gone(self, job: Job) -> bool:
-        """Whether the job's result message was deleted outside the bot (a moderator, in Discord's own
-        menu): asked of Discord, and remembered. A message the bot may not read, or whose question gets
-        no answer, counts as there."""
-        if job.message_id is None:
-            return False
-        try:
-            await self.bot.get_partial_messageable(job.channel_id).fetch_message(job.message_id)
-        except discord.NotFound:
-            await self.service.mark_deleted(job.id)
-            return True
-        except FAILED:  # (refused, or no answer)
-            return False
-        return False
-
     @app_commands.command(name="depth2img-history", description="Your recent pictures (only you see this).")
     async def history(self, interaction: discord.Interaction) -> None:
         jobs = await self.service.history(interaction.user.id, limit=10)
-        await interaction.response.send_message(
-            text.history_text(jobs, members(interaction)), ephemeral=True, allowed_mentions=NO_MENTIONS
+        await send(
+            interaction,
+            text.history_text(jobs, members(interaction)),
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
         )
 
     @app_commands.command(
@@ -392,6 +385,4 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
     )
     async def forget_me(self, interaction: discord.Interaction) -> None:
         count = await self.service.forget(interaction.user.id)
-        await interaction.response.send_message(
-            text.forgotten_text(count, members(interaction)), ephemeral=True
-        )
+        await send(interaction, text.forgotten_text(count, members(interaction)), ephemeral=True)

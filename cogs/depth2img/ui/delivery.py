@@ -23,6 +23,7 @@ from cogs.depth2img.store import Job
 from cogs.i18n import text as say
 
 from . import cards, text
+from .acknowledge import send
 from .components import result_view, spent, upload
 from .langs import members, of_job
 
@@ -264,9 +265,23 @@ async def _removed(interaction: discord.Interaction[Any]) -> bool:
     return False
 
 
+async def message_gone(client: discord.Client, job: Job) -> bool:
+    """Whether the job's result message was deleted outside the bot (by a moderator), asked of
+    Discord. A message the bot may not read, or a question without an answer: counted as there."""
+    if job.message_id is None:
+        return False
+    try:
+        await client.get_partial_messageable(job.channel_id).fetch_message(job.message_id)
+    except discord.NotFound:
+        return True
+    except FAILED:  # (refused, or no answer)
+        return False
+    return False
+
+
 async def tell(interaction: discord.Interaction[Any], key: str, **params: object) -> None:
     """A fixed private answer, in the member's language."""
-    await interaction.response.send_message(say(members(interaction), key, **params), ephemeral=True)
+    await send(interaction, say(members(interaction), key, **params), ephemeral=True)
 
 
 async def answer_anyway(interaction: discord.Interaction[Any], message: str) -> None:

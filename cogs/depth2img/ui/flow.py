@@ -33,7 +33,7 @@ from cogs.depth2img.models import GenerationParams, JobKind, ProgressEvent
 from cogs.depth2img.store import DuplicateInteraction, Job, JobState
 
 from . import text
-from .acknowledge import ALREADY_ACKNOWLEDGED, mark_deferred
+from .acknowledge import ALREADY_ACKNOWLEDGED, mark_deferred, send
 from .delivery import FAILED, NO_MENTIONS, deliver, reply_privately
 from .langs import channels, members
 from .progress import ProgressMessage
@@ -119,8 +119,11 @@ class RequestFlow:
                     params = service.check(make_params, where(interaction), declared_size=declared_size)
                     ticket = service.admit(interaction.user.id, interaction.guild_id, pictures=params.samples)
                 except RequestRejected as exc:
-                    await interaction.response.send_message(
-                        text.describe(exc, members(interaction)), ephemeral=True, allowed_mentions=NO_MENTIONS
+                    await send(
+                        interaction,
+                        text.describe(exc, members(interaction)),
+                        ephemeral=True,
+                        allowed_mentions=NO_MENTIONS,
                     )
                     return
                 try:

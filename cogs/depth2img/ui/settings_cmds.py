@@ -16,6 +16,7 @@ from cogs.depth2img.errors import InvalidInput
 from cogs.i18n import text as say
 
 from . import text
+from .acknowledge import send
 from .delivery import NO_MENTIONS
 from .flow import is_manager
 from .langs import members
@@ -39,7 +40,7 @@ class SettingsCog(commands.Cog, name="Depth2ImgSettings"):
         viewer = interaction.guild_id is not None and not is_manager(interaction)
         lang = members(interaction)
         if interaction.guild_id is None or (viewer and change is not None):
-            await interaction.response.send_message(say(lang, "settings.managers_only"), ephemeral=True)
+            await send(interaction, say(lang, "settings.managers_only"), ephemeral=True)
             return
         current = self.service.settings_for(interaction.guild_id)
         if change is not None:
@@ -48,9 +49,10 @@ class SettingsCog(commands.Cog, name="Depth2ImgSettings"):
                     interaction.guild_id, change(current), by=interaction.user.id
                 )
             except InvalidInput as exc:
-                await interaction.response.send_message(text.describe(exc, lang), ephemeral=True)
+                await send(interaction, text.describe(exc, lang), ephemeral=True)
                 return
-        await interaction.response.send_message(
+        await send(
+            interaction,
             text.settings_summary(
                 current, self.service.default_cooldown_s, self.service.owner_limits, lang, viewer=viewer
             ),
