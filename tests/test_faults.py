@@ -723,3 +723,39 @@ async def test_an_answer_whose_connection_breaks_is_made_again_and_shown_once(
     assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
     fake_discord.violations.clear()
     assert_clean(fake_discord, fake_api, caplog)
+
+
+@pytest.mark.parametrize("lost", ["answer", "request"])
+@pytest.mark.parametrize("asked", ["edit-button", "apps-menu"])
+async def test_a_form_whose_connection_breaks_is_shown_once_and_works(
+    bot, fake_discord, fake_api, caplog, lost, asked
+):
+    """The prompt form (✏️ Edit prompt, or Apps → Depth to image) is a first answer too: when its
+    connection breaks, after Discord showed it or before it read it, it is sent again (40060 then
+    means shown). The member gets the form, no error message, and its submission makes the picture.
+    (Before: "request" answered with the broken-connection message instead of the form, and "answer"
+    logged warnings.)"""
+    from tests.test_iterate import MEMBER, first_result, job_id_of, settle
+
+    if asked == "edit-button":
+        final = await first_result(fake_discord)
+    else:
+        posted = fake_discord.post_user_message("look", [(make_png(320, 240), "a.png", "image/png")])
+    caplog.clear()
+    if lost == "answer":
+        fake_discord.drop_callback_answers = 1
+        fake_discord.expect_violation("interaction acknowledged twice")
+    else:
+        fake_discord.drop_callback_requests = 1
+    if asked == "edit-button":
+        record = await fake_discord.click(final, f"d2i:edit:{job_id_of(final)}", user_id=MEMBER)
+    else:
+        record = await fake_discord.invoke_message_command("Depth to image", posted, user_id=MEMBER)
+    await fake_discord.wait_for(lambda: record.modal is not None, timeout=10)
+    await fake_discord.wait_until_idle()
+    assert fake_discord.visible_messages(record) == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
+    fake_discord.violations.clear()
+    submit = await fake_discord.submit_modal(record.modal, {"prompt": "in the rain"}, user_id=MEMBER)
+    assert (await settle(fake_discord, submit)).results
+    assert_clean(fake_discord, fake_api, caplog)

@@ -51,6 +51,13 @@ async def send(
     await _answered(interaction, answer, discord.InteractionResponseType.channel_message)
 
 
+async def show_form(interaction: discord.Interaction[Any], form: discord.ui.Modal) -> None:
+    """``interaction.response.send_modal(form)``, made once more if it gets no readable answer."""
+    await _answered(
+        interaction, lambda: interaction.response.send_modal(form), discord.InteractionResponseType.modal
+    )
+
+
 async def _answered(
     interaction: discord.Interaction[Any],
     answer: Callable[[], Awaitable[object]],

@@ -26,7 +26,7 @@ from cogs.i18n import SOURCE
 from cogs.i18n import text as say
 
 from . import cards, text
-from .acknowledge import defer, send
+from .acknowledge import defer, send, show_form
 from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, spent, upload
 from .delivery import NO_MENTIONS, edit_original, failed, message_gone, tell
 from .flow import RequestFlow
@@ -158,8 +158,9 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         if len(self._menu_targets) > 1000:
             self._menu_targets.pop(next(iter(self._menu_targets)))
         lang = members(interaction)
-        await interaction.response.send_modal(
-            PromptModal(custom_id=f"d2i:menu:{key}", title=say(lang, "form.menu_title"), lang=lang)
+        await show_form(
+            interaction,
+            PromptModal(custom_id=f"d2i:menu:{key}", title=say(lang, "form.menu_title"), lang=lang),
         )
 
     # --- buttons and forms ------------------------------------------------------------------------
@@ -198,14 +199,15 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
                 ephemeral=True,
             )
         elif action is Action.EDIT:
-            await interaction.response.send_modal(
+            await show_form(
+                interaction,
                 PromptModal(
                     custom_id=f"d2i:edited:{job.id}",
                     title=say(lang, "form.edit_title"),
                     lang=lang,
                     prompt=job.params.prompt,
                     negative=job.params.negative_prompt or "",
-                )
+                ),
             )
         elif action in DERIVING:
             await self._tracked(self._derived(interaction, job, action))
