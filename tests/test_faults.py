@@ -20,6 +20,17 @@ from tests.ledger_queries import count_by_state
 from tests.test_e2e import assert_clean
 
 
+def _lose_the_first_answer(fake_discord, lost: str) -> None:
+    """The interaction's first answer loses its connection: after Discord took it ("answer") or before
+    it read it ("request"). The bot then makes it again, which Discord answers 40060 when it had taken
+    the first: a breach the fake records, here expected."""
+    if lost == "answer":
+        fake_discord.drop_callback_answers = 1
+        fake_discord.expect_violation("interaction acknowledged twice")
+    else:
+        fake_discord.drop_callback_requests = 1
+
+
 def _slow_line_shown(final) -> bool:
     return any(h.startswith("⏳ The image service has your picture but is slow") for h in final.history)
 
@@ -403,11 +414,7 @@ async def test_a_delete_whose_acknowledgement_gets_no_answer_still_deletes(
     from tests.test_iterate import MEMBER, first_result, job_id_of
 
     final = await first_result(fake_discord)
-    if lost == "answer":
-        fake_discord.drop_callback_answers = 1
-        fake_discord.expect_violation("interaction acknowledged twice")  # (the question, answered 40060)
-    else:
-        fake_discord.drop_callback_requests = 1
+    _lose_the_first_answer(fake_discord, lost)
     job = job_id_of(final)
     await fake_discord.click(final, f"d2i:delete:{job}", user_id=MEMBER)
     await fake_discord.wait_for(lambda: final.deleted, timeout=10)
@@ -427,11 +434,7 @@ async def test_a_before_after_whose_acknowledgement_gets_no_answer_is_still_show
     from tests.test_iterate import MEMBER, first_result, job_id_of, settle
 
     final = await first_result(fake_discord)
-    if lost == "answer":
-        fake_discord.drop_callback_answers = 1
-        fake_discord.expect_violation("interaction acknowledged twice")
-    else:
-        fake_discord.drop_callback_requests = 1
+    _lose_the_first_answer(fake_discord, lost)
     record = await fake_discord.click(final, f"d2i:compare:{job_id_of(final)}", user_id=MEMBER)
     shown = await settle(fake_discord, record)
     assert [f.filename for f in shown.files] == [f"before-after-{job_id_of(final)}.jpg"], shown.content
@@ -700,11 +703,7 @@ async def test_an_answer_whose_connection_breaks_is_made_again_and_shown_once(
 
     final = await first_result(fake_discord)
     caplog.clear()
-    if lost == "answer":
-        fake_discord.drop_callback_answers = 1
-        fake_discord.expect_violation("interaction acknowledged twice")
-    else:
-        fake_discord.drop_callback_requests = 1
+    _lose_the_first_answer(fake_discord, lost)
     if asked == "details":
         shown = await details_of(fake_discord, final, user_id=MEMBER)
         await fake_discord.wait_until_idle()
@@ -742,11 +741,7 @@ async def test_a_form_whose_connection_breaks_is_shown_once_and_works(
     else:
         posted = fake_discord.post_user_message("look", [(make_png(320, 240), "a.png", "image/png")])
     caplog.clear()
-    if lost == "answer":
-        fake_discord.drop_callback_answers = 1
-        fake_discord.expect_violation("interaction acknowledged twice")
-    else:
-        fake_discord.drop_callback_requests = 1
+    _lose_the_first_answer(fake_discord, lost)
     if asked == "edit-button":
         record = await fake_discord.click(final, f"d2i:edit:{job_id_of(final)}", user_id=MEMBER)
     else:
