@@ -275,3 +275,62 @@ async def test_every_acknowledged_command_ends_after_a_crash(fake_discord, fake_
     assert await states(database) == {"delivered": 24 - interrupted} | (
         {"failed": interrupted} if interrupted else {}
     )
+
+
+@pytest.mark.parametrize("token", ["expired", "alive"])
+async def test_a_channel_post_cut_off_by_a_crash_reaches_the_member_once(
+    fake_discord, fake_api, tmp_path, database, token
+):
+    """The result goes to the channel, and the bot is killed after Discord posted it but before its
+    answer came back (so before the ledger recorded the delivery). The restarted bot delivers the job
+    again, and the member still sees the picture once:
+    - "expired": the interaction is 14 minutes old, so both processes post in the channel; the second
+      post carries the nonce made from the job, which Discord answers with the message it already made;
+    - "alive": the job's message edit got no answer twice (not applied), so the first process went to
+      the channel; the token still lives at the restart. Before, the restarted bot edited the job's
+      message into the picture too: the member saw it twice. It now knows, from the ledger, that the
+      job went to the channel, and posts there again (with the nonce)."""
+    env = bot_env(
+        fake_discord,
+        fake_api,
+        tmp_path / "data",
+        SD_POLL_INITIAL_S="0.05",
+        SD_POLL_MAX_S="0.1",
+        SD_JOB_TIMEOUT_S="3600",
+        JOB_LEASE_S="3",  # (on PostgreSQL a job killed while being delivered waits for its lease)
+        METRICS_PORT=str(free_port()),
+        **database.env,
+    )
+    fake_discord.lose_next_posts = ["hang"]
+    if token == "alive":
+        fake_discord.lose_next_edits = ["request", "request"]
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    user = 525252525252525252
+    record = await fake_discord.invoke_slash(
+        "depth2img",
+        {"image": fake_discord.add_attachment(make_png(), "p.png"), "prompt": "crash mid-post"},
+        user_id=user,
+        created_ago_s=14 * 60 + 5 if token == "expired" else 0,
+    )
+    try:
+        await fake_discord.wait_for(lambda: len(fake_discord.channel_messages) == 1, timeout=20)
+        await asyncio.sleep(0.2)
+    finally:
+        await stop_bot(proc, signal.SIGKILL)  # Discord has the post; the bot never heard back
+    assert await states(database) != {"delivered": 1}
+
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    try:
+        async with asyncio.timeout(30):
+            while await states(database) != {"delivered": 1}:
+                await asyncio.sleep(0.05)
+        await fake_discord.wait_until_idle(bot_busy(env))
+    finally:
+        log = await stop_bot(proc, signal.SIGTERM)
+    assert "job resumed" in log
+    shown = [m for m in fake_discord.messages.values() if m.results and not m.deleted]
+    assert [m.id for m in shown] == fake_discord.channel_messages, [m.content for m in shown]
+    assert len(shown) == 1
+    assert shown[0].pings == [f"<@{user}>"]
+    assert len(fake_api.submissions) == 1
+    assert not record.message_ids[1:]

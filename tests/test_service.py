@@ -216,6 +216,25 @@ async def test_job_interrupted_while_submitting_is_never_sent_again(make_service
     assert (await ledger.get(job.id)).state is JobState.FAILED
 
 
+async def test_a_result_goes_to_the_channel_only_while_its_process_owns_the_job(make_service, ledger):
+    """Before a result is posted in the channel, that is recorded (a job resumed after a crash in the
+    middle of the post reads it back, and posts there again instead of editing its message too). A
+    process that lost the job to another must not post: the other delivers it. A ledger out of reach
+    does not stop the post."""
+    service = make_service()
+    job = await service.record(GenerationParams(prompt="x"), origin(), source_url=SOURCE)
+    assert (await ledger.get(job.id)).channel_post_at is None
+    before = time.time()
+    assert await service.posting(job)
+    assert (await ledger.get(job.id)).channel_post_at >= before
+    other = await make_service.restarted()
+    (taken,) = await other.start()  # another process takes it over (this one stalled, say)
+    assert taken.id == job.id and taken.channel_post_at is not None
+    assert not await service.posting(job)
+    await ledger.close()
+    assert await service.posting(job)
+
+
 async def test_received_job_resumed_uploads_the_kept_picture(make_service, backend):
     service = make_service()
     data = make_png()

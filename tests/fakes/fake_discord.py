@@ -241,7 +241,8 @@ class FakeDiscord(LocalServer):
         self.identifies: list[dict[str, Any]] = []
         self.channel_messages: list[int] = []
         # channel posts whose connection breaks: "request" (dropped unread) or "answer" (posted, then
-        # the answer is lost), one per post
+        # the answer is lost), or "hang" (posted, then never answered until the bot hangs up), one per
+        # post
         self.lose_next_posts: list[str] = []
         # Create Message's ``nonce`` with ``enforce_nonce``: "checked for uniqueness in the past few
         # minutes. If another message was created by the same author with the same nonce, that message
@@ -1357,6 +1358,10 @@ class FakeDiscord(LocalServer):
                 self._nonces[key] = (now, msg.id)
         if lost == "answer" and request.transport is not None:
             request.transport.close()
+        if lost == "hang":
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.05)  # until the bot hangs up (or is killed)
+            return web.Response(status=500)  # (never reaches the bot)
         payload = self._message_payload(msg)
         payload["type"] = 0
         if nonce is not None:

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from cogs.depth2img.errors import DeliveryFailed, JobCancelled, RequestRejected
 from cogs.depth2img.metrics import Metrics
-from cogs.depth2img.store import JobState, JobTakenOver, Ledger, LedgerClosed
+from cogs.depth2img.store import Job, JobState, JobTakenOver, Ledger, LedgerClosed
 
 from .jobs import Outcome, Sleep
 from .pictures import Pictures
@@ -71,6 +71,24 @@ class Endings:
         finally:
             settling.set()
             self._settling.pop(job.id, None)
+
+    async def posting(self, job: Job) -> bool:
+        """Recorded before the job's result is posted in its channel (its message could not be edited):
+        a job resumed after a crash in the middle of that post then posts there again, where the post's
+        nonce makes Discord give back the message it made, instead of editing its message into a second
+        copy. False when another process owns the job now (that one delivers it). A ledger out of reach
+        does not stop the post: the picture twice is better than not at all."""
+        try:
+            await self.ledger.update(job, channel_post_at=time.time())
+        except JobTakenOver:
+            log.info("job owned by another process now; not posting it", extra={"job": job.id})
+            return False
+        except Exception as exc:
+            log.warning(
+                "the ledger could not record that the result goes to the channel",
+                extra={"job": job.id, "error": type(exc).__name__},
+            )
+        return True
 
     async def _kept_and_recorded(self, outcome: Outcome, started_at: float | None) -> None:
         job = outcome.job

@@ -300,6 +300,10 @@ class Depth2ImgService:
         recorded (:class:`.endings.Endings`)."""
         return self.endings.delivering(outcome, started_at=started_at)
 
+    async def posting(self, job: Job) -> bool:
+        """Before a result goes to the channel: whether this process still may (see :class:`.Endings`)."""
+        return await self.endings.posting(job)
+
     @contextlib.contextmanager
     def resumed(self, job: Job) -> Iterator[Ticket]:
         """A ticket for a job left unfinished by a restart (or taken over from a stopped process)."""

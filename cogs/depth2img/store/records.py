@@ -97,6 +97,8 @@ class Job:
     age_restricted: bool = False  # asked for in an age-restricted channel
     deleted_at: float | None = None  # its result was deleted (by the member who asked, or a moderator)
     result_info: str | None = None  # JSON: the delivered result's timings, size and seed (Details)
+    # unix time: its message could not be edited, so its result began to be posted in the channel
+    channel_post_at: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -114,6 +116,7 @@ _REAL_COLUMNS = (
     "finished_at",
     "lease_until",
     "deleted_at",
+    "channel_post_at",
 )
 
 

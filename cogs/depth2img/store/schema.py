@@ -134,6 +134,13 @@ MIGRATIONS += (
         ("ALTER TABLE jobs ADD COLUMN result_info TEXT",),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        6,
+        "when a job's result began to be posted in its channel (a resumed job posts there again)",
+        ("ALTER TABLE jobs ADD COLUMN channel_post_at {real}",),
+    ),
+)
 LATEST = MIGRATIONS[-1].version
 
 VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

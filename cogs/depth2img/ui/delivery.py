@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -67,21 +67,29 @@ async def deliver(
     client: discord.Client,
     outcome: Outcome,
     *,
+    posting: Callable[[Job], Awaitable[bool]],
     interaction: discord.Interaction[Any] | None = None,
     full: bool = False,
 ) -> None:
     """Edit the job's message into the outcome (through ``interaction`` when it is at hand, else
-    through the token kept in the ledger), or fall back to the channel. A request that gets no answer,
-    or one that cannot be read, may have been done: an edit is looked at (did it land?) and made once
-    more; a channel post is made again with the same nonce (Discord makes no second message). Raises
+    through the token kept in the ledger), or fall back to the channel, once ``posting`` has recorded
+    that (False: another process delivers the job now). A request that gets no answer, or one that
+    cannot be read, may have been done: an edit is looked at (did it land?) and made once more; a
+    channel post is made again with the same nonce (Discord makes no second message), also by a job
+    resumed after a crash in its middle (it goes to the channel again, not to its message). Raises
     :class:`discord.HTTPException` when Discord refuses both, or what the channel post raised the last
     time it got no readable answer."""
     job = outcome.job
     lang = of_job(client, job, interaction)  # (the channel sees it: the server's language)
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
     editable = fresh and (interaction is not None or job.message_id is not None)
-    if editable and await _edited(client, outcome, lang, interaction, full=full):
-        return
+    if job.channel_post_at is not None:  # (resumed after a crash in the middle of that post)
+        log.info("the job's result was being posted in its channel; posting it again", extra={"job": job.id})
+    else:
+        if editable and await _edited(client, outcome, lang, interaction, full=full):
+            return
+        if not await posting(job):
+            return
     await _posted(client, outcome, lang, full=full)
 
 

@@ -213,7 +213,7 @@ class RequestFlow:
                 if mine and interaction is not None:
                     await reply_privately(interaction, text.describe(error, members(interaction)))
                 elif mine:
-                    await deliver(self.client, refused)
+                    await deliver(self.client, refused, posting=service.posting)
             return
         await self._run(job, ticket, started=started, interaction=interaction)
 
@@ -231,7 +231,9 @@ class RequestFlow:
             async with service.delivering(outcome, started_at=started if interaction else None) as mine:
                 if mine:
                     full = service.settings_for(job.guild_id).card == "full"
-                    await deliver(self.client, outcome, interaction=interaction, full=full)
+                    await deliver(
+                        self.client, outcome, posting=service.posting, interaction=interaction, full=full
+                    )
         except FAILED as exc:  # (recorded as DeliveryFailed by delivering())
             ref = secrets.token_hex(4)
             status = exc.status if isinstance(exc, discord.HTTPException) else None
