@@ -358,6 +358,62 @@ async def test_a_channel_post_without_an_answer_reaches_the_member_once(
     assert_clean(fake_discord, fake_api, caplog)
 
 
+@pytest.mark.parametrize("lost", ["request", "answer"])
+async def test_a_result_discord_takes_no_request_for_is_delivered_later_not_thrown_away(
+    start_bot, fake_discord, fake_api, caplog, lost
+):
+    """For a while Discord answers nothing: the result's edit loses its connection twice, then its
+    three channel posts too, unread ("request") or posted but unanswered ("answer"). The job is left
+    to be resumed once its lease runs out: polled at the image service again (never submitted again),
+    and posted in the channel then, once (the nonce gives back a post Discord had made). Before, the
+    job was recorded as failed and the paid-for picture thrown away ("request": the member never got
+    it), or the member was told it failed beside the picture ("answer")."""
+    bot = await start_bot(JOB_LEASE_S="1.5")
+    fake_discord.lose_next_edits = ["request", "request"]
+    fake_discord.lose_next_posts = [lost] * 3
+    user = 868686868686868688
+    record = await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
+    )
+    led = service_of(bot).ledger
+    async with asyncio.timeout(30):
+        while await count_by_state(led) != {"delivered": 1}:
+            await asyncio.sleep(0.05)
+    await fake_discord.wait_until_idle(busy(bot))
+    shown = [m for m in fake_discord.messages.values() if m.results]
+    assert fake_discord.channel_messages == [m.id for m in shown]
+    assert len(shown) == 1
+    assert len(fake_api.submissions) == 1
+    assert "failed" not in fake_discord.visible_messages(record)[0].content
+    assert any(r.getMessage() == "job taken over from a stopped process" for r in caplog.records)
+    shown[0].pings.clear()  # (assert_clean would refuse the member's ping, which is meant)
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_a_result_discord_never_takes_a_request_for_ends_failed_after_a_few_tries(
+    start_bot, fake_discord, fake_api
+):
+    """Discord answers nothing for the result, however often it is tried: the job is run again three
+    times at most (JobRunner.MAX_RESUMES), then recorded as failed; never submitted again."""
+    bot = await start_bot(JOB_LEASE_S="1")
+    fake_discord.lose_next_edits = ["request", "request"]
+    fake_discord.lose_next_posts = ["request"] * 100
+    user = 868686868686868689
+    await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
+    )
+    led = service_of(bot).ledger
+    async with asyncio.timeout(40):
+        while await count_by_state(led) != {"failed": 1}:
+            await asyncio.sleep(0.05)
+    await fake_discord.wait_until_idle(busy(bot), quiet_s=2.5)  # (longer than a lease: nothing more)
+    (job,) = await led.for_user(user)
+    assert (job.resumes, job.error_kind) == (3, "DeliveryFailed")
+    assert len(fake_discord.lose_next_posts) == 100 - 4 * 3
+    assert not any(m.results for m in fake_discord.messages.values())
+    assert len(fake_api.submissions) == 1
+
+
 @pytest.mark.parametrize("lost", ["answer", "request"])
 async def test_an_acknowledgement_without_an_answer_still_ends_in_the_picture(
     start_bot, fake_discord, fake_api, caplog, lost

@@ -218,6 +218,11 @@ class DeliveryFailed(Depth2ImgError):
     """Discord refused the message that carried the result."""
 
 
+class DeliveryInterrupted(Depth2ImgError):
+    """Discord took no request that carried the result (it failed on its side, or never answered): a
+    trouble that passes, so the result may be delivered again later."""
+
+
 # What the image service may do for a while and then stop doing: while it has a job, polling (and
 # downloading its outputs) goes on through these until the job's deadline.
 def is_transient(exc: BaseException) -> bool:

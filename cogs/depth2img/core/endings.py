@@ -9,10 +9,10 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-from cogs.depth2img.errors import DeliveryFailed, JobCancelled, RequestRejected
+from cogs.depth2img.errors import DeliveryFailed, DeliveryInterrupted, JobCancelled, RequestRejected
 from cogs.depth2img.metrics import Metrics
 from cogs.depth2img.store import Job, JobState, JobTakenOver, Ledger, LedgerClosed
 
@@ -26,11 +26,20 @@ FINISH_ATTEMPTS = 5
 
 
 class Endings:
-    def __init__(self, ledger: Ledger, pictures: Pictures, metrics: Metrics, *, sleep: Sleep) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        pictures: Pictures,
+        metrics: Metrics,
+        *,
+        sleep: Sleep,
+        resumable: Callable[[Job], bool],
+    ) -> None:
         self.ledger = ledger
         self.pictures = pictures
         self.metrics = metrics
         self._sleep = sleep
+        self._resumable = resumable  # whether a job may be run again later (by polling the service)
         # jobs whose member has the result while it is being kept and recorded: a button pressed on it
         # at once waits for that (else "no longer stored" for a picture that is being stored)
         self._settling: dict[str, asyncio.Event] = {}
@@ -47,7 +56,11 @@ class Endings:
     async def delivering(self, outcome: Outcome, *, started_at: float | None = None) -> AsyncIterator[bool]:
         """Around telling the member: yields whether this process may (several may share the ledger;
         one that lost the job stays silent). Once told, the final state is recorded; if telling them
-        raised, the job is recorded as failed (:class:`DeliveryFailed`, never sent again)."""
+        raised, the job is recorded as failed (:class:`DeliveryFailed`, never sent again). But when
+        Discord took nothing for a while (:class:`DeliveryInterrupted`), a job that can be run again
+        is left unfinished, and no error raised: once its lease runs out, it is taken over (by this
+        process or another), polled at the image service again and delivered then. The result the
+        owner paid for is not thrown away for Discord's passing trouble."""
         job = outcome.job
         if outcome.later:
             log.info("job left to be resumed by polling", extra={"job": job.id, "state": str(job.state)})
@@ -63,6 +76,16 @@ class Endings:
         try:
             try:
                 yield True
+            except DeliveryInterrupted as exc:
+                outcome.release()
+                if self._resumable(job):
+                    log.warning(
+                        "Discord took no request for the result; the job is delivered again later",
+                        extra={"job": job.id, "error": str(exc)},
+                    )
+                    return
+                await self.finish(Outcome(job, error=DeliveryFailed("discord took nothing")))
+                raise
             except Exception:
                 outcome.release()
                 await self.finish(Outcome(job, error=DeliveryFailed("discord refused")))

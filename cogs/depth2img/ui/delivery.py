@@ -18,7 +18,7 @@ import discord
 
 from cogs.botcore.transport import CONNECTION_LOST, NO_ANSWER
 from cogs.depth2img.core.jobs import Outcome
-from cogs.depth2img.errors import Depth2ImgError, InternalError
+from cogs.depth2img.errors import DeliveryInterrupted, Depth2ImgError, InternalError
 from cogs.depth2img.store import Job
 from cogs.i18n import text as say
 
@@ -36,6 +36,8 @@ INVALID_WEBHOOK_TOKEN = 401
 NONCE_MAX = 25  # Create Message's ``nonce``: "up to 25 characters"
 # A request to Discord that failed: refused by Discord, or without an answer
 FAILED: tuple[type[Exception], ...] = (discord.HTTPException, *NO_ANSWER)
+# What delivering a result may end in: Discord refused it, or took nothing for it
+UNDELIVERED: tuple[type[Exception], ...] = (*FAILED, DeliveryInterrupted)
 POST_ATTEMPTS = 3  # a channel post without a readable answer, made again (its nonce makes that safe)
 
 
@@ -77,8 +79,8 @@ async def deliver(
     cannot be read, may have been done: an edit is looked at (did it land?) and made once more; a
     channel post is made again with the same nonce (Discord makes no second message), also by a job
     resumed after a crash in its middle (it goes to the channel again, not to its message). Raises
-    :class:`discord.HTTPException` when Discord refuses both, or what the channel post raised the last
-    time it got no readable answer."""
+    :class:`discord.HTTPException` when Discord refuses both, and :class:`DeliveryInterrupted` when
+    the channel post failed on Discord's side (5xx) or got no readable answer every time."""
     job = outcome.job
     lang = of_job(client, job, interaction)  # (the channel sees it: the server's language)
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
@@ -216,6 +218,8 @@ async def _posted(client: discord.Client, outcome: Outcome, lang: str, *, full: 
                     extra={"job": job.id, "channel_id": job.channel_id},
                 )
                 raise
+            except discord.DiscordServerError as exc:  # (after discord.py's own tries: Discord's trouble)
+                raise DeliveryInterrupted(f"{type(exc).__name__} {exc.status}") from exc
             except discord.HTTPException:
                 raise
             except Exception as exc:  # (no answer, or none discord.py could read)
@@ -224,7 +228,7 @@ async def _posted(client: discord.Client, outcome: Outcome, lang: str, *, full: 
                     extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
                 )
                 if attempt == POST_ATTEMPTS - 1:
-                    raise
+                    raise DeliveryInterrupted(type(exc).__name__) from exc
 
 
 async def _edit(

@@ -28,13 +28,19 @@ from cogs.depth2img.core.gate import Where
 from cogs.depth2img.core.intake import Origin
 from cogs.depth2img.core.jobs import Outcome
 from cogs.depth2img.core.service import Depth2ImgService
-from cogs.depth2img.errors import Depth2ImgError, InternalError, InvalidInput, RequestRejected
+from cogs.depth2img.errors import (
+    DeliveryInterrupted,
+    Depth2ImgError,
+    InternalError,
+    InvalidInput,
+    RequestRejected,
+)
 from cogs.depth2img.models import GenerationParams, JobKind, ProgressEvent
 from cogs.depth2img.store import DuplicateInteraction, Job, JobState
 
 from . import text
 from .acknowledge import ALREADY_ACKNOWLEDGED, mark_deferred, send
-from .delivery import FAILED, NO_MENTIONS, deliver, reply_privately
+from .delivery import FAILED, NO_MENTIONS, UNDELIVERED, deliver, reply_privately
 from .langs import channels, members
 from .progress import ProgressMessage
 
@@ -234,12 +240,17 @@ class RequestFlow:
                     await deliver(
                         self.client, outcome, posting=service.posting, interaction=interaction, full=full
                     )
-        except FAILED as exc:  # (recorded as DeliveryFailed by delivering())
+        except UNDELIVERED as exc:  # (recorded as DeliveryFailed by delivering())
             ref = secrets.token_hex(4)
             status = exc.status if isinstance(exc, discord.HTTPException) else None
             log.warning(
                 "delivery failed",
-                extra={"job": job.id, "ref": ref, "error": type(exc).__name__, "status": status},
+                extra={
+                    "job": job.id,
+                    "ref": ref,
+                    "error": type(exc.__cause__ or exc).__name__,
+                    "status": status,
+                },
             )
             if interaction is not None:  # the member still hears, if Discord lets anything through
                 with contextlib.suppress(*FAILED):
@@ -302,6 +313,8 @@ class RequestFlow:
                     await self._run(job, ticket, started=time.monotonic(), interaction=None)
             except discord.HTTPException as exc:
                 log.warning("resumed delivery failed", extra={"job": job.id, "status": exc.status})
+            except DeliveryInterrupted as exc:  # (a refusal's message, which is not delivered again)
+                log.warning("resumed delivery failed", extra={"job": job.id, "error": str(exc)})
 
     def _reader(self, job: Job) -> Reader:
         """How a resumed job reads its picture again: from Discord, or from what the bot keeps."""
