@@ -358,19 +358,23 @@ async def test_a_channel_post_without_an_answer_reaches_the_member_once(
     assert_clean(fake_discord, fake_api, caplog)
 
 
-@pytest.mark.parametrize("lost", ["request", "answer"])
+@pytest.mark.parametrize("lost", ["request", "answer", "503"])
 async def test_a_result_discord_takes_no_request_for_is_delivered_later_not_thrown_away(
     start_bot, fake_discord, fake_api, caplog, lost
 ):
-    """For a while Discord answers nothing: the result's edit loses its connection twice, then its
-    three channel posts too, unread ("request") or posted but unanswered ("answer"). The job is left
-    to be resumed once its lease runs out: polled at the image service again (never submitted again),
-    and posted in the channel then, once (the nonce gives back a post Discord had made). Before, the
-    job was recorded as failed and the paid-for picture thrown away ("request": the member never got
-    it), or the member was told it failed beside the picture ("answer")."""
+    """For a while Discord takes nothing: the result's edit loses its connection twice, then its three
+    channel posts too, unread ("request") or posted but unanswered ("answer"); or the post is answered
+    503 ("503", which discord.py raises at once as DiscordServerError). The job is left to be resumed
+    once its lease runs out: polled at the image service again (never submitted again), and posted in
+    the channel then, once (the nonce gives back a post Discord had made). Before, the job was recorded
+    as failed and the paid-for picture thrown away ("request", "503": the member never got it), or the
+    member was told it failed beside the picture ("answer")."""
     bot = await start_bot(JOB_LEASE_S="1.5")
     fake_discord.lose_next_edits = ["request", "request"]
-    fake_discord.lose_next_posts = [lost] * 3
+    if lost == "503":
+        fake_discord.fail_next_posts = 1
+    else:
+        fake_discord.lose_next_posts = [lost] * 3
     user = 868686868686868688
     record = await fake_discord.invoke_slash(
         "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user

@@ -250,6 +250,10 @@ class FakeDiscord(LocalServer):
         # (https://discord.com/developers/docs/resources/message#create-message). "A few minutes" is
         # not a promise of more: the fake keeps a nonce for 2.
         self.nonce_window_s = 120.0
+        # answer this many channel posts with ``post_failure`` (503: "Service Unavailable", which
+        # discord.py's HTTP client does not try again, unlike 500, 502, 504 and 524)
+        self.fail_next_posts = 0
+        self.post_failure: tuple[int, int, str] = (503, 0, "Service Unavailable")
         self._nonces: dict[str, tuple[float, int]] = {}  # nonce -> (monotonic time, message id)
         self.deleted_by_bot: list[int] = []
         self.fail_next_edits = 0  # answer this many message edits with ``edit_failure``
@@ -1337,6 +1341,9 @@ class FakeDiscord(LocalServer):
         problem = self._check_message(body, files, creating=True)
         if problem is not None:
             return problem
+        if self.fail_next_posts > 0:
+            self.fail_next_posts -= 1
+            return _error(*self.post_failure)
         lost = self.lose_next_posts.pop(0) if self.lose_next_posts else None
         if lost == "request" and request.transport is not None:
             request.transport.close()
