@@ -31,6 +31,15 @@ def _lose_the_first_answer(fake_discord, lost: str) -> None:
         fake_discord.drop_callback_requests = 1
 
 
+def assert_points_to(visible, posted) -> None:
+    """The job's own message, which the bot could not edit into the result, no longer shows "thinking…"
+    (or a progress line) once the result is in the channel: it points to the post."""
+    (own,) = visible
+    assert not own.loading
+    assert own.content.startswith("📨") and f"/{posted.channel_id}/{posted.id}" in own.content, own.content
+    assert not own.files
+
+
 def _slow_line_shown(final) -> bool:
     return any(h.startswith("⏳ The image service has your picture but is slow") for h in final.history)
 
@@ -317,6 +326,7 @@ async def test_a_result_whose_edit_loses_its_connection_still_reaches_the_member
     if where == "channel":
         assert fake_discord.channel_messages == [shown[0].id]
         assert shown[0].pings == [f"<@{user}>"]
+        assert_points_to(fake_discord.visible_messages(record), shown[0])
     else:
         assert fake_discord.channel_messages == []
         assert fake_discord.visible_messages(record) == shown
@@ -345,7 +355,7 @@ async def test_a_channel_post_without_an_answer_reaches_the_member_once(
     fake_discord.lose_next_edits = ["request", "request"]
     fake_discord.lose_next_posts = list(lost)
     user = 868686868686868687
-    await fake_discord.invoke_slash(
+    record = await fake_discord.invoke_slash(
         "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
     )
     await fake_discord.wait_for(lambda: any(m.results for m in fake_discord.messages.values()), timeout=20)
@@ -353,6 +363,7 @@ async def test_a_channel_post_without_an_answer_reaches_the_member_once(
     shown = [m for m in fake_discord.messages.values() if m.results]
     assert fake_discord.channel_messages == [m.id for m in shown]
     assert len(shown) == 1
+    assert_points_to(fake_discord.visible_messages(record), shown[0])
     assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
     shown[0].pings.clear()  # (assert_clean would refuse the member's ping, which is meant)
     assert_clean(fake_discord, fake_api, caplog)
@@ -388,7 +399,7 @@ async def test_a_result_discord_takes_no_request_for_is_delivered_later_not_thro
     assert fake_discord.channel_messages == [m.id for m in shown]
     assert len(shown) == 1
     assert len(fake_api.submissions) == 1
-    assert "failed" not in fake_discord.visible_messages(record)[0].content
+    assert_points_to(fake_discord.visible_messages(record), shown[0])
     assert any(r.getMessage() == "job taken over from a stopped process" for r in caplog.records)
     shown[0].pings.clear()  # (assert_clean would refuse the member's ping, which is meant)
     assert_clean(fake_discord, fake_api, caplog)

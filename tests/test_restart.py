@@ -24,6 +24,7 @@ from tests.conftest import (
 )
 from tests.fakes.fake_api import make_png
 from tests.ledger_queries import count_by_state, time_passes
+from tests.test_faults import assert_points_to
 
 
 @dataclass
@@ -334,3 +335,5 @@ async def test_a_channel_post_cut_off_by_a_crash_reaches_the_member_once(
     assert shown[0].pings == [f"<@{user}>"]
     assert len(fake_api.submissions) == 1
     assert not record.message_ids[1:]
+    if token == "alive":  # (the job's message points to the post, instead of "thinking…")
+        assert_points_to(fake_discord.visible_messages(record), shown[0])

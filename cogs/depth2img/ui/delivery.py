@@ -9,10 +9,11 @@ that mentions only the member: a downloaded picture is never thrown away.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import discord
 
@@ -39,6 +40,12 @@ FAILED: tuple[type[Exception], ...] = (discord.HTTPException, *NO_ANSWER)
 # What delivering a result may end in: Discord refused it, or took nothing for it
 UNDELIVERED: tuple[type[Exception], ...] = (*FAILED, DeliveryInterrupted)
 POST_ATTEMPTS = 3  # a channel post without a readable answer, made again (its nonce makes that safe)
+POINT_TIMEOUT_S = 10.0  # the job's message pointed to the post in the channel (see _point_to)
+# What became of the job's message when it was to be edited into the result
+Edited = Literal["edited", "gone", "unanswered"]
+EDITED: Edited = "edited"
+GONE: Edited = "gone"  # it can no longer be edited (see _gone)
+UNANSWERED: Edited = "unanswered"  # no edit got an answer the bot could read, and none had landed
 
 
 def render(
@@ -87,12 +94,15 @@ async def deliver(
     editable = fresh and (interaction is not None or job.message_id is not None)
     if job.channel_post_at is not None:  # (resumed after a crash in the middle of that post)
         log.info("the job's result was being posted in its channel; posting it again", extra={"job": job.id})
+        point = editable
     else:
-        if editable and await _edited(client, outcome, lang, interaction, full=full):
+        edited = await _edited(client, outcome, lang, interaction, full=full) if editable else GONE
+        if edited == EDITED or not await posting(job):
             return
-        if not await posting(job):
-            return
-    await _posted(client, outcome, lang, full=full)
+        point = edited == UNANSWERED  # (a message that is gone, or refused edits, is left alone)
+    posted = await _posted(client, outcome, lang, full=full)
+    if point:
+        await _point_to(client, job, interaction, posted, lang)
 
 
 async def _edited(
@@ -102,15 +112,15 @@ async def _edited(
     interaction: discord.Interaction[Any] | None,
     *,
     full: bool,
-) -> bool:
-    """The job's message edited into the outcome (True), or no longer editable (False)."""
+) -> Edited:
+    """The job's message edited into the outcome; else no longer editable, or without an answer."""
     job = outcome.job
     for attempt in range(2):
         content, files, view = render(outcome, lang, full=full)
         with spent(view):
             try:
                 await _edit(client, job, interaction, content=content, files=files, view=view)
-                return True
+                return EDITED
             except discord.HTTPException as exc:
                 if not _gone(exc):
                     raise
@@ -118,15 +128,15 @@ async def _edited(
                     "the job's message can no longer be edited; sending to the channel",
                     extra={"job": job.id, "status": exc.status},
                 )
-                return False
+                return GONE
             except Exception as exc:  # (no answer, or none discord.py could read: see NO_ANSWER)
                 log.info(
                     "the job's message edit got no readable answer",
                     extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
                 )
             if await _landed(client, job, interaction, content=content, files=len(files)):
-                return True
-    return False
+                return EDITED
+    return UNANSWERED
 
 
 async def _landed(
@@ -188,7 +198,28 @@ async def edit_original(
             pass
 
 
-async def _posted(client: discord.Client, outcome: Outcome, lang: str, *, full: bool) -> None:
+async def _point_to(
+    client: discord.Client,
+    job: Job,
+    interaction: discord.Interaction[Any] | None,
+    posted: discord.Message,
+    lang: str,
+) -> None:
+    """The job's message, which got no answer when it was edited into the result, edited to point to
+    the post in the channel: else it would show "thinking…", or an old progress line, for good. Tried
+    once, for at most :data:`POINT_TIMEOUT_S`: the member has the result already."""
+    try:
+        async with asyncio.timeout(POINT_TIMEOUT_S):
+            content = say(lang, "reply.posted_in_channel", link=posted.jump_url)
+            await _edit(client, job, interaction, content=content, files=[], view=None)
+    except FAILED as exc:
+        log.info(
+            "the job's message could not be pointed to the post",
+            extra={"job": job.id, "error": type(exc).__name__},
+        )
+
+
+async def _posted(client: discord.Client, outcome: Outcome, lang: str, *, full: bool) -> discord.Message:
     """The outcome posted in the job's channel, mentioning its member."""
     job = outcome.job
     channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
@@ -198,18 +229,18 @@ async def _posted(client: discord.Client, outcome: Outcome, lang: str, *, full: 
     # a post is safe to make again. Made from the job, so that the post of a job resumed right after a
     # restart is not doubled either.
     nonce = f"d2i-{job.id}"[:NONCE_MAX]
+    unanswered: Exception | None = None
     for attempt in range(POST_ATTEMPTS):
         content, files, view = render(outcome, lang, full=full)
         with spent(view):
             try:
-                await channel.send(
+                return await channel.send(
                     content=content,
                     files=files,
                     view=view or discord.utils.MISSING,
                     allowed_mentions=ping,
                     nonce=nonce,
                 )
-                return
             except discord.Forbidden:
                 log.warning(
                     "the job's result cannot be posted in its channel: the bot lacks View Channel, Send "
@@ -227,8 +258,8 @@ async def _posted(client: discord.Client, outcome: Outcome, lang: str, *, full: 
                     "the job's channel message got no readable answer",
                     extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
                 )
-                if attempt == POST_ATTEMPTS - 1:
-                    raise DeliveryInterrupted(type(exc).__name__) from exc
+                unanswered = exc
+    raise DeliveryInterrupted(type(unanswered).__name__) from unanswered
 
 
 async def _edit(
