@@ -22,13 +22,19 @@ from tests.test_e2e import assert_clean
 
 def _lose_the_first_answer(fake_discord, lost: str) -> None:
     """The interaction's first answer loses its connection: after Discord took it ("answer") or before
-    it read it ("request"). The bot then makes it again, which Discord answers 40060 when it had taken
-    the first: a breach the fake records, here expected."""
-    if lost == "answer":
-        fake_discord.drop_callback_answers = 1
+    it read it ("request"); or twice in a row ("request-twice", "request-then-answer"). The bot then
+    makes it again, which Discord answers 40060 when it had taken an earlier one: a breach the fake
+    records, here expected."""
+    requests, answers = {
+        "answer": (0, 1),
+        "request": (1, 0),
+        "request-twice": (2, 0),
+        "request-then-answer": (1, 1),
+    }[lost]
+    fake_discord.drop_callback_requests = requests
+    fake_discord.drop_callback_answers = answers
+    if answers:
         fake_discord.expect_violation("interaction acknowledged twice")
-    else:
-        fake_discord.drop_callback_requests = 1
 
 
 def assert_points_to(visible, posted) -> None:
@@ -429,19 +435,23 @@ async def test_a_result_discord_never_takes_a_request_for_ends_failed_after_a_fe
     assert len(fake_api.submissions) == 1
 
 
-@pytest.mark.parametrize("lost", ["answer", "request"])
+@pytest.mark.parametrize("lost", ["answer", "request", "request-twice", "request-then-answer"])
 async def test_an_acknowledgement_without_an_answer_still_ends_in_the_picture(
     start_bot, fake_discord, fake_api, caplog, lost
 ):
     """The connection breaks during the "thinking…" acknowledgement: after Discord took it (its answer
-    lost) or before. The bot cannot know which: it asks Discord for the "thinking…" message, and
-    acknowledges again only if there is none. The job runs once and the picture arrives. (Before: the
-    member was left on "thinking…", and the error handler acknowledged a second time.)"""
+    lost) or before; or twice in a row. The bot cannot know which: it asks Discord for the "thinking…"
+    message, and acknowledges again only if there is none, up to three times. The job runs once and the
+    picture arrives. (Before: the member was left on "thinking…", and the error handler acknowledged a
+    second time; and before three attempts, a second loss in a row ended the command unanswered: for
+    "request-then-answer", with "thinking…" on screen for good.)"""
     bot = await start_bot()
-    if lost == "answer":
-        fake_discord.drop_callback_answers = 1
-    else:
-        fake_discord.drop_callback_requests = 1
+    dropped = lost.split("-then-") if "-then-" in lost else [lost] * (2 if lost.endswith("twice") else 1)
+    dropped = [d.removesuffix("-twice") for d in dropped]
+    fake_discord.drop_callback_requests = dropped.count("request")
+    fake_discord.drop_callback_answers = dropped.count("answer")
+    unanswered = dropped.count("request")  # the questions that find no "thinking…" message yet
+    for _ in range(unanswered):
         # (Discord's answer to the question, as there is no "thinking…" message yet: 404 Unknown Webhook)
         fake_discord.expect_violation("webhook call before the initial response")
     record, final = await slash(fake_discord, {"prompt": "castle"})
@@ -451,9 +461,8 @@ async def test_an_acknowledgement_without_an_answer_still_ends_in_the_picture(
     await fake_discord.wait_until_idle(busy(bot))
     assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
     assert len(fake_api.submissions) == 1
-    if lost == "request":
-        assert fake_discord.violations == ["webhook call before the initial response"]
-        fake_discord.violations.clear()
+    assert fake_discord.violations == ["webhook call before the initial response"] * unanswered
+    fake_discord.violations.clear()
     assert_clean(fake_discord, fake_api, caplog)
 
 
@@ -759,16 +768,17 @@ async def test_buttons_pressed_through_lost_answers_and_a_lost_gateway_each_end_
     assert_clean(fake_discord, fake_api, caplog)
 
 
-@pytest.mark.parametrize("lost", ["answer", "request"])
+@pytest.mark.parametrize("lost", ["answer", "request", "request-twice", "request-then-answer"])
 @pytest.mark.parametrize("asked", ["details", "history", "show"])
 async def test_an_answer_whose_connection_breaks_is_made_again_and_shown_once(
     bot, fake_discord, fake_api, caplog, lost, asked
 ):
     """A private answer given as the interaction's first answer (ℹ️ Details, /depth2img-history,
     /depth2img-show) loses its connection: after Discord made the message (its answer lost) or before
-    it read it. The bot makes it again; Discord's "already acknowledged" (40060) means the first was
-    taken. The member sees the answer once, and nothing is logged above info. (Before: "request" ended
-    in the broken-connection answer, and "answer" logged warnings.)"""
+    it read it; or twice in a row. The bot makes it again, up to three times; Discord's "already
+    acknowledged" (40060) means an earlier one was taken. The member sees the answer once, and nothing
+    is logged above info. (Before: "request" ended in the broken-connection answer, and "answer" logged
+    warnings; before three attempts, a second loss in a row did as "request" did.)"""
     from tests.conftest import details_of
     from tests.test_iterate import MEMBER, first_result, job_id_of
 

@@ -20,10 +20,12 @@ from cogs.botcore.transport import NO_ANSWER
 log = logging.getLogger(__name__)
 
 ALREADY_ACKNOWLEDGED = 40060  # Discord's error code: the interaction was answered already
+ANSWER_ATTEMPTS = 3  # a first answer that gets no readable answer is made again, up to this many times
 
 
 async def defer(interaction: discord.Interaction[Any], *, thinking: bool = False) -> None:
-    """``interaction.response.defer(thinking=...)``, made once more if it gets no readable answer."""
+    """``interaction.response.defer(thinking=...)``, made again if it gets no readable answer (see
+    :func:`_answered`)."""
     kind = discord.InteractionResponseType.deferred_channel_message
     if not thinking and interaction.type in (
         discord.InteractionType.component,
@@ -41,7 +43,7 @@ async def send(
     **kwargs: Any,
 ) -> None:
     """``interaction.response.send_message(content, ...)`` (with a new ``make_file()`` each time: discord.py
-    closes a file once it is sent), made once more if it gets no readable answer."""
+    closes a file once it is sent), made again if it gets no readable answer."""
 
     def answer() -> Awaitable[object]:
         fields: dict[str, Any] = {**kwargs, "file": make_file()} if make_file is not None else kwargs
@@ -52,7 +54,7 @@ async def send(
 
 
 async def show_form(interaction: discord.Interaction[Any], form: discord.ui.Modal) -> None:
-    """``interaction.response.send_modal(form)``, made once more if it gets no readable answer."""
+    """``interaction.response.send_modal(form)``, made again if it gets no readable answer."""
     await _answered(
         interaction, lambda: interaction.response.send_modal(form), discord.InteractionResponseType.modal
     )
@@ -63,19 +65,24 @@ async def _answered(
     answer: Callable[[], Awaitable[object]],
     kind: discord.InteractionResponseType,
 ) -> None:
-    try:
-        await answer()
-        return
-    except NO_ANSWER as exc:
-        log.info(
-            "an interaction's answer got no answer; making it again", extra={"error": type(exc).__name__}
-        )
-    try:
-        await answer()
-    except discord.HTTPException as exc:
-        if exc.code != ALREADY_ACKNOWLEDGED:
-            raise
-        _set_response(interaction, kind)
+    """``answer()``, made again while it gets no readable answer (up to :data:`ANSWER_ATTEMPTS` times).
+    40060 after the first attempt means an earlier one was taken: recorded as answered ``kind``."""
+    for attempt in range(ANSWER_ATTEMPTS):
+        try:
+            await answer()
+            return
+        except discord.HTTPException as exc:
+            if not attempt or exc.code != ALREADY_ACKNOWLEDGED:
+                raise
+            _set_response(interaction, kind)  # (an earlier attempt was taken)
+            return
+        except NO_ANSWER as exc:
+            if attempt == ANSWER_ATTEMPTS - 1:
+                raise
+            log.info(
+                "an interaction's answer got no answer; making it again",
+                extra={"error": type(exc).__name__, "attempt": attempt + 1},
+            )
 
 
 def mark_deferred(interaction: discord.Interaction[Any]) -> None:

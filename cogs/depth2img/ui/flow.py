@@ -47,6 +47,7 @@ from .progress import ProgressMessage
 log = logging.getLogger(__name__)
 
 UNKNOWN_INTERACTION = 10062  # Discord's error code: the interaction's 3 s were over
+ACK_ATTEMPTS = 3  # an acknowledgement without an answer, looked for and made again (see _acknowledge)
 # Discord counts the whole multipart request; leave room for the JSON part.
 UPLOAD_MARGIN = 64 * 1024
 
@@ -266,22 +267,24 @@ class RequestFlow:
         not say). Raises :class:`InteractionExpired` when Discord no longer knew the interaction.
 
         When the acknowledgement gets no answer (the connection broke), Discord may or may not have
-        taken it: if its "thinking…" message exists, it did; if not, it is made again."""
-        try:
-            return await self._defer(interaction)
-        except NO_ANSWER as exc:
-            log.info("the acknowledgement got no answer", extra={"error": type(exc).__name__})
-        try:
-            message = await interaction.original_response()
-        except FAILED:
-            message = None
-        if message is not None:
-            mark_deferred(interaction)
-            return message.id
-        try:
-            return await self._defer(interaction)  # (within the interaction's 3 seconds, still)
-        except NO_ANSWER:
-            raise InteractionExpired() from None
+        taken it: if its "thinking…" message exists, it did; if not, it is made again (within the
+        interaction's 3 seconds, still), up to :data:`ACK_ATTEMPTS` times."""
+        for attempt in range(ACK_ATTEMPTS):
+            try:
+                return await self._defer(interaction)
+            except NO_ANSWER as exc:
+                log.info(
+                    "the acknowledgement got no answer",
+                    extra={"error": type(exc).__name__, "attempt": attempt + 1},
+                )
+            try:
+                message = await interaction.original_response()
+            except FAILED:
+                message = None
+            if message is not None:
+                mark_deferred(interaction)
+                return message.id
+        raise InteractionExpired()
 
     async def _defer(self, interaction: discord.Interaction[Any]) -> int | None:
         try:
