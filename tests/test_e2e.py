@@ -260,13 +260,21 @@ async def test_concurrent_members_are_all_served_and_acked_in_time(start_bot, fa
 async def test_unexpected_discord_error_gets_a_reference_not_a_traceback(bot, fake_discord, fake_api, caplog):
     caplog.set_level(logging.INFO)
     fake_discord.fail_next_edits = 1  # the delivery edit is refused once (403 Missing Permissions)
-    _record, final = await slash(fake_discord, {"prompt": "castle"})
-    assert final.content.startswith("⚠️ Something went wrong (code `")
+    record, final = await slash(fake_discord, {"prompt": "castle"})
+    assert final.content.startswith("⚠️ Discord refused the bot's message with your picture (code `")
     ref = final.content.split("`")[1]
     logs = log_text(caplog)
     assert f"ref={ref}" in logs  # the member's reference finds the log line
     assert "error=Forbidden" in logs  # the log names the error type ...
     assert "Missing Permissions" not in final.content  # ... the member never sees its text
+    # the paid-for picture is kept all the same, and the member is told how to bring it back
+    show = final.content.split("`")[3]
+    assert show.startswith("/depth2img-show picture:"), final.content
+    shown = await fake_discord.invoke_slash(
+        "depth2img-show", {"picture": show.split(":")[1]}, user_id=record.user_id
+    )
+    await fake_discord.wait_for(lambda: bool(fake_discord.visible_messages(shown)), timeout=10)
+    assert len(fake_discord.visible_messages(shown)[0].results) == 1
     assert_clean(fake_discord, fake_api, caplog)
 
 

@@ -227,25 +227,41 @@ async def test_a_channel_the_bot_may_not_post_in_ends_the_job_recorded_and_logge
 ):
     """The token has run out and the bot lacks Send Messages in the channel: Discord answers 403
     (50013). The job ends failed (DeliveryFailed) in the ledger, with a warning that tells the owner
-    what to fix, and nothing else breaks."""
+    what to fix, and nothing else breaks. The paid-for picture is kept: once the owner has given the
+    bot its permission, the member finds it in /depth2img-history, and /depth2img-show brings it back.
+    (Before, it was thrown away.)"""
     from tests.fakes.fake_discord import SEND_MESSAGES
 
     bot = await start_bot(SD_JOB_TIMEOUT_S="3600")
     fake_discord.deny(fake_discord.channel_id, SEND_MESSAGES)
+    user = 878787878787878787
     await fake_discord.invoke_slash(
         "depth2img",
         {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"},
         created_ago_s=14 * 60 + 5,
+        user_id=user,
     )
     await fake_discord.wait_for(lambda: fake_discord.refusals, timeout=20)
     await fake_discord.wait_until_idle(busy(bot))
     assert fake_discord.refusals == [f"channel message in {fake_discord.channel_id}: Missing Permissions"]
     assert fake_discord.channel_messages == []
     assert await count_by_state(service_of(bot).ledger) == {"failed": 1}
-    (job,) = await service_of(bot).history(next(iter(fake_discord.interactions.values())).user_id)
+    (job,) = await service_of(bot).history(user)
     assert job.error_kind == "DeliveryFailed"
     assert "lacks View Channel, Send Messages or Attach Files" in caplog.text
     assert "Traceback" not in caplog.text
+
+    fake_discord.allow(fake_discord.channel_id, SEND_MESSAGES)  # (the owner gives it back)
+    record = await fake_discord.invoke_slash("depth2img-history", {}, user_id=user)
+    await fake_discord.wait_for(lambda: bool(fake_discord.visible_messages(record)), timeout=10)
+    (listed,) = fake_discord.visible_messages(record)
+    assert f"`{job.id}` · {text('en-US', 'state.kept')}" in listed.content, listed.content
+    record = await fake_discord.invoke_slash("depth2img-show", {"picture": job.id}, user_id=user)
+    await fake_discord.wait_for(lambda: bool(fake_discord.visible_messages(record)), timeout=10)
+    await fake_discord.wait_until_idle(busy(bot))
+    (shown,) = fake_discord.visible_messages(record)
+    assert len(shown.results) == 1
+    assert_clean(fake_discord, fake_api, caplog)
 
 
 async def test_discord_rate_limits_are_waited_out(start_bot, fake_discord, fake_api):

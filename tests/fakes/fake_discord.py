@@ -487,6 +487,10 @@ class FakeDiscord(LocalServer):
         """Take ``permissions`` away from the bot in a channel (as a server's channel overwrite does)."""
         self._denied[channel_id] = self._denied.get(channel_id, 0) | permissions
 
+    def allow(self, channel_id: int, permissions: int) -> None:
+        """Give the bot ``permissions`` back in a channel (the overwrite removed)."""
+        self._denied[channel_id] = self._denied.get(channel_id, 0) & ~permissions
+
     def bot_permissions(self, channel_id: int) -> int:
         return BOT_PERMISSIONS & ~self._denied.get(channel_id, 0)
 

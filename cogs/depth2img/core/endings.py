@@ -77,18 +77,17 @@ class Endings:
             try:
                 yield True
             except DeliveryInterrupted as exc:
-                outcome.release()
                 if self._resumable(job):
+                    outcome.release()
                     log.warning(
                         "Discord took no request for the result; the job is delivered again later",
                         extra={"job": job.id, "error": str(exc)},
                     )
                     return
-                await self.finish(Outcome(job, error=DeliveryFailed("discord took nothing")))
+                await self._undelivered(outcome, "discord took nothing")
                 raise
             except Exception:
-                outcome.release()
-                await self.finish(Outcome(job, error=DeliveryFailed("discord refused")))
+                await self._undelivered(outcome, "discord refused")
                 raise
             await self._kept_and_recorded(outcome, started_at)
         finally:
@@ -114,23 +113,37 @@ class Endings:
         return True
 
     async def _kept_and_recorded(self, outcome: Outcome, started_at: float | None) -> None:
-        job = outcome.job
         if started_at is not None:
             self.metrics.job_seconds.observe(time.monotonic() - started_at)
-        if outcome.result is not None and job.result_path:
-            try:  # kept now, off the member's way: for "Use as source", before | after and /depth2img-show
-                await self.pictures.keep_result(job.result_path, outcome.result.images[0])
-                if outcome.result.depth_map is not None:
-                    await self.pictures.keep_result(
-                        self.pictures.depth_map_path(job.id), outcome.result.depth_map
-                    )
-            except OSError as exc:
-                log.warning(
-                    "the result could not be kept", extra={"job": job.id, "error": type(exc).__name__}
-                )
-                outcome = replace(outcome, job=replace(job, result_path=None))
+        outcome = await self._kept(outcome)
         outcome.release()  # the member has the images, and the first is kept: their bytes may go
         await self.finish(outcome)
+
+    async def _undelivered(self, outcome: Outcome, why: str) -> None:
+        """Discord refused the result (or took nothing for it for longer than the job may wait): the job
+        is recorded as failed, but the picture the owner paid for is kept, as a delivered one is, so
+        that /depth2img-show brings it back (once, say, the bot may post in the channel again)."""
+        outcome = await self._kept(outcome)
+        outcome.release()
+        await self.finish(Outcome(outcome.job, error=DeliveryFailed(why)))
+
+    async def _kept(self, outcome: Outcome) -> Outcome:
+        """The result's first picture (and its depth map) kept on disk, off the member's way: for "Use as
+        source", before | after and /depth2img-show. The outcome, without ``result_path`` if it could
+        not be kept."""
+        job = outcome.job
+        if outcome.result is None or not job.result_path:
+            return outcome
+        try:
+            await self.pictures.keep_result(job.result_path, outcome.result.images[0])
+            if outcome.result.depth_map is not None:
+                await self.pictures.keep_result(
+                    self.pictures.depth_map_path(job.id), outcome.result.depth_map
+                )
+        except OSError as exc:
+            log.warning("the result could not be kept", extra={"job": job.id, "error": type(exc).__name__})
+            return replace(outcome, job=replace(job, result_path=None))
+        return outcome
 
     async def finish(self, outcome: Outcome) -> None:
         """Record the final state, once the member has been told (tried again for a while if the ledger
@@ -178,8 +191,10 @@ class Endings:
             else:
                 state = JobState.CANCELLED if isinstance(exc, JobCancelled) else JobState.FAILED
                 kind = type(exc).__name__
+                # (a result Discord refused is kept: see _undelivered)
+                kept = {"result_path": job.result_path} if isinstance(exc, DeliveryFailed) else {}
                 new = await self.ledger.update(
-                    job, state=state, error_kind=kind, detail=kind, interaction_token=""
+                    job, state=state, error_kind=kind, detail=kind, interaction_token="", **kept
                 )
                 log.info(
                     "job finished without images", extra={"job": job.id, "state": str(state), "error": kind}

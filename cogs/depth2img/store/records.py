@@ -104,6 +104,18 @@ class Job:
     def finished(self) -> bool:
         return self.state in FINISHED
 
+    @property
+    def undelivered(self) -> bool:
+        """Its result was made, but Discord refused it: it is kept, as a delivered one is."""
+        return (
+            self.state is JobState.FAILED and self.error_kind == "DeliveryFailed" and bool(self.result_path)
+        )
+
+    @property
+    def has_picture(self) -> bool:
+        """Whether its result's first picture is kept: delivered, or refused by Discord."""
+        return bool(self.result_path) and (self.state is JobState.DELIVERED or self.undelivered)
+
 
 COLUMNS = tuple(f.name for f in fields(Job))
 

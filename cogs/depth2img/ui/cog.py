@@ -21,7 +21,7 @@ from cogs.depth2img.core.params import build_params
 from cogs.depth2img.core.service import Depth2ImgService
 from cogs.depth2img.errors import Depth2ImgError, InvalidInput
 from cogs.depth2img.models import DERIVING, Action, GenerationParams, JobKind
-from cogs.depth2img.store import Job, JobState
+from cogs.depth2img.store import Job
 from cogs.i18n import SOURCE
 from cogs.i18n import text as say
 
@@ -336,7 +336,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
     async def show(self, interaction: discord.Interaction, picture: app_commands.Range[str, 1, 40]) -> None:
         found = await self.service.get(picture.strip().lower().strip("`"))
         lang = members(interaction)
-        if found is None or found.state in (JobState.FAILED, JobState.CANCELLED) or not found.result_path:
+        if found is None or not found.has_picture:
             await tell(interaction, "reply.not_found_for_show")
             return
         if found.guild_id is not None and found.guild_id != interaction.guild_id:

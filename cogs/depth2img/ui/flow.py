@@ -254,9 +254,14 @@ class RequestFlow:
                 },
             )
             if interaction is not None:  # the member still hears, if Discord lets anything through
+                try:  # (the picture is kept all the same, unless it could not be)
+                    recorded = await service.get(job.id)
+                except Exception:
+                    recorded = None
+                kept = job.id if recorded is not None and recorded.undelivered else None
                 with contextlib.suppress(*FAILED):
                     await interaction.edit_original_response(
-                        content=text.delivery_failed(ref, channels(interaction)),
+                        content=text.delivery_failed(ref, channels(interaction), kept=kept),
                         attachments=[],
                         view=None,
                         allowed_mentions=NO_MENTIONS,

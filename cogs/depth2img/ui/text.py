@@ -241,7 +241,7 @@ def history_text(jobs: list[Job], lang: str) -> str:
         prompt = neutralise(job.params.prompt.replace("`", "'"))
         if len(prompt) > 60:
             prompt = prompt[:59] + "…"
-        state = text(lang, _STATES.get(job.state, "state.working"))
+        state = text(lang, "state.kept" if job.undelivered else _STATES.get(job.state, "state.working"))
         lines.append(f"`{job.id}` · {state} · {when(job.created_at)} · {prompt}")
     return "\n".join(lines)[:2000]
 
@@ -250,7 +250,10 @@ def forgotten_text(count: int, lang: str) -> str:
     return text(lang, "history.forgotten", n=count)
 
 
-def delivery_failed(code: str, lang: str) -> str:
+def delivery_failed(code: str, lang: str, *, kept: str | None = None) -> str:
+    """Discord refused the result; ``kept``: the id of the job whose picture is kept all the same."""
+    if kept is not None:
+        return text(lang, "error.delivery_failed_kept", code=code, id=kept)
     return text(lang, "error.delivery_failed", code=code)
 
 
