@@ -10,6 +10,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -431,7 +432,8 @@ async def test_a_result_discord_never_takes_a_request_for_ends_failed_after_a_fe
     start_bot, fake_discord, fake_api
 ):
     """Discord answers nothing for the result, however often it is tried: the job is run again three
-    times at most (JobRunner.MAX_RESUMES), then recorded as failed; never submitted again."""
+    times at most (JobRunner.MAX_RESUMES), then recorded as failed, its picture kept; never submitted
+    again."""
     bot = await start_bot(JOB_LEASE_S="1")
     fake_discord.lose_next_edits = ["request", "request"]
     fake_discord.lose_next_posts = ["request"] * 100
@@ -446,6 +448,8 @@ async def test_a_result_discord_never_takes_a_request_for_ends_failed_after_a_fe
     await fake_discord.wait_until_idle(busy(bot), quiet_s=2.5)  # (longer than a lease: nothing more)
     (job,) = await led.for_user(user)
     assert (job.resumes, job.error_kind) == (3, "DeliveryFailed")
+    assert job.undelivered  # (kept: /depth2img-show brings it back once Discord takes requests again)
+    assert Path(job.result_path).is_file()
     assert len(fake_discord.lose_next_posts) == 100 - 4 * 3
     assert not any(m.results for m in fake_discord.messages.values())
     assert len(fake_api.submissions) == 1
