@@ -336,7 +336,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
     async def show(self, interaction: discord.Interaction, picture: app_commands.Range[str, 1, 40]) -> None:
         found = await self.service.get(picture.strip().lower().strip("`"))
         lang = members(interaction)
-        if found is None or not found.has_picture:
+        if found is None or not found.has_picture or found.result_path is None:
             await tell(interaction, "reply.not_found_for_show")
             return
         if found.guild_id is not None and found.guild_id != interaction.guild_id:
