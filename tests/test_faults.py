@@ -587,14 +587,15 @@ async def test_a_button_reply_discord_never_answers_tells_the_member_to_try_agai
 async def test_a_show_whose_answer_is_dropped_tells_the_member_the_connection_broke(
     bot, fake_discord, fake_api, caplog
 ):
-    """/depth2img-show's answer (the picture) loses its connection before Discord reads it, twice (the
-    first time it is made again): the command tree's handler tells the member that the connection to
-    Discord broke, and logs a warning. (Before: "Something went wrong (code …)", and an "unhandled
-    command error" in the owner's log.)"""
+    """/depth2img-show's answer (the picture) loses its connection before Discord reads it, three times
+    (each time it is made again, up to acknowledge.ANSWER_ATTEMPTS): the command tree's handler tells
+    the member that the connection to Discord broke, and logs a warning. (Before: "Something went wrong
+    (code …)", and an "unhandled command error" in the owner's log.)"""
+    from cogs.depth2img.ui.acknowledge import ANSWER_ATTEMPTS
     from tests.test_iterate import MEMBER, first_result, job_id_of, settle
 
     final = await first_result(fake_discord)
-    fake_discord.drop_callback_requests = 2
+    fake_discord.drop_callback_requests = ANSWER_ATTEMPTS
     record = await fake_discord.invoke_slash("depth2img-show", {"picture": job_id_of(final)}, user_id=MEMBER)
     told = await settle(fake_discord, record)
     assert told.content == text("en-US", "bot.discord_no_answer")
