@@ -125,7 +125,8 @@ class Endings:
         that /depth2img-show brings it back (once, say, the bot may post in the channel again)."""
         outcome = await self._kept(outcome)
         outcome.release()
-        await self.finish(Outcome(outcome.job, error=DeliveryFailed(why)))
+        job = outcome.job if outcome.result is not None else replace(outcome.job, result_path=None)
+        await self.finish(Outcome(job, error=DeliveryFailed(why)))
 
     async def _kept(self, outcome: Outcome) -> Outcome:
         """The result's first picture (and its depth map) kept on disk, off the member's way: for "Use as
