@@ -6,9 +6,11 @@ real ledger: an unforeseen exception, a job at the service whose run broke, a jo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -134,3 +136,34 @@ async def test_polling_goes_on_through_passing_faults_and_says_the_service_is_sl
     assert outcome.error is None and outcome.result is not None
     assert [e.stage for e in events].count(Stage.SERVICE_SLOW) == 4
     assert len(backend.called("poll")) == 6
+
+
+async def test_a_result_the_chat_refuses_is_kept_and_an_error_leaves_no_picture_behind(make_service, backend):
+    """Telling the member raised (Discord refused the message): a result's picture is kept and its path
+    recorded with the failure (/depth2img-show brings it back); an outcome without a result records no
+    picture path, even if its job had planned one (nothing was kept there)."""
+    from cogs.depth2img.core.jobs import Outcome
+
+    service = make_service()
+    with service.admit(1, 20) as ticket:
+        job = await take_in(service, GenerationParams(prompt="cabin", seed=7), origin(), _read)
+        outcome = await service.run(job, ticket, emit=lambda _: None, started_at=time.monotonic())
+    assert outcome.result is not None
+    with contextlib.suppress(RuntimeError):
+        async with service.delivering(outcome) as mine:
+            assert mine
+            raise RuntimeError("refused")
+    kept = await service.get(job.id)
+    assert (kept.state, kept.error_kind, kept.undelivered) == (JobState.FAILED, "DeliveryFailed", True)
+    assert Path(kept.result_path).read_bytes() == outcome.result.images[0].data
+
+    other = await take_in(service, GenerationParams(prompt="cabin", seed=8), origin(), _read)
+    planned = Outcome(
+        replace(other, result_path=str(Path(kept.result_path).with_name("planned.png"))),
+        error=InternalError("x"),
+    )
+    with contextlib.suppress(RuntimeError):
+        async with service.delivering(planned):
+            raise RuntimeError("refused")
+    failed = await service.get(other.id)
+    assert (failed.state, failed.result_path, failed.has_picture) == (JobState.FAILED, None, False)
