@@ -20,18 +20,16 @@ from tests.fakes.fake_api import make_png
 from tests.ledger_queries import count_by_state
 from tests.test_e2e import assert_clean
 
+# How a first answer's connection breaks: (requests dropped unread, answers lost after Discord took one)
+_DROPPED = {"answer": (0, 1), "request": (1, 0), "request-twice": (2, 0), "request-then-answer": (1, 1)}
+
 
 def _lose_the_first_answer(fake_discord, lost: str) -> None:
     """The interaction's first answer loses its connection: after Discord took it ("answer") or before
     it read it ("request"); or twice in a row ("request-twice", "request-then-answer"). The bot then
     makes it again, which Discord answers 40060 when it had taken an earlier one: a breach the fake
     records, here expected."""
-    requests, answers = {
-        "answer": (0, 1),
-        "request": (1, 0),
-        "request-twice": (2, 0),
-        "request-then-answer": (1, 1),
-    }[lost]
+    requests, answers = _DROPPED[lost]
     fake_discord.drop_callback_requests = requests
     fake_discord.drop_callback_answers = answers
     if answers:
@@ -455,7 +453,7 @@ async def test_a_result_discord_never_takes_a_request_for_ends_failed_after_a_fe
     assert len(fake_api.submissions) == 1
 
 
-@pytest.mark.parametrize("lost", ["answer", "request", "request-twice", "request-then-answer"])
+@pytest.mark.parametrize("lost", list(_DROPPED))
 async def test_an_acknowledgement_without_an_answer_still_ends_in_the_picture(
     start_bot, fake_discord, fake_api, caplog, lost
 ):
@@ -466,11 +464,8 @@ async def test_an_acknowledgement_without_an_answer_still_ends_in_the_picture(
     second time; and before three attempts, a second loss in a row ended the command unanswered: for
     "request-then-answer", with "thinking…" on screen for good.)"""
     bot = await start_bot()
-    dropped = lost.split("-then-") if "-then-" in lost else [lost] * (2 if lost.endswith("twice") else 1)
-    dropped = [d.removesuffix("-twice") for d in dropped]
-    fake_discord.drop_callback_requests = dropped.count("request")
-    fake_discord.drop_callback_answers = dropped.count("answer")
-    unanswered = dropped.count("request")  # the questions that find no "thinking…" message yet
+    unanswered, fake_discord.drop_callback_answers = _DROPPED[lost]
+    fake_discord.drop_callback_requests = unanswered  # (each lookup after one finds no "thinking…" yet)
     for _ in range(unanswered):
         # (Discord's answer to the question, as there is no "thinking…" message yet: 404 Unknown Webhook)
         fake_discord.expect_violation("webhook call before the initial response")
@@ -789,7 +784,7 @@ async def test_buttons_pressed_through_lost_answers_and_a_lost_gateway_each_end_
     assert_clean(fake_discord, fake_api, caplog)
 
 
-@pytest.mark.parametrize("lost", ["answer", "request", "request-twice", "request-then-answer"])
+@pytest.mark.parametrize("lost", list(_DROPPED))
 @pytest.mark.parametrize("asked", ["details", "history", "show"])
 async def test_an_answer_whose_connection_breaks_is_made_again_and_shown_once(
     bot, fake_discord, fake_api, caplog, lost, asked
