@@ -21,6 +21,10 @@ from .pictures import Pictures
 
 log = logging.getLogger(__name__)
 
+# A result Discord took nothing for is left to be delivered later only if the job's deadline leaves this
+# long for its next run (polling and downloading it again), beyond the leases it waits for; else the
+# picture is kept now (see _undelivered): a run cut short by the deadline would lose it.
+LATER_MARGIN_S = 30.0
 # How many times a final state is tried (each try retries for a while itself: see Ledger.retry_for_s).
 FINISH_ATTEMPTS = 5
 
@@ -33,13 +37,13 @@ class Endings:
         metrics: Metrics,
         *,
         sleep: Sleep,
-        resumable: Callable[[Job], bool],
+        deliverable_later: Callable[[Job, float], bool],
     ) -> None:
         self.ledger = ledger
         self.pictures = pictures
         self.metrics = metrics
         self._sleep = sleep
-        self._resumable = resumable  # whether a job may be run again later (by polling the service)
+        self._deliverable_later = deliverable_later  # (see JobRunner.deliverable_later)
         # jobs whose member has the result while it is being kept and recorded: a button pressed on it
         # at once waits for that (else "no longer stored" for a picture that is being stored)
         self._settling: dict[str, asyncio.Event] = {}
@@ -77,7 +81,8 @@ class Endings:
             try:
                 yield True
             except DeliveryInterrupted as exc:
-                if self._resumable(job):
+                # (taken over within two leases, then polled and downloaded again before its deadline)
+                if self._deliverable_later(job, 2 * self.ledger.lease_s + LATER_MARGIN_S):
                     outcome.release()
                     log.warning(
                         "Discord took no request for the result; the job is delivered again later",

@@ -175,9 +175,14 @@ class JobRunner:
     MAX_RESUMES = 3
 
     def resumable(self, job: Job) -> bool:
+        return self.deliverable_later(job) and job.resumes < self.MAX_RESUMES
+
+    def deliverable_later(self, job: Job, within_s: float = 0.0) -> bool:
+        """Whether a job whose result Discord took no request for may be run again (by polling) and
+        delivered later: the service has it, and its deadline is more than ``within_s`` away. However
+        often: Discord's outages are waited out until then, not bound by :data:`MAX_RESUMES`."""
         at_api = job.state in (JobState.SUBMITTED, JobState.PROCESSING) and job.api_job_id is not None
-        in_time = time.time() < job.created_at + self.settings.job_timeout_s
-        return at_api and in_time and job.resumes < self.MAX_RESUMES
+        return at_api and time.time() + within_s < job.created_at + self.settings.job_timeout_s
 
     async def _latest(self, job: Job) -> Job:
         """The job as the ledger has it now (the run's own copy may be a step behind); ``job`` if the

@@ -90,7 +90,9 @@ class Depth2ImgService:
         self._cancels: dict[str, asyncio.Event] = {}
         self._running: set[str] = set()  # the jobs this process is driving (their leases are renewed)
         self.gate = Gate(settings, ledger, self.admission, metrics)
-        self.endings = Endings(ledger, self.pictures, metrics, sleep=sleep, resumable=self.runner.resumable)
+        self.endings = Endings(
+            ledger, self.pictures, metrics, sleep=sleep, deliverable_later=self.runner.deliverable_later
+        )
 
     # --- start and stop ---
 
