@@ -36,6 +36,17 @@ def _lose_the_first_answer(fake_discord, lost: str) -> None:
         fake_discord.expect_violation("interaction acknowledged twice")
 
 
+async def _shown_after_faults(fake_discord, bot, user: int):
+    """A member asks for a picture; returns their interaction and the messages that show a picture,
+    once the bot is idle."""
+    record = await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
+    )
+    await fake_discord.wait_for(lambda: any(m.results for m in fake_discord.messages.values()), timeout=20)
+    await fake_discord.wait_until_idle(busy(bot))
+    return record, [m for m in fake_discord.messages.values() if m.results]
+
+
 def assert_points_to(visible, posted) -> None:
     """The job's own message, which the bot could not edit into the result, no longer shows "thinking…"
     (or a progress line) once the result is in the channel: it points to the post."""
@@ -337,12 +348,7 @@ async def test_a_result_whose_edit_loses_its_connection_still_reaches_the_member
     bot = await start_bot()
     fake_discord.lose_next_edits = list(lost)
     user = 868686868686868686
-    record = await fake_discord.invoke_slash(
-        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
-    )
-    await fake_discord.wait_for(lambda: any(m.results for m in fake_discord.messages.values()), timeout=20)
-    await fake_discord.wait_until_idle(busy(bot))
-    shown = [m for m in fake_discord.messages.values() if m.results]
+    record, shown = await _shown_after_faults(fake_discord, bot, user)
     assert len(shown) == 1, [m.content for m in fake_discord.visible_messages(record)]
     if where == "channel":
         assert fake_discord.channel_messages == [shown[0].id]
@@ -376,12 +382,7 @@ async def test_a_channel_post_without_an_answer_reaches_the_member_once(
     fake_discord.lose_next_edits = ["request", "request"]
     fake_discord.lose_next_posts = list(lost)
     user = 868686868686868687
-    record = await fake_discord.invoke_slash(
-        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
-    )
-    await fake_discord.wait_for(lambda: any(m.results for m in fake_discord.messages.values()), timeout=20)
-    await fake_discord.wait_until_idle(busy(bot))
-    shown = [m for m in fake_discord.messages.values() if m.results]
+    record, shown = await _shown_after_faults(fake_discord, bot, user)
     assert fake_discord.channel_messages == [m.id for m in shown]
     assert len(shown) == 1
     assert_points_to(fake_discord.visible_messages(record), shown[0])

@@ -57,18 +57,24 @@ async def states(database: Database) -> dict[str, int]:
         await ledger.close()
 
 
-async def test_sigkill_while_queued_then_two_restarts_deliver_exactly_once(
-    fake_discord, fake_api, tmp_path, database
-):
-    env = bot_env(
+def polling_env(fake_discord, fake_api, tmp_path: Path, database: Database, **extra: str) -> dict[str, str]:
+    """The settings of a bot that polls the API quickly and reports on its own metrics port."""
+    return bot_env(
         fake_discord,
         fake_api,
         tmp_path / "data",
         SD_POLL_INITIAL_S="0.05",
         SD_POLL_MAX_S="0.1",
         METRICS_PORT=str(free_port()),
+        **extra,
         **database.env,
     )
+
+
+async def test_sigkill_while_queued_then_two_restarts_deliver_exactly_once(
+    fake_discord, fake_api, tmp_path, database
+):
+    env = polling_env(fake_discord, fake_api, tmp_path, database)
     fake_api.scenario = "queued"
     fake_api.polls_before_done = 10**6  # queued at the API until we say so
     proc = await spawn_bot(fake_discord, env, tmp_path)
@@ -112,16 +118,7 @@ async def test_a_job_resumed_after_its_interaction_expired_goes_to_the_channel_w
     """The bot was down for 16 minutes: the job's interaction is that old (its creation time, in the
     ledger as at the fake Discord), so its token is dead. The result is posted in the channel, the
     member mentioned once, and the dead token is never even tried."""
-    env = bot_env(
-        fake_discord,
-        fake_api,
-        tmp_path / "data",
-        SD_POLL_INITIAL_S="0.05",
-        SD_POLL_MAX_S="0.1",
-        SD_JOB_TIMEOUT_S="3600",  # the job's own deadline is not over
-        METRICS_PORT=str(free_port()),
-        **database.env,
-    )
+    env = polling_env(fake_discord, fake_api, tmp_path, database, SD_JOB_TIMEOUT_S="3600")  # (not over)
     fake_api.scenario = "queued"
     fake_api.polls_before_done = 10**6
     proc = await spawn_bot(fake_discord, env, tmp_path)
@@ -291,17 +288,8 @@ async def test_a_channel_post_cut_off_by_a_crash_reaches_the_member_once(
       the channel; the token still lives at the restart. Before, the restarted bot edited the job's
       message into the picture too: the member saw it twice. It now knows, from the ledger, that the
       job went to the channel, and posts there again (with the nonce)."""
-    env = bot_env(
-        fake_discord,
-        fake_api,
-        tmp_path / "data",
-        SD_POLL_INITIAL_S="0.05",
-        SD_POLL_MAX_S="0.1",
-        SD_JOB_TIMEOUT_S="3600",
-        JOB_LEASE_S="3",  # (on PostgreSQL a job killed while being delivered waits for its lease)
-        METRICS_PORT=str(free_port()),
-        **database.env,
-    )
+    # (on PostgreSQL a job killed while being delivered waits for its lease)
+    env = polling_env(fake_discord, fake_api, tmp_path, database, SD_JOB_TIMEOUT_S="3600", JOB_LEASE_S="3")
     fake_discord.lose_next_posts = ["hang"]
     if token == "alive":
         fake_discord.lose_next_edits = ["request", "request"]
