@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 from cogs.botcore import gateway_json
 from cogs.botcore.logs import configure_logging
 from cogs.botcore.memory import keep_freed_memory
+from cogs.botcore.ratelimits import RATE_LIMIT_WAIT_MAX_S, rate_limit_guard
 from cogs.botcore.startup import EXIT_CONFIG, StartFailed, check, data_dir_problem, start
 from cogs.botcore.sync import sync_commands
 from cogs.botcore.tree import AppCommandTree, ErrorFormatter
@@ -204,6 +205,10 @@ class Depth2ImgBot(commands.AutoShardedBot):
             tree_cls=AppCommandTree,
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
+            # A rate limit longer than this is not waited out: the request raises discord.RateLimited
+            # (cogs/botcore/ratelimits.py; the interaction token's requests through the trace).
+            max_ratelimit_timeout=RATE_LIMIT_WAIT_MAX_S,
+            http_trace=rate_limit_guard(),
             shard_count=settings.shard_count or 1,
             # discord.py reads None as "all shards" though its annotation says list[int]
             shard_ids=list(settings.shard_ids) if settings.shard_ids is not None else None,  # type: ignore[arg-type]

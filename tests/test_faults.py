@@ -284,6 +284,93 @@ async def test_discord_rate_limits_are_waited_out(start_bot, fake_discord, fake_
     assert len(final.results) == 1
 
 
+@pytest.mark.parametrize("said", [3600, 10**400, "soon", None], ids=["an-hour", "huge", "text", "nothing"])
+async def test_a_rate_limit_longer_than_the_bot_waits_sends_the_result_to_the_channel(
+    start_bot, fake_discord, fake_api, caplog, said
+):
+    """Discord answers the result's edit with 429 naming an hour (or a number past any clock, or no
+    number at all). discord.py would sleep for it, up to five times, holding the token's lock, and the
+    paid-for picture in memory: the member waited an hour (or forever). The bot waits out no rate limit
+    longer than botcore/ratelimits.py's bound: the result goes to the channel at once, without another
+    request on the limited token."""
+    bot = await start_bot()
+    fake_discord.rate_limit("webhook", retry_after=3600, said=said)
+    user = 868686868686868691
+    _record, shown = await _shown_after_faults(fake_discord, bot, user)
+    (posted,) = shown
+    assert fake_discord.channel_messages == [posted.id]
+    assert posted.pings == [f"<@{user}>"]
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
+    posted.pings.clear()  # (assert_clean would refuse the member's ping, which is meant)
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_a_progress_line_rate_limited_for_long_sends_the_result_to_the_channel_unrefused(
+    start_bot, fake_discord, fake_api, caplog
+):
+    """The job's first progress edit meets a 429 naming an hour: the line is not edited again while the
+    limit holds, and the result goes to the channel, without the edit Discord would refuse (and count).
+    Before: the progress edit slept the hour, and the result waited behind it on the token's lock."""
+    bot = await start_bot(PROGRESS_INTERVAL_S="0.1")
+    fake_api.scenario = "queued"
+    fake_api.polls_before_done = 3
+    fake_discord.rate_limit("webhook", retry_after=3600)
+    user = 868686868686868693
+    _record, shown = await _shown_after_faults(fake_discord, bot, user)
+    (posted,) = shown
+    assert fake_discord.channel_messages == [posted.id]
+    assert any(r.getMessage() == "progress edits rate-limited" for r in caplog.records)
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
+    posted.pings.clear()  # (assert_clean would refuse the member's ping, which is meant)
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_a_button_answer_rate_limited_for_longer_than_the_bot_waits_tells_the_member(
+    bot, fake_discord, fake_api, caplog
+):
+    """The before | after picture's edit into the button's "thinking…" meets a 429 naming an hour:
+    the member is told at once that Discord holds the bot back, privately, and the "thinking…" is
+    removed (it could not be edited). Before: the button's handler slept the hour (and four more)."""
+    from tests.test_iterate import OTHER, first_result, job_id_of, settle
+
+    final = await first_result(fake_discord)
+    fake_discord.rate_limit("webhook", retry_after=3600)
+    record = await fake_discord.click(final, f"d2i:compare:{job_id_of(final)}", user_id=OTHER)
+    told = await settle(fake_discord, record)
+    assert told.content == text("en-US", "bot.discord_busy")
+    assert told.ephemeral
+    assert fake_discord.visible_messages(record) == [told]  # (the "thinking…" is gone)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_a_channel_rate_limited_for_longer_than_the_job_may_wait_keeps_the_picture(
+    start_bot, fake_discord, fake_api
+):
+    """The result's edit gets no answer, and the channel answers its post with 429 naming an hour: the
+    job is not left asleep for an hour (discord.py's wait); it is delivered again later while its
+    deadline allows, then recorded as failed with its picture kept. (Each later post meets the limit
+    again: Discord answers 429 and counts it, as the fake does.)"""
+    from cogs.depth2img.core.endings import LATER_MARGIN_S
+
+    bot = await start_bot(JOB_LEASE_S="1", SD_JOB_TIMEOUT_S=str(LATER_MARGIN_S + 8))
+    fake_discord.lose_next_edits = ["request", "request"]
+    fake_discord.rate_limit("channel message", retry_after=3600)
+    fake_discord.expect_violation("channel message request during its rate limit")
+    user = 868686868686868692
+    await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
+    )
+    led = service_of(bot).ledger
+    async with asyncio.timeout(40):
+        while await count_by_state(led) != {"failed": 1}:
+            await asyncio.sleep(0.05)
+    (job,) = await led.for_user(user)
+    assert job.error_kind == "DeliveryFailed"
+    assert job.undelivered and Path(job.result_path).is_file()
+    assert len(fake_api.submissions) == 1
+
+
 async def test_delete_needs_no_channel_permission(start_bot, fake_discord, fake_api):
     """The bot may not even see the channel (no View Channel: a member-only channel where its commands
     still work): its Delete button deletes through the interaction, as Discord allows."""

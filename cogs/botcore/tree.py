@@ -18,6 +18,9 @@ from cogs.i18n import text as say
 
 log = logging.getLogger(__name__)
 
+# A request that got no answer, or that Discord rate-limits for longer than the bot waits (ratelimits.py)
+UNSENT: tuple[type[Exception], ...] = (discord.RateLimited, *NO_ANSWER)
+
 # (the error, the reader's Discord locale) -> the words, or None: not this extension's error
 ErrorFormatter = Callable[[BaseException, str], str | None]
 
@@ -49,6 +52,16 @@ class AppCommandTree(app_commands.CommandTree[Any]):
                 },
             )
             await send_final(interaction, say(lang, "bot.discord_no_answer"))
+            return
+        if isinstance(original, discord.RateLimited):  # (for longer than the bot waits: ratelimits.py)
+            log.warning(
+                "Discord rate-limits the bot for longer than it waits",
+                extra={
+                    "retry_after": round(original.retry_after, 1),
+                    "command": interaction.command.name if interaction.command else None,
+                },
+            )
+            await send_final(interaction, say(lang, "bot.discord_busy"))
             return
         worded = (formatter(original, lang) for formatter in self.error_formatters.values())
         text = next((t for t in worded if t is not None), None)
@@ -84,5 +97,5 @@ async def send_final(interaction: discord.Interaction, text: str) -> None:
             await interaction.followup.send(text, ephemeral=True, allowed_mentions=none)
     except discord.HTTPException as exc:
         log.warning("could not deliver an error message", extra={"status": exc.status})
-    except NO_ANSWER as exc:
+    except UNSENT as exc:
         log.warning("could not deliver an error message", extra={"error": type(exc).__name__})

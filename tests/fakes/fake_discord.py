@@ -234,7 +234,8 @@ class FakeDiscord(LocalServer):
         self._denied: dict[int, int] = {}  # channel id -> permissions the bot lacks there
         self.refusals: list[str] = []  # 403s Discord gave the bot (not rule breaches: Discord's answer)
         self._limits_next: dict[str, tuple[int, float]] = {}  # route kind -> (times, retry_after)
-        self._limited_until: dict[str, float] = {}
+        self._limited_until: dict[tuple[str, str], float] = {}  # (kind, method) -> until (monotonic)
+        self._limit_said: dict[str, object] = {}
         self.last_request_at = time.monotonic()  # the bot's latest REST or CDN request
         self.busy_probe: Callable[[], Awaitable[bool]] | None = None  # (see wait_until_idle)
         self.unhandled: list[str] = []
@@ -494,22 +495,30 @@ class FakeDiscord(LocalServer):
     def bot_permissions(self, channel_id: int) -> int:
         return BOT_PERMISSIONS & ~self._denied.get(channel_id, 0)
 
-    def rate_limit(self, kind: str, *, times: int = 1, retry_after: float = 0.3) -> None:
+    def rate_limit(self, kind: str, *, times: int = 1, retry_after: float = 0.3, said: object = None) -> None:
         """Answer the next ``times`` requests of ``kind`` ("webhook", "channel message", "callback")
         with 429, as Discord does (topics/rate-limits): a JSON body with ``retry_after`` and
-        ``global``, and the X-RateLimit-* headers, Retry-After and Via. A request of that kind before
-        the limit resets is a violation (Discord would answer 429 again and count it toward a ban)."""
+        ``global``, and the X-RateLimit-* headers, Retry-After and Via. The limit holds for the route
+        that met it (its kind and method: Discord's limits are per route): a request there before it
+        resets is a violation, answered 429 again as Discord does (which counts it toward a ban).
+        ``said``: what the body's ``retry_after`` holds instead (a crafted or broken value)."""
         self._limits_next[kind] = (times, retry_after)
+        self._limit_said[kind] = said
 
-    def _limited(self, kind: str) -> web.Response | None:
+    def _limited(self, kind: str, method: str) -> web.Response | None:
         now = time.monotonic()
-        if now < self._limited_until.get(kind, 0.0):
+        until = self._limited_until.get((kind, method), 0.0)
+        if now < until:
             self.violations.append(f"{kind} request during its rate limit")
+            return self._too_many(until - now, self._limit_said.get(kind))
         times, retry_after = self._limits_next.get(kind, (0, 0.0))
         if times <= 0:
             return None
         self._limits_next[kind] = (times - 1, retry_after)
-        self._limited_until[kind] = now + retry_after
+        self._limited_until[kind, method] = now + retry_after
+        return self._too_many(retry_after, self._limit_said.get(kind))
+
+    def _too_many(self, retry_after: float, said: object) -> web.Response:
         headers = {
             "X-RateLimit-Limit": "5",
             "X-RateLimit-Remaining": "0",
@@ -520,7 +529,11 @@ class FakeDiscord(LocalServer):
             "Retry-After": str(max(1, round(retry_after))),
             "Via": "1.1 google",
         }
-        body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
+        body = {
+            "message": "You are being rate limited.",
+            "retry_after": retry_after if said is None else said,
+            "global": False,
+        }
         return _json(body, 429, headers)
 
     def expect_violation(self, prefix: str) -> None:
@@ -1129,11 +1142,14 @@ class FakeDiscord(LocalServer):
         if parts[0] == "channels" and len(parts) == 3 and parts[2] == "messages" and method == "POST":
             if not self._authorised(request):
                 return _error(401, 0, "401: Unauthorized")
-            limited = self._limited("channel message")
+            limited = self._limited("channel message", method)
             if limited is not None:
                 return limited
             return await self._channel_message(request, int(parts[1]))
         if parts[0] == "interactions" and len(parts) == 4 and parts[3] == "callback" and method == "POST":
+            limited = self._limited("callback", method)
+            if limited is not None:
+                return limited
             return await self._callback(request, int(parts[1]), parts[2])
         if parts[0] == "webhooks" and len(parts) >= 3:
             return await self._webhook(request, method, parts)
@@ -1474,7 +1490,7 @@ class FakeDiscord(LocalServer):
 
     async def _webhook(self, request: web.Request, method: str, parts: list[str]) -> web.StreamResponse:
         # /webhooks/{app}/{token}[/messages/{id}]
-        limited = self._limited("webhook")
+        limited = self._limited("webhook", method)
         if limited is not None:
             return limited
         token = parts[2]

@@ -10,6 +10,7 @@ that mentions only the member: a downloaded picture is never thrown away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,8 +36,9 @@ NO_MENTIONS = discord.AllowedMentions.none()
 TOKEN_SAFE_AGE_S = 14 * 60
 INVALID_WEBHOOK_TOKEN = 401
 NONCE_MAX = 25  # Create Message's ``nonce``: "up to 25 characters"
-# A request to Discord that failed: refused by Discord, or without an answer
-FAILED: tuple[type[Exception], ...] = (discord.HTTPException, *NO_ANSWER)
+# A request to Discord that failed: refused by Discord (or rate-limited for longer than the bot waits:
+# cogs/botcore/ratelimits.py), or without an answer
+FAILED: tuple[type[Exception], ...] = (discord.HTTPException, discord.RateLimited, *NO_ANSWER)
 # What delivering a result may end in: Discord refused it, or took nothing for it
 UNDELIVERED: tuple[type[Exception], ...] = (*FAILED, DeliveryInterrupted)
 POST_ATTEMPTS = 3  # a channel post without a readable answer, made again (its nonce makes that safe)
@@ -79,6 +81,7 @@ async def deliver(
     posting: Callable[[Job], Awaitable[bool]],
     interaction: discord.Interaction[Any] | None = None,
     full: bool = False,
+    limited: bool = False,
 ) -> None:
     """Edit the job's message into the outcome (through ``interaction`` when it is at hand, else
     through the token kept in the ledger), or fall back to the channel, once ``posting`` has recorded
@@ -87,11 +90,13 @@ async def deliver(
     channel post is made again with the same nonce (Discord makes no second message), also by a job
     resumed after a crash in its middle (it goes to the channel again, not to its message). Raises
     :class:`discord.HTTPException` when Discord refuses both, and :class:`DeliveryInterrupted` when
-    the channel post failed on Discord's side (5xx) or got no readable answer every time."""
+    the channel post failed on Discord's side (5xx), got no readable answer every time, or is
+    rate-limited for longer than the bot waits. ``limited``: the job's message is rate-limited so
+    (its progress line met that): it is not edited, the result goes to the channel."""
     job = outcome.job
     lang = of_job(client, job, interaction)  # (the channel sees it: the server's language)
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
-    editable = fresh and (interaction is not None or job.message_id is not None)
+    editable = fresh and not limited and (interaction is not None or job.message_id is not None)
     if job.channel_post_at is not None:  # (resumed after a crash in the middle of that post)
         log.info("the job's result was being posted in its channel; posting it again", extra={"job": job.id})
         point = editable
@@ -127,6 +132,12 @@ async def _edited(
                 log.info(
                     "the job's message can no longer be edited; sending to the channel",
                     extra={"job": job.id, "status": exc.status},
+                )
+                return GONE
+            except discord.RateLimited as exc:  # (not applied; made again, it would be refused again)
+                log.info(
+                    "the job's message is rate-limited for longer than the bot waits; sending to the channel",
+                    extra={"job": job.id, "retry_after": round(exc.retry_after, 1)},
                 )
                 return GONE
             except Exception as exc:  # (no answer, or none discord.py could read: see NO_ANSWER)
@@ -183,7 +194,7 @@ async def edit_original(
                 content=content, attachments=files, allowed_mentions=NO_MENTIONS
             )
             return
-        except discord.HTTPException:
+        except (discord.HTTPException, discord.RateLimited):
             raise
         except Exception as exc:  # (no answer, or none discord.py could read)
             log.info(
@@ -251,6 +262,8 @@ async def _posted(client: discord.Client, outcome: Outcome, lang: str, *, full: 
                 raise
             except discord.DiscordServerError as exc:  # (after discord.py's own tries: Discord's trouble)
                 raise DeliveryInterrupted(f"{type(exc).__name__} {exc.status}") from exc
+            except discord.RateLimited as exc:  # (for longer than the bot waits: posted later)
+                raise DeliveryInterrupted(f"RateLimited {exc.retry_after:.0f} s") from exc
             except discord.HTTPException:
                 raise
             except Exception as exc:  # (no answer, or none discord.py could read)
@@ -301,7 +314,7 @@ async def _removed(interaction: discord.Interaction[Any]) -> bool:
             return True
         except discord.NotFound:
             return True
-        except discord.HTTPException:
+        except (discord.HTTPException, discord.RateLimited):
             return False
         except NO_ANSWER:
             continue
@@ -338,7 +351,7 @@ async def answer_anyway(interaction: discord.Interaction[Any], message: str) -> 
             await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
     except discord.HTTPException as exc:
         log.warning("could not tell the member", extra={"status": exc.status})
-    except NO_ANSWER as exc:
+    except FAILED as exc:  # (no answer, or rate-limited for long)
         log.warning("could not tell the member", extra={"error": type(exc).__name__})
 
 
@@ -347,6 +360,16 @@ async def failed(interaction: discord.Interaction[Any], exc: Exception, what: st
     if isinstance(exc, CONNECTION_LOST):  # (Discord's trouble or the network's, not a bug: a warning)
         log.warning("a request to Discord got no answer", extra={"what": what, "error": type(exc).__name__})
         await answer_anyway(interaction, say(members(interaction), "bot.discord_no_answer"))
+        return
+    if isinstance(exc, discord.RateLimited):  # (for longer than the bot waits: botcore/ratelimits.py)
+        log.warning("Discord rate-limits the bot for longer than it waits", extra={"what": what})
+        busy = say(members(interaction), "bot.discord_busy")
+        if interaction.response.type is discord.InteractionResponseType.deferred_channel_message:
+            # its "thinking…" cannot be edited now (that may be what is limited): removed instead
+            with contextlib.suppress(*FAILED):
+                await reply_privately(interaction, busy)
+                return
+        await answer_anyway(interaction, busy)
         return
     error = exc if isinstance(exc, Depth2ImgError) else InternalError(type(exc).__name__)
     log.error("interaction failed", extra={"what": what, "error": type(exc).__name__})

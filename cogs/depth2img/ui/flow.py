@@ -228,18 +228,25 @@ class RequestFlow:
         self, job: Job, ticket: Ticket, *, started: float, interaction: discord.Interaction[Any] | None
     ) -> None:
         service = self.service
+        limited = False  # (the job's message rate-limited for long: the result goes to the channel)
         if interaction is None:  # a resumed job: no progress line (its "thinking…" may be long gone)
             outcome = await service.run(job, ticket, emit=_nobody_watches, started_at=started)
         else:
             interval = service.settings.progress_interval_s
             async with ProgressMessage(interaction, job.id, interval_s=interval) as progress:
                 outcome = await service.run(job, ticket, emit=progress.update, started_at=started)
+            limited = progress.rate_limited
         try:
             async with service.delivering(outcome, started_at=started if interaction else None) as mine:
                 if mine:
                     full = service.settings_for(job.guild_id).card == "full"
                     await deliver(
-                        self.client, outcome, posting=service.posting, interaction=interaction, full=full
+                        self.client,
+                        outcome,
+                        posting=service.posting,
+                        interaction=interaction,
+                        full=full,
+                        limited=limited,
                     )
         except UNDELIVERED as exc:  # (recorded as DeliveryFailed by delivering())
             ref = secrets.token_hex(4)

@@ -54,6 +54,13 @@ class ProgressMessage:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._editing = False
+        self._limited_until = -math.inf  # (monotonic) Discord rate-limits the token's edits until then
+
+    @property
+    def rate_limited(self) -> bool:
+        """Whether Discord refuses the job message's edits now, for longer than the bot waits (an edit
+        met a 429 naming a long wait: botcore/ratelimits.py)."""
+        return time.monotonic() < self._limited_until
 
     def update(self, event: ProgressEvent) -> None:
         """The job's latest news (called on the event loop; returns at once)."""
@@ -99,6 +106,8 @@ class ProgressMessage:
             return
         if line != self.long_wait and time.monotonic() - self._shown_at < self.interval_s:
             return
+        if self.rate_limited:  # (an edit now would be refused, and counted by Discord)
+            return
         self._shown, self._shown_at = line, time.monotonic()
         self._editing = True
         try:
@@ -107,6 +116,9 @@ class ProgressMessage:
                     content=line, view=view, allowed_mentions=NO_MENTIONS
                 )
             self.edits += 1
+        except discord.RateLimited as exc:  # (for longer than the bot waits: botcore/ratelimits.py)
+            self._limited_until = time.monotonic() + exc.retry_after
+            log.warning("progress edits rate-limited", extra={"job": self.job_id})
         except Exception as exc:  # a progress line is not worth failing for (the result comes next)
             log.warning("progress edit failed", extra={"job": self.job_id, "error": type(exc).__name__})
         finally:
