@@ -514,6 +514,40 @@ async def test_a_result_discord_takes_no_request_for_is_delivered_later_not_thro
     assert_clean(fake_discord, fake_api, caplog)
 
 
+async def test_cancel_on_a_result_waiting_for_discord_says_it_is_being_finished(
+    start_bot, fake_discord, fake_api, caplog
+):
+    """The result is ready but Discord took no request for it (its edit lost twice, its post answered
+    503): the job waits for its lease to run out, to be delivered again. The member presses the
+    progress line's Cancel meanwhile: they are told the picture can no longer be cancelled and will be
+    posted, and it is, once. (Before: "This picture is already finished", then the picture came.)"""
+    from tests.test_iterate import job_id_of, settle
+
+    bot = await start_bot(JOB_LEASE_S="3", SD_JOB_TIMEOUT_S="120", PROGRESS_INTERVAL_S="0.1")
+    fake_api.scenario = "queued"
+    fake_api.polls_before_done = 3
+    fake_discord.lose_next_edits = ["request", "request"]
+    fake_discord.fail_next_posts = 1
+    user = 868686868686868694
+    record = await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
+    )
+    waiting = "Discord took no request for the result; the job is delivered again later"
+    await fake_discord.wait_for(lambda: any(r.getMessage() == waiting for r in caplog.records), timeout=20)
+    (progress,) = fake_discord.visible_messages(record)
+    pressed = await fake_discord.click(progress, f"d2i:cancel:{job_id_of(progress)}", user_id=user)
+    told = await settle(fake_discord, pressed)
+    assert told.ephemeral
+    assert told.content == text("en-US", "reply.finishing_elsewhere")
+    led = service_of(bot).ledger
+    async with asyncio.timeout(30):
+        while await count_by_state(led) != {"delivered": 1}:
+            await asyncio.sleep(0.05)
+    await fake_discord.wait_until_idle(busy(bot))
+    assert len([m for m in fake_discord.messages.values() if m.results]) == 1
+    assert len(fake_api.submissions) == 1
+
+
 async def test_a_long_discord_outage_is_waited_out_until_the_jobs_deadline(start_bot, fake_discord, fake_api):
     """Discord takes no request for the result through six rounds of delivery (each: three channel
     posts dropped unread), then takes the seventh's: the job, resumed each time its lease runs out,

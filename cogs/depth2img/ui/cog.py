@@ -21,7 +21,7 @@ from cogs.depth2img.core.params import build_params
 from cogs.depth2img.core.service import Depth2ImgService
 from cogs.depth2img.errors import Depth2ImgError, InvalidInput
 from cogs.depth2img.models import DERIVING, Action, GenerationParams, JobKind
-from cogs.depth2img.store import Job
+from cogs.depth2img.store import FINISHED, Job
 from cogs.i18n import SOURCE
 from cogs.i18n import text as say
 
@@ -324,8 +324,12 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         if interaction.user.id != job.user_id:
             await tell(interaction, "reply.only_requester_cancels")
             return
-        if not self.service.cancel(job.id):
-            await tell(interaction, "reply.already_finished")
+        if not self.service.cancel(job.id):  # (not running here: finished, or to be delivered again
+            # once its lease runs out, or run by another process now; a result is not thrown away then)
+            await tell(
+                interaction,
+                "reply.already_finished" if job.state in FINISHED else "reply.finishing_elsewhere",
+            )
             return
         await defer(interaction)  # the job's own final edit shows the cancellation
 
