@@ -13,6 +13,9 @@ every request, the token's included). It reads the body of a 429 that discord.py
 of at most :data:`RATE_LIMIT_WAIT_MAX_S` seconds, raises :class:`discord.RateLimited` there: the
 request ends at once, without another try. aiohttp closes the answer; discord.py reads the body it
 would have read from the cached copy otherwise. A shorter limit is waited out by discord.py as before.
+
+Its cost is aiohttp's tracing, on every request: about 18 µs of CPU each (a loopback client, 6 × 4000
+requests with and without it: median 155 -> 173 µs), some 0.2 % of an acknowledgement's time.
 """
 
 from __future__ import annotations
