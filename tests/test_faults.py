@@ -488,7 +488,8 @@ async def test_a_result_discord_takes_no_request_for_is_delivered_later_not_thro
     once its lease runs out: polled at the image service again (never submitted again), and posted in
     the channel then, once (the nonce gives back a post Discord had made). Before, the job was recorded
     as failed and the paid-for picture thrown away ("request", "503": the member never got it), or the
-    member was told it failed beside the picture ("answer")."""
+    member was told it failed beside the picture ("answer"). Meanwhile the job's message says that the
+    picture waits for Discord, without its Cancel button (before: its old line, for the wait)."""
     bot = await start_bot(JOB_LEASE_S="1.5", SD_JOB_TIMEOUT_S="120")
     fake_discord.lose_next_edits = ["request", "request"]
     if lost == "503":
@@ -508,7 +509,9 @@ async def test_a_result_discord_takes_no_request_for_is_delivered_later_not_thro
     assert fake_discord.channel_messages == [m.id for m in shown]
     assert len(shown) == 1
     assert len(fake_api.submissions) == 1
-    assert_points_to(fake_discord.visible_messages(record), shown[0])
+    (own,) = fake_discord.visible_messages(record)
+    assert text("en-US", "reply.waiting_for_discord") in own.history
+    assert_points_to([own], shown[0])
     assert any(r.getMessage() == "job taken over from a stopped process" for r in caplog.records)
     shown[0].pings.clear()  # (assert_clean would refuse the member's ping, which is meant)
     assert_clean(fake_discord, fake_api, caplog)
@@ -517,24 +520,30 @@ async def test_a_result_discord_takes_no_request_for_is_delivered_later_not_thro
 async def test_cancel_on_a_result_waiting_for_discord_says_it_is_being_finished(
     start_bot, fake_discord, fake_api, caplog
 ):
-    """The result is ready but Discord took no request for it (its edit lost twice, its post answered
-    503): the job waits for its lease to run out, to be delivered again. The member presses the
-    progress line's Cancel meanwhile: they are told the picture can no longer be cancelled and will be
-    posted, and it is, once. (Before: "This picture is already finished", then the picture came.)"""
+    """The result is ready but Discord takes no request for it: its edit is refused (the token is no
+    longer valid: 401 50027) and its channel post answered 503. The job waits for its lease to run out,
+    to be delivered again. The member presses the progress line's Cancel meanwhile: they are told the
+    picture can no longer be cancelled and will be posted, and it is, once. (Before: "This picture is
+    already finished", then the picture came.)"""
     from tests.test_iterate import job_id_of, settle
 
-    bot = await start_bot(JOB_LEASE_S="3", SD_JOB_TIMEOUT_S="120", PROGRESS_INTERVAL_S="0.1")
+    bot = await start_bot(JOB_LEASE_S="3", SD_JOB_TIMEOUT_S="120", PROGRESS_INTERVAL_S="30")
     fake_api.scenario = "queued"
-    fake_api.polls_before_done = 3
-    fake_discord.lose_next_edits = ["request", "request"]
-    fake_discord.fail_next_posts = 1
+    fake_api.polls_before_done = 10**6
     user = 868686868686868694
     record = await fake_discord.invoke_slash(
         "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
     )
+    await fake_discord.wait_for(
+        lambda: any(m.components for m in fake_discord.visible_messages(record)), timeout=20
+    )
+    (progress,) = fake_discord.visible_messages(record)  # (one progress edit: the next is 30 s away)
+    fake_discord.edit_failure = (401, 50027, "Invalid Webhook Token")
+    fake_discord.fail_next_edits = 1
+    fake_discord.fail_next_posts = 1
+    fake_api.polls_before_done = 0
     waiting = "Discord took no request for the result; the job is delivered again later"
     await fake_discord.wait_for(lambda: any(r.getMessage() == waiting for r in caplog.records), timeout=20)
-    (progress,) = fake_discord.visible_messages(record)
     pressed = await fake_discord.click(progress, f"d2i:cancel:{job_id_of(progress)}", user_id=user)
     told = await settle(fake_discord, pressed)
     assert told.ephemeral

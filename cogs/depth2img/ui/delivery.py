@@ -42,7 +42,7 @@ FAILED: tuple[type[Exception], ...] = (discord.HTTPException, discord.RateLimite
 # What delivering a result may end in: Discord refused it, or took nothing for it
 UNDELIVERED: tuple[type[Exception], ...] = (*FAILED, DeliveryInterrupted)
 POST_ATTEMPTS = 3  # a channel post without a readable answer, made again (its nonce makes that safe)
-POINT_TIMEOUT_S = 10.0  # the job's message pointed to the post in the channel (see _point_to)
+NOTE_TIMEOUT_S = 10.0  # the job's message told where its result is, or that it waits (see _noted)
 # What became of the job's message when it was to be edited into the result
 Edited = Literal["edited", "gone", "unanswered"]
 EDITED: Edited = "edited"
@@ -105,9 +105,14 @@ async def deliver(
         if edited == EDITED or not await posting(job):
             return
         point = edited == UNANSWERED  # (a message that is gone, or refused edits, is left alone)
-    posted = await _posted(client, outcome, lang, full=full)
+    try:
+        posted = await _posted(client, outcome, lang, full=full)
+    except DeliveryInterrupted:  # (delivered later: its message says so, not an old progress line)
+        if point:
+            await _noted(client, job, interaction, say(lang, "reply.waiting_for_discord"))
+        raise
     if point:
-        await _point_to(client, job, interaction, posted, lang)
+        await _noted(client, job, interaction, say(lang, "reply.posted_in_channel", link=posted.jump_url))
 
 
 async def _edited(
@@ -209,25 +214,18 @@ async def edit_original(
             pass
 
 
-async def _point_to(
-    client: discord.Client,
-    job: Job,
-    interaction: discord.Interaction[Any] | None,
-    posted: discord.Message,
-    lang: str,
+async def _noted(
+    client: discord.Client, job: Job, interaction: discord.Interaction[Any] | None, content: str
 ) -> None:
     """The job's message, which got no answer when it was edited into the result, edited to point to
-    the post in the channel: else it would show "thinking…", or an old progress line, for good. Tried
-    once, for at most :data:`POINT_TIMEOUT_S`: the member has the result already."""
+    the post in the channel, or to say that the result waits for Discord (without its Cancel button):
+    else it would show "thinking…", or an old progress line, for good. Tried once, for at most
+    :data:`NOTE_TIMEOUT_S`: the member has the result already, or Discord is not taking requests."""
     try:
-        async with asyncio.timeout(POINT_TIMEOUT_S):
-            content = say(lang, "reply.posted_in_channel", link=posted.jump_url)
+        async with asyncio.timeout(NOTE_TIMEOUT_S):
             await _edit(client, job, interaction, content=content, files=[], view=None)
     except FAILED as exc:
-        log.info(
-            "the job's message could not be pointed to the post",
-            extra={"job": job.id, "error": type(exc).__name__},
-        )
+        log.info("the job's message could not be edited", extra={"job": job.id, "error": type(exc).__name__})
 
 
 async def _posted(client: discord.Client, outcome: Outcome, lang: str, *, full: bool) -> discord.Message:
