@@ -17,6 +17,7 @@ import pytest
 from cogs.i18n import text
 from tests.conftest import busy, is_settled, service_of, slash
 from tests.fakes.fake_api import make_png
+from tests.fakes.fake_discord import LEFT_OUT
 from tests.ledger_queries import count_by_state
 from tests.test_e2e import assert_clean
 
@@ -36,12 +37,26 @@ def _lose_the_first_answer(fake_discord, lost: str) -> None:
         fake_discord.expect_violation("interaction acknowledged twice")
 
 
+async def _ask(fake_discord, user: int):
+    """A member asks for a picture (a small PNG, prompt "x"); returns their interaction."""
+    return await fake_discord.invoke_slash(
+        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
+    )
+
+
+async def _recorded(bot, states: dict[str, int], *, timeout: float):
+    """Wait until the bot's ledger holds jobs in exactly ``states``; returns the ledger."""
+    led = service_of(bot).ledger
+    async with asyncio.timeout(timeout):
+        while await count_by_state(led) != states:
+            await asyncio.sleep(0.05)
+    return led
+
+
 async def _shown_after_faults(fake_discord, bot, user: int):
     """A member asks for a picture; returns their interaction and the messages that show a picture,
     once the bot is idle."""
-    record = await fake_discord.invoke_slash(
-        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
-    )
+    record = await _ask(fake_discord, user)
     await fake_discord.wait_for(lambda: any(m.results for m in fake_discord.messages.values()), timeout=20)
     await fake_discord.wait_until_idle(busy(bot))
     return record, [m for m in fake_discord.messages.values() if m.results]
@@ -177,9 +192,7 @@ async def test_a_final_edit_refused_with_5xx_is_posted_in_the_channel(start_bot,
     fake_discord.fail_next_edits = 5
     fake_discord.edit_failure = (503, 0, "Service Unavailable")
     user = 848484848484848484
-    record = await fake_discord.invoke_slash(
-        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
-    )
+    record = await _ask(fake_discord, user)
     await fake_discord.wait_for(lambda: len(fake_discord.channel_messages) == 1, timeout=40)
     await fake_discord.wait_until_idle()
     posted = fake_discord.messages[fake_discord.channel_messages[0]]
@@ -284,7 +297,9 @@ async def test_discord_rate_limits_are_waited_out(start_bot, fake_discord, fake_
     assert len(final.results) == 1
 
 
-@pytest.mark.parametrize("said", [3600, 10**400, "soon", None], ids=["an-hour", "huge", "text", "nothing"])
+@pytest.mark.parametrize(
+    "said", [3600, 10**400, "soon", None, LEFT_OUT], ids=["an-hour", "huge", "text", "null", "left-out"]
+)
 async def test_a_rate_limit_longer_than_the_bot_waits_sends_the_result_to_the_channel(
     start_bot, fake_discord, fake_api, caplog, said
 ):
@@ -358,13 +373,8 @@ async def test_a_channel_rate_limited_for_longer_than_the_job_may_wait_keeps_the
     fake_discord.rate_limit("channel message", retry_after=3600)
     fake_discord.expect_violation("channel message request during its rate limit")
     user = 868686868686868692
-    await fake_discord.invoke_slash(
-        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
-    )
-    led = service_of(bot).ledger
-    async with asyncio.timeout(40):
-        while await count_by_state(led) != {"failed": 1}:
-            await asyncio.sleep(0.05)
+    await _ask(fake_discord, user)
+    led = await _recorded(bot, {"failed": 1}, timeout=40)
     (job,) = await led.for_user(user)
     assert job.error_kind == "DeliveryFailed"
     assert job.undelivered and Path(job.result_path).is_file()
@@ -497,13 +507,8 @@ async def test_a_result_discord_takes_no_request_for_is_delivered_later_not_thro
     else:
         fake_discord.lose_next_posts = [lost] * 3
     user = 868686868686868688
-    record = await fake_discord.invoke_slash(
-        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
-    )
-    led = service_of(bot).ledger
-    async with asyncio.timeout(30):
-        while await count_by_state(led) != {"delivered": 1}:
-            await asyncio.sleep(0.05)
+    record = await _ask(fake_discord, user)
+    await _recorded(bot, {"delivered": 1}, timeout=30)
     await fake_discord.wait_until_idle(busy(bot))
     shown = [m for m in fake_discord.messages.values() if m.results]
     assert fake_discord.channel_messages == [m.id for m in shown]
@@ -531,9 +536,7 @@ async def test_cancel_on_a_result_waiting_for_discord_says_it_is_being_finished(
     fake_api.scenario = "queued"
     fake_api.polls_before_done = 10**6
     user = 868686868686868694
-    record = await fake_discord.invoke_slash(
-        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
-    )
+    record = await _ask(fake_discord, user)
     await fake_discord.wait_for(
         lambda: any(m.components for m in fake_discord.visible_messages(record)), timeout=20
     )
@@ -548,10 +551,7 @@ async def test_cancel_on_a_result_waiting_for_discord_says_it_is_being_finished(
     told = await settle(fake_discord, pressed)
     assert told.ephemeral
     assert told.content == text("en-US", "reply.finishing_elsewhere")
-    led = service_of(bot).ledger
-    async with asyncio.timeout(30):
-        while await count_by_state(led) != {"delivered": 1}:
-            await asyncio.sleep(0.05)
+    await _recorded(bot, {"delivered": 1}, timeout=30)
     await fake_discord.wait_until_idle(busy(bot))
     assert len([m for m in fake_discord.messages.values() if m.results]) == 1
     assert len(fake_api.submissions) == 1
@@ -567,13 +567,8 @@ async def test_a_long_discord_outage_is_waited_out_until_the_jobs_deadline(start
     fake_discord.lose_next_edits = ["request", "request"]
     fake_discord.lose_next_posts = ["request"] * (6 * 3)
     user = 868686868686868690
-    await fake_discord.invoke_slash(
-        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
-    )
-    led = service_of(bot).ledger
-    async with asyncio.timeout(60):
-        while await count_by_state(led) != {"delivered": 1}:
-            await asyncio.sleep(0.05)
+    await _ask(fake_discord, user)
+    led = await _recorded(bot, {"delivered": 1}, timeout=60)
     await fake_discord.wait_until_idle(busy(bot))
     (job,) = await led.for_user(user)
     assert job.resumes == 6
@@ -596,13 +591,8 @@ async def test_a_result_discord_never_takes_a_request_for_ends_failed_at_the_job
     fake_discord.lose_next_edits = ["request", "request"]
     fake_discord.lose_next_posts = ["request"] * 1000
     user = 868686868686868689
-    await fake_discord.invoke_slash(
-        "depth2img", {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"}, user_id=user
-    )
-    led = service_of(bot).ledger
-    async with asyncio.timeout(40):
-        while await count_by_state(led) != {"failed": 1}:
-            await asyncio.sleep(0.05)
+    await _ask(fake_discord, user)
+    led = await _recorded(bot, {"failed": 1}, timeout=40)
     await fake_discord.wait_until_idle(busy(bot), quiet_s=2.5)  # (longer than a lease: nothing more)
     (job,) = await led.for_user(user)
     assert job.error_kind == "DeliveryFailed"

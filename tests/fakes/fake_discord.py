@@ -125,6 +125,11 @@ def _iso(at_s: float) -> str:
     return dt.datetime.fromtimestamp(at_s, tz=dt.UTC).isoformat()
 
 
+# What a rate limit's body says as its ``retry_after`` (see FakeDiscord.rate_limit): the true wait, or nothing
+THE_WAIT = object()
+LEFT_OUT = object()
+
+
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     # discord.py compares the content type exactly with "application/json" (no charset).
     hdrs = {"Content-Type": "application/json", **(headers or {})}
@@ -235,7 +240,7 @@ class FakeDiscord(LocalServer):
         self.refusals: list[str] = []  # 403s Discord gave the bot (not rule breaches: Discord's answer)
         self._limits_next: dict[str, tuple[int, float]] = {}  # route kind -> (times, retry_after)
         self._limited_until: dict[tuple[str, str], float] = {}  # (kind, method) -> until (monotonic)
-        self._limit_said: dict[str, object] = {}
+        self._limit_said: dict[str, object] = {}  # (see rate_limit)
         self.last_request_at = time.monotonic()  # the bot's latest REST or CDN request
         self.busy_probe: Callable[[], Awaitable[bool]] | None = None  # (see wait_until_idle)
         self.unhandled: list[str] = []
@@ -495,13 +500,16 @@ class FakeDiscord(LocalServer):
     def bot_permissions(self, channel_id: int) -> int:
         return BOT_PERMISSIONS & ~self._denied.get(channel_id, 0)
 
-    def rate_limit(self, kind: str, *, times: int = 1, retry_after: float = 0.3, said: object = None) -> None:
+    def rate_limit(
+        self, kind: str, *, times: int = 1, retry_after: float = 0.3, said: object = THE_WAIT
+    ) -> None:
         """Answer the next ``times`` requests of ``kind`` ("webhook", "channel message", "callback")
         with 429, as Discord does (topics/rate-limits): a JSON body with ``retry_after`` and
         ``global``, and the X-RateLimit-* headers, Retry-After and Via. The limit holds for the route
         that met it (its kind and method: Discord's limits are per route): a request there before it
         resets is a violation, answered 429 again as Discord does (which counts it toward a ban).
-        ``said``: what the body's ``retry_after`` holds instead (a crafted or broken value)."""
+        ``said``: what the body's ``retry_after`` holds instead (a crafted or broken value; ``None`` is
+        JSON's null), or :data:`LEFT_OUT` for a body without it."""
         self._limits_next[kind] = (times, retry_after)
         self._limit_said[kind] = said
 
@@ -510,13 +518,13 @@ class FakeDiscord(LocalServer):
         until = self._limited_until.get((kind, method), 0.0)
         if now < until:
             self.violations.append(f"{kind} request during its rate limit")
-            return self._too_many(until - now, self._limit_said.get(kind))
+            return self._too_many(until - now, self._limit_said.get(kind, THE_WAIT))
         times, retry_after = self._limits_next.get(kind, (0, 0.0))
         if times <= 0:
             return None
         self._limits_next[kind] = (times - 1, retry_after)
         self._limited_until[kind, method] = now + retry_after
-        return self._too_many(retry_after, self._limit_said.get(kind))
+        return self._too_many(retry_after, self._limit_said.get(kind, THE_WAIT))
 
     def _too_many(self, retry_after: float, said: object) -> web.Response:
         headers = {
@@ -529,11 +537,9 @@ class FakeDiscord(LocalServer):
             "Retry-After": str(max(1, round(retry_after))),
             "Via": "1.1 google",
         }
-        body = {
-            "message": "You are being rate limited.",
-            "retry_after": retry_after if said is None else said,
-            "global": False,
-        }
+        body: dict[str, Any] = {"message": "You are being rate limited.", "global": False}
+        if said is not LEFT_OUT:
+            body["retry_after"] = retry_after if said is THE_WAIT else said
         return _json(body, 429, headers)
 
     def expect_violation(self, prefix: str) -> None:
