@@ -150,6 +150,8 @@ PLANTED: list[tuple[str, str, str, Any, str]] = [
         "context-menu",
     ),
     ("option names not unique", "PUT", COMMANDS, [command(options=[option("a"), option("a")])], "unique"),
+    ("history of 101 messages", "GET", "/channels/1/messages?limit=101", None, "limit"),
+    ("history before and after", "GET", "/channels/1/messages?before=5&after=2", None, "exclusive"),
 ]
 
 
@@ -200,3 +202,28 @@ async def test_what_discord_accepts_passes(fake):
     for method, path, body in good:
         await send(fake, method, path, body)
     assert [v for v in fake.violations if v.startswith("refused by")] == []
+
+
+async def test_a_channel_history_reads_as_discord_serves_it(fake):
+    """Get Channel Messages: newest first; with ``after``, the messages right after it, oldest taken
+    first; nothing without Read Message History; 403 without View Channel."""
+    from tests.fakes.fake_discord import READ_MESSAGE_HISTORY, VIEW_CHANNEL
+
+    made = [fake.post_user_message(f"m{n}", []).id for n in range(5)]
+    headers = {"Authorization": f"Bot {fake.token}"}
+
+    async def read(query: str) -> tuple[int, Any]:
+        url = f"{fake.api_base}/channels/{fake.channel_id}/messages{query}"
+        async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    status, got = await read(f"?after={made[0]}&limit=2")
+    assert status == 200
+    assert [int(m["id"]) for m in got] == [made[2], made[1]]
+    assert [int(m["id"]) for m in (await read("?limit=2"))[1]] == [made[4], made[3]]
+    assert [int(m["id"]) for m in (await read(f"?before={made[4]}"))[1]] == made[3::-1]
+    fake.deny(fake.channel_id, READ_MESSAGE_HISTORY)
+    assert await read("") == (200, [])
+    fake.deny(fake.channel_id, VIEW_CHANNEL)
+    assert (await read(""))[0] == 403
+    assert fake.violations == []

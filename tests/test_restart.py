@@ -275,9 +275,10 @@ async def test_every_acknowledged_command_ends_after_a_crash(fake_discord, fake_
     )
 
 
+@pytest.mark.parametrize("nonce", ["remembered", "forgotten"])
 @pytest.mark.parametrize("token", ["expired", "alive"])
 async def test_a_channel_post_cut_off_by_a_crash_reaches_the_member_once(
-    fake_discord, fake_api, tmp_path, database, token
+    fake_discord, fake_api, tmp_path, database, token, nonce
 ):
     """The result goes to the channel, and the bot is killed after Discord posted it but before its
     answer came back (so before the ledger recorded the delivery). The restarted bot delivers the job
@@ -287,7 +288,10 @@ async def test_a_channel_post_cut_off_by_a_crash_reaches_the_member_once(
     - "alive": the job's message edit got no answer twice (not applied), so the first process went to
       the channel; the token still lives at the restart. Before, the restarted bot edited the job's
       message into the picture too: the member saw it twice. It now knows, from the ledger, that the
-      job went to the channel, and posts there again (with the nonce)."""
+      job went to the channel, and posts there again (with the nonce).
+    "forgotten": the restart comes after Discord's memory of the nonce ("the past few minutes"), so a
+    post made again would be a second one. Before, the member then saw the picture twice; the restarted
+    bot now finds the post in the channel's history and posts nothing."""
     # (on PostgreSQL a job killed while being delivered waits for its lease)
     env = polling_env(fake_discord, fake_api, tmp_path, database, SD_JOB_TIMEOUT_S="3600", JOB_LEASE_S="3")
     fake_discord.lose_next_posts = ["hang"]
@@ -307,6 +311,8 @@ async def test_a_channel_post_cut_off_by_a_crash_reaches_the_member_once(
     finally:
         await stop_bot(proc, signal.SIGKILL)  # Discord has the post; the bot never heard back
     assert await states(database) != {"delivered": 1}
+    if nonce == "forgotten":
+        fake_discord.nonce_window_s = 0.0
 
     proc = await spawn_bot(fake_discord, env, tmp_path)
     try:
@@ -317,6 +323,8 @@ async def test_a_channel_post_cut_off_by_a_crash_reaches_the_member_once(
     finally:
         log = await stop_bot(proc, signal.SIGTERM)
     assert "job resumed" in log
+    assert "the job's result had been posted in its channel; not posting it again" in log
+    assert len(fake_discord.history_reads) == 1, fake_discord.history_reads
     shown = [m for m in fake_discord.messages.values() if m.results and not m.deleted]
     assert [m.id for m in shown] == fake_discord.channel_messages, [m.content for m in shown]
     assert len(shown) == 1

@@ -283,6 +283,7 @@ class FakeDiscord(LocalServer):
         self.lose_next_edits: list[str] = []
         self.lose_next_deletes: list[str] = []  # the same, for deletions of an interaction's messages
         self.drop_message_reads = 0  # reads of a channel's message whose connection breaks unanswered
+        self.history_reads: list[dict[str, str]] = []  # the query of every read of a channel's history
         self.hang_next_progress_edits = 0  # edits without files (progress lines) never answered
         self.identified = asyncio.Event()
         self.commands_synced = asyncio.Event()
@@ -1145,6 +1146,10 @@ class FakeDiscord(LocalServer):
             msg.deleted = True
             self.deleted_by_bot.append(msg.id)
             return web.Response(status=204)
+        if parts[0] == "channels" and len(parts) == 3 and parts[2] == "messages" and method == "GET":
+            if not self._authorised(request):
+                return _error(401, 0, "401: Unauthorized")
+            return self._channel_history(request, int(parts[1]))
         if parts[0] == "channels" and len(parts) == 3 and parts[2] == "messages" and method == "POST":
             if not self._authorised(request):
                 return _error(401, 0, "401: Unauthorized")
@@ -1328,7 +1333,8 @@ class FakeDiscord(LocalServer):
         return {
             "id": str(msg.id),
             "channel_id": str(msg.channel_id),
-            "type": 20 if msg.author is None else 0,
+            # an interaction's answer (CHAT_INPUT_COMMAND); a member's message, or the bot's channel post
+            "type": 20 if msg.author is None and msg.interaction_id is not None else 0,
             "content": msg.content,
             "author": msg.author or self._bot_user(),
             "attachments": [
@@ -1355,6 +1361,49 @@ class FakeDiscord(LocalServer):
             "application_id": str(self.app_id),
             "webhook_id": str(self.app_id),
         }
+
+    def _channel_history(self, request: web.Request, channel_id: int) -> web.Response:
+        """Get Channel Messages (https://discord.com/developers/docs/resources/message#get-channel-messages):
+        "an array of message objects from newest to oldest"; needs View Channel, and "if the current
+        user is missing the READ_MESSAGE_HISTORY permission in the channel, then no messages will be
+        returned"; ``limit`` 1-100, default 50; "the before, after, and around parameters are mutually
+        exclusive". ``after``: the messages that follow it, oldest first taken."""
+        query = dict(request.query)
+        self.history_reads.append(query)
+        if not self.bot_permissions(channel_id) & VIEW_CHANNEL:
+            self.refusals.append("GET messages: Missing Access")
+            return _error(403, 50001, "Missing Access")
+        problems: dict[str, Any] = {}
+        anchors = {k: query[k] for k in ("before", "after", "around") if k in query}
+        if len(anchors) > 1:
+            problems["_errors"] = [{"message": "before, after and around are mutually exclusive"}]
+        try:
+            limit = int(query.get("limit", "50"))
+            ids = {k: int(v) for k, v in anchors.items()}
+        except ValueError:
+            return _error(400, 50035, "Invalid Form Body", {"_errors": [{"message": "not a snowflake"}]})
+        if not 1 <= limit <= 100:
+            problems["limit"] = {"_errors": [{"message": "Must be between 1 and 100."}]}
+        if problems:
+            self.violations.append(f"GET messages: {problems}")
+            return _error(400, 50035, "Invalid Form Body", problems)
+        if not self.bot_permissions(channel_id) & READ_MESSAGE_HISTORY:
+            return _json([])
+        shown = sorted(
+            m.id
+            for m in self.messages.values()
+            if m.channel_id == channel_id and not m.deleted and not m.ephemeral
+        )
+        if "after" in ids:
+            picked = [i for i in shown if i > ids["after"]][:limit]
+        elif "before" in ids:
+            picked = [i for i in shown if i < ids["before"]][-limit:]
+        elif "around" in ids:
+            at = sum(i < ids["around"] for i in shown)
+            picked = shown[max(0, at - limit // 2) :][:limit]
+        else:
+            picked = shown[-limit:]
+        return _json([self._message_payload(self.messages[i]) for i in reversed(picked)])
 
     async def _channel_message(self, request: web.Request, channel_id: int) -> web.Response:
         """A normal bot message in a channel (used when an interaction token has expired). Needs the

@@ -101,9 +101,9 @@ class Endings:
 
     async def posting(self, job: Job) -> bool:
         """Recorded before the job's result is posted in its channel (its message could not be edited):
-        a job resumed after a crash in the middle of that post then posts there again, where the post's
-        nonce makes Discord give back the message it made, instead of editing its message into a second
-        copy. False when another process owns the job now (that one delivers it). A ledger out of reach
+        a job resumed after a crash in the middle of that post then looks for the post in the channel,
+        and posts there again (with the same nonce) only if it is not there, instead of editing its
+        message into a second copy. False when another process owns the job now (that one delivers it). A ledger out of reach
         does not stop the post: the picture twice is better than not at all."""
         try:
             await self.ledger.update(job, channel_post_at=time.time())

@@ -28,6 +28,7 @@ from . import cards, text
 from .acknowledge import send
 from .components import result_view, spent, upload
 from .langs import members, of_job
+from .posting import earlier_post, posted
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,11 @@ NO_MENTIONS = discord.AllowedMentions.none()
 # Interaction tokens live 15 minutes; past this age, deliver as a channel message instead.
 TOKEN_SAFE_AGE_S = 14 * 60
 INVALID_WEBHOOK_TOKEN = 401
-NONCE_MAX = 25  # Create Message's ``nonce``: "up to 25 characters"
 # A request to Discord that failed: refused by Discord (or rate-limited for longer than the bot waits:
 # cogs/botcore/ratelimits.py), or without an answer
 FAILED: tuple[type[Exception], ...] = (discord.HTTPException, discord.RateLimited, *NO_ANSWER)
 # What delivering a result may end in: Discord refused it, or took nothing for it
 UNDELIVERED: tuple[type[Exception], ...] = (*FAILED, DeliveryInterrupted)
-POST_ATTEMPTS = 3  # a channel post without a readable answer, made again (its nonce makes that safe)
 NOTE_TIMEOUT_S = 10.0  # the job's message told where its result is, or that it waits (see _noted)
 # What became of the job's message when it was to be edited into the result
 Edited = Literal["edited", "gone", "unanswered"]
@@ -88,7 +87,8 @@ async def deliver(
     that (False: another process delivers the job now). A request that gets no answer, or one that
     cannot be read, may have been done: an edit is looked at (did it land?) and made once more; a
     channel post is made again with the same nonce (Discord makes no second message), also by a job
-    resumed after a crash in its middle (it goes to the channel again, not to its message). Raises
+    resumed after a crash in its middle (it goes to the channel again, not to its message, once the
+    channel's history shows it is not there: see posting.py). Raises
     :class:`discord.HTTPException` when Discord refuses both, and :class:`DeliveryInterrupted` when
     the channel post failed on Discord's side (5xx), got no readable answer every time, or is
     rate-limited for longer than the bot waits. ``limited``: the job's message is rate-limited so
@@ -98,21 +98,31 @@ async def deliver(
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
     editable = fresh and not limited and (interaction is not None or job.message_id is not None)
     if job.channel_post_at is not None:  # (resumed after a crash in the middle of that post)
-        log.info("the job's result was being posted in its channel; posting it again", extra={"job": job.id})
         point = editable
+        earlier = await earlier_post(client, job)
+        if earlier is not None:  # (Discord's nonce would not tell: it is remembered a few minutes)
+            log.info(
+                "the job's result had been posted in its channel; not posting it again", extra={"job": job.id}
+            )
+            if point:
+                await _noted(
+                    client, job, interaction, say(lang, "reply.posted_in_channel", link=earlier.jump_url)
+                )
+            return
+        log.info("the job's result was being posted in its channel; posting it again", extra={"job": job.id})
     else:
         edited = await _edited(client, outcome, lang, interaction, full=full) if editable else GONE
         if edited == EDITED or not await posting(job):
             return
         point = edited == UNANSWERED  # (a message that is gone, or refused edits, is left alone)
     try:
-        posted = await _posted(client, outcome, lang, full=full)
+        post = await posted(client, job, lambda: render(outcome, lang, full=full))
     except DeliveryInterrupted:  # (delivered later: its message says so, not an old progress line)
         if point:
             await _noted(client, job, interaction, say(lang, "reply.waiting_for_discord"))
         raise
     if point:
-        await _noted(client, job, interaction, say(lang, "reply.posted_in_channel", link=posted.jump_url))
+        await _noted(client, job, interaction, say(lang, "reply.posted_in_channel", link=post.jump_url))
 
 
 async def _edited(
@@ -226,51 +236,6 @@ async def _noted(
             await _edit(client, job, interaction, content=content, files=[], view=None)
     except FAILED as exc:
         log.info("the job's message could not be edited", extra={"job": job.id, "error": type(exc).__name__})
-
-
-async def _posted(client: discord.Client, outcome: Outcome, lang: str, *, full: bool) -> discord.Message:
-    """The outcome posted in the job's channel, mentioning its member."""
-    job = outcome.job
-    channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-    ping = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
-    # One nonce for every attempt: discord.py sends it with ``enforce_nonce``, and Discord then gives
-    # back the message it already made with it in the past few minutes instead of posting another. So
-    # a post is safe to make again. Made from the job, so that the post of a job resumed right after a
-    # restart is not doubled either.
-    nonce = f"d2i-{job.id}"[:NONCE_MAX]
-    unanswered: Exception | None = None
-    for attempt in range(POST_ATTEMPTS):
-        content, files, view = render(outcome, lang, full=full)
-        with spent(view):
-            try:
-                return await channel.send(
-                    content=content,
-                    files=files,
-                    view=view or discord.utils.MISSING,
-                    allowed_mentions=ping,
-                    nonce=nonce,
-                )
-            except discord.Forbidden:
-                log.warning(
-                    "the job's result cannot be posted in its channel: the bot lacks View Channel, Send "
-                    "Messages or Attach Files there (give its role those, or use /depth2img-settings to "
-                    "keep it to channels where it has them)",
-                    extra={"job": job.id, "channel_id": job.channel_id},
-                )
-                raise
-            except discord.DiscordServerError as exc:  # (after discord.py's own tries: Discord's trouble)
-                raise DeliveryInterrupted(f"{type(exc).__name__} {exc.status}") from exc
-            except discord.RateLimited as exc:  # (for longer than the bot waits: posted later)
-                raise DeliveryInterrupted(f"RateLimited {exc.retry_after:.0f} s") from exc
-            except discord.HTTPException:
-                raise
-            except Exception as exc:  # (no answer, or none discord.py could read)
-                log.info(
-                    "the job's channel message got no readable answer",
-                    extra={"job": job.id, "error": type(exc).__name__, "attempt": attempt + 1},
-                )
-                unanswered = exc
-    raise DeliveryInterrupted(type(unanswered).__name__) from unanswered
 
 
 async def _edit(
