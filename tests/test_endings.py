@@ -25,7 +25,7 @@ from cogs.depth2img.errors import (
 )
 from cogs.depth2img.metrics import Metrics
 from cogs.depth2img.models import GenerationParams, ProgressEvent, Stage
-from cogs.depth2img.store import JobState, Ledger
+from cogs.depth2img.store import Job, JobState, Ledger
 from tests.fakes.fake_api import make_png
 from tests.fakes.memory_backend import MemoryAttachments, MemoryBackend
 from tests.service_kit import origin, settings, take_in
@@ -76,7 +76,7 @@ async def test_a_job_at_the_service_whose_run_broke_is_resumed_by_its_own_proces
     )
     await service.start()
     claimed: list = []
-    tasks = [asyncio.create_task(c) for c in service.background(claimed.append).values()]
+    tasks = [asyncio.create_task(c) for c in service.background(claimed.append, _posted).values()]
     try:
         with service.admit(1, 20) as ticket:
             job = await take_in(service, GenerationParams(prompt="x"), origin(), _read)
@@ -167,3 +167,7 @@ async def test_a_result_the_chat_refuses_is_kept_and_an_error_leaves_no_picture_
             raise RuntimeError("refused")
     failed = await service.get(other.id)
     assert (failed.state, failed.result_path, failed.has_picture) == (JobState.FAILED, None, False)
+
+
+async def _posted(job: Job) -> None:
+    raise AssertionError(f"no kept result to post here: {job.id}")

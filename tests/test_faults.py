@@ -7,6 +7,7 @@ state; one bad value hurts no other member; a job may outlive its interaction's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -522,6 +523,40 @@ async def test_a_result_discord_takes_no_request_for_is_delivered_later_not_thro
     assert_clean(fake_discord, fake_api, caplog)
 
 
+async def test_a_result_kept_through_an_outage_longer_than_its_job_is_posted_once_discord_is_back(
+    start_bot, fake_discord, fake_api, caplog
+):
+    """Discord takes nothing for longer than the job may wait (its deadline leaves no time for another
+    try): every channel post is answered 503. The job ends failed, its picture kept. Once Discord
+    takes posts again, the kept picture is posted in the channel, once, mentioning its member, and the
+    job is delivered. Before, it stayed failed and the member never got the picture (its message had
+    said it would be posted as soon as Discord takes it)."""
+    bot = await start_bot(JOB_LEASE_S="1", SD_JOB_TIMEOUT_S="20")
+    fake_discord.lose_next_edits = ["request", "request"]
+    fake_discord.fail_next_posts = 10**6
+    user = 868686868686868696
+    await _ask(fake_discord, user)
+    led = await _recorded(bot, {"failed": 1}, timeout=20)
+    refused = fake_discord.fail_next_posts
+    with contextlib.suppress(TimeoutError):  # (a later try, still refused; before: none came)
+        await fake_discord.wait_for(lambda: fake_discord.fail_next_posts < refused, timeout=5)
+    assert fake_discord.channel_messages == []
+    fake_discord.fail_next_posts = 0  # Discord is back
+    await _recorded(bot, {"delivered": 1}, timeout=20)
+    await fake_discord.wait_until_idle(busy(bot))
+    (job,) = await led.for_user(user)
+    shown = [fake_discord.messages[i] for i in fake_discord.channel_messages]
+    assert len(shown) == 1 and len(shown[0].results) == 1, [m.content for m in shown]
+    assert f"`{job.id}`" in shown[0].content and "kept while Discord was not taking it" in shown[0].content
+    assert shown[0].pings == [f"<@{user}>"]
+    assert any(c["custom_id"].endswith(job.id) for row in shown[0].components for c in row["components"])
+    assert len(fake_api.submissions) == 1
+    await asyncio.sleep(3)  # (rounds go on: nothing is posted again)
+    assert len(fake_discord.channel_messages) == 1
+    shown[0].pings.clear()  # (assert_clean would refuse the member's ping, which is meant)
+    assert_clean(fake_discord, fake_api, caplog)
+
+
 async def test_cancel_on_a_result_waiting_for_discord_says_it_is_being_finished(
     start_bot, fake_discord, fake_api, caplog
 ):
@@ -583,7 +618,8 @@ async def test_a_result_discord_never_takes_a_request_for_ends_failed_at_the_job
     """Discord answers nothing for the result, however often it is tried: the job is run again while
     its deadline (SD_JOB_TIMEOUT_S) leaves time for another run (two leases and
     endings.LATER_MARGIN_S), then recorded as failed, its picture kept; never submitted again. (A run
-    cut short by the deadline would lose the picture.)"""
+    cut short by the deadline would lose the picture.) It is then tried in the channel now and then
+    (core/late.py), still taking nothing: it stays so."""
     from cogs.depth2img.core.endings import LATER_MARGIN_S
 
     deadline_s = LATER_MARGIN_S + 8
@@ -593,7 +629,9 @@ async def test_a_result_discord_never_takes_a_request_for_ends_failed_at_the_job
     user = 868686868686868689
     await _ask(fake_discord, user)
     led = await _recorded(bot, {"failed": 1}, timeout=40)
-    await fake_discord.wait_until_idle(busy(bot), quiet_s=2.5)  # (longer than a lease: nothing more)
+    lost = len(fake_discord.lose_next_posts)
+    await fake_discord.wait_for(lambda: len(fake_discord.lose_next_posts) < lost, timeout=10)  # tried late
+    await fake_discord.wait_until_idle(busy(bot))
     (job,) = await led.for_user(user)
     assert job.error_kind == "DeliveryFailed"
     assert job.resumes >= 1

@@ -173,6 +173,49 @@ async def test_two_processes_claiming_at_once_never_share_a_job(open_ledger: Ope
     assert sorted(ids) == [f"m{n:02d}" for n in range(60)]  # every job once: none twice, none lost
 
 
+async def test_kept_results_due_to_be_posted_late_are_taken_once(open_ledger: Opener) -> None:
+    """Only a job whose result is kept but was never delivered, that ended within the window and was
+    not tried since ``tried_before``, is due; taking it marks it tried, so two processes (here three,
+    three times each, at once) never take the same one, and it is not due again at once."""
+    ledger = await open_ledger()
+
+    async def ended(job_id: str, **changes: object) -> Job:
+        job = await ledger.create(new_job(job_id))
+        return await ledger.update(
+            job, **{"state": JobState.FAILED, "error_kind": "DeliveryFailed"} | changes
+        )
+
+    for n in range(12):
+        await ended(f"k{n:02d}", result_path=f"/r/k{n:02d}.png")
+    await ended("nopicture")
+    await ended("deleted", result_path="/r/d.png", deleted_at=time.time())
+    await ended("tried", result_path="/r/t.png", late_post_at=time.time())
+    await ended("other", result_path="/r/o.png", error_kind="ApiError")
+    await ledger.update(
+        await ledger.create(new_job("fine")), state=JobState.DELIVERED, result_path="/r/f.png"
+    )
+    now = time.time()
+    claimers = [await open_ledger(group=f"g{n}") for n in range(3)]
+    results = await asyncio.gather(
+        *(
+            c.claim_late_posts(since=now - 60, tried_before=now - 30, limit=5)
+            for c in claimers
+            for _ in range(3)
+        )
+    )
+    taken = [j for batch in results for j in batch]
+    # (on PostgreSQL a call whose picks another took meanwhile gets fewer: those are taken next round)
+    taken += await ledger.claim_late_posts(since=now - 60, tried_before=now - 30, limit=20)
+    assert sorted(j.id for j in taken) == [f"k{n:02d}" for n in range(12)]  # each once, no other
+    assert all(j.late_post_at is not None and j.late_post_at >= now for j in taken)
+    assert await ledger.claim_late_posts(since=now - 60, tried_before=now - 30) == []
+    assert await ledger.claim_late_posts(since=time.time() + 1, tried_before=time.time() + 1) == []
+    owner = next(c for c in claimers if c.owner == taken[0].owner)  # (it records what came of it)
+    assert (await owner.update(taken[0], state=JobState.DELIVERED)).state is JobState.DELIVERED
+    again = await ledger.claim_late_posts(since=now - 60, tried_before=time.time() + 1, limit=20)
+    assert sorted(j.id for j in again) == sorted([*(j.id for j in taken[1:]), "tried"])
+
+
 async def test_concurrent_writes_all_land_and_one_failure_fails_alone(open_ledger: Opener) -> None:
     """SQLite commits the statements of concurrent jobs together (group commit): a statement that
     fails (here a duplicate id) must fail alone, and every other one must be stored."""

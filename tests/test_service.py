@@ -28,7 +28,7 @@ from cogs.depth2img.errors import (
     ShuttingDown,
 )
 from cogs.depth2img.models import GenerationParams, ProgressEvent, Stage
-from cogs.depth2img.store import JobState
+from cogs.depth2img.store import Job, JobState
 from tests.fakes.fake_api import make_png
 from tests.ledger_queries import count_by_state, events
 from tests.service_kit import SOURCE, origin, run, take_in
@@ -470,13 +470,16 @@ async def test_a_background_task_that_fails_is_logged(caplog):
 
 
 async def test_the_loop_monitor_runs_only_when_asked_for(make_service, tmp_path):
-    usual = make_service().background(lambda job: None)
+    async def post(job: Job) -> None:
+        pass
+
+    usual = make_service().background(lambda job: None, post)
     asked = make_service(
         loop_monitor_file=tmp_path / "loop.txt", keep_pictures_days=None, keep_jobs_days=None
-    ).background(lambda job: None)
+    ).background(lambda job: None, post)
     assert (set(usual), set(asked)) == (
-        {"leases", "pruning", "backend"},
-        {"leases", "loop-monitor", "backend"},
+        {"leases", "late-posts", "pruning", "backend"},
+        {"leases", "late-posts", "loop-monitor", "backend"},
     )
     for coro in [*usual.values(), *asked.values()]:
         coro.close()

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .endings import Endings
 from .gate import Gate, Where
 from .intake import Attachments, Intake, Origin, Reader
 from .jobs import Emit, JobRunner, Outcome, Sleep
+from .late import LatePosts
 from .pictures import NO_LONGER_STORED, Pictures
 from .policy import GuildSettings, OwnerLimits
 
@@ -93,6 +94,7 @@ class Depth2ImgService:
         self.endings = Endings(
             ledger, self.pictures, metrics, sleep=sleep, deliverable_later=self.runner.deliverable_later
         )
+        self.late = LatePosts(ledger, every_s=settings.job_lease_s, sleep=sleep)
 
     # --- start and stop ---
 
@@ -109,14 +111,17 @@ class Depth2ImgService:
         await self.gate.load_rules()
         return await self.ledger.claim_orphans(at_start=True)
 
-    def background(self, on_claimed: Callable[[Job], None]) -> dict[str, Coroutine[Any, Any, None]]:
-        """The service's upkeep, to run as tasks for as long as it lives: lease renewal and takeover
-        (``on_claimed`` gets each job taken over from a stopped process), the pruning of old pictures,
-        and the event-loop monitor when ``LOOP_MONITOR_FILE`` is set."""
+    def background(
+        self, on_claimed: Callable[[Job], None], on_late: Callable[[Job], Awaitable[None]]
+    ) -> dict[str, Coroutine[Any, Any, None]]:
+        """The service's upkeep, run as tasks for as long as it lives: lease renewal and takeover (to
+        ``on_claimed``), kept results posted late (by ``on_late``: late.py), the pruning of old
+        pictures, and the event-loop monitor when ``LOOP_MONITOR_FILE`` is set."""
         work: dict[str, Coroutine[Any, Any, None]] = {
             "leases": upkeep.keep_leases(
                 self.ledger, on_claimed, running=lambda: frozenset(self._running), sleep=self._sleep
             ),
+            "late-posts": self.late.keep_posting(on_late),
             "backend": self.backend.upkeep(),
         }
         pictures_days, jobs_days = self.settings.keep_pictures_days, self.settings.keep_jobs_days
@@ -305,6 +310,9 @@ class Depth2ImgService:
     async def posting(self, job: Job) -> bool:
         """Before a result goes to the channel: whether this process still may (see :class:`.Endings`)."""
         return await self.endings.posting(job)
+
+    async def late_posted(self, job: Job, *, posted: bool) -> None:
+        await (self.late.posted(job) if posted else self.late.refused(job))  # (see late.py)
 
     @contextlib.contextmanager
     def resumed(self, job: Job) -> Iterator[Ticket]:

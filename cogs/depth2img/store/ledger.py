@@ -17,8 +17,6 @@ owner calls :meth:`Ledger.claim_delivery`: a job is delivered by at most one pro
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import secrets
 import time
@@ -33,6 +31,7 @@ from .base import Database, Execute, ExecuteMany, Fetch, Op, OpFactory
 from .postgres import PostgresDatabase
 from .records import FINISHED, DuplicateInteraction, Job, JobState, JobTakenOver, from_row, to_row
 from .sqlite import SqliteDatabase
+from .tallies import Tallies
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,7 +39,7 @@ _FINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(FINISHED))
 _EVENT_SQL = "INSERT INTO job_events (job_id, at, state, detail, owner) VALUES (?, ?, ?, ?, ?)"
 
 
-class Ledger:
+class Ledger(Tallies):
     """The jobs, their events and the servers' settings.
 
     ``owner`` names this process (``<group>/<random>``); ``group`` is what a restarted process shares
@@ -250,6 +249,29 @@ class Ledger:
 
         return await self._run(op)
 
+    async def claim_late_posts(self, *, since: float, tried_before: float, limit: int = 5) -> list[Job]:
+        """Take the jobs whose result is kept but was never delivered (Discord took nothing for it, or
+        refused it: :attr:`Job.undelivered`), that ended after ``since`` and were not tried in their
+        channel since ``tried_before``; marks them tried now, owned by this process (to record what came
+        of it). Atomic: two processes never take the same job at once."""
+        now = time.time()
+        due = (
+            "state = 'failed' AND error_kind = 'DeliveryFailed' AND result_path IS NOT NULL "
+            "AND deleted_at IS NULL AND (late_post_at IS NULL OR late_post_at < ?)"
+        )
+        sql = (
+            "UPDATE jobs SET late_post_at = ?, owner = ? WHERE id IN "  # noqa: S608
+            f"(SELECT id FROM jobs WHERE {due} AND finished_at >= ? ORDER BY finished_at LIMIT ?) "
+            f"AND {due} RETURNING *"
+        )
+        args = (now, self.owner, tried_before, float(since), limit, tried_before)
+
+        def op() -> Op[list[Job]]:
+            rows = yield Fetch(sql, args)
+            return sorted((from_row(r) for r in rows), key=lambda j: j.finished_at or 0.0)
+
+        return await self._run(op)
+
     # --- reading ---
 
     async def get(self, job_id: str) -> Job | None:
@@ -308,84 +330,6 @@ class Ledger:
         )
 
         return await self._run(lambda: _deleting(Fetch(select, (float(finished_before), limit))))
-
-    # --- what the bot learnt (a few named values) ---
-
-    async def recall(self, name: str) -> str | None:
-        def op() -> Op[str | None]:
-            rows = yield Fetch("SELECT value FROM bot_state WHERE name = ?", (name,))
-            return str(rows[0]["value"]) if rows else None
-
-        return await self._run(op)
-
-    async def remember(self, name: str, value: str) -> None:
-        sql = (
-            "INSERT INTO bot_state (name, value, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
-        )
-        args = (name, clean_text(value), time.time())
-
-        def op() -> Op[None]:
-            yield Execute(sql, args)
-
-        await self._run(op)
-
-    async def pictures_since(self, since: float) -> int:
-        """Pictures asked for (each job's ``samples``) since ``since``, across every server."""
-
-        def op() -> Op[int]:
-            rows = yield Fetch("SELECT params FROM jobs WHERE created_at >= ?", (float(since),))
-            total = 0
-            for r in rows:
-                with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    total += max(1, int(json.loads(r["params"]).get("samples", 1)))
-            return total
-
-        return await self._run(op)
-
-    # --- servers' settings and counts ---
-
-    async def all_guild_settings(self) -> dict[int, str]:
-        def op() -> Op[dict[int, str]]:
-            rows = yield Fetch("SELECT guild_id, data FROM guild_settings")
-            return {int(r["guild_id"]): str(r["data"]) for r in rows}
-
-        return await self._run(op)
-
-    async def save_guild_settings(self, guild_id: int, data: str, by: int) -> None:
-        sql = (
-            "INSERT INTO guild_settings (guild_id, data, updated_at, updated_by) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(guild_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at, "
-            "updated_by = excluded.updated_by"
-        )
-        args = (guild_id, clean_text(data), time.time(), by)
-
-        def op() -> Op[None]:
-            yield Execute(sql, args)
-
-        await self._run(op)
-
-    async def member_counts_since(self, since: float) -> dict[tuple[int, int], int]:
-        def op() -> Op[dict[tuple[int, int], int]]:
-            rows = yield Fetch(
-                "SELECT guild_id, user_id, COUNT(*) AS n FROM jobs "
-                "WHERE created_at >= ? AND guild_id IS NOT NULL GROUP BY guild_id, user_id",
-                (float(since),),
-            )
-            return {(int(r["guild_id"]), int(r["user_id"])): int(r["n"]) for r in rows}
-
-        return await self._run(op)
-
-    async def guild_counts_since(self, since: float) -> dict[int, int]:
-        def op() -> Op[dict[int, int]]:
-            rows = yield Fetch(
-                "SELECT guild_id, COUNT(*) AS n FROM jobs "
-                "WHERE created_at >= ? AND guild_id IS NOT NULL GROUP BY guild_id",
-                (float(since),),
-            )
-            return {int(r["guild_id"]): int(r["n"]) for r in rows}
-
-        return await self._run(op)
 
 
 def _deleting(select: Fetch) -> Op[list[Job]]:

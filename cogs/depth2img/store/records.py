@@ -99,6 +99,8 @@ class Job:
     result_info: str | None = None  # JSON: the delivered result's timings, size and seed (Details)
     # unix time: its message could not be edited, so its result began to be posted in the channel
     channel_post_at: float | None = None
+    # unix time: its kept result (undelivered) was last tried in its channel after the job ended
+    late_post_at: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -129,6 +131,7 @@ _REAL_COLUMNS = (
     "lease_until",
     "deleted_at",
     "channel_post_at",
+    "late_post_at",
 )
 
 

@@ -141,6 +141,13 @@ MIGRATIONS += (
         ("ALTER TABLE jobs ADD COLUMN channel_post_at {real}",),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        7,
+        "when a result Discord took nothing for was last posted, or tried, after its job ended",
+        ("ALTER TABLE jobs ADD COLUMN late_post_at {real}",),
+    ),
+)
 LATEST = MIGRATIONS[-1].version
 
 VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

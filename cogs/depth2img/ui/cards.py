@@ -174,3 +174,8 @@ def result_message(job: Job, result: GenerationResult, lang: str) -> str:
 def shown_text(job: Job, lang: str, *, deleted: bool = False) -> str:
     key = "card.shown_deleted" if deleted else "card.shown"
     return text(lang, key, id=job.id, member=f"<@{job.user_id}>") + "\n" + params_block(job, lang)
+
+
+def late_text(job: Job, lang: str) -> str:
+    """A kept result posted once Discord took requests again: whose it is, and why it comes late."""
+    return text(lang, "card.late", id=job.id, member=f"<@{job.user_id}>") + "\n" + params_block(job, lang)

@@ -31,6 +31,7 @@ from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_value
 from .delivery import NO_MENTIONS, edit_original, failed, message_gone, tell
 from .flow import RequestFlow
 from .langs import channels, members
+from .late import post_kept
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             log.info("resuming unfinished jobs", extra={"count": len(pending)})
         for job in pending:
             self._resume(job)
-        for name, work in self.service.background(self._resume).items():
+        late = functools.partial(post_kept, self.bot, self.service)
+        for name, work in self.service.background(self._resume, late).items():
             create_task(work, name=name, keep_in=self._tasks)
 
     async def cog_unload(self) -> None:

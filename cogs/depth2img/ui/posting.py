@@ -81,21 +81,25 @@ async def posted(client: discord.Client, job: Job, make: Callable[[], Message]) 
     raise DeliveryInterrupted(type(unanswered).__name__) from unanswered
 
 
-async def earlier_post(client: discord.Client, job: Job) -> discord.Message | None:
+async def earlier_post(client: discord.Client, job: Job, *, latest: bool = False) -> discord.Message | None:
     """The job's post in its channel, if a process that crashed in the middle of posting it got it
     there: looked for in the channel's history from a little before the post was started (the ledger's
-    ``channel_post_at``). None when it is not there, or when that cannot be told: without Read Message
-    History Discord returns no messages; a refusal, no answer, or one that cannot be read."""
+    ``channel_post_at``); ``latest``: among the channel's latest messages too (a kept result posted late,
+    whose answer went missing). None when it is not there, or when that cannot be told: without Read
+    Message History Discord returns no messages; a refusal, no answer, or one that cannot be read."""
     me = client.user
-    if me is None or job.channel_post_at is None:
+    if me is None:
         return None
-    started = datetime.datetime.fromtimestamp(job.channel_post_at - CLOCK_SLACK_S, tz=datetime.UTC)
+    pages: list[datetime.datetime | None] = [None] if latest else []
+    if job.channel_post_at is not None:
+        pages.insert(0, datetime.datetime.fromtimestamp(job.channel_post_at - CLOCK_SLACK_S, tz=datetime.UTC))
     channel = client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
     try:
         async with asyncio.timeout(LOOK_TIMEOUT_S):
-            async for message in channel.history(limit=HISTORY_PAGE, after=started):
-                if _is_post_of(message, job, me.id):
-                    return message
+            for after in pages:
+                async for message in channel.history(limit=HISTORY_PAGE, after=after):
+                    if _is_post_of(message, job, me.id):
+                        return message
     except Exception as exc:  # (any: the post is made again, as without this look)
         log.info(
             "the channel's history could not be read for the job's post",
