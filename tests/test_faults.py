@@ -321,6 +321,29 @@ async def test_a_rate_limit_longer_than_the_bot_waits_sends_the_result_to_the_ch
     assert_clean(fake_discord, fake_api, caplog)
 
 
+async def test_a_message_rate_limited_past_the_bots_wait_points_to_the_post_once_the_limit_ends(
+    start_bot, fake_discord, fake_api, caplog
+):
+    """The result's edit meets a 429 naming 31 s, a little more than the bot waits: the result goes to
+    the channel at once, and once the limit is over the job's message, which still said "thinking…"
+    (before: for good), points to the post; no request is made on the limited route before that."""
+    from cogs.botcore.ratelimits import RATE_LIMIT_WAIT_MAX_S
+
+    bot = await start_bot()
+    fake_discord.rate_limit("webhook", retry_after=RATE_LIMIT_WAIT_MAX_S + 1)
+    user = 868686868686868697
+    record, shown = await _shown_after_faults(fake_discord, bot, user)
+    (posted,) = shown
+    assert fake_discord.visible_messages(record)[0].loading  # (limited: not edited yet)
+    await fake_discord.wait_for(
+        lambda: not fake_discord.visible_messages(record)[0].loading, timeout=RATE_LIMIT_WAIT_MAX_S + 10
+    )
+    assert_points_to(fake_discord.visible_messages(record), posted)
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
+    posted.pings.clear()  # (assert_clean would refuse the member's ping, which is meant)
+    assert_clean(fake_discord, fake_api, caplog)
+
+
 async def test_a_progress_line_rate_limited_for_long_sends_the_result_to_the_channel_unrefused(
     start_bot, fake_discord, fake_api, caplog
 ):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import discord
 
+from cogs.botcore.tasks import create_task
 from cogs.botcore.transport import CONNECTION_LOST, NO_ANSWER
 from cogs.depth2img.core.jobs import Outcome
 from cogs.depth2img.errors import DeliveryInterrupted, Depth2ImgError, InternalError
@@ -80,7 +81,7 @@ async def deliver(
     posting: Callable[[Job], Awaitable[bool]],
     interaction: discord.Interaction[Any] | None = None,
     full: bool = False,
-    limited: bool = False,
+    limited_until: float | None = None,
 ) -> None:
     """Edit the job's message into the outcome (through ``interaction`` when it is at hand, else
     through the token kept in the ledger), or fall back to the channel, once ``posting`` has recorded
@@ -91,12 +92,15 @@ async def deliver(
     channel's history shows it is not there: see posting.py). Raises
     :class:`discord.HTTPException` when Discord refuses both, and :class:`DeliveryInterrupted` when
     the channel post failed on Discord's side (5xx), got no readable answer every time, or is
-    rate-limited for longer than the bot waits. ``limited``: the job's message is rate-limited so
-    (its progress line met that): it is not edited, the result goes to the channel."""
+    rate-limited for longer than the bot waits. ``limited_until`` (monotonic): the job's message is
+    rate-limited so until then (its progress line met that): it is not edited, the result goes to the
+    channel. A message so limited is pointed to the post once the limit is over, if its token lives."""
     job = outcome.job
     lang = of_job(client, job, interaction)  # (the channel sees it: the server's language)
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
-    editable = fresh and not limited and (interaction is not None or job.message_id is not None)
+    known = interaction is not None or job.message_id is not None
+    free_at = limited_until if limited_until is not None and time.monotonic() < limited_until else None
+    editable = fresh and free_at is None and known
     if job.channel_post_at is not None:  # (resumed after a crash in the middle of that post)
         point = editable
         earlier = await earlier_post(client, job)
@@ -111,7 +115,14 @@ async def deliver(
             return
         log.info("the job's result was being posted in its channel; posting it again", extra={"job": job.id})
     else:
-        edited = await _edited(client, outcome, lang, interaction, full=full) if editable else GONE
+        try:
+            edited = await _edited(client, outcome, lang, interaction, full=full) if editable else GONE
+        except discord.RateLimited as exc:  # (not applied; made again now, it would be refused again)
+            log.info(
+                "the job's message is rate-limited for longer than the bot waits; sending to the channel",
+                extra={"job": job.id, "retry_after": round(exc.retry_after, 1)},
+            )
+            edited, free_at = GONE, time.monotonic() + exc.retry_after
         if edited == EDITED or not await posting(job):
             return
         point = edited == UNANSWERED  # (a message that is gone, or refused edits, is left alone)
@@ -123,6 +134,10 @@ async def deliver(
         raise
     if point:
         await _noted(client, job, interaction, say(lang, "reply.posted_in_channel", link=post.jump_url))
+    elif free_at is not None and fresh and known:
+        _note_later(
+            client, job, interaction, say(lang, "reply.posted_in_channel", link=post.jump_url), free_at
+        )
 
 
 async def _edited(
@@ -133,7 +148,8 @@ async def _edited(
     *,
     full: bool,
 ) -> Edited:
-    """The job's message edited into the outcome; else no longer editable, or without an answer."""
+    """The job's message edited into the outcome; else no longer editable, or without an answer.
+    Raises :class:`discord.RateLimited` for a limit longer than the bot waits."""
     job = outcome.job
     for attempt in range(2):
         content, files, view = render(outcome, lang, full=full)
@@ -149,12 +165,8 @@ async def _edited(
                     extra={"job": job.id, "status": exc.status},
                 )
                 return GONE
-            except discord.RateLimited as exc:  # (not applied; made again, it would be refused again)
-                log.info(
-                    "the job's message is rate-limited for longer than the bot waits; sending to the channel",
-                    extra={"job": job.id, "retry_after": round(exc.retry_after, 1)},
-                )
-                return GONE
+            except discord.RateLimited:  # (for longer than the bot waits: see deliver)
+                raise
             except Exception as exc:  # (no answer, or none discord.py could read: see NO_ANSWER)
                 log.info(
                     "the job's message edit got no readable answer",
@@ -227,8 +239,9 @@ async def edit_original(
 async def _noted(
     client: discord.Client, job: Job, interaction: discord.Interaction[Any] | None, content: str
 ) -> None:
-    """The job's message, which got no answer when it was edited into the result, edited to point to
-    the post in the channel, or to say that the result waits for Discord (without its Cancel button):
+    """The job's message, which got no answer (or a long rate limit) when it was edited into the
+    result, edited to point to the post in the channel, or to say that the result waits for Discord
+    (without its Cancel button):
     else it would show "thinking…", or an old progress line, for good. Tried once, for at most
     :data:`NOTE_TIMEOUT_S`: the member has the result already, or Discord is not taking requests."""
     try:
@@ -236,6 +249,31 @@ async def _noted(
             await _edit(client, job, interaction, content=content, files=[], view=None)
     except FAILED as exc:
         log.info("the job's message could not be edited", extra={"job": job.id, "error": type(exc).__name__})
+
+
+def _note_later(
+    client: discord.Client,
+    job: Job,
+    interaction: discord.Interaction[Any] | None,
+    content: str,
+    free_at: float,
+) -> None:
+    """The job's message, rate-limited when its result was to be edited in (so it still shows
+    "thinking…" or a progress line), pointed to the post in the channel once the limit is over (at
+    ``free_at``, monotonic): in the background, if its token still lives then."""
+    wait = free_at - time.monotonic()
+    if not time.time() + wait < job.interaction_created_at + TOKEN_SAFE_AGE_S:
+        log.info("the job's message stays limited for as long as it can be edited", extra={"job": job.id})
+        return
+
+    async def later() -> None:
+        await asyncio.sleep(wait)
+        await _noted(client, job, interaction, content)
+
+    create_task(later(), name=f"note-{job.id}", keep_in=_NOTES)
+
+
+_NOTES: set[asyncio.Task[None]] = set()  # (see _note_later)
 
 
 async def _edit(

@@ -228,14 +228,14 @@ class RequestFlow:
         self, job: Job, ticket: Ticket, *, started: float, interaction: discord.Interaction[Any] | None
     ) -> None:
         service = self.service
-        limited = False  # (the job's message rate-limited for long: the result goes to the channel)
+        limited: float | None = None  # (the job's message rate-limited for long, until then)
         if interaction is None:  # a resumed job: no progress line (its "thinking…" may be long gone)
             outcome = await service.run(job, ticket, emit=_nobody_watches, started_at=started)
         else:
             interval = service.settings.progress_interval_s
             async with ProgressMessage(interaction, job.id, interval_s=interval) as progress:
                 outcome = await service.run(job, ticket, emit=progress.update, started_at=started)
-            limited = progress.rate_limited
+            limited = progress.limited_until
         try:
             async with service.delivering(outcome, started_at=started if interaction else None) as mine:
                 if mine:
@@ -246,7 +246,7 @@ class RequestFlow:
                         posting=service.posting,
                         interaction=interaction,
                         full=full,
-                        limited=limited,
+                        limited_until=limited,
                     )
         except UNDELIVERED as exc:  # (recorded as DeliveryFailed by delivering())
             ref = secrets.token_hex(4)

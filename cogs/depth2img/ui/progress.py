@@ -62,6 +62,11 @@ class ProgressMessage:
         met a 429 naming a long wait: botcore/ratelimits.py)."""
         return time.monotonic() < self._limited_until
 
+    @property
+    def limited_until(self) -> float | None:
+        """Until when (monotonic) Discord refuses the job message's edits, if it does now."""
+        return self._limited_until if self.rate_limited else None
+
     def update(self, event: ProgressEvent) -> None:
         """The job's latest news (called on the event loop; returns at once)."""
         if self._closed:
