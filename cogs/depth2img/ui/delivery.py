@@ -109,9 +109,7 @@ async def deliver(
                 "the job's result had been posted in its channel; not posting it again", extra={"job": job.id}
             )
             if point:
-                await _noted(
-                    client, job, interaction, say(lang, "reply.posted_in_channel", link=earlier.jump_url)
-                )
+                await _noted(client, job, interaction, _pointer(lang, earlier))
             return
         log.info("the job's result was being posted in its channel; posting it again", extra={"job": job.id})
     else:
@@ -133,11 +131,9 @@ async def deliver(
             await _noted(client, job, interaction, say(lang, "reply.waiting_for_discord"))
         raise
     if point:
-        await _noted(client, job, interaction, say(lang, "reply.posted_in_channel", link=post.jump_url))
+        await _noted(client, job, interaction, _pointer(lang, post))
     elif free_at is not None and fresh and known:
-        _note_later(
-            client, job, interaction, say(lang, "reply.posted_in_channel", link=post.jump_url), free_at
-        )
+        _note_later(client, job, interaction, _pointer(lang, post), free_at)
 
 
 async def _edited(
@@ -241,14 +237,19 @@ async def _noted(
 ) -> None:
     """The job's message, which got no answer (or a long rate limit) when it was edited into the
     result, edited to point to the post in the channel, or to say that the result waits for Discord
-    (without its Cancel button):
-    else it would show "thinking…", or an old progress line, for good. Tried once, for at most
-    :data:`NOTE_TIMEOUT_S`: the member has the result already, or Discord is not taking requests."""
+    (without its Cancel button): else it would show "thinking…", or an old progress line, for good.
+    Tried once, for at most :data:`NOTE_TIMEOUT_S`: the member has the result already, or Discord is
+    not taking requests."""
     try:
         async with asyncio.timeout(NOTE_TIMEOUT_S):
             await _edit(client, job, interaction, content=content, files=[], view=None)
     except FAILED as exc:
         log.info("the job's message could not be edited", extra={"job": job.id, "error": type(exc).__name__})
+
+
+def _pointer(lang: str, post: discord.Message) -> str:
+    """The job's message once its result is in the channel: where to find it."""
+    return say(lang, "reply.posted_in_channel", link=post.jump_url)
 
 
 def _note_later(

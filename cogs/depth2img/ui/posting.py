@@ -110,17 +110,19 @@ async def earlier_post(client: discord.Client, job: Job, *, latest: bool = False
 
 def _is_post_of(message: discord.Message, job: Job, me: int) -> bool:
     """Whether ``message`` is the job's post: the bot's own plain message (not an interaction's answer,
-    such as the job's own message with its Cancel button) that carries the job's id, in a button's
-    custom id (a picture's buttons) or in its text (a failure's code)."""
+    such as the job's own message with its Cancel button) that carries the job's id: in its buttons'
+    custom ids (a picture's), or, for a message without buttons (a failure's), in its text. (A picture
+    made from this one names it in its text too, but its buttons carry its own id.)"""
     if (
         message.author.id != me
         or message.type is not discord.MessageType.default
         or message.id == job.message_id
     ):
         return False
-    if f"`{job.id}`" in message.content:
-        return True
-    return any(custom_id.rsplit(":", 1)[-1] == job.id for custom_id in _custom_ids(message.components))
+    custom_ids = list(_custom_ids(message.components))
+    if custom_ids:
+        return any(custom_id.rsplit(":", 1)[-1] == job.id for custom_id in custom_ids)
+    return f"`{job.id}`" in message.content
 
 
 def _custom_ids(components: Sequence[object]) -> Iterator[str]:
