@@ -333,3 +333,39 @@ async def test_a_channel_post_cut_off_by_a_crash_reaches_the_member_once(
     assert not record.message_ids[1:]
     if token == "alive":  # (the job's message points to the post, instead of "thinking…")
         assert_points_to(fake_discord.visible_messages(record), shown[0])
+
+
+async def test_a_failure_posted_before_a_crash_is_not_posted_again_after_the_nonce_is_forgotten(
+    fake_discord, fake_api, tmp_path, database
+):
+    """The same crash in the middle of a channel post, with a failure to tell (the image service failed
+    the job): a message without buttons, found in the channel's history by the code in its text. The
+    restart comes after Discord forgot the nonce: the member is told once."""
+    env = polling_env(fake_discord, fake_api, tmp_path, database, SD_JOB_TIMEOUT_S="3600", JOB_LEASE_S="3")
+    fake_api.scenario = "queued_then_failed"
+    fake_discord.lose_next_posts = ["hang"]
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    await fake_discord.invoke_slash(
+        "depth2img",
+        {"image": fake_discord.add_attachment(make_png(), "p.png"), "prompt": "crash mid-post"},
+        user_id=525252525252525253,
+        created_ago_s=14 * 60 + 5,
+    )
+    try:
+        await fake_discord.wait_for(lambda: len(fake_discord.channel_messages) == 1, timeout=20)
+        await asyncio.sleep(0.2)
+    finally:
+        await stop_bot(proc, signal.SIGKILL)
+    fake_discord.nonce_window_s = 0.0
+    proc = await spawn_bot(fake_discord, env, tmp_path)
+    try:
+        async with asyncio.timeout(30):
+            while await states(database) != {"failed": 1}:
+                await asyncio.sleep(0.05)
+        await fake_discord.wait_until_idle(bot_busy(env))
+    finally:
+        log = await stop_bot(proc, signal.SIGTERM)
+    assert "the job's result had been posted in its channel; not posting it again" in log
+    (told,) = [fake_discord.messages[i] for i in fake_discord.channel_messages]
+    assert not told.components and not told.results
+    assert len(fake_api.submissions) == 1
