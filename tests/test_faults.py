@@ -580,6 +580,33 @@ async def test_a_result_kept_through_an_outage_longer_than_its_job_is_posted_onc
     assert_clean(fake_discord, fake_api, caplog)
 
 
+async def test_a_kept_result_shown_in_its_channel_is_not_posted_late_as_well(
+    start_bot, fake_discord, fake_api, caplog
+):
+    """As above, the job ends failed, its picture kept, while Discord takes no channel post. The
+    member brings the picture back in its channel with /depth2img-show (an interaction's answer, which
+    Discord takes). Once Discord takes posts again, the kept picture is not posted late as well: the
+    channel shows it once, and the job is delivered. (Before: a second time, by the late post.)"""
+    bot = await start_bot(JOB_LEASE_S="1", SD_JOB_TIMEOUT_S="20")
+    fake_discord.lose_next_edits = ["request", "request"]
+    fake_discord.fail_next_posts = 10**6
+    user = 868686868686868697
+    await _ask(fake_discord, user)
+    led = await _recorded(bot, {"failed": 1}, timeout=20)
+    (job,) = await led.for_user(user)
+    record = await fake_discord.invoke_slash("depth2img-show", {"picture": job.id}, user_id=user)
+    await fake_discord.wait_for(lambda: bool(fake_discord.visible_messages(record)), timeout=10)
+    fake_discord.fail_next_posts = 0  # Discord is back
+    await _recorded(bot, {"delivered": 1}, timeout=20)
+    await asyncio.sleep(4)  # (late rounds go on, each second: one would post it within two)
+    await fake_discord.wait_until_idle(busy(bot))
+    assert fake_discord.channel_messages == []
+    (shown,) = [m for m in fake_discord.messages.values() if m.results]
+    assert not shown.ephemeral and shown.channel_id == job.channel_id
+    assert "kept result shown in its channel" in caplog.text
+    assert_clean(fake_discord, fake_api, caplog)
+
+
 async def test_cancel_on_a_result_waiting_for_discord_says_it_is_being_finished(
     start_bot, fake_discord, fake_api, caplog
 ):

@@ -216,6 +216,32 @@ async def test_kept_results_due_to_be_posted_late_are_taken_once(open_ledger: Op
     assert sorted(j.id for j in again) == sorted([*(j.id for j in taken[1:]), "tried"])
 
 
+async def test_a_kept_result_shown_in_its_channel_is_delivered_once(open_ledger: Opener) -> None:
+    """/depth2img-show brought a kept, undelivered result back in its channel: whichever process owns
+    the job, it is delivered (one event), and no longer due to be posted late. Only an undelivered job
+    is: a second showing, a delivered job, a failure without a picture change nothing."""
+    ledger = await open_ledger()
+    job = await ledger.create(new_job("kept"))
+    await ledger.update(job, state=JobState.FAILED, error_kind="DeliveryFailed", result_path="/r/k.png")
+    failed = await ledger.update(await ledger.create(new_job("nopic")), state=JobState.FAILED)
+    fine = await ledger.create(new_job("fine"))
+    await ledger.update(fine, state=JobState.DELIVERED, result_path="/r/f.png")
+    other = await open_ledger(group="other")  # (the job's owner is another process)
+    assert await asyncio.gather(*(other.shown_in_channel("kept") for _ in range(3))) in (
+        [True, False, False],
+        [False, True, False],
+        [False, False, True],
+    )
+    assert (await ledger.get("kept")).state is JobState.DELIVERED
+    assert await events(ledger, "kept") == ["received", "failed", "delivered"]
+    assert not await other.shown_in_channel(failed.id)
+    assert not await other.shown_in_channel("fine")
+    assert not await other.shown_in_channel("nosuchjob")
+    assert (await ledger.get(failed.id)).state is JobState.FAILED
+    now = time.time()
+    assert await ledger.claim_late_posts(since=now - 60, tried_before=now + 1) == []
+
+
 async def test_concurrent_writes_all_land_and_one_failure_fails_alone(open_ledger: Opener) -> None:
     """SQLite commits the statements of concurrent jobs together (group commit): a statement that
     fails (here a duplicate id) must fail alone, and every other one must be stored."""

@@ -68,6 +68,18 @@ class LatePosts:
             return
         log.info("kept result posted in its channel", extra={"job": job.id})
 
+    async def shown(self, job: Job) -> None:
+        """The job's kept result was shown in its own channel another way (/depth2img-show, publicly):
+        the job is delivered, and not posted late as well."""
+        try:
+            if await self.ledger.shown_in_channel(job.id):
+                log.info("kept result shown in its channel", extra={"job": job.id})
+        except Exception as exc:  # (posted late then: the member sees it twice, nothing is lost)
+            log.warning(
+                "a kept result's showing could not be recorded",
+                extra={"job": job.id, "error": type(exc).__name__},
+            )
+
     async def refused(self, job: Job) -> None:
         """Discord refused the post (or the picture is gone): the job is not tried again."""
         done = (job.finished_at or time.time()) + LATE_POST_WINDOW_S  # (past its window: never due again)

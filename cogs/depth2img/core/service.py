@@ -311,8 +311,8 @@ class Depth2ImgService:
         """Before a result goes to the channel: whether this process still may (see :class:`.Endings`)."""
         return await self.endings.posting(job)
 
-    async def late_posted(self, job: Job, *, posted: bool) -> None:
-        await (self.late.posted(job) if posted else self.late.refused(job))  # (see late.py)
+    async def late_posted(self, job: Job, *, posted: bool, shown: bool = False) -> None:
+        await (self.late.shown(job) if shown else self.late.posted(job) if posted else self.late.refused(job))
 
     @contextlib.contextmanager
     def resumed(self, job: Job) -> Iterator[Ticket]:

@@ -36,6 +36,8 @@ from .tallies import Tallies
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _FINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(FINISHED))
+# A job whose result was made and kept, but never reached Discord (:attr:`Job.undelivered`)
+_UNDELIVERED = "state = 'failed' AND error_kind = 'DeliveryFailed' AND result_path IS NOT NULL"
 _EVENT_SQL = "INSERT INTO job_events (job_id, at, state, detail, owner) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -255,10 +257,7 @@ class Ledger(Tallies):
         channel since ``tried_before``; marks them tried now, owned by this process (to record what came
         of it). Atomic: two processes never take the same job at once."""
         now = time.time()
-        due = (
-            "state = 'failed' AND error_kind = 'DeliveryFailed' AND result_path IS NOT NULL "
-            "AND deleted_at IS NULL AND (late_post_at IS NULL OR late_post_at < ?)"
-        )
+        due = f"{_UNDELIVERED} AND deleted_at IS NULL AND (late_post_at IS NULL OR late_post_at < ?)"
         sql = (
             "UPDATE jobs SET late_post_at = ?, owner = ? WHERE id IN "  # noqa: S608
             f"(SELECT id FROM jobs WHERE {due} AND finished_at >= ? ORDER BY finished_at LIMIT ?) "
@@ -269,6 +268,21 @@ class Ledger(Tallies):
         def op() -> Op[list[Job]]:
             rows = yield Fetch(sql, args)
             return sorted((from_row(r) for r in rows), key=lambda j: j.finished_at or 0.0)
+
+        return await self._run(op)
+
+    async def shown_in_channel(self, job_id: str) -> bool:
+        """A kept result never delivered, shown in its channel another way (/depth2img-show): the job
+        is delivered now, so not posted late as well (a late post under way looks again before it
+        posts). Whether it was still undelivered: true for one call only, whoever owns the job."""
+        sql = f"UPDATE jobs SET state = 'delivered', updated_at = ? WHERE id = ? AND {_UNDELIVERED}"  # noqa: S608
+        args = (time.time(), job_id)
+
+        def op() -> Op[bool]:
+            count = yield Execute(sql, args)
+            if count == 1:
+                yield self._event(job_id, JobState.DELIVERED, "shown with /depth2img-show")
+            return bool(count == 1)
 
         return await self._run(op)
 

@@ -377,6 +377,8 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
                 ephemeral=deleted,
                 allowed_mentions=NO_MENTIONS,
             )
+        if found.undelivered and not deleted and interaction.channel_id == found.channel_id:
+            await self.service.late_posted(found, posted=True, shown=True)  # (not posted late as well)
 
     @app_commands.command(name="depth2img-history", description="Your recent pictures (only you see this).")
     async def history(self, interaction: discord.Interaction) -> None:

@@ -30,6 +30,9 @@ async def post_kept(client: discord.Client, service: Depth2ImgService, job: Job)
     try:
         async with asyncio.timeout(LATE_POST_TIMEOUT_S):
             if await earlier_post(client, job, latest=True) is None:
+                now = await service.get(job.id)
+                if now is None or not now.undelivered:  # (shown with /depth2img-show meanwhile)
+                    return
                 data = await service.read_stored(job.result_path)
                 name = (job.result_path or "").rsplit("/", 1)[-1] or f"{job.id}.png"
                 await posted(
