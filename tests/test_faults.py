@@ -607,6 +607,46 @@ async def test_a_kept_result_shown_in_its_channel_is_not_posted_late_as_well(
     assert_clean(fake_discord, fake_api, caplog)
 
 
+@pytest.mark.parametrize("still", [True, False], ids=["still-age-restricted", "no-longer"])
+async def test_a_kept_result_from_an_age_restricted_channel_is_posted_late_only_while_it_still_is_one(
+    start_bot, fake_discord, fake_api, caplog, still
+):
+    """The job was asked for in an age-restricted channel, and its result kept through an outage
+    longer than the job may wait. Before Discord takes posts again, a moderator may turn the channel's
+    "Age-Restricted Channel" setting off (CHANNEL_UPDATE): the picture is then not posted there late,
+    as /depth2img-show would not show it there; the job stays kept, and is not tried again. While the
+    channel still is one, it is posted. (Before: posted in the channel either way.)"""
+    bot = await start_bot(JOB_LEASE_S="1", SD_JOB_TIMEOUT_S="20")
+    fake_discord.lose_next_edits = ["request", "request"]
+    fake_discord.fail_next_posts = 10**6
+    user = 868686868686868698
+    picture = fake_discord.add_attachment(make_png(), "a.png")
+    await fake_discord.invoke_slash(
+        "depth2img", {"image": picture, "prompt": "x"}, user_id=user, channel_nsfw=True
+    )
+    led = await _recorded(bot, {"failed": 1}, timeout=20)
+    if not still:
+        await fake_discord.set_age_restricted(fake_discord.nsfw_channel_id, False)
+    fake_discord.fail_next_posts = 0  # Discord is back
+    (job,) = await led.for_user(user)
+    assert job.age_restricted and job.channel_id == fake_discord.nsfw_channel_id
+    if still:
+        await _recorded(bot, {"delivered": 1}, timeout=20)
+        await fake_discord.wait_until_idle(busy(bot))
+        (shown,) = [fake_discord.messages[i] for i in fake_discord.channel_messages]
+        assert shown.channel_id == fake_discord.nsfw_channel_id and len(shown.results) == 1
+        shown.pings.clear()  # (assert_clean would refuse the member's ping, which is meant)
+    else:
+        await fake_discord.wait_for(lambda: "is not posted late" in caplog.text, timeout=20)
+        await asyncio.sleep(3)  # (late rounds go on, each second: it is not tried again)
+        await fake_discord.wait_until_idle(busy(bot))
+        assert fake_discord.channel_messages == []
+        (job,) = await led.for_user(user)
+        assert job.undelivered and job.late_post_at >= (job.finished_at or 0) + 86400 - 1
+        assert caplog.text.count("is not posted late") == 1
+    assert_clean(fake_discord, fake_api, caplog)
+
+
 async def test_cancel_on_a_result_waiting_for_discord_says_it_is_being_finished(
     start_bot, fake_discord, fake_api, caplog
 ):

@@ -225,6 +225,12 @@ class FakeDiscord(LocalServer):
         self.channel_id = _snowflake(now - 86400 * 299, self._ids)
         self.nsfw_channel_id = _snowflake(now - 86400 * 298, self._ids)
         self.other_channel_id = _snowflake(now - 86400 * 297, self._ids)
+        # whether each channel is age-restricted ("nsfw"); changed with :meth:`set_age_restricted`
+        self.age_restricted = {
+            self.channel_id: False,
+            self.nsfw_channel_id: True,
+            self.other_channel_id: False,
+        }
         self.artist_role_id = _snowflake(now - 86400 * 296, self._ids)
         self.owner_id = _snowflake(now - 86400 * 500, self._ids)
         self.commands: dict[int | None, list[dict[str, Any]]] = {}
@@ -930,32 +936,7 @@ class FakeDiscord(LocalServer):
             "premium_tier": 0,
             "preferred_locale": self.guild_locale,
             "roles": [self._role(self.guild_id, "@everyone"), self._role(self.artist_role_id, "artists")],
-            "channels": [
-                {
-                    "id": str(self.channel_id),
-                    "type": 0,
-                    "name": "general",
-                    "position": 0,
-                    "permission_overwrites": [],
-                    "nsfw": False,
-                },
-                {
-                    "id": str(self.nsfw_channel_id),
-                    "type": 0,
-                    "name": "art-18",
-                    "position": 1,
-                    "permission_overwrites": [],
-                    "nsfw": True,
-                },
-                {
-                    "id": str(self.other_channel_id),
-                    "type": 0,
-                    "name": "random",
-                    "position": 2,
-                    "permission_overwrites": [],
-                    "nsfw": False,
-                },
-            ],
+            "channels": [self._channel_object(c) for c in self.age_restricted],
             "members": [],
             "threads": [],
             "emojis": [],
@@ -969,6 +950,29 @@ class FakeDiscord(LocalServer):
         async with self._send_lock:
             for event, data in events:
                 await self._send_event(ws, shard, event, data)
+
+    def _channel_object(self, channel_id: int) -> dict[str, Any]:
+        """A text channel of the main server, as a Channel object ("nsfw": whether it is
+        age-restricted; GUILD_CREATE's channels carry no guild_id, CHANNEL_UPDATE's do)."""
+        names = {self.channel_id: "general", self.nsfw_channel_id: "art-18", self.other_channel_id: "random"}
+        return {
+            "id": str(channel_id),
+            "type": 0,
+            "name": names[channel_id],
+            "position": list(names).index(channel_id),
+            "permission_overwrites": [],
+            "nsfw": self.age_restricted[channel_id],
+        }
+
+    async def set_age_restricted(self, channel_id: int, restricted: bool) -> None:
+        """A moderator turns a channel's "Age-Restricted Channel" setting on or off: Discord sends
+        CHANNEL_UPDATE (a Channel object) to bots with the GUILDS intent
+        (https://discord.com/developers/docs/events/gateway-events#channel-update), and later
+        GUILD_CREATEs carry the new value."""
+        self.age_restricted[channel_id] = restricted
+        await self.dispatch(
+            "CHANNEL_UPDATE", {**self._channel_object(channel_id), "guild_id": str(self.guild_id)}
+        )
 
     def _new_session(self, shard: int) -> str:
         old = self._session_of.get(shard)
