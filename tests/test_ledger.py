@@ -5,21 +5,25 @@ being delivered twice or lost."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from cogs.depth2img.models import GenerationParams
 from cogs.depth2img.store import Job, JobState, JobTakenOver, Ledger, SchemaTooNew
-from cogs.depth2img.store.base import Execute, Fetch, Op
+from cogs.depth2img.store.base import Execute, ExecuteMany, Fetch, Op, OpFactory
 from cogs.depth2img.store.schema import LATEST
+from cogs.depth2img.store.sqlite import SqliteDatabase
 from tests.conftest import create_database, drop_database
 from tests.ledger_queries import count_by_state, event_owners, events
 
 Opener = Callable[..., Awaitable[Ledger]]
+T = TypeVar("T")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -445,3 +449,89 @@ def test_a_sqlite_database_from_before_schema_versions_is_recognised_and_upgrade
             await ledger.close()
 
     asyncio.run(check())
+
+
+class _Recording:
+    """The real SQLite database, with every statement it runs noted (to ask SQLite how it runs it)."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db, self.kind, self.event_order = db, db.kind, db.event_order
+        self.schema_version = db.schema_version
+        self.seen: list[Execute | Fetch | ExecuteMany] = []
+
+    def transient(self, exc: BaseException) -> bool:
+        return self.db.transient(exc)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def run(self, factory: OpFactory[T]) -> T:
+        seen = self.seen
+
+        def noted() -> Op[T]:
+            inner = factory()
+            statement = next(inner)
+            while True:
+                seen.append(statement)
+                result = yield statement
+                try:
+                    statement = inner.send(result)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+
+        return await self.db.run(noted)
+
+
+async def test_the_queries_a_long_running_bot_repeats_search_by_an_index(tmp_path: Path) -> None:
+    """SQLite keeps no statistics, so it picks an index by the shape of a query. Each query the bot
+    repeats (every lease, every hour, every button) must find its rows by an index that leads to those
+    rows only: a job by its id, the unfinished ones by their state, the old or kept-back ones by their
+    state and age. Before, with years of finished jobs (``python -m bench.ledger``: 1,000,000), the
+    lease renewal went through every job the process had made (by its owner), the takeover of
+    abandoned jobs and the hourly pruning through every job, and the late posts through every failed
+    one: 150, 150, 180 and 80 ms each time, while every member's request waited on the ledger."""
+    recording = _Recording(await SqliteDatabase.open(tmp_path / "jobs.sqlite3"))
+    ledger = Ledger(recording, group="main", owner="main/1", lease_s=60.0)
+    job = await ledger.create(new_job("a"))
+    now = time.time()
+    by_id = {"SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"}
+    expected: dict[str, tuple[Callable[[], Awaitable[object]], set[str]]] = {
+        "heartbeat": (lambda: ledger.heartbeat(["a", *(f"r{n}" for n in range(30))]), by_id),
+        "claim_orphans": (
+            lambda: ledger.claim_orphans(running=["a"]),
+            {"SEARCH jobs USING INDEX jobs_state_finished (state=?)"},
+        ),
+        "claim_late_posts": (
+            lambda: ledger.claim_late_posts(since=now - 86400, tried_before=now),
+            {"SEARCH jobs USING INDEX jobs_failed_kind (state=? AND error_kind=? AND finished_at>?)"},
+        ),
+        "release_pictures": (
+            lambda: ledger.release_pictures(now),
+            {"SEARCH jobs USING INDEX jobs_kept_pictures (state=? AND finished_at<?)"},
+        ),
+        "forget_finished": (
+            lambda: ledger.forget_finished(now - 86400),
+            {"SEARCH jobs USING INDEX jobs_state_finished (state=? AND finished_at<?)"},
+        ),
+        "get": (lambda: ledger.get("a"), by_id),
+        "shown_in_channel": (lambda: ledger.shown_in_channel("a"), by_id),
+        "update": (lambda: ledger.update(job, state=JobState.SUBMITTED), by_id),
+    }
+    plans = sqlite3.connect(tmp_path / "jobs.sqlite3")
+    wrong = {}
+    try:
+        for name, (call, allowed) in expected.items():
+            recording.seen.clear()
+            await call()
+            steps = set()
+            for statement in recording.seen:
+                args = statement.rows[0] if isinstance(statement, ExecuteMany) else statement.args
+                for row in plans.execute(f"EXPLAIN QUERY PLAN {statement.sql}", args):
+                    if " jobs " in f"{row[3]} ":
+                        steps.add(row[3])
+            if not steps or not steps <= allowed:
+                wrong[name] = steps
+    finally:
+        plans.close()
+        await ledger.close()
+    assert wrong == {}

@@ -148,6 +148,23 @@ MIGRATIONS += (
         ("ALTER TABLE jobs ADD COLUMN late_post_at {real}",),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        8,
+        "indexes for the queries a long-running bot repeats (each scanned the whole jobs table)",
+        (
+            # taking over abandoned jobs, every lease: by state, the unfinished ones only; pruning,
+            # hourly: by state and age (it replaces jobs_state)
+            "CREATE INDEX jobs_state_finished ON jobs(state, finished_at)",
+            "DROP INDEX jobs_state",
+            # pruning old pictures: only the jobs that still have some
+            "CREATE INDEX jobs_kept_pictures ON jobs(state, finished_at) "
+            "WHERE source_path IS NOT NULL OR result_path IS NOT NULL",
+            # kept results posted late, every lease
+            "CREATE INDEX jobs_failed_kind ON jobs(state, error_kind, finished_at) WHERE state = 'failed'",
+        ),
+    ),
+)
 LATEST = MIGRATIONS[-1].version
 
 VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
