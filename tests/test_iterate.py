@@ -326,6 +326,35 @@ async def test_an_age_restricted_result_is_shown_only_in_an_age_restricted_chann
     assert_clean(fake_discord, fake_api)
 
 
+async def test_a_result_whose_channel_stopped_being_age_restricted_is_kept_not_shown_there(
+    bot, fake_discord, fake_api
+):
+    """A moderator turns the channel's "Age-Restricted Channel" setting off while the job runs
+    (Discord sends CHANNEL_UPDATE): the picture asked for there is not shown in the channel, as
+    /depth2img-show would not show it there. The job's message says why, and that it is kept; the
+    member brings it back with /depth2img-show in an age-restricted channel. (Before: shown there.)"""
+    fake_api.latency_s = 1.0
+    picture = fake_discord.add_attachment(make_png(), "a.png")
+    record = await fake_discord.invoke_slash(
+        "depth2img", {"image": picture, "prompt": "night scene"}, user_id=MEMBER, channel_nsfw=True
+    )
+    await fake_discord.wait_for(lambda: bool(fake_api.submissions), timeout=10)
+    await fake_discord.set_age_restricted(fake_discord.nsfw_channel_id, False)
+    final = await settle(fake_discord, record)
+    assert final.results == [] and final.components == []
+    assert "no longer age-restricted" in final.content and "is kept" in final.content
+    assert fake_discord.channel_messages == []
+    job = final.content.split("`/depth2img-show picture:")[1].split("`")[0]
+    assert f"your picture `{job}` is ready" in final.content
+    refused = await _show(fake_discord, job, MEMBER, channel_nsfw=True)  # (the channel is not, now)
+    assert refused.ephemeral and refused.results == []
+    await fake_discord.set_age_restricted(fake_discord.nsfw_channel_id, True)
+    shown = await _show(fake_discord, job, MEMBER, channel_nsfw=True)
+    assert not shown.ephemeral and len(shown.results) == 1
+    assert len(fake_api.submissions) == 1
+    assert_clean(fake_discord, fake_api)
+
+
 async def test_a_finished_request_leaves_no_reference_cycle_behind(bot, fake_discord, fake_api):
     """discord.py's interaction and its cached response refer to each other, and so do a view and its
     buttons: left as they are, every request's interaction (with its member, user, namespace and

@@ -628,7 +628,7 @@ class FakeDiscord(LocalServer):
                 "position": 0,
                 "guild_id": str(guild),
                 "permission_overwrites": [],
-                "nsfw": channel_nsfw,
+                "nsfw": self.age_restricted.get(channel_id, channel_nsfw),  # (as the channel is now)
             },
             "member": {
                 "user": user,

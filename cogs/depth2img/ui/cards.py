@@ -179,3 +179,8 @@ def shown_text(job: Job, lang: str, *, deleted: bool = False) -> str:
 def late_text(job: Job, lang: str) -> str:
     """A kept result posted once Discord took requests again: whose it is, and why it comes late."""
     return text(lang, "card.late", id=job.id, member=f"<@{job.user_id}>") + "\n" + params_block(job, lang)
+
+
+def withheld_text(job: Job, lang: str) -> str:
+    """A result asked for in an age-restricted channel that no longer is one: kept, not shown there."""
+    return text(lang, "card.withheld", id=job.id, member=f"<@{job.user_id}>")

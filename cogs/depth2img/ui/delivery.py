@@ -29,7 +29,7 @@ from . import cards, text
 from .acknowledge import send
 from .components import result_view, spent, upload
 from .langs import members, of_job
-from .posting import earlier_post, posted
+from .posting import earlier_post, may_show_there, posted
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,15 @@ UNANSWERED: Edited = "unanswered"  # no edit got an answer the bot could read, a
 
 
 def render(
-    outcome: Outcome, lang: str, *, full: bool = False
+    outcome: Outcome, lang: str, *, full: bool = False, withheld: bool = False
 ) -> tuple[str, list[discord.File], discord.ui.View | None]:
     """The message for an outcome, in ``lang``: the images with their text and buttons (``full``: the
-    whole card; else the compact one, its details behind a button), or one clear sentence."""
+    whole card; else the compact one, its details behind a button), or one clear sentence.
+    ``withheld``: the images may not be shown in the job's channel (see :func:`may_show_there`): where
+    they are kept, and how to bring them back."""
     job = outcome.job
+    if outcome.result is not None and withheld:
+        return cards.withheld_text(job, lang), [], None
     if outcome.result is not None:
         files = [upload(img.data, img.filename) for img in outcome.result.images]
         view = result_view(job.id, lang, depth_map=outcome.result.depth_map is not None, details=not full)
@@ -97,6 +101,12 @@ async def deliver(
     channel. A message so limited is pointed to the post once the limit is over, if its token lives."""
     job = outcome.job
     lang = of_job(client, job, interaction)  # (the channel sees it: the server's language)
+    withheld = outcome.result is not None and not may_show_there(client, job)
+    if withheld:  # (its channel stopped being age-restricted while the job ran)
+        log.info(
+            "the job's picture is kept, not shown: its channel is no longer age-restricted",
+            extra={"job": job.id},
+        )
     fresh = time.time() - job.interaction_created_at < TOKEN_SAFE_AGE_S
     known = interaction is not None or job.message_id is not None
     free_at = limited_until if limited_until is not None and time.monotonic() < limited_until else None
@@ -114,7 +124,11 @@ async def deliver(
         log.info("the job's result was being posted in its channel; posting it again", extra={"job": job.id})
     else:
         try:
-            edited = await _edited(client, outcome, lang, interaction, full=full) if editable else GONE
+            edited = (
+                await _edited(client, outcome, lang, interaction, full=full, withheld=withheld)
+                if editable
+                else GONE
+            )
         except discord.RateLimited as exc:  # (not applied; made again now, it would be refused again)
             log.info(
                 "the job's message is rate-limited for longer than the bot waits; sending to the channel",
@@ -125,7 +139,7 @@ async def deliver(
             return
         point = edited == UNANSWERED  # (a message that is gone, or refused edits, is left alone)
     try:
-        post = await posted(client, job, lambda: render(outcome, lang, full=full))
+        post = await posted(client, job, lambda: render(outcome, lang, full=full, withheld=withheld))
     except DeliveryInterrupted:  # (delivered later: its message says so, not an old progress line)
         if point:
             await _noted(client, job, interaction, say(lang, "reply.waiting_for_discord"))
@@ -143,12 +157,13 @@ async def _edited(
     interaction: discord.Interaction[Any] | None,
     *,
     full: bool,
+    withheld: bool,
 ) -> Edited:
     """The job's message edited into the outcome; else no longer editable, or without an answer.
     Raises :class:`discord.RateLimited` for a limit longer than the bot waits."""
     job = outcome.job
     for attempt in range(2):
-        content, files, view = render(outcome, lang, full=full)
+        content, files, view = render(outcome, lang, full=full, withheld=withheld)
         with spent(view):
             try:
                 await _edit(client, job, interaction, content=content, files=files, view=view)

@@ -16,7 +16,7 @@ from cogs.depth2img.store import Job
 from . import cards
 from .components import result_view, upload
 from .langs import of_job
-from .posting import earlier_post, posted
+from .posting import earlier_post, may_show_there, posted
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ async def post_kept(client: discord.Client, service: Depth2ImgService, job: Job)
     """Post ``job``'s kept result in its channel (unless an earlier try got it there), and tell the
     service what came of it. Never raises: a try Discord took nothing for is made again later."""
     lang = of_job(client, job, None)  # (the channel sees it: the server's language)
-    if not _may_show_there(client, job):
+    if not may_show_there(client, job):
         log.warning(
             "a kept result asked for in an age-restricted channel is not posted late: the channel no "
             "longer is one (its member can still bring it back with /depth2img-show in one that is)",
@@ -62,14 +62,3 @@ async def post_kept(client: discord.Client, service: Depth2ImgService, job: Job)
         await service.late_posted(job, posted=False)
         return
     await service.late_posted(job, posted=True)
-
-
-def _may_show_there(client: discord.Client, job: Job) -> bool:
-    """Whether the job's picture may be shown in its channel now, as /depth2img-show decides: one asked
-    for in an age-restricted channel (or without the safety checker), only while the channel still is
-    one. (A day may have passed; the channel's setting comes from Discord's CHANNEL_UPDATE events.)"""
-    if not (job.age_restricted or not job.params.safety_checker):
-        return True
-    guild = client.get_guild(job.guild_id) if job.guild_id is not None else None
-    channel = guild.get_channel_or_thread(job.channel_id) if guild is not None else None
-    return channel is not None and channel.is_nsfw()
