@@ -116,6 +116,29 @@ async def test_content_policy_and_persistence_across_a_restart(start_bot, fake_d
     assert_clean(fake_discord, fake_api)
 
 
+async def test_a_thread_is_as_age_restricted_as_its_channel(bot, fake_discord, fake_api):
+    """A thread has no age restriction of its own: Discord applies its parent channel's (discord.py's
+    Thread.is_nsfw). With the safety checker off in age-restricted channels, a request in a thread of
+    one goes without it, one in a thread of an ordinary channel with it; the picture comes back with
+    /depth2img-show in an age-restricted channel's thread, not in an ordinary one's. (Before: a thread
+    counted as ordinary, whatever its channel.)"""
+    from tests.test_iterate import MEMBER, _show, job_id_of
+
+    await configure(fake_discord, "content", {"nsfw_in_age_restricted": True})
+    _, final = await slash(
+        fake_discord, {"prompt": "a"}, channel_id=fake_discord.nsfw_thread_id, user_id=MEMBER
+    )
+    assert len(final.results) == 1 and final.channel_id == fake_discord.nsfw_thread_id
+    await slash(fake_discord, {"prompt": "b"}, channel_id=fake_discord.thread_id)
+    assert [s.body["safety_checker"] for s in fake_api.submissions] == ["no", "yes"]
+    job = job_id_of(final)
+    refused = await _show(fake_discord, job, MEMBER, channel_id=fake_discord.thread_id)
+    assert refused.ephemeral and refused.results == [] and "age-restricted" in refused.content
+    shown = await _show(fake_discord, job, MEMBER, channel_id=fake_discord.nsfw_thread_id)
+    assert not shown.ephemeral and len(shown.results) == 1
+    assert_clean(fake_discord, fake_api)
+
+
 async def test_the_card_style_is_the_servers_choice(bot, fake_discord, fake_api):
     _, compact = await slash(fake_discord, {"prompt": "a red barn", "seed": 11})
     assert "seed" not in compact.content and any(

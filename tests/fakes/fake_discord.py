@@ -43,7 +43,15 @@ VIEW_CHANNEL, SEND_MESSAGES, EMBED_LINKS, ATTACH_FILES, READ_MESSAGE_HISTORY = (
     1 << 16,
 )
 # What the bot's role has in every channel unless a test takes some away (``FakeDiscord.deny``).
-BOT_PERMISSIONS = VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES | READ_MESSAGE_HISTORY
+SEND_MESSAGES_IN_THREADS = 1 << 38  # (in a thread, instead of SEND_MESSAGES: topics/permissions)
+BOT_PERMISSIONS = (
+    VIEW_CHANNEL
+    | SEND_MESSAGES
+    | EMBED_LINKS
+    | ATTACH_FILES
+    | READ_MESSAGE_HISTORY
+    | SEND_MESSAGES_IN_THREADS
+)
 # GUILD_MEMBERS, GUILD_PRESENCES, MESSAGE_CONTENT: granted to an application in the Developer Portal
 PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)
 MEMBER_PERMISSIONS = (1 << 11) | (1 << 15) | (1 << 14) | (1 << 31) | (1 << 10)
@@ -231,6 +239,11 @@ class FakeDiscord(LocalServer):
             self.nsfw_channel_id: True,
             self.other_channel_id: False,
         }
+        # active public threads, each in a channel above: thread id → its parent channel's id. A thread
+        # has no age restriction of its own: it is its parent's (discord.py's Thread.is_nsfw)
+        self.thread_id = _snowflake(now - 86400 * 290, self._ids)
+        self.nsfw_thread_id = _snowflake(now - 86400 * 289, self._ids)
+        self.threads = {self.thread_id: self.channel_id, self.nsfw_thread_id: self.nsfw_channel_id}
         self.artist_role_id = _snowflake(now - 86400 * 296, self._ids)
         self.owner_id = _snowflake(now - 86400 * 500, self._ids)
         self.commands: dict[int | None, list[dict[str, Any]]] = {}
@@ -505,6 +518,9 @@ class FakeDiscord(LocalServer):
         self._denied[channel_id] = self._denied.get(channel_id, 0) & ~permissions
 
     def bot_permissions(self, channel_id: int) -> int:
+        """The bot's permissions in a channel; in a thread, its parent's (a thread has no overwrites
+        of its own), where SEND_MESSAGES_IN_THREADS stands for SEND_MESSAGES."""
+        channel_id = self.threads.get(channel_id, channel_id)
         return BOT_PERMISSIONS & ~self._denied.get(channel_id, 0)
 
     def rate_limit(
@@ -619,7 +635,9 @@ class FakeDiscord(LocalServer):
             "attachment_size_limit": self.limits.attachment_size_limit,
             "guild_id": str(guild),
             "channel_id": str(channel_id),
-            "channel": {
+            "channel": self._thread_object(channel_id)
+            if channel_id in self.threads
+            else {
                 "id": str(channel_id),
                 "type": 0,
                 "name": {self.nsfw_channel_id: "art-18", self.other_channel_id: "random"}.get(
@@ -938,7 +956,7 @@ class FakeDiscord(LocalServer):
             "roles": [self._role(self.guild_id, "@everyone"), self._role(self.artist_role_id, "artists")],
             "channels": [self._channel_object(c) for c in self.age_restricted],
             "members": [],
-            "threads": [],
+            "threads": [self._thread_object(t) for t in self.threads],
             "emojis": [],
             "stickers": [],
             "voice_states": [],
@@ -962,6 +980,30 @@ class FakeDiscord(LocalServer):
             "position": list(names).index(channel_id),
             "permission_overwrites": [],
             "nsfw": self.age_restricted[channel_id],
+        }
+
+    def _thread_object(self, thread_id: int) -> dict[str, Any]:
+        """An active public thread of the main server, as a Channel object (type 11, with its
+        ``parent_id`` and ``thread_metadata``: https://discord.com/developers/docs/resources/channel
+        #channel-object and #thread-metadata-object); GUILD_CREATE's ``threads`` carry these."""
+        return {
+            "id": str(thread_id),
+            "type": 11,
+            "guild_id": str(self.guild_id),
+            "parent_id": str(self.threads[thread_id]),
+            "owner_id": str(self.owner_id),
+            "name": f"thread-{list(self.threads).index(thread_id)}",
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "message_count": 0,
+            "member_count": 1,
+            "flags": 0,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": _iso(time.time() - 3600),
+                "locked": False,
+            },
         }
 
     async def set_age_restricted(self, channel_id: int, restricted: bool) -> None:
@@ -1413,7 +1455,8 @@ class FakeDiscord(LocalServer):
         """A normal bot message in a channel (used when an interaction token has expired). Needs the
         bot's View Channel and Send Messages there, and Attach Files for files: else 403, 50013."""
         body, files = await self._read_message_body(request)
-        needed = VIEW_CHANNEL | SEND_MESSAGES | (ATTACH_FILES if files else 0)
+        sending = SEND_MESSAGES_IN_THREADS if channel_id in self.threads else SEND_MESSAGES
+        needed = VIEW_CHANNEL | sending | (ATTACH_FILES if files else 0)
         if needed & ~self.bot_permissions(channel_id):
             self.refusals.append(f"channel message in {channel_id}: Missing Permissions")
             return _error(403, 50013, "Missing Permissions")

@@ -27,6 +27,7 @@ from cogs.i18n import text as say
 
 from . import cards, text
 from .acknowledge import defer, send, show_form
+from .channels import is_age_restricted
 from .components import COG_NAME, JOB_ID_RE, JobButton, PromptModal, modal_values, result_view, spent, upload
 from .delivery import NO_MENTIONS, edit_original, failed, message_gone, tell
 from .flow import RequestFlow
@@ -245,7 +246,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         if picture is None:
             await tell(interaction, "reply.form_expired", menu=say(members(interaction), "form.menu_title"))
             return
-        age_restricted = bool(getattr(interaction.channel, "nsfw", False))
+        age_restricted = is_age_restricted(interaction.channel)
 
         def params() -> GenerationParams:
             return build_params(prompt=prompt, negative_prompt=negative, safety_checker=not age_restricted)
@@ -351,7 +352,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         # what the channel decided: an age-restricted channel's picture only in such a channel
         # (jobs recorded before the channel was: asked for without the safety checker, as only there)
         from_restricted = found.age_restricted or not found.params.safety_checker
-        if from_restricted and not getattr(interaction.channel, "nsfw", False):
+        if from_restricted and not is_age_restricted(interaction.channel):
             await tell(interaction, "reply.age_restricted_only")
             return
         # what its requester or a moderator decided: a deleted picture, to its requester, privately

@@ -27,9 +27,10 @@ from cogs.i18n import text as say
 
 from . import cards, text
 from .acknowledge import send
+from .channels import may_show_there
 from .components import result_view, spent, upload
 from .langs import members, of_job
-from .posting import earlier_post, may_show_there, posted
+from .posting import earlier_post, posted
 
 log = logging.getLogger(__name__)
 

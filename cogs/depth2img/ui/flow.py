@@ -40,6 +40,7 @@ from cogs.depth2img.store import DuplicateInteraction, Job, JobState
 
 from . import text
 from .acknowledge import ALREADY_ACKNOWLEDGED, mark_deferred, send
+from .channels import is_age_restricted
 from .delivery import FAILED, NO_MENTIONS, UNDELIVERED, deliver, reply_privately
 from .langs import channels, members
 from .progress import ProgressMessage
@@ -64,7 +65,7 @@ def where(interaction: discord.Interaction[Any]) -> Where:
         return tuple(r.id for r in getattr(interaction.user, "roles", None) or [])
 
     def age_restricted() -> bool:
-        return bool(getattr(interaction.channel, "nsfw", False))
+        return is_age_restricted(interaction.channel)
 
     return Where(
         guild_id=interaction.guild_id,
@@ -175,7 +176,7 @@ class RequestFlow:
             message_id=message_id,
             upload_limit_bytes=max(1024, interaction.filesize_limit - UPLOAD_MARGIN),
             interaction_id=str(interaction.id),
-            age_restricted=bool(getattr(interaction.channel, "nsfw", False)),
+            age_restricted=is_age_restricted(interaction.channel),
         )
         try:
             return await self.service.record(

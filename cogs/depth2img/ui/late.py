@@ -14,9 +14,10 @@ from cogs.depth2img.errors import DeliveryInterrupted, InvalidInput
 from cogs.depth2img.store import Job
 
 from . import cards
+from .channels import may_show_there
 from .components import result_view, upload
 from .langs import of_job
-from .posting import earlier_post, may_show_there, posted
+from .posting import earlier_post, posted
 
 log = logging.getLogger(__name__)
 

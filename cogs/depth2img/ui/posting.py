@@ -36,18 +36,6 @@ LOOK_TIMEOUT_S = 15.0
 Message = tuple[str, list[discord.File], discord.ui.View | None]
 
 
-def may_show_there(client: discord.Client, job: Job) -> bool:
-    """Whether the job's picture may be shown in its channel now, as /depth2img-show decides: one asked
-    for in an age-restricted channel (or without the safety checker), only while the channel still is
-    one. (A moderator may have changed that since; the bot's cache follows Discord's CHANNEL_UPDATE
-    events.)"""
-    if not (job.age_restricted or not job.params.safety_checker):
-        return True
-    guild = client.get_guild(job.guild_id) if job.guild_id is not None else None
-    channel = guild.get_channel_or_thread(job.channel_id) if guild is not None else None
-    return channel is not None and channel.is_nsfw()
-
-
 async def posted(client: discord.Client, job: Job, make: Callable[[], Message]) -> discord.Message:
     """``make``'s message posted in the job's channel, mentioning only its member. Raises
     :class:`discord.HTTPException` when Discord refuses it, and :class:`DeliveryInterrupted` when it
