@@ -272,7 +272,10 @@ async def test_a_channel_the_bot_may_not_post_in_ends_the_job_recorded_and_logge
     assert await count_by_state(service_of(bot).ledger) == {"failed": 1}
     (job,) = await service_of(bot).history(user)
     assert job.error_kind == "DeliveryFailed"
-    assert "lacks View Channel, Send Messages or Attach Files" in caplog.text
+    assert (
+        "lacks View Channel, Send Messages (in a thread: Send Messages in Threads) or Attach Files"
+        in caplog.text
+    )
     assert "Traceback" not in caplog.text
 
     fake_discord.allow(fake_discord.channel_id, SEND_MESSAGES)  # (the owner gives it back)
@@ -285,6 +288,39 @@ async def test_a_channel_the_bot_may_not_post_in_ends_the_job_recorded_and_logge
     await fake_discord.wait_until_idle(busy(bot))
     (shown,) = fake_discord.visible_messages(record)
     assert len(shown.results) == 1
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_a_result_for_a_thread_goes_to_the_thread_which_needs_send_messages_in_threads(
+    start_bot, fake_discord, fake_api, caplog
+):
+    """The token has run out, and the job was asked for in a thread: its result is posted in the
+    thread, where Discord asks for Send Messages in Threads instead of Send Messages (its permissions
+    topic). Without that permission the job ends as in a channel the bot may not post in (kept), and
+    the warning names what a thread needs."""
+    from tests.fakes.fake_discord import SEND_MESSAGES, SEND_MESSAGES_IN_THREADS
+
+    bot = await start_bot(SD_JOB_TIMEOUT_S="3600")
+    fake_discord.deny(fake_discord.channel_id, SEND_MESSAGES)  # (a thread does not need it)
+    for done, user in enumerate((868686868686868601, 868686868686868602), start=1):
+        await fake_discord.invoke_slash(
+            "depth2img",
+            {"image": fake_discord.add_attachment(make_png(), "a.png"), "prompt": "x"},
+            created_ago_s=14 * 60 + 5,
+            user_id=user,
+            channel_id=fake_discord.thread_id,
+        )
+        await fake_discord.wait_for(
+            lambda n=done: len(fake_discord.channel_messages) + len(fake_discord.refusals) == n, timeout=20
+        )
+        await fake_discord.wait_until_idle(busy(bot))
+        fake_discord.deny(fake_discord.channel_id, SEND_MESSAGES_IN_THREADS)  # (for the second)
+    (post,) = [fake_discord.messages[i] for i in fake_discord.channel_messages]
+    assert post.channel_id == fake_discord.thread_id and len(post.results) == 1
+    post.pings.clear()  # (assert_clean would refuse the member's ping, which is meant)
+    assert fake_discord.refusals == [f"channel message in {fake_discord.thread_id}: Missing Permissions"]
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1, "failed": 1}
+    assert "in a thread: Send Messages in Threads" in caplog.text
     assert_clean(fake_discord, fake_api, caplog)
 
 

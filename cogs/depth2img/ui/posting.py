@@ -61,8 +61,8 @@ async def posted(client: discord.Client, job: Job, make: Callable[[], Message]) 
             except discord.Forbidden:
                 log.warning(
                     "the job's result cannot be posted in its channel: the bot lacks View Channel, Send "
-                    "Messages or Attach Files there (give its role those, or use /depth2img-settings to "
-                    "keep it to channels where it has them)",
+                    "Messages (in a thread: Send Messages in Threads) or Attach Files there (give its role "
+                    "those, or use /depth2img-settings to keep it to channels where it has them)",
                     extra={"job": job.id, "channel_id": job.channel_id},
                 )
                 raise
