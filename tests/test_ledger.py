@@ -278,6 +278,19 @@ async def test_pictures_of_old_finished_jobs_are_released(open_ledger: Opener) -
     assert await ledger.release_pictures(time.time() + 1) == []
 
 
+async def test_the_pictures_jobs_refer_to_are_read_by_their_ids(open_ledger: Opener) -> None:
+    ledger = await open_ledger()
+    done = await ledger.create(replace(new_job("k1"), source_path="/x/sources/k1.png"))
+    await ledger.update(done, state=JobState.DELIVERED, result_path="/x/results/k1.png")
+    await ledger.create(new_job("k2"))
+    asked = ["k1", "k2", "gone", "bad\ud800", *(f"n{n}" for n in range(496))]
+    assert await ledger.kept_paths(asked) == {
+        "k1": ("/x/sources/k1.png", "/x/results/k1.png"),
+        "k2": (None, None),
+    }
+    assert await ledger.kept_paths([]) == {}
+
+
 # --- every operation is all or nothing, and fails alone ------------------------------------------------
 
 
@@ -514,6 +527,7 @@ async def test_the_queries_a_long_running_bot_repeats_search_by_an_index(tmp_pat
             {"SEARCH jobs USING INDEX jobs_state_finished (state=? AND finished_at<?)"},
         ),
         "get": (lambda: ledger.get("a"), by_id),
+        "kept_paths": (lambda: ledger.kept_paths([f"k{n}" for n in range(500)]), by_id),
         "shown_in_channel": (lambda: ledger.shown_in_channel("a"), by_id),
         "update": (lambda: ledger.update(job, state=JobState.SUBMITTED), by_id),
     }

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -305,6 +307,82 @@ async def test_old_finished_jobs_leave_the_ledger_with_their_pictures(make_servi
     assert not Path(job.source_path).exists() and not Path(job.result_path).exists()
 
 
+async def test_picture_files_no_job_refers_to_are_swept_after_a_day(make_service, ledger, tmp_path):
+    """What a crash leaves between the ledger and the disk (a forgotten job's files, a picture written
+    but never recorded, a half-written one) is removed once it is a day old; nothing a job refers to,
+    nothing young and nothing the bot did not name is."""
+    from cogs.depth2img.core.upkeep import sweep_strays
+
+    service = make_service()
+    await run(service)
+    (held,) = await ledger.for_user(1)
+    results = Path(held.result_path).parent
+    (results / f"{held.id}-depth.png").write_bytes(b"depth")
+    gone = "0123456789ab"  # a job no longer in the ledger (deleted, the files' removal cut short)
+    moved = await ledger.create(replace(held, id="ba9876543210"))
+    await ledger.update(  # (its pictures recorded in a data folder since moved elsewhere)
+        moved,
+        source_path=f"/elsewhere/sources/{moved.id}.png",
+        result_path=f"/elsewhere/results/{moved.id}.png",
+    )
+    stray = [
+        results / f"{gone}.png",
+        results / f"{gone}-depth.png",
+        Path(held.source_path).parent / f"{gone}.jpg",
+        Path(held.source_path).parent / f"{held.id}.upload",  # the held job's, but not what it refers to
+        results / f"{held.id}.png.tmp",
+        results / f"{held.id}-0.download",
+    ]
+    young = results / "feedfacecafe.png"
+    foreign = [results / "notes.txt", results / "0123456789abc.png", Path(held.source_path).parent / "x"]
+    kept = [Path(held.source_path), Path(held.result_path), results / f"{held.id}-depth.png"]
+    kept += [results / f"{moved.id}.png", Path(held.source_path).parent / f"{moved.id}.png"]
+    for path in [*stray, young, *foreign, *kept[3:]]:
+        path.write_bytes(b"x")
+    day_ago = time.time() - 86400 - 60
+    for path in [*stray, *foreign, *kept]:
+        os.utime(path, (day_ago, day_ago))
+    assert await sweep_strays(ledger, service.pictures) == len(stray)
+    assert [p for p in stray if p.exists()] == []
+    assert all(p.exists() for p in [young, *foreign, *kept])
+    # a result no longer recorded (its paths cleared by pruning): its depth map goes too
+    await ledger.update(await ledger.get(held.id), result_path=None)
+    assert await sweep_strays(ledger, service.pictures) == 2
+    assert Path(held.source_path).exists() and not Path(held.result_path).exists()
+    assert await sweep_strays(ledger, service.pictures) == 0
+
+
+async def test_the_sweep_waits_an_hour_after_start_then_runs_daily_through_failures(
+    make_service, ledger, caplog
+):
+    from cogs.depth2img.core.upkeep import sweep_now_and_then
+
+    service = make_service()
+    stray = service.pictures.results_dir / "0123456789ab.png"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"x")
+    os.utime(stray, (0, 0))
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 1:
+            assert stray.exists()  # nothing swept before the first hour
+        elif len(slept) == 2:
+            assert not stray.exists()  # swept after it
+            stray.write_bytes(b"x")
+            os.utime(stray, (0, 0))
+            await ledger.close()  # the next sweep's ledger read fails (and removes nothing)
+        else:
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await sweep_now_and_then(ledger, service.pictures, sleep=sleep)
+    assert slept == [3600.0, 86400.0, 86400.0] and stray.exists()  # ... and the one after is due
+    (failed,) = [r for r in caplog.records if "sweep" in r.getMessage()]
+    assert failed.levelname == "WARNING" and failed.getMessage() == "the sweep of stray picture files failed"
+
+
 def test_keeping_days_take_a_number_or_forever_and_never_a_silent_zero():
     from cogs.depth2img.config import ConfigError, load_settings
 
@@ -478,8 +556,8 @@ async def test_the_loop_monitor_runs_only_when_asked_for(make_service, tmp_path)
         loop_monitor_file=tmp_path / "loop.txt", keep_pictures_days=None, keep_jobs_days=None
     ).background(lambda job: None, post)
     assert (set(usual), set(asked)) == (
-        {"leases", "late-posts", "pruning", "backend"},
-        {"leases", "late-posts", "loop-monitor", "backend"},
+        {"leases", "late-posts", "pruning", "backend", "strays"},
+        {"leases", "late-posts", "loop-monitor", "backend", "strays"},
     )
     for coro in [*usual.values(), *asked.values()]:
         coro.close()

@@ -22,8 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import multiprocessing
-from collections.abc import Callable
+import os
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +43,10 @@ NO_LONGER_STORED = "input.no_longer_stored"
 # A picture of more chunks than a PNG encoder writes for that size (libpng: 8 KB each) goes to a thread.
 CHECK_HERE_MAX_BYTES = 4 * 1024 * 1024
 CHECK_HERE_MAX_CHUNKS = 1024
+# The files the bot keeps, each named after its job: a source (``<id>.png``, ``.jpg``; ``.upload``
+# before it is checked), a result (``<id>.<ext>``), a depth map (``<id>-depth.png``), a download being
+# checked (``<id>-<n>.download``), and any of them half-written (``.tmp``). Nothing else is touched.
+KEPT_NAME = re.compile(r"([0-9a-f]{12})(?:-depth|-[0-9]{1,3})?\.[a-z0-9]{1,8}(?:\.tmp)?")
 
 
 class Pictures:
@@ -199,6 +206,14 @@ class Pictures:
         except Exception:  # (a worker that died: BrokenProcessPool, ...)
             raise OutputUnavailable("the comparison could not be made") from None
 
+    async def files_before(self, cutoff: float, batch: int = 500) -> AsyncIterator[list[tuple[str, Path]]]:
+        """The bot's own files (:data:`KEPT_NAME`) last written before ``cutoff`` (a time), each with
+        the id of the job it is named after, ``batch`` at a time (read in a picture thread: a folder
+        may hold millions)."""
+        found = _files_before((self.sources_dir, self.results_dir), cutoff)
+        while chunk := await self.thread(_take, found, batch):
+            yield chunk
+
     async def remove_of(self, job: Job) -> None:
         """Every file kept for ``job``: its source, its first result and its depth map."""
         await self.remove(job.source_path, job.result_path, self.depth_map_path(job.id))
@@ -212,3 +227,33 @@ class Pictures:
 def _remove_file(path: str) -> None:
     with contextlib.suppress(OSError):
         Path(path).unlink()
+
+
+def _take(items: Iterator[T], count: int) -> list[T]:
+    return list(itertools.islice(items, count))
+
+
+def _files_before(folders: tuple[Path, ...], cutoff: float) -> Iterator[tuple[str, Path]]:
+    for folder in folders:
+        try:
+            entries = os.scandir(folder)
+        except OSError:  # (not made yet, or removed)
+            continue
+        with entries:
+            yield from _named_before(entries, cutoff)
+
+
+def _named_before(entries: Iterator[os.DirEntry[str]], cutoff: float) -> Iterator[tuple[str, Path]]:
+    for entry in entries:
+        named = KEPT_NAME.fullmatch(entry.name)
+        if named is None:
+            continue
+        try:  # (not a regular file, or removed meanwhile: skipped)
+            if (
+                not entry.is_file(follow_symlinks=False)
+                or entry.stat(follow_symlinks=False).st_mtime >= cutoff
+            ):
+                continue
+        except OSError:
+            continue
+        yield named[1], Path(entry.path)

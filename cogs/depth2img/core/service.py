@@ -114,21 +114,20 @@ class Depth2ImgService:
     def background(
         self, on_claimed: Callable[[Job], None], on_late: Callable[[Job], Awaitable[None]]
     ) -> dict[str, Coroutine[Any, Any, None]]:
-        """The service's upkeep, run as tasks for as long as it lives: lease renewal and takeover (to
-        ``on_claimed``), kept results posted late (by ``on_late``: late.py), the pruning of old
-        pictures, and the event-loop monitor when ``LOOP_MONITOR_FILE`` is set."""
+        """The service's upkeep, run as tasks for as long as it lives (:mod:`.upkeep`): leases and
+        takeover (to ``on_claimed``), late posts (``on_late``: late.py), pruning, the sweep of stray
+        files, and the event-loop monitor when ``LOOP_MONITOR_FILE`` is set."""
         work: dict[str, Coroutine[Any, Any, None]] = {
             "leases": upkeep.keep_leases(
                 self.ledger, on_claimed, running=lambda: frozenset(self._running), sleep=self._sleep
             ),
             "late-posts": self.late.keep_posting(on_late),
             "backend": self.backend.upkeep(),
+            "strays": upkeep.sweep_now_and_then(self.ledger, self.pictures, sleep=self._sleep),
         }
-        pictures_days, jobs_days = self.settings.keep_pictures_days, self.settings.keep_jobs_days
-        if pictures_days is not None or jobs_days is not None:
-            work["pruning"] = upkeep.prune_now_and_then(
-                self.ledger, self.pictures, pictures_days, jobs_days, sleep=self._sleep
-            )
+        days = self.settings.keep_pictures_days, self.settings.keep_jobs_days
+        if days != (None, None):
+            work["pruning"] = upkeep.prune_now_and_then(self.ledger, self.pictures, *days, sleep=self._sleep)
         if self.settings.loop_monitor_file is not None:
             work["loop-monitor"] = loop_monitor(self.settings.loop_monitor_file)
         return work

@@ -1,11 +1,14 @@
 """The service's upkeep, each a coroutine that runs for as long as the service lives: lease renewal
-and the takeover of stopped processes' jobs, and the removal of old pictures."""
+and the takeover of stopped processes' jobs, the removal of old pictures, and the sweep of files no job
+refers to."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection
+from pathlib import Path
 
 from cogs.depth2img.store import Job, Ledger
 
@@ -84,4 +87,71 @@ async def prune_now_and_then(
                 await prune_jobs(ledger, pictures, jobs_days)
         except Exception as exc:  # a disk or database hiccup: try again next time
             log.warning("pruning old pictures or jobs failed", extra={"error": type(exc).__name__})
+        await sleep(every_s)
+
+
+# A file is a stray once no job has referred to it for this long: a job's own files are referred to
+# within its deadline (minutes) of being written.
+STRAY_AFTER_S = 86400.0
+
+
+async def sweep_strays(ledger: Ledger, pictures: Pictures, *, older_than_s: float = STRAY_AFTER_S) -> int:
+    """Remove the bot's picture files (:data:`~.pictures.KEPT_NAME`) that no job in the ledger refers to
+    and that were written more than ``older_than_s`` ago. They are what a crash leaves between two steps
+    that the ledger and the disk cannot take together: a job's row deleted (pruning, a member's
+    forget-me) or its paths cleared, but not yet its files; a picture written but not yet recorded; a
+    half-written ``.tmp``. Files are matched by folder and name (``results/<id>.png``), so that a data
+    folder moved since keeps them.
+    Returns how many files were removed."""
+    removed = 0
+    async for batch in pictures.files_before(time.time() - older_than_s):
+        by_job: defaultdict[str, list[Path]] = defaultdict(list)
+        for job_id, path in batch:
+            by_job[job_id].append(path)
+        kept = await ledger.kept_paths(by_job)
+        strays = [
+            str(path)
+            for job_id, paths in by_job.items()
+            for path in paths
+            if _place(path) not in _referred(job_id, kept.get(job_id))
+        ]
+        await pictures.remove(*strays)
+        removed += len(strays)
+    if removed:
+        log.info("picture files no job refers to removed", extra={"files": removed})
+    return removed
+
+
+def _referred(job_id: str, paths: tuple[str | None, str | None] | None) -> set[str]:
+    """The files a job (its ``source_path``, ``result_path``) refers to (:func:`_place`): those two,
+    and its depth map while it has a result."""
+    if paths is None:
+        return set()
+    source, result = paths
+    places = {_place(Path(p)) for p in (source, result) if p}
+    if result:
+        places.add(_place(Path(result).with_name(f"{job_id}-depth.png")))
+    return places
+
+
+def _place(path: Path) -> str:
+    """``sources/<id>.png``: a source and a result may have the same name."""
+    return f"{path.parent.name}/{path.name}"
+
+
+async def sweep_now_and_then(
+    ledger: Ledger,
+    pictures: Pictures,
+    *,
+    sleep: Sleep,
+    first_after_s: float = 3600.0,
+    every_s: float = 86400.0,
+) -> None:
+    """Daily, the first an hour after start (not in the burst a restarted bot may meet): :func:`sweep_strays`."""
+    await sleep(first_after_s)
+    while True:
+        try:
+            await sweep_strays(ledger, pictures)
+        except Exception as exc:  # a disk or database hiccup: try again next time
+            log.warning("the sweep of stray picture files failed", extra={"error": type(exc).__name__})
         await sleep(every_s)

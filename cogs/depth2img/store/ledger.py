@@ -313,6 +313,21 @@ class Ledger(Tallies):
 
         return await self._run(op)
 
+    async def kept_paths(self, job_ids: Collection[str]) -> dict[str, tuple[str | None, str | None]]:
+        """The stored pictures (``source_path``, ``result_path``) of those of ``job_ids`` (at most
+        500) that are jobs in the ledger: for the sweep of files no job refers to."""
+        ids = sorted({i for i in job_ids if is_clean(i)})
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        select = f"SELECT id, source_path, result_path FROM jobs WHERE id IN ({marks})"  # noqa: S608
+
+        def op() -> Op[dict[str, tuple[str | None, str | None]]]:
+            rows = yield Fetch(select, tuple(ids))
+            return {r["id"]: (r["source_path"], r["result_path"]) for r in rows}
+
+        return await self._run(op)
+
     async def release_pictures(self, finished_before: float, limit: int = 500) -> list[Job]:
         """Finished jobs older than ``finished_before`` that still point at stored pictures: their
         paths are cleared (the caller removes the files) and the jobs returned as they were."""
