@@ -291,6 +291,13 @@ async def test_the_pictures_jobs_refer_to_are_read_by_their_ids(open_ledger: Ope
     assert await ledger.kept_paths([]) == {}
 
 
+async def test_a_first_value_is_remembered_once_whoever_asks_at_once(open_ledger: Opener) -> None:
+    one, two = await open_ledger(), await open_ledger()
+    asked = await asyncio.gather(*(led.first_value("mark", f"v{n}") for n, led in enumerate([one, two, one])))
+    assert len(set(asked)) == 1 and asked[0] in {"v0", "v1", "v2"}
+    assert await two.first_value("mark", "later") == asked[0] == await one.recall("mark")
+
+
 # --- every operation is all or nothing, and fails alone ------------------------------------------------
 
 

@@ -352,6 +352,26 @@ async def test_picture_files_no_job_refers_to_are_swept_after_a_day(make_service
     assert await sweep_strays(ledger, service.pictures) == 0
 
 
+async def test_pictures_kept_with_another_ledger_are_not_swept(make_service, ledger, tmp_path, caplog):
+    """A bot pointed at another ledger (a new database) finds no job for any picture: it must not take
+    them all for strays."""
+    from cogs.depth2img.core.upkeep import sweep_strays
+
+    service = make_service()
+    await run(service)
+    (job,) = await ledger.for_user(1)
+    assert await sweep_strays(ledger, service.pictures) == 0  # (the first sweep marks both alike)
+    await ledger.forget_user(1)  # as if this ledger had never known the job
+    os.utime(job.source_path, (0, 0))
+    await ledger.remember("pictures_mark", "another-ledger")
+    assert await sweep_strays(ledger, service.pictures) == 0
+    assert Path(job.source_path).exists()
+    assert "kept with another ledger" in caplog.records[-1].getMessage()
+    (tmp_path / ".ledger-mark").unlink()  # the owner lets this ledger adopt them
+    assert await sweep_strays(ledger, service.pictures) == 1
+    assert not Path(job.source_path).exists()
+
+
 async def test_the_sweep_waits_an_hour_after_start_then_runs_daily_through_failures(
     make_service, ledger, caplog
 ):
@@ -367,7 +387,10 @@ async def test_the_sweep_waits_an_hour_after_start_then_runs_daily_through_failu
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
         if len(slept) == 1:
-            assert stray.exists()  # nothing swept before the first hour
+            assert stray.exists()  # nothing swept before the first hour, but the folders marked
+            assert (service.pictures.data_dir / ".ledger-mark").read_text().strip() == await ledger.recall(
+                "pictures_mark"
+            )
         elif len(slept) == 2:
             assert not stray.exists()  # swept after it
             stray.write_bytes(b"x")

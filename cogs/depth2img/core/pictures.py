@@ -46,11 +46,13 @@ CHECK_HERE_MAX_CHUNKS = 1024
 # The files the bot keeps, each named after its job: a source (``<id>.png``, ``.jpg``; ``.upload``
 # before it is checked), a result (``<id>.<ext>``), a depth map (``<id>-depth.png``), a download being
 # checked (``<id>-<n>.download``), and any of them half-written (``.tmp``). Nothing else is touched.
+LEDGER_MARK = ".ledger-mark"
 KEPT_NAME = re.compile(r"([0-9a-f]{12})(?:-depth|-[0-9]{1,3})?\.[a-z0-9]{1,8}(?:\.tmp)?")
 
 
 class Pictures:
     def __init__(self, data_dir: Path, *, image_workers: int, picture_threads: int) -> None:
+        self.data_dir = data_dir
         self.sources_dir = data_dir / "sources"
         self.results_dir = data_dir / "results"
         self._workers = image_workers
@@ -214,6 +216,11 @@ class Pictures:
         while chunk := await self.thread(_take, found, batch):
             yield chunk
 
+    async def mark(self, value: str) -> str:
+        """The mark of the ledger these pictures belong to (``BOT_DATA_DIR/.ledger-mark``); ``value``
+        if there was none (written then)."""
+        return await self.thread(_mark, self.data_dir / LEDGER_MARK, value)
+
     async def remove_of(self, job: Job) -> None:
         """Every file kept for ``job``: its source, its first result and its depth map."""
         await self.remove(job.source_path, job.result_path, self.depth_map_path(job.id))
@@ -227,6 +234,16 @@ class Pictures:
 def _remove_file(path: str) -> None:
     with contextlib.suppress(OSError):
         Path(path).unlink()
+
+
+def _mark(path: Path, value: str) -> str:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="ascii", errors="replace").strip()
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(value + "\n")
+    return value
 
 
 def _take(items: Iterator[T], count: int) -> list[T]:

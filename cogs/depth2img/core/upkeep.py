@@ -5,6 +5,7 @@ refers to."""
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection
@@ -93,6 +94,7 @@ async def prune_now_and_then(
 # A file is a stray once no job has referred to it for this long: a job's own files are referred to
 # within its deadline (minutes) of being written.
 STRAY_AFTER_S = 86400.0
+LEDGER_MARK_NAME = "pictures_mark"
 
 
 async def sweep_strays(ledger: Ledger, pictures: Pictures, *, older_than_s: float = STRAY_AFTER_S) -> int:
@@ -103,6 +105,8 @@ async def sweep_strays(ledger: Ledger, pictures: Pictures, *, older_than_s: floa
     half-written ``.tmp``. Files are matched by folder and name (``results/<id>.png``), so that a data
     folder moved since keeps them.
     Returns how many files were removed."""
+    if not await _folders_belong_to(ledger, pictures):
+        return 0
     removed = 0
     async for batch in pictures.files_before(time.time() - older_than_s):
         by_job: defaultdict[str, list[Path]] = defaultdict(list)
@@ -120,6 +124,20 @@ async def sweep_strays(ledger: Ledger, pictures: Pictures, *, older_than_s: floa
     if removed:
         log.info("picture files no job refers to removed", extra={"files": removed})
     return removed
+
+
+async def _folders_belong_to(ledger: Ledger, pictures: Pictures) -> bool:
+    """Whether the picture folders were kept with this ledger: the first sweep marks both alike (a
+    random mark, in the ledger and in ``BOT_DATA_DIR/.ledger-mark``). Pointed at another ledger (a new
+    database, say), the bot would find no job for any picture: it sweeps nothing and says why."""
+    ours = await ledger.first_value(LEDGER_MARK_NAME, secrets.token_hex(8))
+    if await pictures.mark(ours) == ours:
+        return True
+    log.warning(
+        "stray picture files not swept: the data folder's pictures were kept with another ledger "
+        "(remove BOT_DATA_DIR/.ledger-mark to let this ledger adopt them, and their strays be swept)"
+    )
+    return False
 
 
 def _referred(job_id: str, paths: tuple[str | None, str | None] | None) -> set[str]:
@@ -147,7 +165,12 @@ async def sweep_now_and_then(
     first_after_s: float = 3600.0,
     every_s: float = 86400.0,
 ) -> None:
-    """Daily, the first an hour after start (not in the burst a restarted bot may meet): :func:`sweep_strays`."""
+    """Daily, the first an hour after start (not in the burst a restarted bot may meet): :func:`sweep_strays`.
+    At start, the ledger and the folders are marked (or found to differ, and the owner told) at once."""
+    try:
+        await _folders_belong_to(ledger, pictures)
+    except Exception as exc:  # (tried again at the first sweep)
+        log.warning("the picture folders' ledger mark could not be read", extra={"error": type(exc).__name__})
     await sleep(first_after_s)
     while True:
         try:

@@ -41,6 +41,19 @@ class Tallies:
 
         await self._run(op)
 
+    async def first_value(self, name: str, value: str) -> str:
+        """The value remembered under ``name``; ``value`` if there was none (remembered then: when
+        several processes ask at once, the first one's)."""
+        sql = "INSERT INTO bot_state (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING"
+        args = (name, clean_text(value), time.time())
+
+        def op() -> Op[str]:
+            yield Execute(sql, args)
+            rows = yield Fetch("SELECT value FROM bot_state WHERE name = ?", (name,))
+            return str(rows[0]["value"])
+
+        return await self._run(op)
+
     async def pictures_since(self, since: float) -> int:
         """Pictures asked for (each job's ``samples``) since ``since``, across every server."""
 
