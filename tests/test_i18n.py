@@ -21,7 +21,7 @@ ENGLISH = TABLES[SOURCE]
 OTHERS = [name for name in TABLES if name != SOURCE]
 # a reply key: "section.name" (see cogs/i18n/locales/en-US.json)
 KEY_RE = re.compile(
-    r"(refused|input|error|bot|time|count|progress|card|blank|details|caption|button|form|reply|history|state|settings|owner)\.[a-z_]+"
+    r"(refused|input|error|bot|time|count|progress|card|blank|details|caption|button|form|reply|history|state|settings|owner|alt)\.[a-z_]+"
 )
 
 

@@ -70,6 +70,33 @@ async def test_result_has_buttons_a_before_after_view_and_copyable_options(bot, 
     assert_clean(fake_discord, fake_api)
 
 
+async def test_every_picture_carries_alt_text_within_discords_limit(bot, fake_discord, fake_api):
+    """Screen readers read an attachment's description: each picture the bot sends says what it is
+    and the prompt it was made for, in the channel's language, cut to Discord's 1,024 characters
+    (counted in UTF-16 units, as its API description does: an emoji is two)."""
+    fake_api.scenario = "multiple_samples"
+    final = await first_result(fake_discord, samples=2)
+    fake_api.scenario = "success"
+    job = job_id_of(final)
+    assert [f.description for f in final.results] == [
+        f"New picture {n} of 2, painted over the depth and layout of a member's picture, for the prompt: a red barn"
+        for n in (1, 2)
+    ]
+    shown = await settle(fake_discord, await fake_discord.click(final, f"d2i:compare:{job}", user_id=OTHER))
+    assert shown.files[0].description == (
+        "Before and after, side by side: the member's picture on the left, the new one on the right. "
+        "Prompt: a red barn"
+    )
+    again = await settle(
+        fake_discord, await fake_discord.invoke_slash("depth2img-show", {"picture": job}, user_id=OTHER)
+    )
+    assert again.files[0].description.endswith("for the prompt: a red barn")
+    _, long = await slash(fake_discord, {"prompt": "🌲" * 1000}, user_id=MEMBER)  # 2,000 UTF-16 units
+    (alt,) = [f.description for f in long.results]
+    assert alt.endswith("🌲…") and len(alt.encode("utf-16-le")) == 2 * 1024
+    assert_clean(fake_discord, fake_api)
+
+
 async def test_new_seed_makes_a_new_job_from_the_same_source(bot, fake_discord, fake_api):
     final = await first_result(fake_discord)
     parent = job_id_of(final)

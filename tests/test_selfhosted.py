@@ -82,6 +82,9 @@ async def depth_map_of(fake_discord, final) -> bytes:
     await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=10)
     shown = fake_discord.visible_messages(record)[-1]
     assert shown.ephemeral and shown.results, shown.content
+    assert (
+        shown.results[0].description == "The depth map of the member's picture, as the image service read it."
+    )
     return shown.results[0].data
 
 

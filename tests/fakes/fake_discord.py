@@ -74,6 +74,7 @@ class FakeFile:
     filename: str
     data: bytes
     content_type: str | None = None
+    description: str | None = None  # alt text, from payload_json's "attachments" (max 1024: the spec)
 
 
 @dataclass
@@ -180,6 +181,14 @@ def _parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, Any], li
                 FakeFile(id=index, filename=disposition.get("filename") or f"file{index}", data=data)
             )
         pos = end + 2
+    # Discord's "Uploading Files": the "attachments" of payload_json (of its "data" in an interaction's
+    # response) describe the files[n] parts by id n
+    body = payload.get("data") if isinstance(payload.get("data"), dict) else payload
+    described = {
+        str(a.get("id")): a.get("description") for a in body.get("attachments") or [] if isinstance(a, dict)
+    }
+    for f in files:
+        f.description = described.get(str(f.id))
     return payload, files
 
 
@@ -1362,6 +1371,7 @@ class FakeDiscord(LocalServer):
             filename=f.filename,
             data=f.data,
             content_type=f.content_type,
+            description=f.description,
         )
 
     def _file_url(self, msg: FakeMessage, f: FakeFile) -> str:
@@ -1391,6 +1401,7 @@ class FakeDiscord(LocalServer):
                     "url": self._file_url(msg, f),
                     "proxy_url": self._file_url(msg, f),
                     "content_type": f.content_type or "image/png",
+                    **({"description": f.description} if f.description is not None else {}),
                 }
                 for f in msg.files
             ],

@@ -14,6 +14,33 @@ from cogs.i18n import text
 
 from .text import neutralise
 
+# Discord takes an attachment's description (its alt text, read out by screen readers) of up to 1,024
+# characters; its API description counts them in UTF-16 units (an emoji is two).
+ALT_MAX = 1024
+
+
+def alt_text(job: Job, lang: str, *, index: int = 0, total: int = 1) -> str:
+    """A result picture's alt text: what it is and the prompt it was made for (``index`` of ``total``)."""
+    if total > 1:
+        return _fit(text(lang, "alt.result_of", n=index + 1, total=total, prompt=job.params.prompt))
+    return _fit(text(lang, "alt.result", prompt=job.params.prompt))
+
+
+def comparison_alt(job: Job, lang: str) -> str:
+    return _fit(text(lang, "alt.before_after", prompt=job.params.prompt))
+
+
+def depth_map_alt(lang: str) -> str:
+    return text(lang, "alt.depth_map")
+
+
+def _fit(value: str, limit: int = ALT_MAX) -> str:
+    units = value.encode("utf-16-le", "surrogatepass")
+    if len(units) <= 2 * limit:
+        return value
+    # (cut at a unit boundary; half an emoji left at the cut is dropped)
+    return units[: 2 * (limit - 1)].decode("utf-16-le", "ignore") + "…"
+
 
 def duration(lang: str, value: float) -> str:
     """A measured time, to a tenth: "4.2 s", "2.5 min"."""

@@ -198,7 +198,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             await send(
                 interaction,
                 say(lang, "caption.depth_map", id=job.id),
-                make_file=lambda: upload(data, f"depth-map-{job.id}.png"),
+                make_file=lambda: upload(data, f"depth-map-{job.id}.png", cards.depth_map_alt(lang)),
                 ephemeral=True,
             )
         elif action is Action.EDIT:
@@ -320,7 +320,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
         await edit_original(
             interaction,
             say(lang, "caption.comparison", id=job.id),
-            lambda: [upload(picture.data, picture.filename)],
+            lambda: [upload(picture.data, picture.filename, cards.comparison_alt(job, lang))],
         )
 
     async def _cancel(self, interaction: discord.Interaction[Any], job: Job) -> None:
@@ -373,7 +373,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             await send(
                 interaction,
                 cards.shown_text(found, shown_in, deleted=deleted),
-                make_file=lambda: upload(data, name),
+                make_file=lambda: upload(data, name, cards.alt_text(found, shown_in)),
                 view=view,
                 ephemeral=deleted,
                 allowed_mentions=NO_MENTIONS,

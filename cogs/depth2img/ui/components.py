@@ -54,8 +54,9 @@ class SharedBytes(io.BytesIO):
             super().__setattr__(name, value)
 
 
-def upload(data: bytes, filename: str) -> discord.File:
-    return discord.File(SharedBytes(data), filename=filename)
+def upload(data: bytes, filename: str, alt: str | None = None) -> discord.File:
+    """A picture to send, with its description (alt text: :func:`.cards.alt_text`)."""
+    return discord.File(SharedBytes(data), filename=filename, description=alt)
 
 
 class JobButton(

@@ -62,7 +62,11 @@ def render(
     if outcome.result is not None and withheld:
         return cards.withheld_text(job, lang), [], None
     if outcome.result is not None:
-        files = [upload(img.data, img.filename) for img in outcome.result.images]
+        images = outcome.result.images
+        files = [
+            upload(img.data, img.filename, cards.alt_text(job, lang, index=n, total=len(images)))
+            for n, img in enumerate(images)
+        ]
         view = result_view(job.id, lang, depth_map=outcome.result.depth_map is not None, details=not full)
         if full:
             return cards.result_message(job, outcome.result, lang), files, view

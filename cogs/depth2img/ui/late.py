@@ -47,7 +47,11 @@ async def post_kept(client: discord.Client, service: Depth2ImgService, job: Job)
                 await posted(
                     client,
                     job,
-                    lambda: (cards.late_text(job, lang), [upload(data, name)], result_view(job.id, lang)),
+                    lambda: (
+                        cards.late_text(job, lang),
+                        [upload(data, name, cards.alt_text(job, lang))],
+                        result_view(job.id, lang),
+                    ),
                 )
     except (DeliveryInterrupted, TimeoutError, discord.RateLimited) as exc:  # (tried again later)
         log.info("Discord takes no kept result yet", extra={"job": job.id, "error": type(exc).__name__})
