@@ -127,8 +127,8 @@ async def sweep_strays(ledger: Ledger, pictures: Pictures, *, older_than_s: floa
 
 
 async def _folders_belong_to(ledger: Ledger, pictures: Pictures) -> bool:
-    """Whether the picture folders were kept with this ledger: the first sweep marks both alike (a
-    random mark, in the ledger and in ``BOT_DATA_DIR/.ledger-mark``). Pointed at another ledger (a new
+    """Whether the picture folders were kept with this ledger: the first call (at start) marks both
+    alike (a random mark, in the ledger and in ``BOT_DATA_DIR/.ledger-mark``). Pointed at another ledger (a new
     database, say), the bot would find no job for any picture: it sweeps nothing and says why."""
     ours = await ledger.first_value(LEDGER_MARK_NAME, secrets.token_hex(8))
     if await pictures.mark(ours) == ours:
