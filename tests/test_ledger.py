@@ -556,3 +556,71 @@ async def test_the_queries_a_long_running_bot_repeats_search_by_an_index(tmp_pat
         plans.close()
         await ledger.close()
     assert wrong == {}
+
+
+# --- copying a whole ledger into an empty database -----------------------------------------------------
+
+
+async def test_a_whole_ledger_is_copied_into_an_empty_database_and_back(
+    tmp_path: Path, postgres_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite -> PostgreSQL (a bot growing to several processes) and back: every job as it was, its
+    events in order, the servers' settings and what the bot remembered; never into a database that
+    holds anything, never from one that does not exist."""
+    from cogs.depth2img.store.copy import Copied, TargetNotEmpty, copy_ledger, main
+
+    sqlite_path = tmp_path / "jobs.sqlite3"
+    source = await Ledger.open(sqlite_path, group="main")
+    jobs = []
+    for n in range(5):
+        job = await source.create(replace(new_job(f"j{n}", user=n), source_path=f"/data/sources/j{n}.png"))
+        if n % 2:
+            job = await source.update(job, state=JobState.SUBMITTED, api_job_id=f"api-{n}")
+            job = await source.update(
+                job, state=JobState.DELIVERED, result_path=f"/data/results/j{n}.png", detail="done"
+            )
+        jobs.append(job)
+    await source.save_guild_settings(2**62 + 5, '{"cooldown_s": 5}', by=9)
+    await source.remember("pictures_mark", "abc123")
+    histories = {j.id: await event_owners(source, j.id) for j in jobs}
+    await source.close()
+
+    target = await create_database(postgres_server)
+    try:
+        copied = await copy_ledger(sqlite_path, target, batch=2)  # three batches
+        assert copied == Copied(jobs=5, events=sum(map(len, histories.values())), settings=1, values=1)
+        there = await Ledger.open(target, group="main")
+        try:
+            assert [await there.get(j.id) for j in jobs] == jobs
+            assert {j.id: await event_owners(there, j.id) for j in jobs} == histories
+            assert await there.all_guild_settings() == {2**62 + 5: '{"cooldown_s": 5}'}
+            assert await there.recall("pictures_mark") == "abc123"
+            # the copy is a working ledger: the unfinished jobs are taken over, the rest stay finished
+            assert sorted(j.id for j in await there.claim_orphans(at_start=True)) == ["j0", "j2", "j4"]
+        finally:
+            await there.close()
+
+        with pytest.raises(TargetNotEmpty, match="not empty"):
+            await copy_ledger(sqlite_path, target)
+        assert await asyncio.to_thread(main, [str(sqlite_path), target]) == 2  # (it runs its own loop)
+        assert "nothing copied: the target database is not empty (" in capsys.readouterr().err
+
+        back = tmp_path / "back.sqlite3"
+        assert await asyncio.to_thread(main, [target, str(back)]) == 0
+        said = capsys.readouterr().out
+        assert said == (  # (three more events: the jobs taken over there)
+            f"copied 5 jobs ({copied.events + 3} events), the settings of 1 server and 1 remembered value "
+            f"from PostgreSQL to {back}\n"
+        )
+        assert target.rsplit("@", 1)[0] not in said  # (no password in what it says)
+        again = await Ledger.open(back)
+        try:
+            assert [(await again.get(j.id)).state for j in jobs] == [j.state for j in jobs]
+        finally:
+            await again.close()
+    finally:
+        await drop_database(postgres_server, target)
+
+    with pytest.raises(Exception, match="no ledger at"):
+        await copy_ledger(tmp_path / "missing.sqlite3", tmp_path / "new.sqlite3")
+    assert not (tmp_path / "new.sqlite3").exists()

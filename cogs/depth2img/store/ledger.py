@@ -64,12 +64,7 @@ class Ledger(Tallies):
     ) -> Ledger:
         """``target``: a SQLite file path, or a ``postgresql://`` URL. Brings the database's schema up
         to date (:mod:`.schema`) or raises :class:`SchemaTooNew`."""
-        text = str(target)
-        db: Database
-        if text.startswith(("postgres://", "postgresql://")):
-            db = await PostgresDatabase.open(text)
-        else:
-            db = await SqliteDatabase.open(Path(target))
+        db = await open_database(target)
         return cls(db, group=group, owner=owner or f"{group}/{secrets.token_hex(4)}", lease_s=lease_s)
 
     @property
@@ -363,6 +358,15 @@ class Ledger(Tallies):
         )
 
         return await self._run(lambda: _deleting(Fetch(select, (float(finished_before), limit))))
+
+
+async def open_database(target: Path | str) -> Database:
+    """The database at ``target`` (a SQLite file path, or a ``postgresql://`` URL), its schema brought
+    up to date (:mod:`.schema`). Raises :class:`SchemaTooNew`, or ``LedgerUnavailable``."""
+    text = str(target)
+    if text.startswith(("postgres://", "postgresql://")):
+        return await PostgresDatabase.open(text)
+    return await SqliteDatabase.open(Path(target))
 
 
 def _deleting(select: Fetch) -> Op[list[Job]]:
