@@ -483,6 +483,10 @@ async def test_a_blank_picture_is_explained(bot, fake_discord, fake_api):
         in final.content
     )
     assert "/depth2img-settings content" in final.content
+    assert final.results[0].description == (  # (what a screen reader says of it)
+        "A blank picture: the image service's safety checker replaced the one made for the prompt: "
+        "something unsafe"
+    )
     fake_api.output_png = make_png(512, 512, noise=True)
     _, normal = await slash(fake_discord, {"prompt": "a cabin"})
     assert "came back blank" not in normal.content

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
-from cogs.depth2img.models import GenerationParams, GenerationResult
+from cogs.depth2img.models import GeneratedImage, GenerationParams, GenerationResult
 from cogs.depth2img.store import Job
 from cogs.i18n import text
 
@@ -19,11 +20,19 @@ from .text import neutralise
 ALT_MAX = 1024
 
 
-def alt_text(job: Job, lang: str, *, index: int = 0, total: int = 1) -> str:
-    """A result picture's alt text: what it is and the prompt it was made for (``index`` of ``total``)."""
+def alt_text(job: Job, lang: str, *, index: int = 0, total: int = 1, blank: bool = False) -> str:
+    """A result picture's alt text: what it is and the prompt it was made for (``index`` of ``total``;
+    ``blank``: what a safety checker sent instead)."""
+    if blank:
+        return _fit(text(lang, "alt.blank", prompt=job.params.prompt))
     if total > 1:
         return _fit(text(lang, "alt.result_of", n=index + 1, total=total, prompt=job.params.prompt))
     return _fit(text(lang, "alt.result", prompt=job.params.prompt))
+
+
+def result_alts(job: Job, images: Sequence[GeneratedImage], lang: str) -> list[str]:
+    """The alt text of each picture of a result."""
+    return [alt_text(job, lang, index=n, total=len(images), blank=img.blank) for n, img in enumerate(images)]
 
 
 def comparison_alt(job: Job, lang: str) -> str:

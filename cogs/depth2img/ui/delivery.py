@@ -63,10 +63,8 @@ def render(
         return cards.withheld_text(job, lang), [], None
     if outcome.result is not None:
         images = outcome.result.images
-        files = [
-            upload(img.data, img.filename, cards.alt_text(job, lang, index=n, total=len(images)))
-            for n, img in enumerate(images)
-        ]
+        alts = cards.result_alts(job, images, lang)
+        files = [upload(img.data, img.filename, alt) for img, alt in zip(images, alts, strict=True)]
         view = result_view(job.id, lang, depth_map=outcome.result.depth_map is not None, details=not full)
         if full:
             return cards.result_message(job, outcome.result, lang), files, view
