@@ -567,10 +567,10 @@ async def test_a_whole_ledger_is_copied_into_an_empty_database_and_back(
     """SQLite -> PostgreSQL (a bot growing to several processes) and back: every job as it was, its
     events in order, the servers' settings and what the bot remembered; never into a database that
     holds anything, never from one that does not exist."""
-    from cogs.depth2img.store.copy import Copied, TargetNotEmpty, copy_ledger, main
+    from cogs.depth2img.store.copy import Copied, SourceInUse, TargetNotEmpty, copy_ledger, main
 
     sqlite_path = tmp_path / "jobs.sqlite3"
-    source = await Ledger.open(sqlite_path, group="main")
+    source = await Ledger.open(sqlite_path, group="main", lease_s=0.001)  # (a bot stopped long ago)
     jobs = []
     for n in range(5):
         job = await source.create(replace(new_job(f"j{n}", user=n), source_path=f"/data/sources/j{n}.png"))
@@ -589,7 +589,7 @@ async def test_a_whole_ledger_is_copied_into_an_empty_database_and_back(
     try:
         copied = await copy_ledger(sqlite_path, target, batch=2)  # three batches
         assert copied == Copied(jobs=5, events=sum(map(len, histories.values())), settings=1, values=1)
-        there = await Ledger.open(target, group="main")
+        there = await Ledger.open(target, group="main", lease_s=0.001)
         try:
             assert [await there.get(j.id) for j in jobs] == jobs
             assert {j.id: await event_owners(there, j.id) for j in jobs} == histories
@@ -621,6 +621,14 @@ async def test_a_whole_ledger_is_copied_into_an_empty_database_and_back(
     finally:
         await drop_database(postgres_server, target)
 
+    # a bot that still runs (or stopped less than a lease ago) holds its unfinished jobs
+    running = await Ledger.open(tmp_path / "running.sqlite3", lease_s=60.0)
+    await running.create(new_job("r1"))
+    with pytest.raises(
+        SourceInUse, match=r"a running bot holds 1 unfinished job of the source \(for up to 60 s"
+    ):
+        await copy_ledger(tmp_path / "running.sqlite3", tmp_path / "new.sqlite3")
+    await running.close()
     with pytest.raises(Exception, match="no ledger at"):
         await copy_ledger(tmp_path / "missing.sqlite3", tmp_path / "new.sqlite3")
     assert not (tmp_path / "new.sqlite3").exists()

@@ -4,7 +4,8 @@ several processes, or back. With the bot stopped:
     python -m cogs.depth2img.store.copy data/jobs.sqlite3 "postgresql://user:password@host/depth2img"
 
 Both databases are first brought up to this bot's schema (the source is upgraded in place, as the bot
-itself would at start-up). The target must hold no job, server setting or remembered value. Then the
+itself would at start-up). No running bot may hold a job of the source (its lease must have run
+out), and the target must hold no job, server setting or remembered value. Then the
 servers' settings and what the bot remembered (its image service's working route, the picture
 folder's mark: see :mod:`cogs.depth2img.core.upkeep`) are copied, and the jobs in id order, a batch
 at a time, each batch with its events in one transaction. The pictures stay where they are (the
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -27,13 +30,19 @@ from typing import Any
 
 from .base import Database, ExecuteMany, Fetch, Op, StoreError
 from .ledger import open_database
+from .records import FINISHED, JobState
 
 BATCH = 500
+_UNFINISHED = ", ".join(f"'{s}'" for s in sorted(set(JobState) - FINISHED))
 EVENT_COLUMNS = ("job_id", "at", "state", "detail", "owner")
 
 
 class TargetNotEmpty(StoreError):
     """The target database already holds a ledger (or part of one)."""
+
+
+class SourceInUse(StoreError):
+    """A running bot holds jobs of the source ledger (their leases have not run out)."""
 
 
 @dataclass
@@ -52,11 +61,12 @@ async def copy_ledger(
     progress: Callable[[Copied], None] | None = None,
 ) -> Copied:
     """Copy the ledger at ``source`` into the empty one at ``target`` (each a SQLite path or a
-    ``postgresql://`` URL). Raises :class:`TargetNotEmpty`, or a :class:`StoreError` for a database
-    that cannot be opened (too new, out of reach)."""
+    ``postgresql://`` URL). Raises :class:`SourceInUse`, :class:`TargetNotEmpty`, or a
+    :class:`StoreError` for a database that cannot be opened (too new, out of reach)."""
     _check(source, target)  # (a file system look, once, before anything runs)
     src = await open_database(source)
     try:
+        await _not_in_use(src)
         dst = await open_database(target)
         try:
             return await _copy(src, dst, batch, progress or (lambda _: None))
@@ -64,6 +74,16 @@ async def copy_ledger(
             await dst.close()
     finally:
         await src.close()
+
+
+async def _not_in_use(src: Database) -> None:
+    live, until = await src.run(partial(_live, time.time()))
+    if live:
+        raise SourceInUse(
+            f"a running bot holds {_n(live, 'unfinished job')} of the source (for up to "
+            f"{max(1, math.ceil(until - time.time()))} s more, unless it renews them): stop the bot, wait "
+            "that long, and run the copy again"
+        )
 
 
 async def _copy(src: Database, dst: Database, batch: int, progress: Callable[[Copied], None]) -> Copied:
@@ -87,6 +107,16 @@ async def _copy(src: Database, dst: Database, batch: int, progress: Callable[[Co
         after = jobs[-1]["id"]
         progress(copied)
     return copied
+
+
+def _live(now: float) -> Op[tuple[int, float]]:
+    """How many unfinished jobs a process still holds (their lease runs after ``now``), and until when."""
+    rows = yield Fetch(
+        f"SELECT COUNT(*) AS n, MAX(lease_until) AS until FROM jobs WHERE state IN ({_UNFINISHED}) "  # noqa: S608
+        "AND lease_until > ?",
+        (now,),
+    )
+    return int(rows[0]["n"]), float(rows[0]["until"] or now)
 
 
 def _counts() -> Op[dict[str, int]]:
