@@ -29,11 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from .base import Database, ExecuteMany, Fetch, Op, StoreError
-from .ledger import open_database
-from .records import FINISHED, JobState
+from .ledger import UNFINISHED_SQL, open_database
 
 BATCH = 500
-_UNFINISHED = ", ".join(f"'{s}'" for s in sorted(set(JobState) - FINISHED))
 EVENT_COLUMNS = ("job_id", "at", "state", "detail", "owner")
 
 
@@ -112,7 +110,7 @@ async def _copy(src: Database, dst: Database, batch: int, progress: Callable[[Co
 def _live(now: float) -> Op[tuple[int, float]]:
     """How many unfinished jobs a process still holds (their lease runs after ``now``), and until when."""
     rows = yield Fetch(
-        f"SELECT COUNT(*) AS n, MAX(lease_until) AS until FROM jobs WHERE state IN ({_UNFINISHED}) "  # noqa: S608
+        f"SELECT COUNT(*) AS n, MAX(lease_until) AS until FROM jobs WHERE state IN ({UNFINISHED_SQL}) "  # noqa: S608
         "AND lease_until > ?",
         (now,),
     )

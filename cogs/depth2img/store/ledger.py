@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _FINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(FINISHED))
 # (named, not "NOT IN finished": an index finds these few among years of finished jobs)
-_UNFINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(set(JobState) - FINISHED))
+UNFINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(set(JobState) - FINISHED))
 # A job whose result was made and kept, but never reached Discord (:attr:`Job.undelivered`)
 _UNDELIVERED = "state = 'failed' AND error_kind = 'DeliveryFailed' AND result_path IS NOT NULL"
 _EVENT_SQL = "INSERT INTO job_events (job_id, at, state, detail, owner) VALUES (?, ?, ?, ?, ?)"
@@ -189,7 +189,7 @@ class Ledger(Tallies):
 
         # One job at a time, by its id: with a list of ids SQLite (which keeps no statistics) would go
         # through every job this process ever made, by the owner's index.
-        sql = f"UPDATE jobs SET lease_until = ? WHERE id = ? AND owner = ? AND state IN ({_UNFINISHED_SQL})"  # noqa: S608
+        sql = f"UPDATE jobs SET lease_until = ? WHERE id = ? AND owner = ? AND state IN ({UNFINISHED_SQL})"  # noqa: S608
 
         def op() -> Op[int]:
             count = 0
@@ -215,7 +215,7 @@ class Ledger(Tallies):
             args += sorted(running)
         sql = (
             "UPDATE jobs SET owner = ?, lease_until = ?, resumes = resumes + 1, delivering = 0 "  # noqa: S608
-            f"WHERE state IN ({_UNFINISHED_SQL}) AND {condition} RETURNING *"
+            f"WHERE state IN ({UNFINISHED_SQL}) AND {condition} RETURNING *"
         )
 
         def op() -> Op[list[Job]]:
