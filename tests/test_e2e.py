@@ -492,6 +492,34 @@ async def test_a_blank_picture_is_explained(bot, fake_discord, fake_api):
     assert "came back blank" not in normal.content
 
 
+@pytest.mark.parametrize("kind", ["flat PNG", "JPEG", "WEBP"])
+async def test_an_output_passed_on_as_it_came_reaches_the_member_whole_and_is_kept_whole(
+    bot, fake_discord, fake_api, kind
+):
+    """The image workers pass some outputs on untouched: a JPEG or WebP that fits, and a PNG small
+    enough to be one flat colour (which they decode to see). Such an output came back from them
+    without its bytes, which the bot had already let go: the member got an empty file in place of the
+    paid-for picture, and the kept result (buttons, /depth2img-show) was empty too."""
+    import io
+
+    from PIL import Image
+
+    picture = (
+        Image.new("RGB", (512, 512)) if kind == "flat PNG" else Image.open(io.BytesIO(make_png(noise=True)))
+    )
+    buf = io.BytesIO()
+    picture.save(buf, format=kind.split()[-1])
+    fake_api.output_png = output = buf.getvalue()
+    _, final = await slash(fake_discord, {"prompt": "a lighthouse"})
+    assert [f.data for f in final.results] == [output]
+    job = final.components[0]["components"][0]["custom_id"].rsplit(":", 1)[-1]
+    record = await fake_discord.invoke_slash("depth2img-show", {"picture": job})
+    await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=20)
+    (shown,) = fake_discord.visible_messages(record)
+    assert [f.data for f in shown.files] == [output]
+    assert_clean(fake_discord, fake_api)
+
+
 async def test_a_progress_edit_discord_never_answers_does_not_hold_the_result_back(
     start_bot, fake_discord, fake_api
 ):

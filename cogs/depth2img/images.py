@@ -179,15 +179,19 @@ def prepare_source_file(path: str, *, max_pixels: int, max_side: int = 1024) -> 
 
 
 def finish_output_file(path: str, *, limit_bytes: int, max_pixels: int, stem: str) -> GeneratedImage:
-    """:func:`finish_output` for an output downloaded to ``path``, which is removed either way. An
-    output delivered as it is comes back without its bytes (``data=b""``: the caller has them)."""
+    """:func:`finish_output` for an output downloaded to ``path``. An output delivered as it is stays
+    there and comes back without its bytes (``data=b""``: the caller reads them from the file, rather
+    than have them sent back); otherwise the file is removed."""
     src = Path(path)
+    untouched = False
     try:
         data = src.read_bytes()
         image = finish_output(data, limit_bytes=limit_bytes, max_pixels=max_pixels, stem=stem)
+        untouched = image.data is data
     finally:
-        src.unlink(missing_ok=True)
-    return replace(image, data=b"") if image.data is data else image
+        if not untouched:
+            src.unlink(missing_ok=True)
+    return replace(image, data=b"") if untouched else image
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

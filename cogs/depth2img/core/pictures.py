@@ -176,7 +176,10 @@ class Pictures:
             download = self.results_dir / f"{job_id}-{index}.download"
             await self.write(download, blob)
             del blob
-            prepared.append(await self.cpu(images.finish_output_file, str(download), **fit))
+            image = await self.cpu(images.finish_output_file, str(download), **fit)
+            if not image.data:  # (passed on as it came: its bytes are in the file still)
+                image = replace(image, data=await self.thread(_read_and_remove, download))
+            prepared.append(image)
         if not prepared:
             raise OutputUnavailable("no output images")
         return tuple(prepared)
@@ -229,6 +232,13 @@ class Pictures:
         for path in paths:
             if path:
                 await self.thread(_remove_file, path)
+
+
+def _read_and_remove(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _remove_file(path: str) -> None:
