@@ -490,6 +490,18 @@ async def test_a_blank_picture_is_explained(bot, fake_discord, fake_api):
     fake_api.output_png = make_png(512, 512, noise=True)
     _, normal = await slash(fake_discord, {"prompt": "a cabin"})
     assert "came back blank" not in normal.content
+    # Brought back with /depth2img-show, by anyone: still said to be blank (whether it was is not kept:
+    # its pixels tell); before, it was described as a new picture made for the prompt.
+    for card, blank in ((final, True), (normal, False)):
+        job = card.components[0]["components"][0]["custom_id"].rsplit(":", 1)[-1]
+        record = await fake_discord.invoke_slash(
+            "depth2img-show", {"picture": job}, user_id=727272727272727272
+        )
+        await fake_discord.wait_for(lambda r=record: is_settled(fake_discord, r), timeout=20)
+        (shown,) = fake_discord.visible_messages(record)
+        assert shown.files[0].description.startswith("A blank picture:") is blank
+        assert ("⬛ A blank picture: the image service's safety checker judged" in shown.content) is blank
+    assert_clean(fake_discord, fake_api)
 
 
 @pytest.mark.parametrize("kind", ["flat PNG", "JPEG", "WEBP"])

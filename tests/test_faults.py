@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from cogs.i18n import text
 from tests.conftest import busy, is_settled, service_of, slash
@@ -589,8 +591,10 @@ async def test_a_result_kept_through_an_outage_longer_than_its_job_is_posted_onc
     try): every channel post is answered 503. The job ends failed, its picture kept. Once Discord
     takes posts again, the kept picture is posted in the channel, once, mentioning its member, and the
     job is delivered. Before, it stayed failed and the member never got the picture (its message had
-    said it would be posted as soon as Discord takes it)."""
+    said it would be posted as soon as Discord takes it). The picture is a safety checker's blank one:
+    the late post says so, in its text and its alt text, as the job's own message would have."""
     bot = await start_bot(JOB_LEASE_S="1", SD_JOB_TIMEOUT_S="20")
+    fake_api.output_png = blank = _flat_png()
     fake_discord.lose_next_edits = ["request", "request"]
     fake_discord.fail_next_posts = 10**6
     user = 868686868686868696
@@ -607,6 +611,8 @@ async def test_a_result_kept_through_an_outage_longer_than_its_job_is_posted_onc
     shown = [fake_discord.messages[i] for i in fake_discord.channel_messages]
     assert len(shown) == 1 and len(shown[0].results) == 1, [m.content for m in shown]
     assert f"`{job.id}`" in shown[0].content and "kept while Discord was not taking it" in shown[0].content
+    assert "⬛ Your picture came back blank" in shown[0].content
+    assert [(f.data, f.description[:16]) for f in shown[0].results] == [(blank, "A blank picture:")]
     assert shown[0].pings == [f"<@{user}>"]
     assert any(c["custom_id"].endswith(job.id) for row in shown[0].components for c in row["components"])
     assert len(fake_api.submissions) == 1
@@ -1166,3 +1172,10 @@ async def test_a_form_whose_connection_breaks_is_shown_once_and_works(
     submit = await fake_discord.submit_modal(record.modal, {"prompt": "in the rain"}, user_id=MEMBER)
     assert (await settle(fake_discord, submit)).results
     assert_clean(fake_discord, fake_api, caplog)
+
+
+def _flat_png() -> bytes:
+    """What a safety checker sends in place of an unsafe picture: one flat colour."""
+    buf = io.BytesIO()
+    Image.new("RGB", (512, 512)).save(buf, format="PNG")
+    return buf.getvalue()

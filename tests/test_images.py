@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from cogs.depth2img.errors import InvalidInput, OutputUnavailable
-from cogs.depth2img.images import before_after, finish_output, prepare_source
+from cogs.depth2img.images import before_after, finish_output, looks_blank, prepare_source
 from cogs.depth2img.pngs import fitting_png, plain_source
 from tests.fakes.fake_api import bomb_png, make_png
 
@@ -123,6 +123,29 @@ def test_an_output_over_the_pixel_limit_is_refused_before_it_is_decoded():
     small = bomb_png(100, 100)
     with pytest.raises(OutputUnavailable, match="100x100"):
         finish_output(small, limit_bytes=25 * 1024 * 1024, max_pixels=9_999, stem="x")
+
+
+def test_a_kept_picture_is_told_blank_by_its_pixels_without_decoding_bombs():
+    """Whether a kept result is blank is not kept: /depth2img-show and late posts tell it by the pixels,
+    as the result's own check did (a flat colour, within a few levels), in any format it was kept in.
+    A picture over the pixel limit is not decoded (bomb_png is flat black: decoded, it would count as
+    blank); one that cannot be read is not called blank."""
+    flat = Image.new("RGB", (512, 512), (3, 4, 5))
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        assert looks_blank(encode(flat, fmt), max_pixels=10_000_000), fmt
+    assert looks_blank(encode(Image.new("RGB", (512, 512), (200, 200, 200)), "PNG"), max_pixels=10_000_000)
+    for fmt in ("PNG", "JPEG"):
+        assert not looks_blank(
+            encode(Image.open(io.BytesIO(make_png(512, 512, noise=True))), fmt), max_pixels=10**7
+        )
+    half = Image.new("RGB", (512, 512))
+    half.paste((255, 255, 255), (0, 0, 256, 512))  # (compresses as well as a flat one: decoded, not blank)
+    assert not looks_blank(encode(half, "PNG"), max_pixels=10_000_000)
+    assert looks_blank(bomb_png(100, 100), max_pixels=10_000)
+    assert not looks_blank(bomb_png(100, 100), max_pixels=9_999)
+    assert not looks_blank(bomb_png(), max_pixels=40_000_000)
+    for unreadable in (b"", b"not a picture", encode(flat, "PNG")[:60]):
+        assert not looks_blank(unreadable, max_pixels=10_000_000)
 
 
 def test_before_after_refuses_a_bomb_and_anything_unreadable():

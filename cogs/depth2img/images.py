@@ -253,6 +253,24 @@ def _maybe_blank(data: bytes, width: int, height: int) -> bool:
     return len(data) * 50 < width * height
 
 
+def looks_blank(data: bytes, *, max_pixels: int) -> bool:
+    """Whether a kept picture (a result brought back or posted late: whether it was blank is not
+    kept) is one flat colour, as :func:`finish_output` found it. Decoded only when its size leaves that
+    possible (see :func:`_maybe_blank`), and never when it is over ``max_pixels`` by its header; a
+    picture that cannot be read is not called blank."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > max_pixels or not _maybe_blank(data, width, height):
+                    return False
+                img.draft("RGB", (64, 64))  # (a JPEG is decoded at a fraction of its size)
+                return _is_blank(img)
+    except Exception:  # Pillow raises many types for bad data
+        return False
+
+
 def _is_blank(img: Image.Image) -> bool:
     """One flat colour (every channel within a few levels): a safety checker's replacement."""
     small = img.convert("RGB")

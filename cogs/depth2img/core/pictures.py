@@ -144,6 +144,13 @@ class Pictures:
         except OSError:
             raise InvalidInput(NO_LONGER_STORED) from None
 
+    async def read_kept(self, path: str | None, *, max_pixels: int) -> tuple[bytes, bool]:
+        """A kept result's bytes, and whether it is blank (what a safety checker sends instead of an
+        unsafe picture: not kept in the ledger, so told by its pixels). Raises :class:`InvalidInput`
+        when it is no longer stored."""
+        data = await self.read(path)
+        return data, await self.thread(images.looks_blank, data, max_pixels=max_pixels)
+
     # --- results ---
 
     def result_path(self, job_id: str, first: GeneratedImage) -> str:

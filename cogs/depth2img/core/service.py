@@ -293,11 +293,9 @@ class Depth2ImgService:
 
     def cancel(self, job_id: str) -> bool:
         """Ask a running job to stop. Returns whether it was running."""
-        event = self._cancels.get(job_id)
-        if event is None:
-            return False
-        event.set()
-        return True
+        if (event := self._cancels.get(job_id)) is not None:
+            event.set()
+        return event is not None
 
     def delivering(
         self, outcome: Outcome, *, started_at: float | None = None
@@ -349,6 +347,9 @@ class Depth2ImgService:
 
     async def read_stored(self, path: str | None) -> bytes:
         return await self.pictures.read(path)
+
+    async def read_kept(self, job: Job) -> tuple[bytes, bool]:  # (its result, and whether it is blank)
+        return await self.pictures.read_kept(job.result_path, max_pixels=self.settings.max_input_pixels)
 
     async def read_attachment(self, url: str) -> bytes:
         """A member's picture on Discord: never more than ``MAX_INPUT_BYTES`` of it is read."""

@@ -207,14 +207,22 @@ def result_message(job: Job, result: GenerationResult, lang: str) -> str:
     return f"{said}\n{extra}" if len(said) + len(extra) + 1 <= 2000 else said
 
 
-def shown_text(job: Job, lang: str, *, deleted: bool = False) -> str:
+def shown_text(job: Job, lang: str, *, deleted: bool = False, blank: bool = False) -> str:
+    """A kept result brought back by /depth2img-show (``blank``: a safety checker's flat picture)."""
     key = "card.shown_deleted" if deleted else "card.shown"
-    return text(lang, key, id=job.id, member=f"<@{job.user_id}>") + "\n" + params_block(job, lang)
+    said = text(lang, key, id=job.id, member=f"<@{job.user_id}>")
+    if blank:
+        said += "\n" + text(lang, "blank.shown")
+    return said + "\n" + params_block(job, lang)
 
 
-def late_text(job: Job, lang: str) -> str:
-    """A kept result posted once Discord took requests again: whose it is, and why it comes late."""
-    return text(lang, "card.late", id=job.id, member=f"<@{job.user_id}>") + "\n" + params_block(job, lang)
+def late_text(job: Job, lang: str, *, blank: bool = False) -> str:
+    """A kept result posted once Discord took requests again: whose it is, and why it comes late (and,
+    to its member, why it is blank)."""
+    said = text(lang, "card.late", id=job.id, member=f"<@{job.user_id}>")
+    if blank:
+        said += "\n" + blank_note(1, 1, lang)
+    return said + "\n" + params_block(job, lang)
 
 
 def withheld_text(job: Job, lang: str) -> str:

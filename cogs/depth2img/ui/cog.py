@@ -363,7 +363,7 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             await tell(interaction, "reply.deleted_for_others")
             return
         try:
-            data = await self.service.read_stored(found.result_path)
+            data, blank = await self.service.read_kept(found)
         except InvalidInput as exc:
             await send(interaction, text.describe(exc, lang), ephemeral=True)
             return
@@ -372,8 +372,8 @@ class Depth2ImgCog(commands.Cog, name=COG_NAME):
             name = found.result_path.rsplit("/", 1)[-1]
             await send(
                 interaction,
-                cards.shown_text(found, shown_in, deleted=deleted),
-                make_file=lambda: upload(data, name, cards.alt_text(found, shown_in)),
+                cards.shown_text(found, shown_in, deleted=deleted, blank=blank),
+                make_file=lambda: upload(data, name, cards.alt_text(found, shown_in, blank=blank)),
                 view=view,
                 ephemeral=deleted,
                 allowed_mentions=NO_MENTIONS,

@@ -42,14 +42,14 @@ async def post_kept(client: discord.Client, service: Depth2ImgService, job: Job)
                 now = await service.get(job.id)
                 if now is None or not now.undelivered:  # (shown with /depth2img-show meanwhile)
                     return
-                data = await service.read_stored(job.result_path)
+                data, blank = await service.read_kept(job)
                 name = (job.result_path or "").rsplit("/", 1)[-1] or f"{job.id}.png"
                 await posted(
                     client,
                     job,
                     lambda: (
-                        cards.late_text(job, lang),
-                        [upload(data, name, cards.alt_text(job, lang))],
+                        cards.late_text(job, lang, blank=blank),
+                        [upload(data, name, cards.alt_text(job, lang, blank=blank))],
                         result_view(job.id, lang),
                     ),
                 )
