@@ -547,6 +547,25 @@ async def test_an_output_passed_on_as_it_came_reaches_the_member_whole_and_is_ke
     assert_clean(fake_discord, fake_api)
 
 
+async def test_a_result_kept_empty_by_an_earlier_version_is_not_shown_as_an_empty_file(
+    bot, fake_discord, fake_api
+):
+    """Earlier versions kept some results as empty files (see above). /depth2img-show says the picture
+    is no longer stored, as for one that is gone, instead of posting an empty file."""
+    from pathlib import Path
+
+    _, final = await slash(fake_discord, {"prompt": "a lighthouse"})
+    job_id = final.components[0]["components"][0]["custom_id"].rsplit(":", 1)[-1]
+    job = await service_of(bot).get(job_id)
+    Path(job.result_path).write_bytes(b"")
+    record = await fake_discord.invoke_slash("depth2img-show", {"picture": job_id})
+    await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=20)
+    (said,) = fake_discord.visible_messages(record)
+    assert said.ephemeral and not said.files
+    assert "no longer stored" in said.content
+    assert_clean(fake_discord, fake_api)
+
+
 async def test_a_progress_edit_discord_never_answers_does_not_hold_the_result_back(
     start_bot, fake_discord, fake_api
 ):

@@ -136,13 +136,17 @@ class Pictures:
         return await self.cpu(images.prepare_source_file, str(raw), **limits)
 
     async def read(self, path: str | None) -> bytes:
-        """A kept picture's bytes. Raises :class:`InvalidInput` when it is no longer stored."""
+        """A kept picture's bytes. Raises :class:`InvalidInput` when it is no longer stored (or was
+        kept empty, as earlier versions did with some results: never sent on as an empty file)."""
         if not path:
             raise InvalidInput(NO_LONGER_STORED)
         try:
-            return await self.thread(Path(path).read_bytes)
+            data = await self.thread(Path(path).read_bytes)
         except OSError:
             raise InvalidInput(NO_LONGER_STORED) from None
+        if not data:
+            raise InvalidInput(NO_LONGER_STORED)
+        return data
 
     async def read_kept(self, path: str | None, *, max_pixels: int) -> tuple[bytes, bool]:
         """A kept result's bytes, and whether it is blank (what a safety checker sends instead of an
