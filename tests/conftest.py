@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import secrets
@@ -15,6 +16,7 @@ import discord
 import discord.gateway
 import discord.http
 import pytest
+from PIL import Image
 
 from bot import Depth2ImgBot, configure_discord_endpoints, read_settings
 from cogs.botcore.logs import KeyValueFormatter
@@ -124,8 +126,9 @@ async def fake_api() -> AsyncIterator[FakeModelsLab]:
 @pytest.fixture
 async def fake_discord() -> AsyncIterator[FakeDiscord]:
     """A fake Discord for the test. Every test that drives it fails if the bot broke one of Discord's
-    rules (a violation the fake recorded, unless the test said it expects it: ``expect_violation``) or
-    called a route the fake does not know, the bot's shutdown included."""
+    rules (a violation the fake recorded, unless the test said it expects it: ``expect_violation``),
+    called a route the fake does not know, the bot's shutdown included, or sent a file that is not a
+    whole picture."""
     fake = FakeDiscord()
     await fake.start()
     yield fake
@@ -133,6 +136,23 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
     unexpected = [v for v in fake.violations if not v.startswith(tuple(fake.expected_violations))]
     assert unexpected == [], f"the bot broke Discord's rules: {unexpected}"
     assert fake.unhandled == [], f"the bot called routes the fake does not know: {fake.unhandled}"
+    broken = [
+        (f.filename, len(f.data))
+        for m in fake.messages.values()
+        for f in m.files
+        if not whole_picture(f.data)
+    ]
+    assert broken == [], f"the bot sent files that are not whole pictures: {broken}"
+
+
+def whole_picture(data: bytes) -> bool:
+    """Whether ``data`` is a picture Pillow reads to its last pixel (an empty file once got through)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except Exception:
+        return False
+    return True
 
 
 def bot_env(
