@@ -5,6 +5,7 @@ being delivered twice or lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -632,3 +633,44 @@ async def test_a_whole_ledger_is_copied_into_an_empty_database_and_back(
     with pytest.raises(Exception, match="no ledger at"):
         await copy_ledger(tmp_path / "missing.sqlite3", tmp_path / "new.sqlite3")
     assert not (tmp_path / "new.sqlite3").exists()
+
+
+async def test_a_copy_that_stops_half_way_leaves_the_target_empty_again(
+    tmp_path: Path, postgres_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL refuses a row of the third batch (a NUL in its text, which SQLite keeps and
+    PostgreSQL's text cannot hold: a damaged old file). What the copy had written (the settings, two
+    batches of jobs) is removed again, and the owner is told where it stopped; once the row is mended,
+    the same command copies everything. Before, the target kept the first batches and a second run
+    was refused as "not empty"."""
+    from cogs.depth2img.store.copy import CopyStopped, copy_ledger, main
+
+    sqlite_path = tmp_path / "jobs.sqlite3"
+    source = await Ledger.open(sqlite_path, group="main", lease_s=0.001)
+    for n in range(6):
+        await source.create(new_job(f"j{n}", user=n))
+    await source.save_guild_settings(7, '{"cooldown_s": 5}', by=9)
+    await source.close()
+    with contextlib.closing(sqlite3.connect(sqlite_path)) as raw, raw:
+        raw.execute("UPDATE jobs SET source_path = ? WHERE id = 'j5'", ("/data/sources/j5\x00.png",))
+
+    target = await create_database(postgres_server)
+    try:
+        assert await asyncio.to_thread(main, [str(sqlite_path), target]) == 1  # (batches of 500: one)
+        said = capsys.readouterr().err
+        assert said.startswith("the copy stopped at the batch of jobs from j0 (")
+        assert "removed from the target, which is empty again" in said
+        with pytest.raises(CopyStopped, match="stopped after 4 jobs") as stopped:
+            await copy_ledger(sqlite_path, target, batch=2)  # j4 and j5: the third batch
+        assert (stopped.value.at, stopped.value.emptied) == ("j4", True)
+        there = await Ledger.open(target, group="main")
+        try:
+            assert await there.get("j0") is None and await there.all_guild_settings() == {}
+        finally:
+            await there.close()
+        with contextlib.closing(sqlite3.connect(sqlite_path)) as raw, raw:
+            raw.execute("UPDATE jobs SET source_path = '/data/sources/j5.png' WHERE id = 'j5'")
+        assert await asyncio.to_thread(main, [str(sqlite_path), target]) == 0
+        assert capsys.readouterr().out.startswith("copied 6 jobs (")
+    finally:
+        await drop_database(postgres_server, target)

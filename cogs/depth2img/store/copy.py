@@ -11,8 +11,10 @@ folder's mark: see :mod:`cogs.depth2img.core.upkeep`) are copied, and the jobs i
 at a time, each batch with its events in one transaction. The pictures stay where they are (the
 jobs refer to them by path): keep ``BOT_DATA_DIR``.
 
-If it stops half-way, the target holds part of the ledger: empty it (drop and create the database)
-and run it again. The source is never changed but for its schema upgrade.
+If it stops half-way (a row the target refuses, a connection lost), what it wrote is removed from the
+target again, so that the copy can simply be run again; when even that cannot be done (the target out
+of reach), it says so: empty the target (drop and create the database) first. The source is never
+changed but for its schema upgrade.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .base import Database, ExecuteMany, Fetch, Op, StoreError
+from .base import Database, Execute, ExecuteMany, Fetch, Op, StoreError
 from .ledger import UNFINISHED_SQL, open_database
 
 BATCH = 500
 EVENT_COLUMNS = ("job_id", "at", "state", "detail", "owner")
+TABLES = ("job_events", "jobs", "guild_settings", "bot_state")  # (emptied in this order: events first)
+EMPTY_TIMEOUT_S = 60.0
 
 
 class TargetNotEmpty(StoreError):
@@ -49,6 +53,16 @@ class Copied:
     events: int = 0
     settings: int = 0
     values: int = 0
+
+
+class CopyStopped(Exception):
+    """The copy failed once it had begun to write (the cause is chained). ``at``: the id of the first
+    job of the batch it stopped at ("" before any job); ``emptied``: whether the target was emptied
+    again (else it may hold part of the ledger)."""
+
+    def __init__(self, copied: Copied, at: str, emptied: bool) -> None:
+        super().__init__(f"the copy stopped after {copied.jobs} jobs")
+        self.copied, self.at, self.emptied = copied, at, emptied
 
 
 async def copy_ledger(
@@ -90,21 +104,41 @@ async def _copy(src: Database, dst: Database, batch: int, progress: Callable[[Co
         what = ", ".join(f"{_n(n, 'row')} in {table}" for table, n in held.items() if n)
         raise TargetNotEmpty(f"the target database is not empty ({what}): copy into an empty one")
     copied = Copied()
-    settings = await src.run(partial(_fetch, "SELECT * FROM guild_settings ORDER BY guild_id"))
-    values = await src.run(partial(_fetch, "SELECT * FROM bot_state ORDER BY name"))
-    await dst.run(partial(_insert_all, {"guild_settings": settings, "bot_state": values}))
-    copied.settings, copied.values = len(settings), len(values)
-    after = ""
-    while True:
-        jobs, events = await src.run(partial(_jobs_after, after, batch, src.event_order))
-        if not jobs:
-            break
-        await dst.run(partial(_insert_all, {"jobs": jobs, "job_events": events}))
-        copied.jobs += len(jobs)
-        copied.events += len(events)
-        after = jobs[-1]["id"]
-        progress(copied)
+    at = ""
+    try:
+        settings = await src.run(partial(_fetch, "SELECT * FROM guild_settings ORDER BY guild_id"))
+        values = await src.run(partial(_fetch, "SELECT * FROM bot_state ORDER BY name"))
+        await dst.run(partial(_insert_all, {"guild_settings": settings, "bot_state": values}))
+        copied.settings, copied.values = len(settings), len(values)
+        after = ""
+        while True:
+            jobs, events = await src.run(partial(_jobs_after, after, batch, src.event_order))
+            if not jobs:
+                break
+            at = jobs[0]["id"]
+            await dst.run(partial(_insert_all, {"jobs": jobs, "job_events": events}))
+            copied.jobs += len(jobs)
+            copied.events += len(events)
+            after = jobs[-1]["id"]
+            progress(copied)
+    except BaseException as exc:  # (Ctrl-C included: what was written goes either way)
+        raise CopyStopped(copied, at, await _emptied(dst)) from exc
     return copied
+
+
+async def _emptied(dst: Database) -> bool:
+    """Remove what the copy wrote (the target held nothing before it): whether that could be done."""
+    try:
+        async with asyncio.timeout(EMPTY_TIMEOUT_S):
+            await dst.run(_empty)
+    except Exception:
+        return False
+    return True
+
+
+def _empty() -> Op[None]:
+    for table in TABLES:
+        yield Execute(f"DELETE FROM {table}")  # noqa: S608 (our own table names)
 
 
 def _live(now: float) -> Op[tuple[int, float]]:
@@ -119,7 +153,7 @@ def _live(now: float) -> Op[tuple[int, float]]:
 
 def _counts() -> Op[dict[str, int]]:
     held = {}
-    for table in ("jobs", "job_events", "guild_settings", "bot_state"):
+    for table in TABLES:
         rows = yield Fetch(f"SELECT COUNT(*) AS n FROM {table}")  # noqa: S608 (our own table names)
         held[table] = int(rows[0]["n"])
     return held
@@ -210,11 +244,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:  # (before anything was copied)
         sys.stderr.write(f"nothing copied: {exc}\n")
         return getattr(exc, "exit_code", 2)  # (1: a database out of reach, which may pass by itself)
-    except Exception as exc:
-        sys.stderr.write(
-            f"the copy stopped after {so_far.jobs} jobs ({type(exc).__name__}): the target may hold part "
-            "of the ledger; empty it (drop and create the database) and run the copy again\n"
-        )
+    except CopyStopped as exc:
+        cause = type(exc.__cause__).__name__
+        where = f"at the batch of jobs from {exc.at}" if exc.at else "before the first job"
+        if exc.emptied:
+            sys.stderr.write(
+                f"the copy stopped {where} ({cause}); what it had written was removed from the target, "
+                "which is empty again: mend what stopped it and run the copy again\n"
+            )
+        else:
+            sys.stderr.write(
+                f"the copy stopped {where} ({cause}) and could not empty the target again: it may hold "
+                "part of the ledger; empty it (drop and create the database) and run the copy again\n"
+            )
         return 1
     sys.stdout.write(
         f"copied {_n(copied.jobs, 'job')} ({_n(copied.events, 'event')}), the settings of "
