@@ -226,6 +226,45 @@ async def test_pictures_over_the_chunk_budget_get_the_same_verdict(tmp_path):
         pics.close()
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_every_kind_of_output_comes_back_whole_and_leaves_no_file(tmp_path, workers):
+    """Through :class:`Pictures`, in a picture thread or an image worker process: each kind of output
+    comes back as a whole picture within the limit, byte for byte the download when it is passed on as
+    it came, and no download file stays behind. (A JPEG, a WebP and a flat PNG passed on as they came
+    used to come back empty from the worker: the bot had let their bytes go.)"""
+    from cogs.depth2img.core.pictures import Pictures
+
+    noise = Image.open(io.BytesIO(make_png(256, 256, noise=True)))
+    flat = Image.new("RGB", (256, 256), (40, 40, 40))
+    limit = 300_000
+    kinds = {  # name: (output, passed on as it came)
+        "png": (encode(noise, "PNG"), True),
+        "flat png": (encode(flat, "PNG"), True),
+        "jpeg": (encode(noise, "JPEG"), True),
+        "webp": (encode(noise, "WEBP"), True),
+        "gif": (encode(flat, "GIF"), False),
+        "bmp": (encode(flat, "BMP"), False),
+        "png over the limit": (encode(Image.open(io.BytesIO(make_png(512, 512, noise=True))), "PNG"), False),
+    }
+    pics = Pictures(tmp_path, image_workers=workers, picture_threads=1)
+    try:
+        await pics.start()
+        for name, (data, untouched) in kinds.items():
+            assert len(data) <= limit or not untouched, name
+            (image,) = await pics.finish_outputs(
+                "j", [[data[:50], data[50:]]], limit_bytes=limit, max_pixels=40_000_000
+            )
+            assert 0 < len(image.data) <= limit, name
+            assert (image.data == data) is untouched, name
+            with Image.open(io.BytesIO(image.data)) as back:
+                back.load()
+                assert back.size == (image.width, image.height), name
+            assert image.blank is (name in ("flat png", "gif", "bmp")), name
+            assert list(pics.results_dir.iterdir()) == [], name
+    finally:
+        pics.close()
+
+
 def _with_text(png: bytes) -> bytes:
     import struct
     import zlib
