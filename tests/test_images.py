@@ -265,6 +265,42 @@ async def test_every_kind_of_output_comes_back_whole_and_leaves_no_file(tmp_path
         pics.close()
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_every_kind_of_member_picture_is_kept_whole_and_leaves_no_upload_file(tmp_path, workers):
+    """Through :class:`Pictures`: each kind of member picture is kept as a whole picture of the size
+    it reports, within the API's side, in the format it names, and nothing else stays in the folder;
+    a refused one leaves nothing at all."""
+    from cogs.depth2img.core.pictures import Pictures
+
+    noise = Image.open(io.BytesIO(make_png(256, 128, noise=True)))
+    kinds = {
+        "plain png": encode(noise, "PNG"),
+        "rgba png": encode(noise.convert("RGBA"), "PNG"),
+        "16-bit png": encode(Image.new("I;16", (128, 64)), "PNG"),
+        "jpeg": encode(noise, "JPEG"),
+        "webp": encode(noise, "WEBP"),
+        "large png": encode(Image.open(io.BytesIO(make_png(2048, 1024, noise=True))), "PNG"),
+    }
+    pics = Pictures(tmp_path, image_workers=workers, picture_threads=1)
+    try:
+        await pics.start()
+        for n, (name, data) in enumerate(kinds.items()):
+            path, source = await pics.keep_source(f"j{n}", data, max_pixels=10_000_000, max_side=1024)
+            kept = await pics.read(path)
+            with Image.open(io.BytesIO(kept)) as back:
+                back.load()
+                assert (back.width, back.height) == (source.width, source.height), name
+                assert max(back.size) <= 1024, name
+                assert Image.MIME[back.format] == source.mime, name
+        names = sorted(f.name for f in pics.sources_dir.iterdir())
+        assert len(names) == len(kinds) and not [x for x in names if not x.endswith((".png", ".jpg"))], names
+        with pytest.raises(InvalidInput):
+            await pics.keep_source("bad", kinds["jpeg"][:300], max_pixels=10_000_000, max_side=1024)
+        assert not [f for f in pics.sources_dir.iterdir() if f.name.startswith("bad")]
+    finally:
+        pics.close()
+
+
 def _with_text(png: bytes) -> bytes:
     import struct
     import zlib
