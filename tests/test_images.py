@@ -270,7 +270,9 @@ async def test_every_kind_of_member_picture_is_kept_whole_and_leaves_no_upload_f
     """Through :class:`Pictures`: each kind of member picture is kept as a whole picture of the size
     it reports, within the API's side, in the format it names, and nothing else stays in the folder;
     a refused one leaves nothing at all."""
+    # (as they are now: a test of the extension's reload loads them again)
     from cogs.depth2img.core.pictures import Pictures
+    from cogs.depth2img.errors import InvalidInput
 
     noise = Image.open(io.BytesIO(make_png(256, 128, noise=True)))
     kinds = {
