@@ -6,6 +6,8 @@ Nothing here imports discord.py or aiohttp. The wording a member sees is decided
 
 from __future__ import annotations
 
+import errno
+
 from cogs.i18n import SOURCE, text
 
 
@@ -212,6 +214,26 @@ class InternalError(Depth2ImgError):
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
         self.kind = kind
+
+
+class StorageFull(Depth2ImgError):
+    """The disk that holds the bot's data (``BOT_DATA_DIR``: the pictures, the SQLite ledger) is full,
+    or the owner's quota on it is spent: the member's picture could not be kept, so nothing was sent
+    to the image service."""
+
+
+# What the owner is told to do about a full disk (in the log, in English: the owner's language)
+DISK_FULL_ADVICE = (
+    "free space on the disk that holds BOT_DATA_DIR (KEEP_PICTURES_DAYS bounds what the bot keeps)"
+)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the owner's quota on it) is full: a file's ``ENOSPC`` or
+    ``EDQUOT``; SQLite's ``SQLITE_FULL``; PostgreSQL's ``disk_full`` (53100)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return getattr(exc, "sqlite_errorcode", None) == 13 or getattr(exc, "sqlstate", None) == "53100"
 
 
 class DeliveryFailed(Depth2ImgError):

@@ -139,13 +139,17 @@ def write_atomically(path: Path, data: bytes) -> None:
     file or the whole new one."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        _write(tmp, data)
-    except FileNotFoundError:  # (the folder is made at start; made again if it was removed since.
-        # Not before every write: each system call gives the GIL up and takes it back, which costs
-        # the event loop's thread too when it is busy)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write(tmp, data)
-    tmp.replace(path)
+        try:
+            _write(tmp, data)
+        except FileNotFoundError:  # (the folder is made at start; made again if it was removed since.
+            # Not before every write: each system call gives the GIL up and takes it back, which costs
+            # the event loop's thread too when it is busy)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _write(tmp, data)
+        tmp.replace(path)
+    except BaseException:  # (a full disk: what was written of it is not left to fill it further)
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write(path: Path, data: bytes) -> None:

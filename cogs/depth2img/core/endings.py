@@ -12,7 +12,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-from cogs.depth2img.errors import DeliveryFailed, DeliveryInterrupted, JobCancelled, RequestRejected
+from cogs.depth2img.errors import (
+    DISK_FULL_ADVICE,
+    DeliveryFailed,
+    DeliveryInterrupted,
+    JobCancelled,
+    RequestRejected,
+    is_disk_full,
+)
 from cogs.depth2img.metrics import Metrics
 from cogs.depth2img.store import Job, JobState, JobTakenOver, Ledger, LedgerClosed
 
@@ -147,7 +154,15 @@ class Endings:
                     self.pictures.depth_map_path(job.id), outcome.result.depth_map
                 )
         except OSError as exc:
-            log.warning("the result could not be kept", extra={"job": job.id, "error": type(exc).__name__})
+            if is_disk_full(exc):  # (its member has it; its buttons and /depth2img-show will not)
+                log.error(
+                    f"the data folder's disk is full: a result was not kept; {DISK_FULL_ADVICE}",
+                    extra={"job": job.id},
+                )
+            else:
+                log.warning(
+                    "the result could not be kept", extra={"job": job.id, "error": type(exc).__name__}
+                )
             return replace(outcome, job=replace(job, result_path=None))
         return outcome
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from cogs.depth2img.config import Depth2ImgSettings
-from cogs.depth2img.errors import InvalidInput
+from cogs.depth2img.errors import DISK_FULL_ADVICE, InvalidInput, StorageFull, is_disk_full
 from cogs.depth2img.models import GenerationParams, JobKind
 from cogs.depth2img.store import Job, JobState, Ledger
 
@@ -108,7 +108,8 @@ class Intake:
 
     async def accept(self, job: Job, *, read: Reader) -> Job:
         """Read the picture, check it by its bytes (off the loop), keep it normalised, and record the
-        job as ``received``. Raises :class:`InvalidInput`."""
+        job as ``received``. Raises :class:`InvalidInput`, or :class:`StorageFull` when the disk
+        cannot take it (nothing is sent to the image service either way)."""
         s = self.settings
         try:
             async with self._reading:
@@ -123,6 +124,14 @@ class Intake:
         except InvalidInput as exc:
             exc.job_id = job.id
             raise
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.error(
+                f"the data folder's disk is full: a member's picture could not be kept; {DISK_FULL_ADVICE}",
+                extra={"job": job.id},
+            )
+            raise StorageFull() from None
         job = await self.ledger.update(
             job,
             state=JobState.RECEIVED,

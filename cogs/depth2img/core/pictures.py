@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import logging
 import multiprocessing
 import os
 import re
@@ -33,11 +34,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cogs.depth2img import images, pngs
-from cogs.depth2img.errors import InvalidInput, OutputUnavailable
+from cogs.depth2img.errors import DISK_FULL_ADVICE, InvalidInput, OutputUnavailable, is_disk_full
 from cogs.depth2img.models import GeneratedImage, SourceImage
 from cogs.depth2img.store import Job
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 NO_LONGER_STORED = "input.no_longer_stored"
 # Pictures checked on the spot (see above): at most ~0.5 ms of the loop's time, the join included.
 # A picture of more chunks than a PNG encoder writes for that size (libpng: 8 KB each) goes to a thread.
@@ -47,6 +49,9 @@ CHECK_HERE_MAX_CHUNKS = 1024
 # before it is checked), a result (``<id>.<ext>``), a depth map (``<id>-depth.png``), a download being
 # checked (``<id>-<n>.download``), and any of them half-written (``.tmp``). Nothing else is touched.
 LEDGER_MARK = ".ledger-mark"
+OUTPUT_IN_MEMORY = (
+    f"the data folder's disk is full: an output is checked without a worker's file; {DISK_FULL_ADVICE}"
+)
 KEPT_NAME = re.compile(r"([0-9a-f]{12})(?:-depth|-[0-9]{1,3})?\.[a-z0-9]{1,8}(?:\.tmp)?")
 
 
@@ -185,7 +190,15 @@ class Pictures:
                 prepared.append(image if image.data else replace(image, data=blob))
                 continue
             download = self.results_dir / f"{job_id}-{index}.download"
-            await self.write(download, blob)
+            try:
+                await self.write(download, blob)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                # (a paid picture is not lost to a full disk: checked from memory, in a picture thread)
+                log.warning(OUTPUT_IN_MEMORY, extra={"job": job_id})
+                prepared.append(await self.thread(images.finish_output, blob, **fit))
+                continue
             del blob
             image = await self.cpu(images.finish_output_file, str(download), **fit)
             if not image.data:  # (passed on as it came: its bytes are in the file still)

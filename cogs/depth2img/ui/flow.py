@@ -34,6 +34,8 @@ from cogs.depth2img.errors import (
     InternalError,
     InvalidInput,
     RequestRejected,
+    StorageFull,
+    is_disk_full,
 )
 from cogs.depth2img.models import GenerationParams, JobKind, ProgressEvent
 from cogs.depth2img.store import DuplicateInteraction, Job, JobState
@@ -191,9 +193,8 @@ class RequestFlow:
             return None
         except Exception as exc:
             log.error("the job could not be recorded", extra={"error": type(exc).__name__})
-            await reply_privately(
-                interaction, text.describe(InternalError(type(exc).__name__), members(interaction))
-            )
+            said = StorageFull() if is_disk_full(exc) else InternalError(type(exc).__name__)
+            await reply_privately(interaction, text.describe(said, members(interaction)))
             return None
 
     async def _take_in_and_run(
@@ -212,7 +213,7 @@ class RequestFlow:
             job = await service.accept(job, read=read)
         except Exception as exc:
             error: Depth2ImgError = (
-                exc if isinstance(exc, InvalidInput) else InternalError(type(exc).__name__)
+                exc if isinstance(exc, InvalidInput | StorageFull) else InternalError(type(exc).__name__)
             )
             if isinstance(error, InternalError):  # (a full disk, the ledger out of reach, a bug)
                 log.error("the picture could not be taken in", extra={"job": job.id, "error": error.kind})

@@ -38,6 +38,7 @@ from cogs.depth2img.errors import (
     ServiceMisconfigured,
     ShuttingDown,
     SourceImageUnreachable,
+    StorageFull,
 )
 from cogs.depth2img.models import ProgressEvent, Stage
 from cogs.depth2img.store import Job, JobState
@@ -72,6 +73,7 @@ _PLAIN: tuple[tuple[type[Depth2ImgError], str], ...] = (
     (InsufficientCreditsError, "error.no_credit"),
     (ServiceMisconfigured, "error.misconfigured"),
     (JobLost, "error.lost"),
+    (StorageFull, "error.storage_full"),
     (SourceImageUnreachable, "error.source_unreachable"),
     (BadRequestError, "error.bad_request"),
 )

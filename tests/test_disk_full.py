@@ -1,0 +1,136 @@
+"""A full disk where the bot keeps its data (``BOT_DATA_DIR``), as owners who run the bot for years
+meet it: small file systems (tmpfs, mounted for the test; it needs root, as CI has) stand in for the
+picture folders, filled to the last byte."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cogs.depth2img.errors import is_disk_full
+from cogs.i18n import text
+from tests.conftest import busy, service_of, slash
+from tests.fakes.fake_api import make_png
+from tests.ledger_queries import count_by_state
+from tests.test_e2e import assert_clean, log_text
+
+
+@pytest.fixture
+def small_disks(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """``data/sources`` and ``data/results`` as file systems of 1 MB each."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    folders = {name: tmp_path / "data" / name for name in ("sources", "results")}
+    mounted = []
+    try:
+        for folder in folders.values():
+            folder.mkdir(parents=True)
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(folder)], check=True
+            )
+            mounted.append(folder)
+        yield folders
+    finally:
+        for folder in mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill ``folder``'s file system to its last byte; returns the file that does it."""
+    filler = folder / "filler"
+    with open(filler, "wb") as out:
+        try:
+            for _ in range(64):
+                out.write(b"\0" * 64 * 1024)
+                out.flush()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+    return filler
+
+
+def jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(make_png(noise=True))).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+async def test_a_full_disk_refuses_a_picture_clearly_at_no_cost_until_there_is_room(
+    small_disks, start_bot, fake_discord, fake_api, caplog
+):
+    """The member's picture cannot be kept: the member is told, privately, that the bot's storage is
+    full and nothing was spent; the owner's log says what to do; nothing half-written stays to fill the
+    disk further. Once there is room again, the same request works. Before, the member read "a problem
+    of its own" with a code, and the log said only OSError."""
+    await start_bot()
+    filler = fill(small_disks["sources"])
+    _, final = await slash(fake_discord, {"prompt": "a lighthouse"})
+    assert final.ephemeral and not final.results
+    assert final.content == text("en-US", "error.storage_full")
+    assert fake_api.submissions == []
+    assert "the data folder's disk is full: a member's picture could not be kept; free space" in log_text(
+        caplog
+    )
+    assert sorted(f.name for f in small_disks["sources"].iterdir()) == ["filler"]
+    filler.unlink()
+    _, again = await slash(fake_discord, {"prompt": "a lighthouse"})
+    assert len(again.results) == 1 and len(fake_api.submissions) == 1
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_a_paid_picture_reaches_its_member_through_a_full_disk(
+    small_disks, start_bot, fake_discord, fake_api, caplog
+):
+    """The results' disk is full when a paid output arrives that is checked from a file (a JPEG here;
+    so is a safety checker's blank picture, or one over Discord's limit). It is checked from memory
+    instead and delivered at once, whole; the owner's log says the disk is full and that the result was
+    not kept (its buttons and /depth2img-show will not have it). Before, the job "failed unexpectedly"
+    and was left to be polled again and again, each time failing, until its deadline (30 minutes by
+    default): the member waited, then lost the picture the owner had paid for."""
+    bot = await start_bot()
+    fake_api.output_png = output = jpeg()
+    fill(small_disks["results"])
+    _, final = await slash(fake_discord, {"prompt": "a lighthouse"})
+    assert [f.data for f in final.results] == [output]
+    assert len(fake_api.submissions) == 1
+    await fake_discord.wait_until_idle(busy(bot))
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
+    said = log_text(caplog)
+    assert "the data folder's disk is full: an output is checked without a worker's file" in said
+    assert "the data folder's disk is full: a result was not kept" in said
+    assert "job failed unexpectedly" not in said
+    assert sorted(f.name for f in small_disks["results"].iterdir()) == ["filler"]
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+def test_a_full_disk_is_told_from_any_other_trouble(tmp_path):
+    """The disk's own word for it, from a file, from SQLite (a database at its page limit answers as a
+    full disk does) and from PostgreSQL (disk_full, 53100); not any other error."""
+    import errno
+
+    import asyncpg
+
+    db = sqlite3.connect(tmp_path / "full.sqlite3")
+    db.execute("CREATE TABLE t (x BLOB)")
+    db.execute("PRAGMA max_page_count = 3")
+    with pytest.raises(sqlite3.OperationalError) as full:
+        db.execute("INSERT INTO t VALUES (?)", (b"\0" * 100_000,))
+    db.close()
+    assert is_disk_full(full.value)
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_disk_full(asyncpg.exceptions.DiskFullError("could not extend file"))
+    for other in (
+        OSError(errno.EACCES, "Permission denied"),
+        sqlite3.OperationalError("database is locked"),
+        asyncpg.exceptions.UniqueViolationError("duplicate key"),
+        ValueError("full"),
+    ):
+        assert not is_disk_full(other), other
