@@ -29,6 +29,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,11 +62,7 @@ class Pictures:
         self.sources_dir = data_dir / "sources"
         self.results_dir = data_dir / "results"
         self._workers = image_workers
-        self._pool: ProcessPoolExecutor | None = None
-        if image_workers > 0:
-            self._pool = ProcessPoolExecutor(
-                max_workers=image_workers, mp_context=multiprocessing.get_context("forkserver")
-            )
+        self._pool = self._new_pool() if image_workers > 0 else None
         # One fewer thread than the cores by default: the event loop keeps a core. With asyncio's
         # default pool (6 threads on 2 cores), a 200-burst's picture work ran beside the loop's thread
         # and left it waiting for a CPU: stalls >= 50 ms in 7 of 15 runs against 0 of 15 with 2 threads
@@ -93,13 +90,31 @@ class Pictures:
         self._threads.shutdown(wait=False, cancel_futures=True)
         self._writers.shutdown(wait=False, cancel_futures=True)
 
-    async def cpu(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Pillow work, in an image worker process."""
-        if self._pool is None:
-            return await self.thread(fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, functools.partial(fn, *args, **kwargs)
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._workers, mp_context=multiprocessing.get_context("forkserver")
         )
+
+    async def cpu(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Pillow work, in an image worker process. A worker that dies (the OOM killer picks the largest
+        process: often a worker decoding a large picture) leaves Python's pool refusing all work for
+        good; the workers are then started again and the work is given to them once more (a picture
+        that kills its worker twice fails alone)."""
+        pool = self._pool
+        if pool is None:
+            return await self.thread(fn, *args, **kwargs)
+        work = functools.partial(fn, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, work)
+        except BrokenProcessPool:
+            if self._pool is pool:  # (the first to find it broken starts the workers again)
+                log.warning(
+                    "an image worker stopped (killed: out of memory?); the image workers are started again"
+                )
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            return await loop.run_in_executor(self._pool or pool, work)
 
     async def thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """File and checksum work (which mostly leaves the GIL free), in a picture thread."""
