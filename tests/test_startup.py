@@ -117,6 +117,50 @@ async def test_a_data_folder_that_cannot_be_used(fake_discord, fake_api, tmp_pat
     )
 
 
+@pytest.mark.parametrize("kind", ["not-a-database", "cut-short"])
+async def test_a_damaged_ledger_file_is_one_line_saying_what_to_do(fake_discord, fake_api, tmp_path, kind):
+    """``data/jobs.sqlite3`` that is not a database (a bad restore) or is cut short (a half-made copy):
+    one line, exit 2, saying it is damaged and what to do. Before, the start ended in a traceback
+    ("ExtensionFailed ... DatabaseError"), with no line for the owner."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    data.mkdir()
+    ledger = data / "jobs.sqlite3"
+    if kind == "not-a-database":
+        ledger.write_bytes(b"these are not the pages of a database\n" * 200)
+    else:
+        with sqlite3.connect(ledger) as db:
+            db.execute("CREATE TABLE t (x BLOB)")
+            db.executemany("INSERT INTO t VALUES (?)", [(b"\0" * 4000,) for _ in range(50)])
+        db.close()
+        ledger.write_bytes(ledger.read_bytes()[:20_000])
+    returncode, lines = await start_and_fail(bot_env(fake_discord, fake_api, data), tmp_path)
+    assert returncode == 2
+    said = one_line(lines, f"the job ledger {ledger} is damaged or not a SQLite database", "restore it")
+    assert "fix DATABASE_URL" not in said
+
+
+async def test_a_ledger_file_another_process_holds_is_one_line(fake_discord, fake_api, tmp_path):
+    """Another process holds the SQLite ledger locked through the bot's start (a second bot started on
+    the same file): one line, exit 1 (it may pass), naming the likely cause."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    data.mkdir()
+    ledger = data / "jobs.sqlite3"
+    holder = sqlite3.connect(ledger, isolation_level=None)
+    holder.execute("CREATE TABLE held (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        returncode, lines = await start_and_fail(bot_env(fake_discord, fake_api, data), tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert returncode == 1
+    one_line(lines, f"the job ledger {ledger} is held by another process", "stop the other process")
+
+
 async def test_discord_out_of_reach(fake_discord, fake_api, tmp_path):
     env = bot_env(
         fake_discord,

@@ -92,13 +92,16 @@ class LedgerUnavailable(StoreError):
     """The ledger's database cannot be reached or refuses the bot at start-up. ``exit_code``: 2 when
     the owner must fix a setting, 1 when it may pass by itself (a server that is down, or slow)."""
 
-    def __init__(self, message: str, *, exit_code: int) -> None:
+    def __init__(self, message: str, *, exit_code: int, fix: str | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-        fix = (
-            "fix DATABASE_URL" if exit_code == 2 else "this may pass by itself: the bot can be started again"
-        )
-        self.owner_message = f"depth2img-bot cannot start: {message} ({fix})."
+        if fix is None:  # ("": the message says what to do)
+            fix = (
+                "fix DATABASE_URL"
+                if exit_code == 2
+                else "this may pass by itself: the bot can be started again"
+            )
+        self.owner_message = f"depth2img-bot cannot start: {message}" + (f" ({fix})." if fix else ".")
 
 
 class LedgerClosed(StoreError):

@@ -24,7 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from .base import Execute, ExecuteMany, Fetch, LedgerClosed, Op, OpFactory, SchemaTooNew, Statement
+from .base import (
+    Execute,
+    ExecuteMany,
+    Fetch,
+    LedgerClosed,
+    LedgerUnavailable,
+    Op,
+    OpFactory,
+    SchemaTooNew,
+    Statement,
+)
 from .schema import LATEST, SQLITE, VERSION_TABLE, pending, version_before_versioning
 
 T = TypeVar("T")
@@ -60,6 +70,39 @@ def _drive(conn: sqlite3.Connection, op: Op[Any]) -> Any:
         op.close()
 
 
+# SQLite's primary result codes (sqlite3 errors carry them as ``sqlite_errorcode``, extended: & 0xFF)
+_BUSY, _LOCKED, _CORRUPT, _FULL, _NOTADB = 5, 6, 11, 13, 26
+
+
+def _unavailable(exc: sqlite3.DatabaseError, path: Path) -> LedgerUnavailable:
+    """One sentence for the owner for why the SQLite ledger cannot be opened (by SQLite's result code:
+    no exception text goes to the log)."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (_CORRUPT, _NOTADB):
+        return LedgerUnavailable(
+            f"the job ledger {path} is damaged or not a SQLite database: restore it from a backup "
+            "(README: Backups), or move it away to start with an empty ledger",
+            exit_code=2,
+            fix="",
+        )
+    if code in (_BUSY, _LOCKED):
+        return LedgerUnavailable(
+            f"the job ledger {path} is held by another process (another bot on the same file? several "
+            "processes need PostgreSQL)",
+            exit_code=1,
+            fix="stop the other process",
+        )
+    if code == _FULL:
+        return LedgerUnavailable(
+            f"the disk that holds the job ledger {path} is full", exit_code=1, fix="free space on it"
+        )
+    return LedgerUnavailable(
+        f"the job ledger {path} cannot be opened ({type(exc).__name__}, SQLite result code {code})",
+        exit_code=2,
+        fix="check the file and BOT_DATA_DIR",
+    )
+
+
 class SqliteDatabase:
     kind = "sqlite"
     event_order = "at, rowid"
@@ -84,6 +127,9 @@ class SqliteDatabase:
         try:
             db._conn = await loop.run_in_executor(db._thread, db._connect_main)
             db._checkpointer = await loop.run_in_executor(db._checkpoint_thread, db._connect, False)
+        except sqlite3.DatabaseError as exc:
+            await db.close()
+            raise _unavailable(exc, path) from None
         except BaseException:
             await db.close()
             raise
