@@ -322,10 +322,24 @@ async def run(settings: Settings) -> int:
             # An extension that cannot start says why in words meant for the owner, when it can.
             message = getattr(exc.original, "owner_message", None)
             if not isinstance(message, str):
-                raise
+                return _failed_start(exc.original, extension=exc.name)
             log.error(message, extra={"extension": exc.name})
             return int(getattr(exc.original, "exit_code", EXIT_CONFIG))
+        except Exception as exc:
+            return _failed_start(exc)
     return 0
+
+
+def _failed_start(exc: BaseException, **where: str) -> int:
+    """A start that failed in a way the bot did not foresee: one line, the error's kind only (its text
+    may hold anything); where it happened with LOG_LEVEL=DEBUG."""
+    log.error(
+        "depth2img-bot cannot start: an error of its own stopped it (LOG_LEVEL=DEBUG shows where; "
+        "report it if it keeps happening)",
+        extra={"error": type(exc).__name__, **where},
+        exc_info=exc,
+    )
+    return 1
 
 
 def main() -> int:

@@ -161,6 +161,23 @@ async def test_a_ledger_file_another_process_holds_is_one_line(fake_discord, fak
     one_line(lines, f"the job ledger {ledger} is held by another process", "stop the other process")
 
 
+async def test_a_start_stopped_by_something_unforeseen_is_one_line_without_a_traceback(
+    fake_discord, fake_api, tmp_path
+):
+    """What no start-up check foresees (here ``data/sources`` is a file, not a folder): one line naming
+    the error's kind, exit 1, no traceback and no exception text (with LOG_LEVEL=DEBUG, where it
+    happened). Before, Python's traceback."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sources").write_text("a file where the bot keeps its folder")
+    returncode, lines = await start_and_fail(bot_env(fake_discord, fake_api, data), tmp_path)
+    assert returncode == 1
+    said = one_line(
+        lines, "depth2img-bot cannot start: an error of its own stopped it", "error=FileExistsError"
+    )
+    assert "extension=cogs.depth2img" in said and "File exists" not in said
+
+
 async def test_discord_out_of_reach(fake_discord, fake_api, tmp_path):
     env = bot_env(
         fake_discord,
