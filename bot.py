@@ -35,7 +35,7 @@ from cogs.botcore import gateway_json
 from cogs.botcore.logs import configure_logging
 from cogs.botcore.memory import keep_freed_memory
 from cogs.botcore.ratelimits import RATE_LIMIT_WAIT_MAX_S, rate_limit_guard
-from cogs.botcore.startup import EXIT_CONFIG, StartFailed, check, data_dir_problem, start
+from cogs.botcore.startup import EXIT_CONFIG, StartFailed, check, data_dir_problem, ended, start
 from cogs.botcore.sync import sync_commands
 from cogs.botcore.tree import AppCommandTree, ErrorFormatter
 
@@ -302,44 +302,9 @@ async def run(settings: Settings) -> int:
         stopper.cancel()
         try:
             await runner
-        except StartFailed as exc:
-            log.error(str(exc))
-            return exc.exit_code
-        except discord.LoginFailure:
-            log.error(
-                str(
-                    StartFailed(
-                        "Discord rejected DISCORD_TOKEN: reset it (developer portal, Bot → Reset Token) and put the new one in .env",
-                        EXIT_CONFIG,
-                    )
-                )
-            )
-            return EXIT_CONFIG
-        except discord.PrivilegedIntentsRequired:
-            log.error("Discord refused the bot's intents; this bot needs no privileged intents.")
-            return 1
-        except commands.ExtensionFailed as exc:
-            # An extension that cannot start says why in words meant for the owner, when it can.
-            message = getattr(exc.original, "owner_message", None)
-            if not isinstance(message, str):
-                return _failed_start(exc.original, extension=exc.name)
-            log.error(message, extra={"extension": exc.name})
-            return int(getattr(exc.original, "exit_code", EXIT_CONFIG))
         except Exception as exc:
-            return _failed_start(exc)
+            return ended(exc)
     return 0
-
-
-def _failed_start(exc: BaseException, **where: str) -> int:
-    """A start that failed in a way the bot did not foresee: one line, the error's kind only (its text
-    may hold anything); where it happened with LOG_LEVEL=DEBUG."""
-    log.error(
-        "depth2img-bot cannot start: an error of its own stopped it (LOG_LEVEL=DEBUG shows where; "
-        "report it if it keeps happening)",
-        extra={"error": type(exc).__name__, **where},
-        exc_info=exc,
-    )
-    return 1
 
 
 def main() -> int:

@@ -178,6 +178,37 @@ async def test_a_start_stopped_by_something_unforeseen_is_one_line_without_a_tra
     assert "extension=cogs.depth2img" in said and "File exists" not in said
 
 
+async def test_a_token_reset_while_the_bot_runs_stops_it_with_one_line(fake_discord, fake_api, tmp_path):
+    """The owner resets the bot's token in the developer portal while it runs: its gateway connection
+    drops, and Discord refuses the resume with close code 4004 ("Authentication failed"). The bot stops
+    with one line saying what to do, exit 2. Before, Python's traceback of discord.py's
+    ConnectionClosed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        BOT_SCRIPT,
+        cwd=tmp_path,
+        env=process_env(**bot_env(fake_discord, fake_api, tmp_path / "data")),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await fake_discord.wait_for(
+            lambda: fake_discord.identified.is_set() and bool(fake_discord.commands), timeout=30
+        )
+        fake_discord.token = "a-token-reset-in-the-developer-portal"
+        await fake_discord.drop_gateway()
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = (out + err).decode()
+    assert "Traceback" not in text and "ConnectionClosed" not in text, text
+    assert proc.returncode == 2
+    errors = [line for line in text.splitlines() if " ERROR " in line]
+    one_line(errors, "depth2img-bot stopped: Discord no longer accepts DISCORD_TOKEN (was it reset?)")
+
+
 async def test_discord_out_of_reach(fake_discord, fake_api, tmp_path):
     env = bot_env(
         fake_discord,

@@ -35,6 +35,62 @@ def private_folder(path: Path) -> None:
             )
 
 
+# Discord's gateway close code for a token it does not accept (topics/opcodes-and-status-codes)
+GATEWAY_AUTHENTICATION_FAILED = 4004
+
+
+def ended(exc: Exception) -> int:
+    """A start or a run that raised ``exc``: one line for the owner (never the exception's text, which
+    may hold anything; where it happened with LOG_LEVEL=DEBUG), and the exit status."""
+    if isinstance(exc, StartFailed):
+        log.error(str(exc))
+        return exc.exit_code
+    if isinstance(exc, discord.LoginFailure):
+        log.error(
+            str(
+                StartFailed(
+                    "Discord rejected DISCORD_TOKEN: reset it (developer portal, Bot → Reset Token) and put "
+                    "the new one in .env",
+                    EXIT_CONFIG,
+                )
+            )
+        )
+        return EXIT_CONFIG
+    if isinstance(exc, discord.PrivilegedIntentsRequired):
+        log.error("Discord refused the bot's intents; this bot needs no privileged intents.")
+        return 1
+    if isinstance(exc, commands.ExtensionFailed):
+        # An extension that cannot start says why in words meant for the owner, when it can.
+        message = getattr(exc.original, "owner_message", None)
+        if not isinstance(message, str):
+            return _unforeseen(exc.original, "cannot start", extension=exc.name)
+        log.error(message, extra={"extension": exc.name})
+        return int(getattr(exc.original, "exit_code", EXIT_CONFIG))
+    if isinstance(exc, discord.ConnectionClosed):  # (Discord ended the gateway connection for good)
+        if exc.code == GATEWAY_AUTHENTICATION_FAILED:
+            log.error(
+                "depth2img-bot stopped: Discord no longer accepts DISCORD_TOKEN (was it reset?): put the new "
+                "one (developer portal, Bot → Reset Token) in .env and start the bot again"
+            )
+            return EXIT_CONFIG
+        log.error(
+            "depth2img-bot stopped: Discord closed its connection for good (see Discord's gateway close codes)",
+            extra={"close_code": exc.code},
+        )
+        return 1
+    return _unforeseen(exc, "stopped")
+
+
+def _unforeseen(exc: BaseException, how: str, **where: str) -> int:
+    log.error(
+        f"depth2img-bot {how}: an error of its own stopped it (LOG_LEVEL=DEBUG shows where; report it "
+        "if it keeps happening)",
+        extra={"error": type(exc).__name__, **where},
+        exc_info=exc,
+    )
+    return 1
+
+
 class StartFailed(Exception):
     """The bot cannot start; ``str(self)`` is the one line the owner reads. ``exit_code``: 2 when a
     setting must be fixed, 1 when it may pass by itself (and the line says which)."""
