@@ -70,37 +70,41 @@ def _drive(conn: sqlite3.Connection, op: Op[Any]) -> Any:
         op.close()
 
 
-# SQLite's primary result codes (sqlite3 errors carry them as ``sqlite_errorcode``, extended: & 0xFF)
-_BUSY, _LOCKED, _CORRUPT, _FULL, _NOTADB = 5, 6, 11, 13, 26
+# What the owner reads when SQLite refuses to open the ledger, by its primary result code (sqlite3's
+# errors carry the extended one as ``sqlite_errorcode``): the words, the exit status, the advice
+_DAMAGED = (
+    "is damaged or not a SQLite database: restore it from a backup (README: Backups), or move it away to "
+    "start with an empty ledger",
+    2,
+    "",
+)
+_HELD = (
+    "is held by another process (another bot on the same file? several processes need PostgreSQL)",
+    1,
+    "stop the other process",
+)
+_REFUSALS: dict[int, tuple[str, int, str]] = {
+    11: _DAMAGED,  # SQLITE_CORRUPT
+    26: _DAMAGED,  # SQLITE_NOTADB
+    5: _HELD,  # SQLITE_BUSY
+    6: _HELD,  # SQLITE_LOCKED
+    13: ("is on a full disk", 1, "free space on it"),  # SQLITE_FULL
+}
 
 
 def _unavailable(exc: sqlite3.DatabaseError, path: Path) -> LedgerUnavailable:
     """One sentence for the owner for why the SQLite ledger cannot be opened (by SQLite's result code:
     no exception text goes to the log)."""
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-    if code in (_CORRUPT, _NOTADB):
-        return LedgerUnavailable(
-            f"the job ledger {path} is damaged or not a SQLite database: restore it from a backup "
-            "(README: Backups), or move it away to start with an empty ledger",
-            exit_code=2,
-            fix="",
-        )
-    if code in (_BUSY, _LOCKED):
-        return LedgerUnavailable(
-            f"the job ledger {path} is held by another process (another bot on the same file? several "
-            "processes need PostgreSQL)",
-            exit_code=1,
-            fix="stop the other process",
-        )
-    if code == _FULL:
-        return LedgerUnavailable(
-            f"the disk that holds the job ledger {path} is full", exit_code=1, fix="free space on it"
-        )
-    return LedgerUnavailable(
-        f"the job ledger {path} cannot be opened ({type(exc).__name__}, SQLite result code {code})",
-        exit_code=2,
-        fix="check the file and BOT_DATA_DIR",
+    what, exit_code, fix = _REFUSALS.get(
+        code,
+        (
+            f"cannot be opened ({type(exc).__name__}, SQLite result code {code})",
+            2,
+            "check the file and BOT_DATA_DIR",
+        ),
     )
+    return LedgerUnavailable(f"the job ledger {path} {what}", exit_code=exit_code, fix=fix)
 
 
 class SqliteDatabase:
