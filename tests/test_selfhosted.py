@@ -23,6 +23,7 @@ from cogs.depth2img.backends.comfyui_workflow import DEFAULT_WORKFLOW, WorkflowE
 from cogs.depth2img.errors import Depth2ImgError
 from tests.conftest import (
     bot_env,
+    busy,
     details_of,
     free_port,
     is_settled,
@@ -122,6 +123,42 @@ async def test_comfyui_makes_the_picture_with_the_members_options_and_shows_prog
     assert len(final.results) == 1  # the depth map is not taken for a result...
     depth = await depth_map_of(fake_discord, final)  # ...but shown on request
     assert depth in comfyui.outputs.values() and depth != final.results[0].data
+
+
+async def test_a_depth_map_that_cannot_be_kept_leaves_the_result_kept(
+    start_bot, fake_discord, fake_api, comfyui, tmp_path
+):
+    """The depth map cannot be written where the result was (here a folder stands where its file goes;
+    a disk that fills between the two does the same). The result stays kept: /depth2img-show brings it
+    back, and the 🗺️ button says the map is no longer stored. Before, the job forgot its kept result
+    as well: "no longer stored" for a picture that was on disk (and the day's sweep removed it)."""
+    comfyui.step_s = 0.3
+    bot = await start_bot(**comfy_env(comfyui))
+    user = 737373737373737373
+    record = await fake_discord.invoke_slash(
+        "depth2img",
+        {**OPTIONS, "image": fake_discord.add_attachment(make_png(640, 480), "p.png", "image/png")},
+        user_id=user,
+    )
+    ledger = service_of(bot).ledger
+    await fake_discord.wait_for(lambda: record.ack_type is not None, timeout=10)
+    jobs: list = []
+    while not jobs:
+        jobs = await ledger.for_user(user)
+        await asyncio.sleep(0.01)
+    (tmp_path / "data" / "results" / f"{jobs[0].id}-depth.png.tmp").mkdir(parents=True)
+    await fake_discord.wait_for(lambda: is_settled(fake_discord, record), timeout=20)
+    final = fake_discord.visible_messages(record)[-1]
+    assert len(final.results) == 1, final.content
+    await fake_discord.wait_until_idle(busy(bot))
+    shown = await fake_discord.invoke_slash("depth2img-show", {"picture": jobs[0].id})
+    await fake_discord.wait_for(lambda: is_settled(fake_discord, shown), timeout=10)
+    assert [f.data for f in fake_discord.visible_messages(shown)[-1].files] == [final.results[0].data]
+    button = f"d2i:depth:{jobs[0].id}"
+    pressed = await fake_discord.click(final, button)
+    await fake_discord.wait_for(lambda: is_settled(fake_discord, pressed), timeout=10)
+    said = fake_discord.visible_messages(pressed)[-1]
+    assert said.ephemeral and not said.results and "no longer stored" in said.content
 
 
 async def test_comfyui_cancel_interrupts_the_running_prompt(start_bot, fake_discord, comfyui):

@@ -10,6 +10,7 @@ worker (:mod:`.images`). Nothing here imports discord.py or aiohttp.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -148,7 +149,8 @@ def write_atomically(path: Path, data: bytes) -> None:
             _write(tmp, data)
         tmp.replace(path)
     except BaseException:  # (a full disk: what was written of it is not left to fill it further)
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
 
 

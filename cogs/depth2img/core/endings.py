@@ -142,28 +142,29 @@ class Endings:
 
     async def _kept(self, outcome: Outcome) -> Outcome:
         """The result's first picture (and its depth map) kept on disk, off the member's way: for "Use as
-        source", before | after and /depth2img-show. The outcome, without ``result_path`` if it could
-        not be kept."""
+        source", before | after and /depth2img-show. The outcome, without ``result_path`` if the picture
+        could not be kept (a depth map that could not be is only missing: the 🗺️ button says so)."""
         job = outcome.job
         if outcome.result is None or not job.result_path:
             return outcome
-        try:
-            await self.pictures.keep_result(job.result_path, outcome.result.images[0])
-            if outcome.result.depth_map is not None:
-                await self.pictures.keep_result(
-                    self.pictures.depth_map_path(job.id), outcome.result.depth_map
-                )
-        except OSError as exc:
-            if is_disk_full(exc):  # (its member has it; its buttons and /depth2img-show will not)
-                log.error(
-                    f"the data folder's disk is full: a result was not kept; {DISK_FULL_ADVICE}",
-                    extra={"job": job.id},
-                )
-            else:
-                log.warning(
-                    "the result could not be kept", extra={"job": job.id, "error": type(exc).__name__}
-                )
-            return replace(outcome, job=replace(job, result_path=None))
+        pictures = [(job.result_path, outcome.result.images[0], "result")]
+        if outcome.result.depth_map is not None:
+            pictures.append((self.pictures.depth_map_path(job.id), outcome.result.depth_map, "depth map"))
+        for path, picture, what in pictures:
+            try:
+                await self.pictures.keep_result(path, picture)
+            except OSError as exc:
+                if is_disk_full(exc):  # (its member has it; its buttons and /depth2img-show will not)
+                    log.error(
+                        f"the data folder's disk is full: a {what} was not kept; {DISK_FULL_ADVICE}",
+                        extra={"job": job.id},
+                    )
+                else:
+                    log.warning(
+                        f"the {what} could not be kept", extra={"job": job.id, "error": type(exc).__name__}
+                    )
+                if what == "result":
+                    return replace(outcome, job=replace(job, result_path=None))
         return outcome
 
     async def finish(self, outcome: Outcome) -> None:
