@@ -42,6 +42,20 @@ def small_disks(tmp_path: Path) -> Iterator[dict[str, Path]]:
             subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+@pytest.fixture
+def small_data_disk(tmp_path: Path) -> Iterator[Path]:
+    """``data`` itself (the pictures and the SQLite ledger) as a file system of 4 MB."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    data = tmp_path / "data"
+    data.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(data)], check=True)
+    try:
+        yield data
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
 def fill(folder: Path) -> Path:
     """Fill ``folder``'s file system to its last byte; returns the file that does it."""
     filler = folder / "filler"
@@ -134,3 +148,28 @@ def test_a_full_disk_is_told_from_any_other_trouble(tmp_path):
         ValueError("full"),
     ):
         assert not is_disk_full(other), other
+
+
+async def test_the_free_space_of_the_data_disk_is_a_metric(
+    small_data_disk, start_bot, fake_discord, fake_api
+):
+    """``depth2img_data_disk_free_bytes``, read when scraped, so that an owner's alert comes before the
+    disk is full (then members' pictures are refused, above)."""
+    import shutil
+
+    from tests.conftest import metrics_text
+
+    bot = await start_bot()
+
+    def free() -> float:
+        (line,) = [
+            x for x in metrics_text(bot).splitlines() if x.startswith("depth2img_data_disk_free_bytes ")
+        ]
+        return float(line.split()[1])
+
+    before = free()
+    assert 0 < before <= 4 * 1024 * 1024
+    assert abs(before - shutil.disk_usage(small_data_disk).free) <= 256 * 1024
+    filler = fill(small_data_disk)
+    assert free() < 64 * 1024
+    filler.unlink()

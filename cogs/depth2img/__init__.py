@@ -142,7 +142,7 @@ async def setup(bot: commands.Bot) -> None:
             ledger,
             attachments=attachments,
             data_dir=host.data_dir,
-            metrics=Metrics(host.metrics_registry),
+            metrics=Metrics(host.metrics_registry, data_dir=host.data_dir),
         )
         await bot.tree.set_translator(CatalogueTranslator())
         await bot.add_cog(Depth2ImgCog(bot, service))  # from here on, the cog closes what it uses

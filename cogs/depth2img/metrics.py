@@ -19,7 +19,11 @@ that registry at ``/metrics`` when ``METRICS_PORT`` is set. The names::
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -56,7 +60,7 @@ def api_error_kind(exc: BaseException) -> str | None:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, data_dir: Path | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.jobs = Counter("depth2img_jobs", "Jobs by final state.", ["outcome"], registry=r)
@@ -91,6 +95,15 @@ class Metrics:
             "Bytes of output images held (downloading, or waiting for delivery): at most OUTPUT_MEMORY_BYTES.",
             registry=r,
         )
+        # The disk that holds the pictures and the SQLite ledger, read when scraped: an alert can come
+        # before it is full (then members' pictures are refused: see errors.StorageFull)
+        self.disk_free = Gauge(
+            "depth2img_data_disk_free_bytes",
+            "Free bytes on the disk that holds BOT_DATA_DIR (its pictures and the SQLite ledger).",
+            registry=r,
+        )
+        if data_dir is not None:
+            self.disk_free.set_function(functools.partial(_free_bytes, data_dir))
         for outcome in ("delivered", "failed", "cancelled"):
             self.jobs.labels(outcome=outcome)  # present from the start, at 0
 
@@ -116,3 +129,11 @@ class Metrics:
         kind = api_error_kind(error) if error is not None else None
         if kind is not None:
             self.api_errors.labels(kind=kind).inc()
+
+
+def _free_bytes(folder: Path) -> float:
+    """Free bytes for the bot's user where ``folder`` is (NaN when it cannot be told)."""
+    try:
+        return float(shutil.disk_usage(folder).free)
+    except OSError:
+        return math.nan
