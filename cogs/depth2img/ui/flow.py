@@ -215,7 +215,7 @@ class RequestFlow:
             error: Depth2ImgError = (
                 exc if isinstance(exc, InvalidInput | StorageFull) else InternalError(type(exc).__name__)
             )
-            if isinstance(error, InternalError):  # (a full disk, the ledger out of reach, a bug)
+            if isinstance(error, InternalError):  # (the ledger out of reach, a bug)
                 log.error("the picture could not be taken in", extra={"job": job.id, "error": error.kind})
             refused = Outcome(job, error=error)
             async with service.delivering(refused) as mine:
