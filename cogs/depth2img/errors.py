@@ -233,7 +233,8 @@ def is_disk_full(exc: BaseException) -> bool:
     ``EDQUOT``; SQLite's ``SQLITE_FULL``; PostgreSQL's ``disk_full`` (53100)."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    return getattr(exc, "sqlite_errorcode", None) == 13 or getattr(exc, "sqlstate", None) == "53100"
+    sqlite_code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # (its primary result code)
+    return sqlite_code == 13 or getattr(exc, "sqlstate", None) == "53100"
 
 
 class DeliveryFailed(Depth2ImgError):

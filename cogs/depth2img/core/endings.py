@@ -21,6 +21,7 @@ from cogs.depth2img.errors import (
     is_disk_full,
 )
 from cogs.depth2img.metrics import Metrics
+from cogs.depth2img.models import GeneratedImage
 from cogs.depth2img.store import Job, JobState, JobTakenOver, Ledger, LedgerClosed
 
 from .jobs import Outcome, Sleep
@@ -147,25 +148,28 @@ class Endings:
         job = outcome.job
         if outcome.result is None or not job.result_path:
             return outcome
-        pictures = [(job.result_path, outcome.result.images[0], "result")]
+        if not await self._keep(job, job.result_path, outcome.result.images[0], "result"):
+            return replace(outcome, job=replace(job, result_path=None))
         if outcome.result.depth_map is not None:
-            pictures.append((self.pictures.depth_map_path(job.id), outcome.result.depth_map, "depth map"))
-        for path, picture, what in pictures:
-            try:
-                await self.pictures.keep_result(path, picture)
-            except OSError as exc:
-                if is_disk_full(exc):  # (its member has it; its buttons and /depth2img-show will not)
-                    log.error(
-                        f"the data folder's disk is full: a {what} was not kept; {DISK_FULL_ADVICE}",
-                        extra={"job": job.id},
-                    )
-                else:
-                    log.warning(
-                        f"the {what} could not be kept", extra={"job": job.id, "error": type(exc).__name__}
-                    )
-                if what == "result":
-                    return replace(outcome, job=replace(job, result_path=None))
+            await self._keep(job, self.pictures.depth_map_path(job.id), outcome.result.depth_map, "depth map")
         return outcome
+
+    async def _keep(self, job: Job, path: str, picture: GeneratedImage, what: str) -> bool:
+        """Whether ``picture`` could be kept at ``path`` (the log says why not)."""
+        try:
+            await self.pictures.keep_result(path, picture)
+        except OSError as exc:
+            if is_disk_full(exc):  # (its member has it; its buttons and /depth2img-show will not)
+                log.error(
+                    f"the data folder's disk is full: a {what} was not kept; {DISK_FULL_ADVICE}",
+                    extra={"job": job.id},
+                )
+            else:
+                log.warning(
+                    f"the {what} could not be kept", extra={"job": job.id, "error": type(exc).__name__}
+                )
+            return False
+        return True
 
     async def finish(self, outcome: Outcome) -> None:
         """Record the final state, once the member has been told (tried again for a while if the ledger
