@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -96,6 +97,34 @@ async def test_a_full_disk_refuses_a_picture_clearly_at_no_cost_until_there_is_r
     filler.unlink()
     _, again = await slash(fake_discord, {"prompt": "a lighthouse"})
     assert len(again.results) == 1 and len(fake_api.submissions) == 1
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_a_picture_whose_normalised_copy_does_not_fit_leaves_nothing_behind(
+    small_disks, start_bot, fake_discord, fake_api, caplog
+):
+    """A member's JPEG fits on the disk, but the PNG it is normalised into (five times larger) does not:
+    the member is told the storage is full, nothing is spent, and the JPEG as it came (``.upload``) is
+    removed too. Before, it was left behind, filling the disk further, until the hourly clean-up."""
+    await start_bot()
+    room = 400 * 1024
+    (small_disks["sources"] / "filler").write_bytes(
+        b"\0" * (shutil.disk_usage(small_disks["sources"]).free - room)
+    )
+    buf = io.BytesIO()  # (noise, 516 pixels a side: normalised to 512, as a PNG of ~3 bytes a pixel)
+    Image.frombytes("RGB", (516, 516), os.urandom(3 * 516 * 516)).save(buf, format="JPEG", quality=75)
+    picture = buf.getvalue()
+    assert len(picture) < room < 3 * 512 * 512
+    _, final = await slash(
+        fake_discord,
+        {"prompt": "a lighthouse"},
+        image=picture,
+        filename="photo.jpg",
+        content_type="image/jpeg",
+    )
+    assert final.content == text("en-US", "error.storage_full")
+    assert fake_api.submissions == []
+    assert sorted(f.name for f in small_disks["sources"].iterdir()) == ["filler"]
     assert_clean(fake_discord, fake_api, caplog)
 
 

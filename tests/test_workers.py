@@ -4,6 +4,7 @@ work down with it."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -55,7 +56,8 @@ async def test_an_image_worker_killed_does_not_stop_the_picture_work(
     bot = await start_bot(IMAGE_WORKERS="2")
     workers = image_workers()
     assert len(workers) == 2, workers
-    os.kill(workers[0], signal.SIGKILL)
+    for pid in workers:  # (both: each worker that dies is found by the next picture given to it)
+        os.kill(pid, signal.SIGKILL)
     _, first = await slash(
         fake_discord,
         {"prompt": "a lighthouse"},
@@ -64,11 +66,90 @@ async def test_an_image_worker_killed_does_not_stop_the_picture_work(
         content_type="image/jpeg",
     )
     assert len(first.results) == 1, first.content
-    os.kill(image_workers()[0], signal.SIGKILL)
     fake_api.output_png = output = jpeg()
     _, second = await slash(fake_discord, {"prompt": "a cabin"}, user_id=5151)
     assert [f.data for f in second.results] == [output], second.content
     await fake_discord.wait_until_idle(busy(bot))
     assert await count_by_state(service_of(bot).ledger) == {"delivered": 2}
     assert log_text(caplog).count("an image worker stopped") == 2
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+def slow_jpeg(scans: int = 40_000) -> bytes:
+    """A picture made to be slow: a progressive JPEG (2048x2048, grey) whose smallest scan is repeated
+    ``scans`` times. The decoder goes through the whole picture for each scan: 40 000 take ~10 s of
+    one core here, in 670 KB (libjpeg-turbo only warns about such a progression)."""
+    buf = io.BytesIO()
+    Image.new("L", (2048, 2048), 128).save(buf, format="JPEG", progressive=True)
+    data = buf.getvalue()
+    segments, at = [], 2
+    while data[at + 1] != 0xD9:  # (the segments, each a marker and its length; a scan with its data)
+        end = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if data[at + 1] == 0xDA:
+            while data[end] != 0xFF or data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                end += 1
+        segments.append(data[at:end])
+        at = end
+    small = min((s for s in segments[1:] if s[1] == 0xDA), key=len)
+    body = b"".join(s * (scans + 1) if s is small else s for s in segments)
+    return data[:2] + body + b"\xff\xd9"
+
+
+def test_the_slow_picture_is_a_real_jpeg_that_decodes():
+    """The helper's picture is what it says: a JPEG Pillow opens and (given time) decodes whole."""
+    picture = Image.open(io.BytesIO(slow_jpeg(scans=50)))
+    assert (picture.format, picture.size) == ("JPEG", (2048, 2048))
+    picture.load()
+    assert picture.getextrema() == (128, 128)
+
+
+async def test_a_picture_made_to_be_slow_is_refused_and_its_worker_stopped(
+    start_bot, fake_discord, fake_api, caplog
+):
+    """Two members attach a picture crafted to take minutes to decode (a progressive JPEG of tens of
+    thousands of scans: under every size and pixel limit). Each held an image worker for as long as it
+    took; with two workers, nobody's JPEG was checked meanwhile, and every paid output that needed a
+    worker waited. Now a worker gets IMAGE_WORK_TIMEOUT_S per picture: past it the worker is killed
+    and started again, the member is told, no API call is made, and a third member's JPEG, which waited
+    behind them for longer than the bound, is made by the new workers."""
+    bot = await start_bot(IMAGE_WORKERS="2", IMAGE_WORK_TIMEOUT_S="2")
+    first_workers = image_workers()
+    assert len(first_workers) == 2, first_workers
+    slow = slow_jpeg()
+    jpeg_options = {"filename": "photo.jpg", "content_type": "image/jpeg"}
+    crafted = [
+        asyncio.create_task(slash(fake_discord, {"prompt": "a maze"}, image=slow, user_id=u, **jpeg_options))
+        for u in (6161, 6262)
+    ]
+    sources = Path(service_of(bot).pictures.sources_dir)
+    await fake_discord.wait_for(lambda: len(list(sources.glob("*.upload"))) == 2)  # (in the workers)
+    _, ordinary = await slash(
+        fake_discord, {"prompt": "a harbour"}, image=jpeg(), user_id=6363, **jpeg_options
+    )
+    assert len(ordinary.results) == 1, ordinary.content
+    for _, final in await asyncio.gather(*crafted):
+        assert "takes far too long to read" in final.content, final.content
+        assert final.results == []
+    assert len(fake_api.submissions) == 1  # (the ordinary picture's only)
+    assert not set(first_workers) & set(image_workers())  # (stopped, and others started)
+    assert not any(sources.glob("*.upload"))
+    await fake_discord.wait_until_idle(busy(bot))
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1, "failed": 2}
+    assert "IMAGE_WORK_TIMEOUT_S=2 s" in log_text(caplog)
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_an_output_made_to_be_slow_fails_its_job_alone(start_bot, fake_discord, fake_api, caplog):
+    """The image service sends back such a picture: it is not checked for minutes (its job's deadline
+    passed meanwhile); the job ends saying the picture cannot be used, and the next job is made."""
+    bot = await start_bot(IMAGE_WORKERS="2", IMAGE_WORK_TIMEOUT_S="2")
+    fake_api.output_png = slow_jpeg()
+    _, final = await slash(fake_discord, {"prompt": "a maze"})
+    assert "cannot use" in final.content, final.content
+    assert final.results == []
+    fake_api.output_png = output = jpeg()
+    _, second = await slash(fake_discord, {"prompt": "a cabin"}, user_id=5151)
+    assert [f.data for f in second.results] == [output], second.content
+    await fake_discord.wait_until_idle(busy(bot))
+    assert not any(Path(service_of(bot).pictures.results_dir).glob("*.download"))
     assert_clean(fake_discord, fake_api, caplog)

@@ -64,6 +64,7 @@ class Depth2ImgSettings:
     source_max_side: int = 1024  # the API's generation limit
     progress_interval_s: float = 3.0
     image_workers: int = 2
+    image_work_timeout_s: float = 60.0  # one picture's work in an image worker, at most
     picture_threads: int = 1  # threads that check and store pictures (see load_settings for the default)
     keep_pictures_days: float | None = 30.0  # None: for ever (KEEP_PICTURES_DAYS=forever)
     keep_jobs_days: float | None = 90.0  # job rows and prompts; None: for ever
@@ -127,6 +128,7 @@ SETTINGS_HELP: dict[str, str] = {
     "KEEP_JOBS_DAYS": "days to keep finished jobs in the ledger: their prompts, options and history (default 90; forever: never removed)",
     "PICTURE_THREADS": "threads that store pictures and checksum large ones (default: one fewer than the machine's cores, at least 1)",
     "IMAGE_WORKERS": "processes that check and re-encode pictures off the event loop (default 2; 0 = threads)",
+    "IMAGE_WORK_TIMEOUT_S": "longest an image worker may take over one picture before it is stopped and the picture refused (default 60)",
     "PROGRESS_INTERVAL_S": "least seconds between two progress updates of a message (default 3)",
     "LOOP_MONITOR_FILE": "optional: append the event loop's worst stall per 50 ms to this file (diagnostics, benchmarks)",
     "DATABASE_URL": "optional: postgresql://user:password@host/db for the job ledger (default: SQLite in BOT_DATA_DIR); needed to run several bot processes",
@@ -284,6 +286,7 @@ def load_settings(env: Mapping[str, str]) -> Depth2ImgSettings:
         allow_dms=r.switch("ALLOW_DMS", False),
         progress_interval_s=r.number("PROGRESS_INTERVAL_S", 3.0, float, 0.1, 60),
         image_workers=r.number("IMAGE_WORKERS", 2, int, 0, 64),
+        image_work_timeout_s=r.number("IMAGE_WORK_TIMEOUT_S", 60.0, float, 0.1, 3600),
         picture_threads=r.number("PICTURE_THREADS", max(1, (os.cpu_count() or 2) - 1), int, 1, 64),
         keep_pictures_days=r.days("KEEP_PICTURES_DAYS", 30.0),
         keep_jobs_days=r.days("KEEP_JOBS_DAYS", 90.0),

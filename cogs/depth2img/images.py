@@ -171,8 +171,10 @@ def prepare_source_file(path: str, *, max_pixels: int, max_side: int = 1024) -> 
         raise
     final = raw.with_suffix(".png" if source.mime == "image/png" else ".jpg")
     if source.changed:
-        write_atomically(final, source.data)
-        raw.unlink(missing_ok=True)
+        try:
+            write_atomically(final, source.data)
+        finally:  # (written or not, as on a full disk: the upload is not left behind)
+            raw.unlink(missing_ok=True)
     else:
         raw.replace(final)
     return str(final), replace(source, data=b"")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cogs.depth2img import images, pngs
+from cogs.depth2img.config import Depth2ImgSettings
 from cogs.depth2img.errors import DISK_FULL_ADVICE, InvalidInput, OutputUnavailable, is_disk_full
 from cogs.depth2img.models import GeneratedImage, SourceImage
 from cogs.depth2img.store import Job
@@ -53,16 +54,31 @@ LEDGER_MARK = ".ledger-mark"
 OUTPUT_IN_MEMORY = (
     f"the data folder's disk is full: an output is checked without a worker's file; {DISK_FULL_ADVICE}"
 )
+
+
 KEPT_NAME = re.compile(r"([0-9a-f]{12})(?:-depth|-[0-9]{1,3})?\.[a-z0-9]{1,8}(?:\.tmp)?")
 
 
+class WorkTooSlow(Exception):
+    """A picture's work in an image worker took more than ``IMAGE_WORK_TIMEOUT_S`` (its worker was
+    stopped)."""
+
+
 class Pictures:
-    def __init__(self, data_dir: Path, *, image_workers: int, picture_threads: int) -> None:
+    def __init__(
+        self, data_dir: Path, *, image_workers: int, picture_threads: int, work_timeout_s: float = 60.0
+    ) -> None:
         self.data_dir = data_dir
         self.sources_dir = data_dir / "sources"
         self.results_dir = data_dir / "results"
-        self._workers = image_workers
-        self._pool = self._new_pool() if image_workers > 0 else None
+        # One process pool per image worker, each taken by one picture at a time: a picture's time
+        # bound counts from when a worker takes it (not from when it joined a queue behind others), and
+        # a worker stopped or killed takes only its own picture's work down with it.
+        self._workers = [_new_worker() for _ in range(image_workers)]
+        self._idle: asyncio.Queue[int] = asyncio.Queue()
+        for slot in range(image_workers):
+            self._idle.put_nowait(slot)
+        self._work_timeout_s = work_timeout_s
         # One fewer thread than the cores by default: the event loop keeps a core. With asyncio's
         # default pool (6 threads on 2 cores), a 200-burst's picture work ran beside the loop's thread
         # and left it waiting for a CPU: stalls >= 50 ms in 7 of 15 runs against 0 of 15 with 2 threads
@@ -74,47 +90,80 @@ class Pictures:
         # on the picture thread, ahead of the next checks).
         self._writers = ThreadPoolExecutor(2, thread_name_prefix="d2i-write")
 
+    @classmethod
+    def of(cls, data_dir: Path, settings: Depth2ImgSettings) -> Pictures:
+        return cls(
+            data_dir,
+            image_workers=settings.image_workers,
+            picture_threads=settings.picture_threads,
+            work_timeout_s=settings.image_work_timeout_s,
+        )
+
     async def start(self) -> None:
         """Start the image workers now, so that the first member does not wait for them."""
         for folder in (self.sources_dir, self.results_dir):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self._pool is not None:
+        if self._workers:
             loop = asyncio.get_running_loop()
-            await asyncio.gather(
-                *(loop.run_in_executor(self._pool, images.warm_up) for _ in range(self._workers))
-            )
+            await asyncio.gather(*(loop.run_in_executor(w, images.warm_up) for w in self._workers))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for worker in self._workers:
+            worker.shutdown(wait=False, cancel_futures=True)
         self._threads.shutdown(wait=False, cancel_futures=True)
         self._writers.shutdown(wait=False, cancel_futures=True)
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self._workers, mp_context=multiprocessing.get_context("forkserver")
-        )
-
     async def cpu(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Pillow work, in an image worker process. A worker that dies (the OOM killer picks the largest
-        process: often a worker decoding a large picture) leaves Python's pool refusing all work for
-        good; the workers are then started again and the work is given to them once more (a picture
-        that kills its worker twice fails alone)."""
-        pool = self._pool
-        if pool is None:
+        """Pillow work, in an image worker process, for at most ``IMAGE_WORK_TIMEOUT_S``.
+
+        * A picture can be made to be slow: a progressive JPEG of 10 MB can hold tens of thousands of
+          scans, each of which the decoder goes through the whole picture for (a 2048x2048 one of
+          20 000 scans, 340 KB, took 4.8 s here; libjpeg-turbo's scan limit is not reachable through
+          Pillow). Past the bound its worker is killed (a running call cannot be taken back from a
+          process pool otherwise) and started again, and :class:`WorkTooSlow` is raised.
+        * A worker that dies (the OOM killer picks the largest process: often a worker decoding a large
+          picture) leaves its pool refusing all work for good; it is started again and the work given to
+          it once more (a picture that kills its worker twice fails alone).
+
+        With ``IMAGE_WORKERS=0`` the work runs in a picture thread, which nothing can stop: no bound."""
+        if not self._workers:
             return await self.thread(fn, *args, **kwargs)
         work = functools.partial(fn, *args, **kwargs)
-        loop = asyncio.get_running_loop()
+        slot = await self._idle.get()
         try:
-            return await loop.run_in_executor(pool, work)
-        except BrokenProcessPool:
-            if self._pool is pool:  # (the first to find it broken starts the workers again)
-                log.warning(
-                    "an image worker stopped (killed: out of memory?); the image workers are started again"
-                )
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-            return await loop.run_in_executor(self._pool or pool, work)
+            try:
+                return await self._run(slot, work)
+            except BrokenProcessPool:
+                log.warning("an image worker stopped (killed: out of memory?); it is started again")
+                self._renew(slot)
+                return await self._run(slot, work)
+        finally:
+            self._idle.put_nowait(slot)
+
+    async def _run(self, slot: int, work: Callable[[], T]) -> T:
+        running = asyncio.get_running_loop().run_in_executor(self._workers[slot], work)
+        try:
+            return await asyncio.wait_for(running, self._work_timeout_s)
+        except TimeoutError:
+            log.warning(
+                f"an image worker took more than IMAGE_WORK_TIMEOUT_S={self._work_timeout_s:g} s over one "
+                "picture (a damaged or crafted one?): it is stopped and started again"
+            )
+            self._renew(slot, kill=True)
+            raise WorkTooSlow from None
+        except asyncio.CancelledError:  # (its picture no longer wanted: the worker is not left to it)
+            self._renew(slot, kill=True)
+            raise
+
+    def _renew(self, slot: int, *, kill: bool = False) -> None:
+        worker = self._workers[slot]
+        self._workers[slot] = _new_worker()
+        if kill:
+            # (Python 3.14's ProcessPoolExecutor.kill_workers() does this; before it, the pool's own map)
+            for process in list((getattr(worker, "_processes", None) or {}).values()):
+                with contextlib.suppress(OSError, ValueError):
+                    process.kill()
+        worker.shutdown(wait=False, cancel_futures=True)
 
     async def thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """File and checksum work (which mostly leaves the GIL free), in a picture thread."""
@@ -153,7 +202,11 @@ class Pictures:
             return str(path), plain
         raw = self.sources_dir / f"{job_id}.upload"
         await self.write(raw, data)
-        return await self.cpu(images.prepare_source_file, str(raw), **limits)
+        try:
+            return await self.cpu(images.prepare_source_file, str(raw), **limits)
+        except WorkTooSlow:
+            await self.remove(str(raw))  # (its worker was stopped before it could)
+            raise InvalidInput("input.too_slow") from None
 
     async def read(self, path: str | None) -> bytes:
         """A kept picture's bytes. Raises :class:`InvalidInput` when it is no longer stored (or was
@@ -215,7 +268,11 @@ class Pictures:
                 prepared.append(await self.thread(images.finish_output, blob, **fit))
                 continue
             del blob
-            image = await self.cpu(images.finish_output_file, str(download), **fit)
+            try:
+                image = await self.cpu(images.finish_output_file, str(download), **fit)
+            except WorkTooSlow:
+                await self.remove(str(download))
+                raise OutputUnavailable("output took too long to read", unusable=True) from None
             if not image.data:  # (passed on as it came: its bytes are in the file still)
                 image = replace(image, data=await self.thread(_read_and_remove, download))
             prepared.append(image)
@@ -271,6 +328,10 @@ class Pictures:
         for path in paths:
             if path:
                 await self.thread(_remove_file, path)
+
+
+def _new_worker() -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"))
 
 
 def _read_and_remove(path: Path) -> bytes:

@@ -68,9 +68,7 @@ class Depth2ImgService:
             bot_daily_quota=settings.bot_daily_quota,
             clock=clock,
         )
-        self.pictures = Pictures(
-            data_dir, image_workers=settings.image_workers, picture_threads=settings.picture_threads
-        )
+        self.pictures = Pictures.of(data_dir, settings)
         # ... and none of that picture work runs while new requests are being answered.
         self.answer_first = AnswerFirst()
         self.answer_rounds = Rounds(ANSWERS_PER_ROUND)
