@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from cogs.i18n import text
 from tests.conftest import busy, service_of, slash
 from tests.fakes.fake_api import make_png
 from tests.ledger_queries import count_by_state
@@ -152,4 +153,55 @@ async def test_an_output_made_to_be_slow_fails_its_job_alone(start_bot, fake_dis
     assert [f.data for f in second.results] == [output], second.content
     await fake_discord.wait_until_idle(busy(bot))
     assert not any(Path(service_of(bot).pictures.results_dir).glob("*.download"))
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def kill_its_worker_twice(fake_discord, folder: Path, pattern: str) -> None:
+    """Wait until a picture matching ``pattern`` is in ``folder`` (handed to the only image worker),
+    then kill that worker, and the one started again in its place, as the OOM killer would."""
+    await fake_discord.wait_for(lambda: any(folder.glob(pattern)))
+    (first,) = image_workers()
+    os.kill(first, signal.SIGKILL)
+    await fake_discord.wait_for(lambda: image_workers() not in ([], [first]))
+    (second,) = image_workers()
+    os.kill(second, signal.SIGKILL)
+
+
+async def test_a_picture_that_kills_its_worker_twice_is_refused_alone(
+    start_bot, fake_discord, fake_api, caplog
+):
+    """A member's picture kills its worker (out of memory), and the worker started again for it too.
+    The member used to read "a problem of its own" with a code; now the picture is refused, saying
+    why and what to do, at no cost, and the next member's JPEG is made by a worker started again."""
+    bot = await start_bot(IMAGE_WORKERS="1")
+    jpeg_options = {"filename": "photo.jpg", "content_type": "image/jpeg"}
+    refused = asyncio.create_task(
+        slash(fake_discord, {"prompt": "a maze"}, image=slow_jpeg(), **jpeg_options)
+    )
+    await kill_its_worker_twice(fake_discord, service_of(bot).pictures.sources_dir, "*.upload")
+    _, final = await refused
+    assert final.content.endswith(text("en-US", "input.too_heavy"))
+    assert fake_api.submissions == []
+    _, ordinary = await slash(
+        fake_discord, {"prompt": "a harbour"}, image=jpeg(), user_id=6363, **jpeg_options
+    )
+    assert len(ordinary.results) == 1, ordinary.content
+    assert "an image worker stopped again over the same picture; the picture is refused" in log_text(caplog)
+    assert_clean(fake_discord, fake_api, caplog)
+
+
+async def test_an_output_that_kills_its_worker_twice_ends_its_job(start_bot, fake_discord, fake_api, caplog):
+    """The same with a paid output: its job "failed unexpectedly" and was polled again, each time
+    killing a worker, until its deadline (30 minutes by default). Now it ends at once, saying the image
+    service sent a picture the bot cannot use."""
+    bot = await start_bot(IMAGE_WORKERS="1")
+    fake_api.output_png = slow_jpeg()
+    made = asyncio.create_task(slash(fake_discord, {"prompt": "a maze"}))
+    await kill_its_worker_twice(fake_discord, service_of(bot).pictures.results_dir, "*.download")
+    _, final = await made
+    assert text("en-US", "error.output_unusable") in final.content
+    assert final.results == []
+    await fake_discord.wait_until_idle(busy(bot))
+    assert await count_by_state(service_of(bot).ledger) == {"failed": 1}
+    assert "job failed unexpectedly" not in log_text(caplog)
     assert_clean(fake_discord, fake_api, caplog)

@@ -59,9 +59,16 @@ OUTPUT_IN_MEMORY = (
 KEPT_NAME = re.compile(r"([0-9a-f]{12})(?:-depth|-[0-9]{1,3})?\.[a-z0-9]{1,8}(?:\.tmp)?")
 
 
-class WorkTooSlow(Exception):
-    """A picture's work in an image worker took more than ``IMAGE_WORK_TIMEOUT_S`` (its worker was
-    stopped)."""
+class WorkRefused(Exception):
+    """A picture an image worker could not get through (see :meth:`Pictures.cpu`)."""
+
+
+class WorkTooSlow(WorkRefused):
+    """Its work took more than ``IMAGE_WORK_TIMEOUT_S`` (its worker was killed)."""
+
+
+class WorkKilledWorker(WorkRefused):
+    """Its work killed its worker twice (out of memory, most likely)."""
 
 
 class Pictures:
@@ -123,7 +130,7 @@ class Pictures:
           process pool otherwise) and started again, and :class:`WorkTooSlow` is raised.
         * A worker that dies (the OOM killer picks the largest process: often a worker decoding a large
           picture) leaves its pool refusing all work for good; it is started again and the work given to
-          it once more (a picture that kills its worker twice fails alone).
+          it once more. A picture that kills its worker twice is refused: :class:`WorkKilledWorker`.
 
         With ``IMAGE_WORKERS=0`` the work runs in a picture thread, which nothing can stop: no bound."""
         if not self._workers:
@@ -136,7 +143,12 @@ class Pictures:
             except BrokenProcessPool:
                 log.warning("an image worker stopped (killed: out of memory?); it is started again")
                 self._renew(slot)
+            try:
                 return await self._run(slot, work)
+            except BrokenProcessPool:
+                log.warning("an image worker stopped again over the same picture; the picture is refused")
+                self._renew(slot)
+                raise WorkKilledWorker from None
         finally:
             self._idle.put_nowait(slot)
 
@@ -204,9 +216,10 @@ class Pictures:
         await self.write(raw, data)
         try:
             return await self.cpu(images.prepare_source_file, str(raw), **limits)
-        except WorkTooSlow:
-            await self.remove(str(raw))  # (its worker was stopped before it could)
-            raise InvalidInput("input.too_slow") from None
+        except WorkRefused as refused:
+            await self.remove(str(raw))  # (its worker was killed before it could)
+            slow = isinstance(refused, WorkTooSlow)
+            raise InvalidInput("input.too_slow" if slow else "input.too_heavy") from None
 
     async def read(self, path: str | None) -> bytes:
         """A kept picture's bytes. Raises :class:`InvalidInput` when it is no longer stored (or was
@@ -270,9 +283,12 @@ class Pictures:
             del blob
             try:
                 image = await self.cpu(images.finish_output_file, str(download), **fit)
-            except WorkTooSlow:
+            except WorkRefused as refused:
                 await self.remove(str(download))
-                raise OutputUnavailable("output took too long to read", unusable=True) from None
+                why = (
+                    "took too long to read" if isinstance(refused, WorkTooSlow) else "killed its worker twice"
+                )
+                raise OutputUnavailable(f"output {why}", unusable=True) from None
             if not image.data:  # (passed on as it came: its bytes are in the file still)
                 image = replace(image, data=await self.thread(_read_and_remove, download))
             prepared.append(image)
