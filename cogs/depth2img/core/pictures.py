@@ -123,10 +123,9 @@ class Pictures:
     async def cpu(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Pillow work, in an image worker process, for at most ``IMAGE_WORK_TIMEOUT_S``.
 
-        * A picture can be made to be slow: a progressive JPEG of 10 MB can hold tens of thousands of
-          scans, each of which the decoder goes through the whole picture for (a 2048x2048 one of
-          20 000 scans, 340 KB, took 4.8 s here; libjpeg-turbo's scan limit is not reachable through
-          Pillow). Past the bound its worker is killed (a running call cannot be taken back from a
+        * A picture can be made to be slow: a progressive JPEG of tens of thousands of scans took
+          minutes (refused by their count now: ``images.MAX_JPEG_SCANS``); any decoder may have such a
+          path. Past the bound its worker is killed (a running call cannot be taken back from a
           process pool otherwise) and started again, and :class:`WorkTooSlow` is raised.
         * A worker that dies (the OOM killer picks the largest process: often a worker decoding a large
           picture) leaves its pool refusing all work for good; it is started again and the work given to
