@@ -211,7 +211,8 @@ async def test_work_past_the_bound_stops_only_its_own_worker(tmp_path):
     """Two pieces of work that never end hold both workers; a third, waiting behind them for longer
     than the bound, still gets its full time: each of the two is stopped at the bound (its worker
     killed, another started) and the third is done by a new worker."""
-    from cogs.depth2img.core.pictures import Pictures, WorkTooSlow  # (as the extension has it now)
+    from cogs.depth2img.core.pictures import Pictures  # (as the extension has it now)
+    from cogs.depth2img.core.workers import WorkTooSlow
 
     pictures = Pictures(tmp_path, image_workers=2, picture_threads=1, work_timeout_s=1.0)
     await pictures.start()

@@ -1,8 +1,8 @@
 """Where pictures are checked, kept and read back: the members' sources, the first image of each
 result, and the before | after view. The work runs off the event loop, in two pools:
 
-* image worker processes (``IMAGE_WORKERS``) for Pillow: decoding, normalising and re-encoding
-  compete with the event loop for neither the GIL nor, beyond their number, the CPU (0: threads);
+* image worker processes (``IMAGE_WORKERS``, :mod:`.workers`) for Pillow: decoding, normalising and
+  re-encoding (0: threads);
 * picture threads (``PICTURE_THREADS``) for checksums and file writes, which leave the GIL free.
 
 Except the checks of pictures of up to ``CHECK_HERE_MAX_BYTES``, which run where they are asked for.
@@ -24,12 +24,10 @@ import contextlib
 import functools
 import itertools
 import logging
-import multiprocessing
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +37,8 @@ from cogs.depth2img.config import Depth2ImgSettings
 from cogs.depth2img.errors import DISK_FULL_ADVICE, InvalidInput, OutputUnavailable, is_disk_full
 from cogs.depth2img.models import GeneratedImage, SourceImage
 from cogs.depth2img.store import Job
+
+from .workers import ImageWorkers, WorkRefused, WorkTooSlow
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -59,18 +59,6 @@ OUTPUT_IN_MEMORY = (
 KEPT_NAME = re.compile(r"([0-9a-f]{12})(?:-depth|-[0-9]{1,3})?\.[a-z0-9]{1,8}(?:\.tmp)?")
 
 
-class WorkRefused(Exception):
-    """A picture an image worker could not get through (see :meth:`Pictures.cpu`)."""
-
-
-class WorkTooSlow(WorkRefused):
-    """Its work took more than ``IMAGE_WORK_TIMEOUT_S`` (its worker was killed)."""
-
-
-class WorkKilledWorker(WorkRefused):
-    """Its work killed its worker twice (out of memory, most likely)."""
-
-
 class Pictures:
     def __init__(
         self, data_dir: Path, *, image_workers: int, picture_threads: int, work_timeout_s: float = 60.0
@@ -78,14 +66,7 @@ class Pictures:
         self.data_dir = data_dir
         self.sources_dir = data_dir / "sources"
         self.results_dir = data_dir / "results"
-        # One process pool per image worker, each taken by one picture at a time: a picture's time
-        # bound counts from when a worker takes it (not from when it joined a queue behind others), and
-        # a worker stopped or killed takes only its own picture's work down with it.
-        self._workers = [_new_worker() for _ in range(image_workers)]
-        self._idle: asyncio.Queue[int] = asyncio.Queue()
-        for slot in range(image_workers):
-            self._idle.put_nowait(slot)
-        self._work_timeout_s = work_timeout_s
+        self._workers = ImageWorkers(image_workers, timeout_s=work_timeout_s)
         # One fewer thread than the cores by default: the event loop keeps a core. With asyncio's
         # default pool (6 threads on 2 cores), a 200-burst's picture work ran beside the loop's thread
         # and left it waiting for a CPU: stalls >= 50 ms in 7 of 15 runs against 0 of 15 with 2 threads
@@ -110,71 +91,20 @@ class Pictures:
         """Start the image workers now, so that the first member does not wait for them."""
         for folder in (self.sources_dir, self.results_dir):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self._workers:
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(*(loop.run_in_executor(w, images.warm_up) for w in self._workers))
+        await self._workers.start(images.warm_up)
 
     def close(self) -> None:
-        for worker in self._workers:
-            worker.shutdown(wait=False, cancel_futures=True)
+        self._workers.close()
         self._threads.shutdown(wait=False, cancel_futures=True)
         self._writers.shutdown(wait=False, cancel_futures=True)
 
     async def cpu(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Pillow work, in an image worker process, for at most ``IMAGE_WORK_TIMEOUT_S``.
-
-        * A picture can be made to be slow: a progressive JPEG of tens of thousands of scans took
-          minutes (refused by their count now: ``images.MAX_JPEG_SCANS``); any decoder may have such a
-          path. Past the bound its worker is killed (a running call cannot be taken back from a
-          process pool otherwise) and started again, and :class:`WorkTooSlow` is raised.
-        * A worker that dies (the OOM killer picks the largest process: often a worker decoding a large
-          picture) leaves its pool refusing all work for good; it is started again and the work given to
-          it once more. A picture that kills its worker twice is refused: :class:`WorkKilledWorker`.
-
-        With ``IMAGE_WORKERS=0`` the work runs in a picture thread, which nothing can stop: no bound."""
+        """Pillow work, in an image worker process (:class:`ImageWorkers`: for at most
+        ``IMAGE_WORK_TIMEOUT_S``; raises :class:`WorkRefused`), or with ``IMAGE_WORKERS=0`` in a picture
+        thread, which nothing can stop: no bound."""
         if not self._workers:
             return await self.thread(fn, *args, **kwargs)
-        work = functools.partial(fn, *args, **kwargs)
-        slot = await self._idle.get()
-        try:
-            try:
-                return await self._run(slot, work)
-            except BrokenProcessPool:
-                log.warning("an image worker stopped (killed: out of memory?); it is started again")
-                self._renew(slot)
-            try:
-                return await self._run(slot, work)
-            except BrokenProcessPool:
-                log.warning("an image worker stopped again over the same picture; the picture is refused")
-                self._renew(slot)
-                raise WorkKilledWorker from None
-        finally:
-            self._idle.put_nowait(slot)
-
-    async def _run(self, slot: int, work: Callable[[], T]) -> T:
-        running = asyncio.get_running_loop().run_in_executor(self._workers[slot], work)
-        try:
-            return await asyncio.wait_for(running, self._work_timeout_s)
-        except TimeoutError:
-            log.warning(
-                f"an image worker took more than IMAGE_WORK_TIMEOUT_S={self._work_timeout_s:g} s over one "
-                "picture (a damaged or crafted one?): it is stopped and started again"
-            )
-            self._renew(slot, kill=True)
-            raise WorkTooSlow from None
-        except asyncio.CancelledError:  # (its picture no longer wanted: the worker is not left to it)
-            self._renew(slot, kill=True)
-            raise
-
-    def _renew(self, slot: int, *, kill: bool = False) -> None:
-        worker = self._workers[slot]
-        self._workers[slot] = _new_worker()
-        if kill:
-            # (Python 3.14's ProcessPoolExecutor.kill_workers() does this; before it, the pool's own map)
-            for process in list((getattr(worker, "_processes", None) or {}).values()):
-                with contextlib.suppress(OSError, ValueError):
-                    process.kill()
-        worker.shutdown(wait=False, cancel_futures=True)
+        return await self._workers.run(functools.partial(fn, *args, **kwargs))
 
     async def thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """File and checksum work (which mostly leaves the GIL free), in a picture thread."""
@@ -343,10 +273,6 @@ class Pictures:
         for path in paths:
             if path:
                 await self.thread(_remove_file, path)
-
-
-def _new_worker() -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"))
 
 
 def _read_and_remove(path: Path) -> bytes:
