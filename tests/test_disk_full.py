@@ -82,9 +82,11 @@ async def test_a_full_disk_refuses_a_picture_clearly_at_no_cost_until_there_is_r
 ):
     """The member's picture cannot be kept: the member is told, privately, that the bot's storage is
     full and nothing was spent; the owner's log says what to do; nothing half-written stays to fill the
-    disk further. Once there is room again, the same request works. Before, the member read "a problem
-    of its own" with a code, and the log said only OSError."""
-    await start_bot()
+    disk further. The next members, while the disk is still full, are told at once (privately, as any
+    refusal: no public "thinking…" first, nothing downloaded). Once there is room again, the same
+    request works. Before, the member read "a problem of its own" with a code, and the log said only
+    OSError; and every member was answered "thinking…" in the channel first, then refused."""
+    bot = await start_bot()
     filler = fill(small_disks["sources"])
     _, final = await slash(fake_discord, {"prompt": "a lighthouse"})
     assert final.ephemeral and not final.results
@@ -94,6 +96,10 @@ async def test_a_full_disk_refuses_a_picture_clearly_at_no_cost_until_there_is_r
         caplog
     )
     assert sorted(f.name for f in small_disks["sources"].iterdir()) == ["filler"]
+    record, still_full = await slash(fake_discord, {"prompt": "a lighthouse"}, user_id=5252)
+    assert record.ack_type == 4 and still_full.ephemeral  # (answered with the refusal itself)
+    assert still_full.content == text("en-US", "error.storage_full")
+    assert await count_by_state(service_of(bot).ledger) == {"failed": 1}  # (the first's only)
     filler.unlink()
     _, again = await slash(fake_discord, {"prompt": "a lighthouse"})
     assert len(again.results) == 1 and len(fake_api.submissions) == 1

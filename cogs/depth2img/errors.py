@@ -216,10 +216,10 @@ class InternalError(Depth2ImgError):
         self.kind = kind
 
 
-class StorageFull(Depth2ImgError):
+class StorageFull(RequestRejected):
     """The disk that holds the bot's data (``BOT_DATA_DIR``: the pictures, the SQLite ledger) is full,
-    or the owner's quota on it is spent: the member's picture could not be kept, so nothing was sent
-    to the image service."""
+    or the owner's quota on it is spent: the member's picture could not be kept (or, once the disk
+    was found full, would not fit yet), so nothing was sent to the image service."""
 
 
 # What the owner is told to do about a full disk (in the log, in English: the owner's language)

@@ -1,6 +1,6 @@
 """Before the acknowledgement, synchronous and cheap: whether a request may run here and now. The
-member's options with the server's rules applied, direct messages, the declared size, admission (per
-member, per server, overall), and interactions seen twice. Every refusal is counted here, and is a
+member's options with the server's rules applied, direct messages, the declared size, a disk found
+full, admission (per member, per server, overall), and interactions seen twice. Every refusal is counted here, and is a
 :class:`RequestRejected` whose words the member reads privately; none costs an API call.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cogs.depth2img.config import Depth2ImgSettings
-from cogs.depth2img.errors import InvalidInput, NotAllowed, RequestRejected
+from cogs.depth2img.errors import InvalidInput, NotAllowed, RequestRejected, StorageFull
 from cogs.depth2img.metrics import Metrics
 from cogs.depth2img.models import GenerationParams
 from cogs.depth2img.store import Ledger
@@ -38,9 +38,17 @@ class Where:
 
 class Gate:
     def __init__(
-        self, settings: Depth2ImgSettings, ledger: Ledger, admission: Admission, metrics: Metrics
+        self,
+        settings: Depth2ImgSettings,
+        ledger: Ledger,
+        admission: Admission,
+        metrics: Metrics,
+        *,
+        room: Callable[[int], bool] = lambda size: True,
     ) -> None:
+        """``room(size)``: whether a picture of ``size`` bytes can be kept (``Pictures.has_room``)."""
         self.settings = settings
+        self.room = room
         self.ledger = ledger
         self.admission = admission
         self.metrics = metrics
@@ -84,6 +92,8 @@ class Gate:
                 age_restricted=rules.nsfw_in_age_restricted and where.age_restricted(),
             )
             self._check_declared_size(declared_size)
+            if not self.room(declared_size):  # (the disk was found full, and still is)
+                raise StorageFull()
         except RequestRejected as exc:
             self.rejected(exc)
             raise

@@ -131,6 +131,7 @@ class Intake:
                 f"the data folder's disk is full: a member's picture could not be kept; {DISK_FULL_ADVICE}",
                 extra={"job": job.id},
             )
+            self.pictures.found_full()
             raise StorageFull() from None
         job = await self.ledger.update(
             job,

@@ -67,6 +67,7 @@ class Pictures:
         self.sources_dir = data_dir / "sources"
         self.results_dir = data_dir / "results"
         self._workers = ImageWorkers(image_workers, timeout_s=work_timeout_s)
+        self._full = False  # a picture did not fit: the room left is looked at until one would again
         # One fewer thread than the cores by default: the event loop keeps a core. With asyncio's
         # default pool (6 threads on 2 cores), a 200-burst's picture work ran beside the loop's thread
         # and left it waiting for a CPU: stalls >= 50 ms in 7 of 15 runs against 0 of 15 with 2 threads
@@ -121,6 +122,26 @@ class Pictures:
             except pngs.TooManyChunks:
                 pass
         return await self.thread(fn, data, **kwargs)
+
+    def found_full(self) -> None:
+        """A picture could not be kept for want of room: until :meth:`has_room` finds some again,
+        members are refused before their request is answered (not after a public "thinking…")."""
+        self._full = True
+
+    def has_room(self, size: int) -> bool:
+        """Whether a picture of ``size`` bytes may be taken in: always, unless the disk was found full
+        (:meth:`found_full`); then only with room for it twice over (as it came, and normalised) and
+        64 KB more. Looked at (statvfs, a few µs) only then."""
+        if not self._full:
+            return True
+        try:
+            disk = os.statvfs(self.sources_dir)
+        except OSError:  # (the folder gone: it is made again at the next write)
+            return True
+        if disk.f_bavail * disk.f_frsize < 2 * size + 64 * 1024:
+            return False
+        self._full = False
+        return True
 
     async def write(self, path: Path, data: bytes) -> None:
         """Keep ``data`` at ``path`` (atomically, readable by the bot only), in a writer thread."""
@@ -207,6 +228,7 @@ class Pictures:
                     raise
                 # (a paid picture is not lost to a full disk: checked from memory, in a picture thread)
                 log.warning(OUTPUT_IN_MEMORY, extra={"job": job_id})
+                self.found_full()
                 prepared.append(await self.thread(images.finish_output, blob, **fit))
                 continue
             del blob

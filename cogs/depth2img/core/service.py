@@ -88,7 +88,7 @@ class Depth2ImgService:
         self.intake = Intake(settings, ledger, self.pictures, self.answer_first)
         self._cancels: dict[str, asyncio.Event] = {}
         self._running: set[str] = set()  # the jobs this process is driving (their leases are renewed)
-        self.gate = Gate(settings, ledger, self.admission, metrics)
+        self.gate = Gate(settings, ledger, self.admission, metrics, room=self.pictures.has_room)
         self.endings = Endings(
             ledger, self.pictures, metrics, sleep=sleep, deliverable_later=self.runner.deliverable_later
         )
@@ -247,10 +247,10 @@ class Depth2ImgService:
 
     async def accept(self, job: Job, *, read: Reader) -> Job:
         """Read the picture, check it by its bytes, keep it, and mark the job ``received``
-        (:class:`Intake`). Raises :class:`InvalidInput`; no API call is made."""
+        (:class:`Intake`). Raises :class:`InvalidInput`, :class:`StorageFull`; no API call is made."""
         try:
             return await self.intake.accept(job, read=read)
-        except InvalidInput as exc:
+        except RequestRejected as exc:
             self.rejected(exc)
             raise
 
