@@ -159,6 +159,32 @@ async def test_a_paid_picture_reaches_its_member_through_a_full_disk(
     assert_clean(fake_discord, fake_api, caplog)
 
 
+async def test_a_ledger_on_a_full_disk_tells_the_member_and_then_refuses_up_front(
+    small_data_disk, start_bot, fake_discord, fake_api, caplog
+):
+    """The SQLite ledger (in ``BOT_DATA_DIR``) cannot record a job: the disk is full. The member is
+    told the storage is full, privately, and nothing is spent; the next member, while it is still full,
+    is refused before any "thinking…"; once there is room, a request works. Before, the members after
+    the first were each answered "thinking…" in the channel, then refused."""
+    bot = await start_bot()
+    ledger = sqlite3.connect(small_data_disk / "jobs.sqlite3")
+    ledger.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # (as after a quiet spell: a record must grow it)
+    ledger.close()
+    filler = fill(small_data_disk)
+    _, first = await slash(fake_discord, {"prompt": "a lighthouse"})
+    assert first.ephemeral and first.content == text("en-US", "error.storage_full")
+    assert "the job could not be recorded" in log_text(caplog)
+    record, second = await slash(fake_discord, {"prompt": "a lighthouse"}, user_id=5252)
+    assert record.ack_type == 4 and second.content == text("en-US", "error.storage_full")
+    assert fake_api.submissions == []
+    filler.unlink()
+    _, third = await slash(fake_discord, {"prompt": "a lighthouse"}, user_id=5353)
+    assert len(third.results) == 1 and len(fake_api.submissions) == 1
+    await fake_discord.wait_until_idle(busy(bot))
+    assert await count_by_state(service_of(bot).ledger) == {"delivered": 1}
+    assert_clean(fake_discord, fake_api, caplog)
+
+
 def test_a_full_disk_is_told_from_any_other_trouble(tmp_path):
     """The disk's own word for it, from a file, from SQLite (a database at its page limit answers as a
     full disk does) and from PostgreSQL (disk_full, 53100); not any other error."""

@@ -104,7 +104,12 @@ class Intake:
             interaction_id=origin.interaction_id,
             age_restricted=origin.age_restricted,
         )
-        return await self.ledger.create(job)
+        try:
+            return await self.ledger.create(job)
+        except Exception as exc:
+            if is_disk_full(exc):  # (the ledger's disk: the next members are refused up front)
+                self.pictures.found_full()
+            raise
 
     async def accept(self, job: Job, *, read: Reader) -> Job:
         """Read the picture, check it by its bytes (off the loop), keep it normalised, and record the

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cogs.depth2img.cleaning import clean_text, is_clean
+from cogs.depth2img.errors import is_disk_full
 
 from .base import Database, Execute, ExecuteMany, Fetch, Op, OpFactory
 from .postgres import PostgresDatabase
@@ -100,20 +101,28 @@ class Ledger(Tallies):
         detail = clean_text(detail) if detail else detail
         return Execute(_EVENT_SQL, (job_id, time.time(), str(state), detail, self.owner))
 
-    async def _run(self, op: OpFactory[T]) -> T:
+    async def _run(self, op: OpFactory[T], *, wait_out_full: bool = True) -> T:
         """Run one operation; while the database is briefly out of reach (a locked SQLite file, a
-        PostgreSQL restart), run it again, for up to ``retry_for_s`` seconds. Each operation is one
-        transaction, and written to be run again (see :meth:`create`)."""
+        PostgreSQL restart) or its disk full (unless not ``wait_out_full``), run it again, for up to
+        ``retry_for_s`` seconds. Each operation is one transaction, and written to be run again (see
+        :meth:`create`)."""
         give_up = time.monotonic() + self.retry_for_s
         delay = 0.05
         while True:
             try:
                 return await self._db.run(op)
             except Exception as exc:
-                if not self._db.transient(exc) or time.monotonic() + delay > give_up:
+                full = is_disk_full(exc)
+                if (
+                    not self._db.transient(exc)
+                    or (full and not wait_out_full)
+                    or time.monotonic() + delay > give_up
+                ):
                     raise
                 log.warning(
-                    "the ledger's database is out of reach; trying again",
+                    "the ledger's disk is full; trying again"
+                    if full
+                    else "the ledger's database is out of reach; trying again",
                     extra={"error": type(exc).__name__, "wait_s": delay},
                 )
                 await asyncio.sleep(delay)
@@ -144,7 +153,9 @@ class Ledger(Tallies):
             yield self._event(job.id, job.state, None)
             return job
 
-        return await self._run(op)
+        # (a new job on a full disk is refused at once: nothing is paid for yet; writes about jobs
+        # under way wait it out, for a paid result's sake)
+        return await self._run(op, wait_out_full=False)
 
     async def mark_deleted(self, job_id: str) -> None:
         """The job's result message was deleted (by whoever asked for it, or a moderator)."""
