@@ -90,6 +90,14 @@ async def test_counts_settings_and_forgetting(open_ledger: Opener) -> None:
         await ledger.create(new_job(f"c{n}", user=n % 2))
     assert await ledger.guild_counts_since(0) == {2**62 + 5: 3}
     assert await ledger.member_counts_since(0) == {(2**62 + 5, 0): 2, (2**62 + 5, 1): 1}
+    # the day's counts: only jobs made since then, and none from direct messages
+    await ledger.create(replace(new_job("y1"), created_at=time.time() - 2 * 86400))
+    await ledger.create(new_job("d1", guild=None))
+    await ledger.create(new_job("g2", guild=7, user=1))
+    day = time.time() - 86400
+    assert await ledger.guild_counts_since(day) == {2**62 + 5: 3, 7: 1}
+    assert await ledger.member_counts_since(day) == {(2**62 + 5, 0): 2, (2**62 + 5, 1): 1, (7, 1): 1}
+    assert await ledger.guild_counts_since(time.time() + 60) == {}
     await ledger.save_guild_settings(2**62 + 5, '{"cooldown_s": 5}', by=9)
     await ledger.save_guild_settings(2**62 + 5, '{"cooldown_s": 6}', by=9)
     assert await ledger.all_guild_settings() == {2**62 + 5: '{"cooldown_s": 6}'}

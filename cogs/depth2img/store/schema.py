@@ -165,6 +165,14 @@ MIGRATIONS += (
         ),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        9,
+        "an index of the jobs by when they were made (start-up's daily counts scanned the whole table)",
+        # (with the server and the member: the day's counts are read from the index alone)
+        ("CREATE INDEX jobs_created ON jobs(created_at, guild_id, user_id)",),
+    ),
+)
 LATEST = MIGRATIONS[-1].version
 
 VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

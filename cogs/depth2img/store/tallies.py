@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections import Counter
 from typing import TypeVar
 
 from cogs.depth2img.cleaning import clean_text
@@ -89,24 +90,22 @@ class Tallies:
 
         await self._run(op)
 
+    # The day's counts, at start-up: the day's rows read from the index ``jobs_created`` alone and
+    # counted here. Grouped in SQL, SQLite's planner (which knows nothing of how few rows a day holds)
+    # chose to walk the whole ``jobs_guild_created`` index for its order instead: at 1,000,000 jobs over
+    # 90 days, 44 and 115 ms against 11 and 13 (`python -m bench.ledger`).
+    _TODAY = "SELECT guild_id, user_id FROM jobs WHERE created_at >= ? AND guild_id IS NOT NULL"
+
     async def member_counts_since(self, since: float) -> dict[tuple[int, int], int]:
         def op() -> Op[dict[tuple[int, int], int]]:
-            rows = yield Fetch(
-                "SELECT guild_id, user_id, COUNT(*) AS n FROM jobs "
-                "WHERE created_at >= ? AND guild_id IS NOT NULL GROUP BY guild_id, user_id",
-                (float(since),),
-            )
-            return {(int(r["guild_id"]), int(r["user_id"])): int(r["n"]) for r in rows}
+            rows = yield Fetch(self._TODAY, (float(since),))
+            return dict(Counter((int(r["guild_id"]), int(r["user_id"])) for r in rows))
 
         return await self._run(op)
 
     async def guild_counts_since(self, since: float) -> dict[int, int]:
         def op() -> Op[dict[int, int]]:
-            rows = yield Fetch(
-                "SELECT guild_id, COUNT(*) AS n FROM jobs "
-                "WHERE created_at >= ? AND guild_id IS NOT NULL GROUP BY guild_id",
-                (float(since),),
-            )
-            return {int(r["guild_id"]): int(r["n"]) for r in rows}
+            rows = yield Fetch(self._TODAY, (float(since),))
+            return dict(Counter(int(r["guild_id"]) for r in rows))
 
         return await self._run(op)
