@@ -54,8 +54,6 @@ LEDGER_MARK = ".ledger-mark"
 OUTPUT_IN_MEMORY = (
     f"the data folder's disk is full: an output is checked without a worker's file; {DISK_FULL_ADVICE}"
 )
-
-
 KEPT_NAME = re.compile(r"([0-9a-f]{12})(?:-depth|-[0-9]{1,3})?\.[a-z0-9]{1,8}(?:\.tmp)?")
 
 
