@@ -1,7 +1,8 @@
 """Before the acknowledgement, synchronous and cheap: whether a request may run here and now. The
 member's options with the server's rules applied, direct messages, the declared size, a disk found
-full, admission (per member, per server, overall), and interactions seen twice. Every refusal is counted here, and is a
-:class:`RequestRejected` whose words the member reads privately; none costs an API call.
+full, admission (per member, per server, overall), and interactions seen twice. Every refusal is
+counted here, and is a :class:`RequestRejected` whose words the member reads privately; none costs an
+API call.
 """
 
 from __future__ import annotations
