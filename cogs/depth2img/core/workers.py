@@ -20,9 +20,11 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -43,23 +45,23 @@ class WorkKilledWorker(WorkRefused):
 
 class ImageWorkers:
     def __init__(self, count: int, *, timeout_s: float) -> None:
-        self._pools = [_new_pool() for _ in range(count)]
+        self._workers = [_Worker.new() for _ in range(count)]
         self._idle: asyncio.Queue[int] = asyncio.Queue()
         for slot in range(count):
             self._idle.put_nowait(slot)
         self._timeout_s = timeout_s
 
     def __bool__(self) -> bool:
-        return bool(self._pools)
+        return bool(self._workers)
 
     async def start(self, warm_up: Callable[[], None]) -> None:
         """Start every worker now (``warm_up`` in each), so that the first member does not wait."""
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(pool, warm_up) for pool in self._pools))
+        await asyncio.gather(*(loop.run_in_executor(w.take(), warm_up) for w in self._workers))
 
     def close(self) -> None:
-        for pool in self._pools:
-            pool.shutdown(wait=False, cancel_futures=True)
+        for worker in self._workers:
+            worker.pool.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, work: Callable[[], T]) -> T:
         """``work()`` in the next free worker, for at most the bound. Raises :class:`WorkTooSlow` or
@@ -81,7 +83,7 @@ class ImageWorkers:
             self._idle.put_nowait(slot)
 
     async def _timed(self, slot: int, work: Callable[[], T]) -> T:
-        running = asyncio.get_running_loop().run_in_executor(self._pools[slot], work)
+        running = asyncio.get_running_loop().run_in_executor(self._workers[slot].take(), work)
         try:
             return await asyncio.wait_for(running, self._timeout_s)
         except TimeoutError:
@@ -96,15 +98,44 @@ class ImageWorkers:
             raise
 
     def _renew(self, slot: int, *, kill: bool = False) -> None:
-        pool = self._pools[slot]
-        self._pools[slot] = _new_pool()
+        worker = self._workers[slot]
+        self._workers[slot] = _Worker.new()
         if kill:
-            # (Python 3.14's ProcessPoolExecutor.kill_workers() does this; before it, the pool's own map)
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
+            worker.kill()
+        worker.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(slots=True)
+class _Worker:
+    """One pool of one process, and that process's id: asked of it before its first work, so that it
+    can be killed in the middle of a picture by public means (Python 3.14's ``kill_workers()`` does it;
+    before it, only the pool's private map of processes knew them)."""
+
+    pool: ProcessPoolExecutor
+    pid: Future[int] | None = None
+
+    @classmethod
+    def new(cls) -> _Worker:
+        return cls(ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver")))
+
+    def take(self) -> ProcessPoolExecutor:
+        """The pool, its process asked for its id first if it has not been yet."""
+        if self.pid is None:
+            self.pid = self.pool.submit(os.getpid)
+        return self.pool
+
+    def kill(self) -> None:
+        kill_workers = getattr(self.pool, "kill_workers", None)  # Python 3.14
+        if kill_workers is not None:
+            with contextlib.suppress(OSError, ValueError):
+                kill_workers()
+            return
+        # Work runs after the id was answered (one process, in order), so it is known here; if not,
+        # the process never started or has died already.
+        asked = self.pid
+        if asked is None or not asked.done() or asked.cancelled() or asked.exception() is not None:
+            return
+        for process in multiprocessing.active_children():  # (only processes this one started)
+            if process.pid == asked.result():
                 with contextlib.suppress(OSError, ValueError):
                     process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _new_pool() -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"))
