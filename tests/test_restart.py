@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,13 +264,16 @@ async def test_every_acknowledged_command_ends_after_a_crash(fake_discord, fake_
     finally:
         await stop_bot(proc, signal.SIGTERM)
     interrupted = 0
-    for record in records:
+    sent = Counter(s.body["prompt"] for s in fake_api.submissions)
+    for n, record in enumerate(records):
         final = fake_discord.final_message(record)
         assert final is not None
-        # a picture, or (sent to the API as the process died: never sent twice) the clear message
+        # a picture, sent to the API once; or (being sent to the API as the process died: never sent
+        # twice) the clear message, whether or not that one request had reached the API
         assert final.results or "restarted while sending your request" in final.content, final.content
         interrupted += not final.results
-    assert len(fake_api.submissions) == 24
+        assert sent[f"big {n}"] == 1 if final.results else sent[f"big {n}"] <= 1
+    assert set(sent) <= {f"big {n}" for n in range(24)}
     assert await states(database) == {"delivered": 24 - interrupted} | (
         {"failed": interrupted} if interrupted else {}
     )
